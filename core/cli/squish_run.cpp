@@ -1,1 +1,169 @@
-int main(){return 0;}
+// squish-run: runs a YAML pipeline of stage plugins. See README.md ("Running pipelines").
+#include "core/runtime/error.hpp"
+#include "core/runtime/events.hpp"
+#include "core/runtime/graph.hpp"
+#include "core/runtime/pipeline.hpp"
+#include "core/runtime/plugin_host.hpp"
+
+#include <fmt/format.h>
+
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <unistd.h>
+#include <vector>
+
+using namespace squish;
+
+namespace {
+
+const char* kUsage = R"(usage: squish-run [options] PIPELINE.yaml
+
+Runs a Squish pipeline: stage plugins (dlopen'd shared objects) wired by a YAML file,
+executed as a streaming TBB flow graph.
+
+options:
+  --set NAME=VALUE       set a pipeline variable (e.g. --set model=path/to/hf-folder)
+  --set NODE.PARAM=VALUE override one node parameter (e.g. --set quant.threads=2)
+  --threads N            worker threads (default: the pipeline's setting, else all cores)
+  --dry-run              validate the pipeline, print the graph, run nothing
+  --events jsonl         machine-readable progress: one JSON object per line on stderr
+  --events-file PATH     the same JSON lines, written to PATH instead
+  --no-progress          no progress line on the terminal
+  --list-nodes           list the node kinds of every plugin in the search path
+  --version              print the version and plugin ABI
+  -h, --help             this help
+
+exit codes:
+  0 success   2 usage or invalid pipeline   3 bad input data (model, GGUF, recipe)
+  4 plugin error (missing, incompatible, unknown node kind)   5 runtime or I/O error
+)";
+
+[[noreturn]] void usage_error(const std::string& msg) {
+  fmt::print(stderr, "squish-run: {}\n(see squish-run --help)\n", msg);
+  std::exit(static_cast<int>(ExitCode::Usage));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::pair<std::string, std::string>> sets;
+  std::string pipeline_file, events_file;
+  bool dry_run = false, events_stderr = false, no_progress = false, list_nodes = false;
+  int threads = -1;
+
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto value = [&](const char* opt) -> std::string {
+      if (i + 1 >= argc) usage_error(fmt::format("{} needs a value", opt));
+      return argv[++i];
+    };
+    if (a == "-h" || a == "--help") {
+      fmt::print("{}", kUsage);
+      return 0;
+    } else if (a == "--version") {
+      fmt::print("squish-run {} (plugin ABI {})\n", SQUISH_VERSION, SQUISH_PLUGIN_ABI_VERSION);
+      return 0;
+    } else if (a == "--set" || a.starts_with("--set=")) {
+      std::string kv = a == "--set" ? value("--set") : a.substr(6);
+      auto eq = kv.find('=');
+      if (eq == std::string::npos || eq == 0) usage_error(fmt::format("--set expects NAME=VALUE, got '{}'", kv));
+      sets.emplace_back(kv.substr(0, eq), kv.substr(eq + 1));
+    } else if (a == "--dry-run") {
+      dry_run = true;
+    } else if (a == "--events") {
+      auto v = value("--events");
+      if (v != "jsonl") usage_error(fmt::format("--events supports 'jsonl', got '{}'", v));
+      events_stderr = true;
+    } else if (a == "--events-file") {
+      events_file = value("--events-file");
+    } else if (a == "--no-progress") {
+      no_progress = true;
+    } else if (a == "--threads") {
+      auto v = value("--threads");
+      try {
+        threads = std::stoi(v);
+      } catch (...) {
+        threads = -1;
+      }
+      if (threads < 0) usage_error(fmt::format("--threads expects a non-negative integer, got '{}'", v));
+    } else if (a == "--list-nodes") {
+      list_nodes = true;
+    } else if (a.starts_with("-")) {
+      usage_error(fmt::format("unknown option '{}'", a));
+    } else if (pipeline_file.empty()) {
+      pipeline_file = a;
+    } else {
+      usage_error(fmt::format("unexpected argument '{}' (one pipeline file per run)", a));
+    }
+  }
+
+  std::FILE* jsonl = nullptr;
+  if (!events_file.empty()) {
+    jsonl = std::fopen(events_file.c_str(), "w");
+    if (!jsonl) {
+      fmt::print(stderr, "squish-run: {}: cannot open events file: {}\n", events_file, std::strerror(errno));
+      return static_cast<int>(ExitCode::Runtime);
+    }
+  } else if (events_stderr) {
+    jsonl = stderr;
+  }
+  const bool tty = !no_progress && !events_stderr && ::isatty(STDERR_FILENO);
+  EventSink events(jsonl, tty);
+
+  if (list_nodes) {
+    try {
+      PluginHost host;
+      host.load_all();
+      for (const auto& p : host.plugins()) {
+        fmt::print("{} {} ({})\n  {}\n", p.name, p.version, p.path, p.summary);
+        for (const auto& k : p.kinds) {
+          const auto* nk = host.find(k);
+          fmt::print("  {}{}: {}\n", k, nk->parallel ? " [parallel]" : "", nk->summary);
+          for (const auto& ps : nk->params)
+            fmt::print("      {} ({}{}){}{}\n", ps.name, param_type_name(ps.type), ps.required ? ", required" : "",
+                       ps.help.empty() ? "" : "  " + ps.help,
+                       ps.required || ps.default_value.is_null() ? "" : "  [default " + ps.default_value.dump() + "]");
+        }
+      }
+      return 0;
+    } catch (const Error& e) {
+      fmt::print(stderr, "squish-run: error: {}\n", e.what());
+      return static_cast<int>(e.code());
+    }
+  }
+  if (pipeline_file.empty()) usage_error("no pipeline file given");
+
+  int code = 0;
+  std::string message;
+  try {
+    PluginHost host;
+    Pipeline p = Pipeline::load(pipeline_file, sets, host);
+    if (threads >= 0) p.threads = threads;
+    events.emit("pipeline_start", {{"pipeline", p.name}, {"file", pipeline_file}, {"nodes", p.nodes.size()}, {"dry_run", dry_run}});
+    if (dry_run) {
+      fmt::print("{}", p.describe());
+      fmt::print("pipeline is valid ({} nodes, {} edges)\n", p.nodes.size(), p.edges.size());
+    } else {
+      GraphRunner runner(p, events);
+      runner.run();
+    }
+  } catch (const Error& e) {
+    code = static_cast<int>(e.code());
+    message = e.what();
+  } catch (const std::bad_alloc&) {
+    code = static_cast<int>(ExitCode::Runtime);
+    message = "out of memory";
+  } catch (const std::exception& e) {
+    code = static_cast<int>(ExitCode::Runtime);
+    message = fmt::format("internal error: {}", e.what());
+  }
+  events.clear_line();
+  if (code != 0) {
+    events.emit("error", {{"code", code}, {"message", message}});
+    if (jsonl != stderr) fmt::print(stderr, "squish-run: error: {}\n", message);
+  }
+  events.emit("pipeline_end", {{"ok", code == 0}, {"exit_code", code}, {"seconds", events.seconds()}, {"peak_rss_bytes", peak_rss_bytes()}});
+  if (jsonl && jsonl != stderr) std::fclose(jsonl);
+  return code;
+}

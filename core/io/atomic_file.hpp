@@ -1,0 +1,38 @@
+#pragma once
+// Outputs are atomic: written to a temporary file in the destination directory, fsync'd, and
+// renamed into place by commit(). Destroying an uncommitted AtomicFile removes the temporary,
+// so a failure (full disk, bad input, cancellation) never leaves a partial output behind.
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace squish {
+
+class AtomicFile {
+ public:
+  // Throws Error(Runtime) "<path>: cannot create output: <reason>".
+  explicit AtomicFile(std::string path);
+  ~AtomicFile();
+  AtomicFile(const AtomicFile&) = delete;
+  AtomicFile& operator=(const AtomicFile&) = delete;
+
+  void write(const void* data, size_t n);                      // append at the current end
+  void pwrite(const void* data, size_t n, uint64_t offset);    // thread-safe positional write
+  void write(std::string_view s) { write(s.data(), s.size()); }
+  void truncate(uint64_t size);                                // preallocate / set final size
+  void commit();                                               // fsync + rename + fsync dir
+  int fd() const { return fd_; }
+  const std::string& path() const { return path_; }
+  const std::string& temp_path() const { return tmp_; }
+
+ private:
+  std::string path_, tmp_;
+  int fd_ = -1;
+  uint64_t end_ = 0;
+  bool committed_ = false;
+};
+
+// Whole-file convenience: the file appears complete or not at all.
+void write_file_atomic(const std::string& path, std::string_view content);
+
+}  // namespace squish

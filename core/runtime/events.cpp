@@ -1,0 +1,119 @@
+#include "core/runtime/events.hpp"
+
+#include "core/runtime/plugin_api.hpp"
+
+#include <fmt/format.h>
+
+#include <fstream>
+#include <string>
+
+namespace squish {
+
+EventSink::EventSink(std::FILE* jsonl, bool tty_progress)
+    : jsonl_(jsonl), tty_(tty_progress), start_(std::chrono::steady_clock::now()) {}
+
+EventSink::~EventSink() { clear_line(); }
+
+double EventSink::seconds() const {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+}
+
+void EventSink::clear_line() {
+  if (tty_ && line_drawn_) {
+    std::fputs("\r\033[K", stderr);
+    std::fflush(stderr);
+    line_drawn_ = false;
+  }
+}
+
+void EventSink::emit(const std::string& event, nlohmann::json fields) {
+  std::lock_guard lock(mu_);
+  if (!jsonl_) return;
+  nlohmann::json j;
+  j["event"] = event;
+  j["t"] = std::round(seconds() * 1000.0) / 1000.0;
+  for (auto& [k, v] : fields.items()) j[k] = v;
+  const std::string line = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+  std::fwrite(line.data(), 1, line.size(), jsonl_);
+  std::fflush(jsonl_);
+}
+
+void EventSink::progress(const std::string& node, const std::string& unit, uint64_t done, uint64_t total, uint64_t bytes) {
+  const auto now = std::chrono::steady_clock::now();
+  const double t = seconds();
+  bool send_json = false;
+  {
+    std::lock_guard lock(mu_);
+    const bool last = total && done >= total;
+    const double prev = last_progress_time_.value(node, -1.0);
+    if (last || prev < 0 || t - prev >= 0.25) {
+      last_progress_time_[node] = t;
+      send_json = true;
+    }
+    if (tty_ && (last || now - last_draw_ > std::chrono::milliseconds(100))) {
+      last_draw_ = now;
+      std::string bar;
+      if (total) {
+        const int width = 30;
+        const int fill = static_cast<int>(width * std::min<double>(1.0, double(done) / double(total)));
+        bar = fmt::format("[{}{}] {}/{} {}", std::string(fill, '#'), std::string(width - fill, '.'), done, total, unit);
+      } else {
+        bar = fmt::format("{} {}", done, unit);
+      }
+      if (bytes) bar += fmt::format("  {:.1f} MB", bytes / 1e6);
+      fmt::print(stderr, "\r\033[K{}: {}  {:.1f}s", node, bar, t);
+      std::fflush(stderr);
+      line_drawn_ = true;
+    }
+  }
+  if (send_json) {
+    nlohmann::json f{{"node", node}, {"unit", unit}, {"done", done}, {"total", total}};
+    if (bytes) f["bytes"] = bytes;
+    emit("node_progress", std::move(f));
+  }
+}
+
+void EventSink::warn(const std::string& node, const std::string& message) {
+  {
+    std::lock_guard lock(mu_);
+    if (tty_ && line_drawn_) {
+      std::fputs("\r\033[K", stderr);
+      line_drawn_ = false;
+    }
+  }
+  if (!jsonl_ || jsonl_ != stderr) fmt::print(stderr, "squish-run: warning: {}{}\n", node.empty() ? "" : node + ": ", message);
+  nlohmann::json f{{"message", message}};
+  if (!node.empty()) f["node"] = node;
+  emit("warning", std::move(f));
+}
+
+size_t peak_rss_bytes() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
+  return 0;
+}
+
+void NodeContext::progress(const std::string& unit, uint64_t done, uint64_t total) const {
+  if (events) events->progress(node_name, unit, done, total);
+}
+void NodeContext::warn(const std::string& message) const {
+  if (events) events->warn(node_name, message);
+}
+
+const char* param_type_name(ParamType t) {
+  switch (t) {
+    case ParamType::String: return "string";
+    case ParamType::Path: return "path";
+    case ParamType::Int: return "integer";
+    case ParamType::Float: return "number";
+    case ParamType::Bool: return "boolean";
+    case ParamType::List: return "list";
+    case ParamType::Map: return "map";
+    case ParamType::Any: return "any";
+  }
+  return "?";
+}
+
+}  // namespace squish

@@ -1,0 +1,166 @@
+#include "core/runtime/plugin_host.hpp"
+
+#include "core/runtime/error.hpp"
+
+#include <dlfcn.h>
+#include <fmt/ranges.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+#include <sstream>
+
+namespace fs = std::filesystem;
+
+namespace squish {
+
+namespace {
+std::string build_plugin_dir() {
+  std::error_code ec;
+  auto exe = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    auto candidate = exe.parent_path().parent_path() / "plugins";
+    if (fs::is_directory(candidate, ec)) return candidate.string();
+  }
+  return SQUISH_DEFAULT_PLUGIN_DIR;
+}
+}  // namespace
+
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diag = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diag = up;
+    }
+  }
+  return row[b.size()];
+}
+
+PluginHost::PluginHost(std::vector<std::string> extra_paths) {
+  search_path_.push_back(build_plugin_dir());
+  if (const char* env = std::getenv("SQUISH_PLUGIN_PATH")) {
+    std::stringstream ss(env);
+    std::string item;
+    while (std::getline(ss, item, ':'))
+      if (!item.empty()) search_path_.push_back(item);
+  }
+  for (auto& p : extra_paths) search_path_.push_back(std::move(p));
+}
+
+void PluginHost::load(const std::string& name_or_path) {
+  std::string path;
+  const bool is_path = name_or_path.find('/') != std::string::npos || name_or_path.ends_with(".so");
+  std::vector<std::string> tried;
+  if (is_path) {
+    path = name_or_path;
+    tried.push_back(path);
+    if (!fs::exists(path)) fail(ExitCode::Plugin, "plugin '{}' not found", name_or_path);
+  } else {
+    for (const auto& dir : search_path_) {
+      auto candidate = (fs::path(dir) / ("squish_" + name_or_path + ".so")).string();
+      tried.push_back(candidate);
+      if (fs::exists(candidate)) {
+        path = candidate;
+        break;
+      }
+    }
+    if (path.empty())
+      fail(ExitCode::Plugin, "plugin '{}' not found (looked for {})", name_or_path, fmt::join(tried, ", "));
+  }
+  path = fs::weakly_canonical(path).string();
+  for (const auto& p : plugins_)
+    if (p.path == path) return;
+
+  void* handle = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (!handle) fail(ExitCode::Plugin, "{}: cannot load plugin: {}", path, ::dlerror());
+  ::dlerror();
+  void* sym = ::dlsym(handle, SQUISH_PLUGIN_ENTRY_SYMBOL);
+  if (!sym) {
+    ::dlclose(handle);
+    fail(ExitCode::Plugin, "{}: not a Squish plugin: no '{}' entry point", path, SQUISH_PLUGIN_ENTRY_SYMBOL);
+  }
+  const PluginInfo* info = reinterpret_cast<PluginEntryFn>(sym)();
+  if (!info) fail(ExitCode::Plugin, "{}: entry point returned no plugin info", path);
+  // Check the ABI before reading anything else: other fields may not mean what we think.
+  if (info->abi_version != SQUISH_PLUGIN_ABI_VERSION)
+    fail(ExitCode::Plugin, "{}: plugin ABI version {} is incompatible with this squish-run (ABI {}); rebuild the plugin",
+         path, info->abi_version, SQUISH_PLUGIN_ABI_VERSION);
+  if (!info->name || !info->register_nodes) fail(ExitCode::Plugin, "{}: plugin info lacks a name or register function", path);
+  for (const auto& p : plugins_)
+    if (p.name == info->name) fail(ExitCode::Plugin, "{}: a plugin named '{}' is already loaded from {}", path, p.name, p.path);
+
+  // The handle stays open for the life of the process: node objects' code lives there.
+  LoadedPlugin lp{info->name, info->version ? info->version : "", info->summary ? info->summary : "", path, {}};
+  plugins_.push_back(std::move(lp));
+  registering_ = &plugins_.back();
+  try {
+    info->register_nodes(*this);
+  } catch (...) {
+    registering_ = nullptr;
+    throw;
+  }
+  registering_ = nullptr;
+}
+
+void PluginHost::load_all() {
+  for (const auto& dir : search_path_) {
+    std::error_code ec;
+    if (!fs::is_directory(dir, ec)) continue;
+    std::vector<std::string> files;
+    for (auto& de : fs::directory_iterator(dir, ec)) {
+      auto name = de.path().filename().string();
+      if (name.starts_with("squish_") && name.ends_with(".so")) files.push_back(de.path().string());
+    }
+    std::sort(files.begin(), files.end());
+    for (auto& f : files) {
+      auto name = fs::path(f).stem().string().substr(7);
+      bool loaded = std::any_of(plugins_.begin(), plugins_.end(), [&](auto& p) { return p.name == name; });
+      if (!loaded) load(f);
+    }
+  }
+}
+
+void PluginHost::add(NodeKind kind) {
+  const std::string owner = registering_ ? registering_->path : "<host>";
+  if (kind.name.empty() || !kind.create) fail(ExitCode::Plugin, "{}: node kind without a name or factory", owner);
+  if (auto it = kind_owner_.find(kind.name); it != kind_owner_.end())
+    fail(ExitCode::Plugin, "{}: node kind '{}' is already provided by {}", owner, kind.name, it->second);
+  kind_owner_[kind.name] = owner;
+  if (registering_) registering_->kinds.push_back(kind.name);
+  kinds_.emplace(kind.name, std::move(kind));
+}
+
+const NodeKind* PluginHost::find(const std::string& kind) const {
+  auto it = kinds_.find(kind);
+  return it == kinds_.end() ? nullptr : &it->second;
+}
+
+std::string PluginHost::closest_kind(const std::string& kind) const {
+  std::string best;
+  size_t best_d = SIZE_MAX;
+  for (const auto& [name, k] : kinds_) {
+    size_t d = edit_distance(kind, name);
+    if (d < best_d) best_d = d, best = name;
+  }
+  return best_d <= std::max<size_t>(3, kind.size() / 3) ? best : "";
+}
+
+const NodeKind& PluginHost::at(const std::string& kind) const {
+  if (const auto* k = find(kind)) return *k;
+  auto near = closest_kind(kind);
+  if (!near.empty()) fail(ExitCode::Plugin, "unknown node kind '{}' (did you mean '{}'?)", kind, near);
+  fail(ExitCode::Plugin, "unknown node kind '{}' (no loaded plugin provides it)", kind);
+}
+
+std::vector<const NodeKind*> PluginHost::kinds() const {
+  std::vector<const NodeKind*> v;
+  for (const auto& [n, k] : kinds_) v.push_back(&k);
+  return v;
+}
+
+}  // namespace squish
