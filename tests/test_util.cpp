@@ -50,7 +50,7 @@ void write_file(const std::string& path, const std::string& data) {
 RunResult run(const std::string& cmdline) {
   TempDir tmp;
   const std::string out = tmp / "out", err = tmp / "err";
-  const std::string full = cmdline + " >" + out + " 2>" + err + " </dev/null";
+  const std::string full = "( " + cmdline + " ) >" + out + " 2>" + err + " </dev/null";
   int status = std::system(full.c_str());
   RunResult r;
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);

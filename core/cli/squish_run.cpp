@@ -40,7 +40,7 @@ exit codes:
 )";
 
 [[noreturn]] void usage_error(const std::string& msg) {
-  fmt::print(stderr, "squish-run: {}\n(see squish-run --help)\n", msg);
+  fmt::print(stderr, "squish-run: error: {} (see squish-run --help)\n", msg);
   std::exit(static_cast<int>(ExitCode::Usage));
 }
 

@@ -1,0 +1,86 @@
+// Test-only plugins: a well-formed one with probe nodes, and deliberately broken ones
+// (built from this file with different macros) for the plugin host's error paths.
+#include "core/io/atomic_file.hpp"
+#include "core/runtime/error.hpp"
+#include "core/runtime/plugin_api.hpp"
+
+#include <atomic>
+#include <chrono>
+#include <thread>
+
+namespace squish {
+namespace {
+
+std::atomic<int64_t> g_live{0}, g_max_live{0};
+
+// Emits `count` small tensors and tracks how many are alive at once (through their tickets).
+class CounterSource final : public Node {
+ public:
+  explicit CounterSource(const NodeContext& c) : count_(c.params["count"].get<int64_t>()), fail_at_(c.params["fail_at"].get<int64_t>()) {}
+  bool produce(Message& out) override {
+    if (next_ >= count_) return false;
+    if (next_ == fail_at_) fail(ExitCode::InputData, "counter source: planned failure at message {}", next_);
+    Tensor t;
+    t.name = "t" + std::to_string(next_++);
+    t.dtype = DType::F32;
+    t.shape = {4};
+    t.data = Buffer::owned(std::vector<std::byte>(16));
+    const int64_t live = ++g_live;
+    int64_t m = g_max_live.load();
+    while (live > m && !g_max_live.compare_exchange_weak(m, live)) {}
+    out = Message::of(std::move(t), std::shared_ptr<void>(nullptr, [](void*) { --g_live; }));
+    return true;
+  }
+  uint64_t expected_count() const override { return count_; }
+
+ private:
+  int64_t count_, fail_at_, next_ = 0;
+};
+
+// Consumes slowly, then writes what it saw: messages received and the maximum alive at once.
+class SlowSink final : public Node {
+ public:
+  explicit SlowSink(const NodeContext& c) : output_(c.params["output"].get<std::string>()), sleep_us_(c.params["sleep_us"].get<int64_t>()) {}
+  void consume(const Message&, Emitter&) override {
+    std::this_thread::sleep_for(std::chrono::microseconds(sleep_us_));
+    ++received_;
+  }
+  void finish(Emitter&) override {
+    write_file_atomic(output_, nlohmann::json{{"received", received_.load()}, {"max_live", g_max_live.load()}}.dump());
+  }
+
+ private:
+  std::string output_;
+  int64_t sleep_us_;
+  std::atomic<int64_t> received_{0};
+};
+
+[[maybe_unused]] void register_nodes(NodeRegistry& r) {
+#ifdef TESTKIT_DUPLICATE_KIND
+  r.add({"io.passthrough", "clashes with the io plugin", NodeRole::Transform, false, {},
+         [](const NodeContext&) -> std::unique_ptr<Node> { return nullptr; }});
+#else
+  r.add({"testkit.counter_source", "emit N small tensors, tracking how many are alive", NodeRole::Source, false,
+         {{"count", ParamType::Int, false, 100, ""}, {"fail_at", ParamType::Int, false, -1, "throw at this message"}},
+         [](const NodeContext& c) { return std::make_unique<CounterSource>(c); }});
+  r.add({"testkit.slow_sink", "consume slowly; write counts at the end", NodeRole::Sink, true,
+         {{"output", ParamType::Path, true, nullptr, ""}, {"sleep_us", ParamType::Int, false, 200, ""}},
+         [](const NodeContext& c) { return std::make_unique<SlowSink>(c); }});
+#endif
+}
+
+}  // namespace
+}  // namespace squish
+
+#if defined(TESTKIT_NO_ENTRY)
+extern "C" int not_the_entry_point() { return 0; }
+#elif defined(TESTKIT_BAD_ABI)
+extern "C" __attribute__((visibility("default"))) const squish::PluginInfo* squish_plugin_entry() {
+  static const squish::PluginInfo info{SQUISH_PLUGIN_ABI_VERSION + 41, "badabi", "0", "wrong ABI", squish::register_nodes};
+  return &info;
+}
+#elif defined(TESTKIT_DUPLICATE_KIND)
+SQUISH_PLUGIN("dupkind", "0", "registers a kind the io plugin owns", squish::register_nodes)
+#else
+SQUISH_PLUGIN("testkit", "0", "probe nodes for runtime tests", squish::register_nodes)
+#endif

@@ -1,0 +1,335 @@
+// squish-run end to end: pipelines, plugin host errors, bad inputs, limits, events.
+#include "core/io/safetensors_writer.hpp"
+#include "core/io/sha256.hpp"
+#include "tests/test_util.hpp"
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+using namespace squish;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string pipelines() { return test::source_dir() + "/pipelines"; }
+std::string testkit_env() { return std::string("SQUISH_PLUGIN_PATH=") + SQUISH_TEST_PLUGIN_DIR + " "; }
+
+// Exactly one line of error output, naming what it must.
+void expect_one_line_error(const test::RunResult& r, int code, const std::string& must_contain) {
+  EXPECT_EQ(r.exit_code, code) << r.err;
+  EXPECT_NE(r.err.find(must_contain), std::string::npos) << "stderr: " << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << "stderr: " << r.err;
+}
+
+std::vector<nlohmann::json> read_events(const std::string& path) {
+  std::vector<nlohmann::json> v;
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line)) v.push_back(nlohmann::json::parse(line));  // throws if not JSON
+  return v;
+}
+
+// A small valid safetensors file with the given header JSON and data bytes.
+void write_raw_safetensors(const std::string& path, const std::string& header, size_t data_bytes, uint64_t header_len_override = 0) {
+  std::ofstream out(path, std::ios::binary);
+  uint64_t n = header_len_override ? header_len_override : header.size();
+  out.write(reinterpret_cast<const char*>(&n), 8);
+  out << header;
+  out << std::string(data_bytes, '\0');
+}
+
+std::string checksum_cmd(const std::string& model, const std::string& out, const std::string& extra = "") {
+  return "--set model=" + model + " --set output=" + out + " " + extra + " " + pipelines() + "/checksum.yaml";
+}
+
+}  // namespace
+
+TEST(Sha256, KnownVectors) {
+  EXPECT_EQ(sha256_hex({}), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  Sha256 h;
+  h.update("abc");
+  EXPECT_EQ(h.hex(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  Sha256 m;
+  std::string a(1000, 'a');
+  for (int i = 0; i < 1000; ++i) m.update(a);
+  EXPECT_EQ(m.hex(), "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+}
+
+// The acceptance pipeline: coder-28m streams through a pass-through node into a manifest whose
+// entries must equal the safetensors headers and `sha256sum` of each tensor's bytes.
+TEST(Runtime, ChecksumManifestMatchesSafetensorsBytes) {
+  SQUISH_REQUIRE_SHARED();
+  test::TempDir tmp;
+  const std::string model = test::shared("models/coder-28m");
+  auto r = test::squish_run(checksum_cmd(model, tmp / "manifest.json", "--events-file " + tmp / "events.jsonl"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto manifest = nlohmann::json::parse(test::read_file(tmp / "manifest.json"));
+  std::map<std::string, nlohmann::json> got;
+  for (auto& e : manifest["tensors"]) got[e["name"]] = e;
+
+  size_t checked = 0;
+  for (auto& de : fs::directory_iterator(model)) {
+    if (de.path().extension() != ".safetensors") continue;
+    const std::string file = de.path().string();
+    const std::string bytes = test::read_file(file);
+    uint64_t n;
+    std::memcpy(&n, bytes.data(), 8);
+    auto header = nlohmann::json::parse(bytes.substr(8, n));
+    for (auto& [name, info] : header.items()) {
+      if (name == "__metadata__") continue;
+      ASSERT_TRUE(got.count(name)) << name;
+      const auto& e = got[name];
+      EXPECT_EQ(e["dtype"], info["dtype"]);
+      EXPECT_EQ(e["shape"], info["shape"]);
+      const uint64_t b = info["data_offsets"][0], end = info["data_offsets"][1];
+      EXPECT_EQ(e["bytes"].get<uint64_t>(), end - b);
+      // Independent hash: coreutils on the raw byte range.
+      auto h = test::run(fmt::format("tail -c +{} '{}' | head -c {} | sha256sum", 8 + n + b + 1, file, end - b));
+      EXPECT_EQ(h.out.substr(0, 64), e["sha256"].get<std::string>()) << name;
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, 98u);
+  EXPECT_EQ(manifest["tensor_count"], 98);
+
+  auto events = read_events(tmp / "events.jsonl");
+  ASSERT_GE(events.size(), 5u);
+  EXPECT_EQ(events.front()["event"], "pipeline_start");
+  EXPECT_EQ(events.back()["event"], "pipeline_end");
+  EXPECT_EQ(events.back()["exit_code"], 0);
+  EXPECT_GT(events.back()["peak_rss_bytes"].get<uint64_t>(), 0u);
+  int finishes = 0;
+  for (auto& e : events)
+    if (e["event"] == "node_finish") {
+      ++finishes;
+      if (e["node"] == "check") {
+        EXPECT_EQ(e["messages_in"], 98);
+      }
+    }
+  EXPECT_EQ(finishes, 3);
+}
+
+TEST(Runtime, DryRunValidatesWithoutRunning) {
+  test::TempDir tmp;
+  auto r = test::squish_run("--dry-run " + checksum_cmd("/nonexistent", tmp / "m.json"));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("pipeline is valid"), std::string::npos);
+  EXPECT_FALSE(fs::exists(tmp / "m.json"));
+}
+
+TEST(Runtime, HelpAndVersion) {
+  auto h = test::squish_run("--help");
+  EXPECT_EQ(h.exit_code, 0);
+  EXPECT_NE(h.out.find("exit codes"), std::string::npos);
+  auto v = test::squish_run("--version");
+  EXPECT_EQ(v.exit_code, 0);
+  EXPECT_NE(v.out.find("plugin ABI"), std::string::npos);
+  expect_one_line_error(test::squish_run("--bogus x.yaml"), 2, "unknown option '--bogus'");
+}
+
+struct BadSafetensorsCase {
+  const char* name;
+  std::string header;
+  size_t data;
+  uint64_t header_len;
+  const char* message;
+};
+
+TEST(Runtime, BadSafetensorsInputs) {
+  const std::vector<BadSafetensorsCase> cases = {
+      {"truncated", "", 0, 0, "shorter than the 8-byte header"},
+      {"header_past_eof", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 4, 5000, "runs past end of file"},
+      {"overlap", R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", 12, 0, "overlap"},
+      {"unknown_dtype", R"({"a":{"dtype":"F8_E9M9","shape":[1],"data_offsets":[0,1]}})", 1, 0, "unknown dtype"},
+      {"shape_mismatch", R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", 8, 0, "needs 12"},
+      {"bad_json", R"({"a":{"dtype":"F32",)", 0, 0, "not valid JSON"},
+      {"offsets_past_data", R"({"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", 8, 0, "run past the data section"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    test::TempDir tmp;
+    const std::string file = tmp / "model.safetensors";
+    if (std::string(c.name) == "truncated") test::write_file(file, "abc");
+    else write_raw_safetensors(file, c.header, c.data, c.header_len);
+    auto r = test::squish_run(checksum_cmd(file, tmp / "m.json"));
+    expect_one_line_error(r, 3, c.message);
+    EXPECT_NE(r.err.find(file), std::string::npos) << "error must name the file: " << r.err;
+    EXPECT_FALSE(fs::exists(tmp / "m.json"));
+    // Nothing partial: no temporary left behind either.
+    for (auto& de : fs::directory_iterator(tmp.path())) EXPECT_EQ(de.path().filename(), "model.safetensors");
+  }
+}
+
+TEST(Runtime, NanWeightsFailAndLeaveNothing) {
+  test::TempDir tmp;
+  const std::string file = tmp / "nan.safetensors";
+  {
+    std::vector<float> v(64, 1.0f);
+    v[17] = std::numeric_limits<float>::quiet_NaN();
+    SafetensorsWriter w(file, {{"w.ok", DType::F32, {64}}, {"w.bad", DType::F32, {64}}});
+    std::vector<float> ok(64, 0.5f);
+    w.write("w.ok", std::as_bytes(std::span(ok)));
+    w.write("w.bad", std::as_bytes(std::span(v)));
+    w.commit();
+  }
+  auto r = test::squish_run(checksum_cmd(file, tmp / "m.json"));
+  expect_one_line_error(r, 3, "tensor 'w.bad' has a non-finite value (nan) at element 17");
+  EXPECT_FALSE(fs::exists(tmp / "m.json"));
+  // With the check off, the same file streams fine.
+  auto ok = test::squish_run(checksum_cmd(file, tmp / "m.json", "--set check_finite=false"));
+  EXPECT_EQ(ok.exit_code, 0) << ok.err;
+  EXPECT_TRUE(fs::exists(tmp / "m.json"));
+}
+
+TEST(Runtime, UnwritableOutputIsRuntimeError) {
+  SQUISH_REQUIRE_SHARED();
+  test::TempDir tmp;
+  auto r = test::squish_run(checksum_cmd(test::shared("models/stories260K"), tmp / "no/such/dir/m.json"));
+  expect_one_line_error(r, 5, "cannot create output");
+  EXPECT_FALSE(fs::exists(tmp / "no"));
+}
+
+// Pipeline validation: each defect reported with file:line:col, exit 2 (4 for plugin problems).
+TEST(Runtime, PipelineValidationErrors) {
+  struct Case {
+    const char* name;
+    const char* yaml;
+    int code;
+    const char* message;
+  };
+  const std::vector<Case> cases = {
+      {"malformed_yaml", "name: x\nplugins: [io\nnodes: {}\n", 2, "YAML syntax error"},
+      {"unknown_top_key", "name: x\nplugins: [io]\nnodez: {}\n", 2, ":3:1: unknown key 'nodez' (did you mean 'nodes'?)"},
+      {"unknown_kind", "name: x\nplugins: [io]\nnodes:\n  a: {kind: io.safetensor_source}\n", 4,
+       ":4:13: unknown node kind 'io.safetensor_source' (did you mean 'io.safetensors_source'?)"},
+      {"missing_plugin", "name: x\nplugins: [nosuch]\nnodes:\n  a: {kind: io.passthrough}\n", 4,
+       ":2:11: plugin 'nosuch' not found (looked for "},
+      {"missing_param", "name: x\nplugins: [io]\nnodes:\n  a: {kind: io.safetensors_source}\n", 2,
+       "missing required parameter 'model'"},
+      {"unknown_param", "name: x\nplugins: [io]\nnodes:\n  a: {kind: io.safetensors_source, params: {model: m, modl: x}}\n", 2,
+       ":4:55: node 'a' (io.safetensors_source) has no parameter 'modl'"},
+      {"type_error", "name: x\nplugins: [io]\nnodes:\n  a: {kind: io.safetensors_source, params: {model: m, release_pages: maybe}}\n", 2,
+       "must be true or false, got 'maybe'"},
+      {"dangling_edge", "name: x\nplugins: [io]\nnodes:\n  a: {kind: io.safetensors_source, params: {model: m}}\nedges: [a -> b]\n", 2,
+       ":5:9: edge refers to undefined node 'b'"},
+      {"cycle",
+       "name: x\nplugins: [io]\nnodes:\n  s: {kind: io.safetensors_source, params: {model: m}}\n  a: {kind: io.passthrough}\n"
+       "  b: {kind: io.passthrough}\nedges: [s -> a, a -> b, b -> a]\n", 2, "cycle through nodes a, b"},
+      {"no_input", "name: x\nplugins: [io]\nnodes:\n  a: {kind: io.passthrough}\n", 2, "has no input edge"},
+      {"undefined_variable", "name: x\nplugins: [io]\nnodes:\n  a: {kind: io.safetensors_source, params: {model: '${nope}'}}\n", 2,
+       "reference to undefined variable 'nope'"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    test::TempDir tmp;
+    test::write_file(tmp / "p.yaml", c.yaml);
+    auto r = test::squish_run("--dry-run " + tmp / "p.yaml");
+    expect_one_line_error(r, c.code, c.message);
+    EXPECT_NE(r.err.find(tmp / "p.yaml"), std::string::npos) << r.err;
+  }
+}
+
+TEST(Runtime, SetOverridesNodeParameters) {
+  auto r = test::squish_run("--dry-run --set model=m --set check.to_f32=true " + pipelines() + "/checksum.yaml");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find(R"("to_f32":true)"), std::string::npos) << r.out;
+  expect_one_line_error(test::squish_run("--dry-run --set model=m --set check.to_f64=true " + pipelines() + "/checksum.yaml"), 2,
+                        "has no parameter 'to_f64' (did you mean 'to_f32'?)");
+  expect_one_line_error(test::squish_run("--dry-run --set model=m --set check.to_f32=perhaps " + pipelines() + "/checksum.yaml"), 2,
+                        "--set check.to_f32: parameter 'to_f32' of node 'check' must be true or false");
+  expect_one_line_error(test::squish_run("--dry-run --set model=m --set chek.to_f32=1 " + pipelines() + "/checksum.yaml"), 2,
+                        "the pipeline has no node 'chek'");
+}
+
+TEST(Runtime, PluginHostErrors) {
+  const std::string dir = SQUISH_TEST_PLUGIN_DIR;
+  struct Case {
+    const char* plugin;
+    const char* message;
+  };
+  const std::vector<Case> cases = {
+      {"noentry", "not a Squish plugin: no 'squish_plugin_entry' entry point"},
+      {"badabi", "plugin ABI version 42 is incompatible with this squish-run (ABI 1)"},
+      {"dupkind", "node kind 'io.passthrough' is already provided by"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.plugin);
+    test::TempDir tmp;
+    test::write_file(tmp / "p.yaml", fmt::format("name: x\nplugin_paths: [{}]\nplugins: [io, {}]\nnodes:\n  a: {{kind: io.safetensors_source, params: {{model: m}}}}\n", dir, c.plugin));
+    expect_one_line_error(test::squish_run("--dry-run " + tmp / "p.yaml"), 4, c.message);
+  }
+}
+
+// The limiter bounds messages in flight however fast the source is and however slow the sink.
+TEST(Runtime, InFlightMessagesAreBounded) {
+  test::TempDir tmp;
+  test::write_file(tmp / "p.yaml", "name: bounded\nplugins: [testkit]\nsettings: {max_in_flight: 3}\nnodes:\n"
+                                   "  src: {kind: testkit.counter_source, params: {count: 200}}\n"
+                                   "  sink: {kind: testkit.slow_sink, parallel: true, params: {output: '${pipeline_dir}/out.json', sleep_us: 300}}\n"
+                                   "edges: [src -> sink]\n");
+  auto r = test::run(testkit_env() + test::binary_dir() + "/bin/squish-run " + tmp / "p.yaml");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto out = nlohmann::json::parse(test::read_file(tmp / "out.json"));
+  EXPECT_EQ(out["received"], 200);
+  EXPECT_LE(out["max_live"].get<int>(), 3);
+  EXPECT_GE(out["max_live"].get<int>(), 1);
+}
+
+// The first error cancels the graph, is reported once, and sinks do not write.
+TEST(Runtime, FirstErrorCancelsGraph) {
+  test::TempDir tmp;
+  test::write_file(tmp / "p.yaml", "name: failing\nplugins: [testkit]\nnodes:\n"
+                                   "  src: {kind: testkit.counter_source, params: {count: 1000, fail_at: 10}}\n"
+                                   "  sink: {kind: testkit.slow_sink, params: {output: '${pipeline_dir}/out.json', sleep_us: 0}}\n"
+                                   "edges: [src -> sink]\n");
+  auto r = test::run(testkit_env() + test::binary_dir() + "/bin/squish-run --events-file " + tmp / "ev.jsonl " + tmp / "p.yaml");
+  expect_one_line_error(r, 3, "node 'src': counter source: planned failure at message 10");
+  EXPECT_FALSE(fs::exists(tmp / "out.json"));
+  auto events = read_events(tmp / "ev.jsonl");
+  int errors = 0;
+  for (auto& e : events) errors += e["event"] == "error";
+  EXPECT_EQ(errors, 1);
+  EXPECT_EQ(events.back()["event"], "pipeline_end");
+  EXPECT_EQ(events.back()["exit_code"], 3);
+}
+
+// Peak RSS must not grow with checkpoint size: stream coder-28m (57 MB) and a generated 2 GB
+// checkpoint with tensors of the same size, and compare the peaks.
+TEST(Runtime, PeakRssDoesNotGrowWithModelSize) {
+  SQUISH_REQUIRE_SHARED();
+  test::TempDir tmp;
+  const std::string big = tmp / "big.safetensors";
+  const int n_tensors = 256;
+  const int64_t rows = 8192, cols = 512;  // bf16: 8 MiB each, as coder-28m's embedding
+  {
+    std::vector<SafetensorsWriter::Decl> decls;
+    for (int i = 0; i < n_tensors; ++i) decls.push_back({fmt::format("layer.{}.weight", i), DType::BF16, {rows, cols}});
+    SafetensorsWriter w(big, decls);
+    std::vector<uint16_t> buf(rows * cols);
+    uint32_t s = 12345;
+    for (int i = 0; i < n_tensors; ++i) {
+      for (auto& x : buf) s = s * 1664525u + 1013904223u, x = static_cast<uint16_t>(0x3c00 | (s >> 25));  // finite values
+      w.write(fmt::format("layer.{}.weight", i), std::as_bytes(std::span(buf)));
+    }
+    w.commit();
+  }
+  ASSERT_GE(fs::file_size(big), 2ull << 30);
+  auto peak = [&](const std::string& model, const std::string& tag) {
+    auto r = test::squish_run(checksum_cmd(model, tmp / (tag + ".json"), "--threads 2 --events-file " + tmp / (tag + ".jsonl")));
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    auto ev = read_events(tmp / (tag + ".jsonl"));
+    return ev.back()["peak_rss_bytes"].get<uint64_t>();
+  };
+  const uint64_t small_rss = peak(test::shared("models/coder-28m"), "coder");
+  const uint64_t big_rss = peak(big, "big");
+  std::printf("[ figures ] peak RSS streaming coder-28m (57 MB): %.1f MiB; 2 GiB synthetic: %.1f MiB\n", small_rss / 1048576.0,
+              big_rss / 1048576.0);
+  // 36x more data; the bound is max_in_flight (8) x the largest tensor (8 MiB) plus the process.
+  EXPECT_LT(big_rss, small_rss + (80ull << 20));
+  EXPECT_LT(big_rss, 300ull << 20);
+}
