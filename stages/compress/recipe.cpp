@@ -1,0 +1,489 @@
+#include "stages/compress/recipe.hpp"
+
+#include "core/gguf/hf_to_gguf.hpp"
+#include "core/runtime/error.hpp"
+
+#include <fmt/ranges.h>
+#include <fnmatch.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <numeric>
+#include <regex>
+#include <set>
+
+namespace squish::compress {
+
+namespace {
+
+[[noreturn]] void bad(const std::string& origin, const std::string& what) {
+  throw Error(ExitCode::InputData, fmt::format("{}: invalid recipe: {}", origin, what));
+}
+
+std::vector<int> int_list(const nlohmann::json& j, const std::string& origin, const std::string& what) {
+  if (!j.is_array()) bad(origin, what + " must be a list of integers");
+  std::vector<int> v;
+  for (const auto& x : j) {
+    if (!x.is_number_integer() || x.get<int64_t>() < 0) bad(origin, what + " must hold non-negative integers");
+    v.push_back(x.get<int>());
+  }
+  return v;
+}
+
+int layer_key(const std::string& k, const std::string& origin, const std::string& what) {
+  if (k.empty() || !std::all_of(k.begin(), k.end(), ::isdigit)) bad(origin, fmt::format("{} key '{}' is not a layer index", what, k));
+  return std::stoi(k);
+}
+
+}  // namespace
+
+const std::vector<std::string>& preset_names() {
+  static const std::vector<std::string> names = {"F32",    "F16",    "BF16",   "Q8_0",   "Q6_K",   "Q5_K_M", "Q5_K_S",
+                                                 "Q4_K_M", "Q4_K_S", "Q4_0",   "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K"};
+  return names;
+}
+
+CompressionRecipe CompressionRecipe::from_json(const nlohmann::json& j, const std::string& origin) {
+  if (!j.is_object()) bad(origin, "not a JSON object");
+  static const std::set<std::string> allowed = {"format", "name", "preset", "tensors", "attention", "ffn_channels", "drop_layers",
+                                                "block_fit", "device", "memory_budget_bytes", "source"};
+  for (auto it = j.begin(); it != j.end(); ++it)
+    if (!allowed.count(it.key())) bad(origin, fmt::format("unknown key '{}'", it.key()));
+  if (j.contains("format") && j["format"] != "squish.recipe/1")
+    bad(origin, fmt::format("format {} is not squish.recipe/1", j["format"].dump()));
+  CompressionRecipe r;
+  r.name = j.value("name", "");
+  if (j.contains("preset") && !j["preset"].is_null()) {
+    if (!j["preset"].is_string()) bad(origin, "preset must be a string");
+    std::string p = j["preset"].get<std::string>();
+    std::transform(p.begin(), p.end(), p.begin(), ::toupper);
+    const auto& names = preset_names();
+    if (std::find(names.begin(), names.end(), p) == names.end())
+      bad(origin, fmt::format("unknown preset '{}' (known: {})", p, fmt::join(names, ", ")));
+    r.preset = p;
+  }
+  if (j.contains("tensors")) {
+    if (!j["tensors"].is_array()) bad(origin, "tensors must be a list of {match, type, reason}");
+    for (const auto& t : j["tensors"]) {
+      if (!t.is_object() || !t.contains("match") || !t.contains("type") || !t["match"].is_string() || !t["type"].is_string())
+        bad(origin, "each tensors entry needs string 'match' and 'type'");
+      auto type = ggml_type_from_name(t["type"].get<std::string>());
+      if (!type) bad(origin, fmt::format("unknown tensor type '{}'", t["type"].get<std::string>()));
+      r.tensors.push_back({t["match"].get<std::string>(), *type, t.value("reason", "")});
+    }
+  }
+  if (j.contains("attention")) {
+    if (!j["attention"].is_object()) bad(origin, "attention must map layer -> {kv_groups, q_heads}");
+    for (auto it = j["attention"].begin(); it != j["attention"].end(); ++it) {
+      const int layer = layer_key(it.key(), origin, "attention");
+      AttentionKeep k;
+      const auto& v = it.value();
+      if (!v.is_object()) bad(origin, fmt::format("attention.{} must be an object", it.key()));
+      for (auto f = v.begin(); f != v.end(); ++f)
+        if (f.key() != "kv_groups" && f.key() != "q_heads") bad(origin, fmt::format("attention.{}: unknown key '{}'", it.key(), f.key()));
+      if (v.contains("kv_groups")) k.kv_groups = int_list(v["kv_groups"], origin, fmt::format("attention.{}.kv_groups", it.key()));
+      if (v.contains("q_heads")) k.q_heads = int_list(v["q_heads"], origin, fmt::format("attention.{}.q_heads", it.key()));
+      r.attention[layer] = k;
+    }
+  }
+  if (j.contains("ffn_channels")) {
+    if (!j["ffn_channels"].is_object()) bad(origin, "ffn_channels must map layer -> [channels kept]");
+    for (auto it = j["ffn_channels"].begin(); it != j["ffn_channels"].end(); ++it)
+      r.ffn_channels[layer_key(it.key(), origin, "ffn_channels")] = int_list(it.value(), origin, "ffn_channels." + it.key());
+  }
+  if (j.contains("drop_layers")) r.drop_layers = int_list(j["drop_layers"], origin, "drop_layers");
+  r.block_fit = j.value("block_fit", "fallback");
+  if (r.block_fit != "fallback" && r.block_fit != "error") bad(origin, "block_fit must be \"fallback\" or \"error\"");
+  r.device = j.value("device", "");
+  if (j.contains("memory_budget_bytes")) {
+    if (!j["memory_budget_bytes"].is_number_unsigned()) bad(origin, "memory_budget_bytes must be a non-negative integer");
+    r.memory_budget_bytes = j["memory_budget_bytes"].get<uint64_t>();
+  }
+  if (j.contains("source")) r.source = j["source"];
+  if (!r.preset && r.tensors.empty()) bad(origin, "needs a 'preset' or 'tensors' rules (or both)");
+  return r;
+}
+
+CompressionRecipe CompressionRecipe::load(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) fail(ExitCode::InputData, "{}: cannot open recipe", path);
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    fail(ExitCode::InputData, "{}: recipe is not valid JSON ({})", path, e.what());
+  }
+  return from_json(j, path);
+}
+
+CompressionRecipe CompressionRecipe::from_preset(const std::string& preset) {
+  return from_json({{"name", preset}, {"preset", preset}}, "preset " + preset);
+}
+
+nlohmann::json CompressionRecipe::to_json() const {
+  nlohmann::json j{{"format", "squish.recipe/1"}, {"name", name}};
+  if (preset) j["preset"] = *preset;
+  if (!tensors.empty()) {
+    j["tensors"] = nlohmann::json::array();
+    for (const auto& t : tensors) j["tensors"].push_back({{"match", t.match}, {"type", ggml_type_name(t.type)}, {"reason", t.reason}});
+  }
+  if (!attention.empty()) {
+    j["attention"] = nlohmann::json::object();
+    for (const auto& [l, k] : attention) {
+      nlohmann::json e = nlohmann::json::object();
+      if (!k.kv_groups.empty()) e["kv_groups"] = k.kv_groups;
+      if (!k.q_heads.empty()) e["q_heads"] = k.q_heads;
+      j["attention"][std::to_string(l)] = e;
+    }
+  }
+  if (!ffn_channels.empty()) {
+    j["ffn_channels"] = nlohmann::json::object();
+    for (const auto& [l, c] : ffn_channels) j["ffn_channels"][std::to_string(l)] = c;
+  }
+  if (!drop_layers.empty()) j["drop_layers"] = drop_layers;
+  j["block_fit"] = block_fit;
+  if (!device.empty()) j["device"] = device;
+  if (memory_budget_bytes) j["memory_budget_bytes"] = memory_budget_bytes;
+  if (!source.empty()) j["source"] = source;
+  return j;
+}
+
+// ---- llama.cpp's type mixtures (llama-quant.cpp: llama_tensor_get_type) ----------------------
+
+namespace {
+
+struct PresetState {
+  std::string preset;
+  GGMLType base;
+  bool has_output = false;
+  int n_layer = 0;       // output layers
+  int n_gqa = 1;         // n_head / n_head_kv of layer 0, as llama.cpp's hparams.n_gqa()
+  int n_attention_wv = 0, i_attention_wv = 0, i_ffn_down = 0;
+};
+
+GGMLType preset_base(const std::string& p) {
+  if (p == "F32") return GGMLType::F32;
+  if (p == "F16") return GGMLType::F16;
+  if (p == "BF16") return GGMLType::BF16;
+  if (p == "Q8_0") return GGMLType::Q8_0;
+  if (p == "Q4_0") return GGMLType::Q4_0;
+  if (p == "Q6_K") return GGMLType::Q6_K;
+  if (p.starts_with("Q5_K")) return GGMLType::Q5_K;
+  if (p.starts_with("Q4_K")) return GGMLType::Q4_K;
+  if (p.starts_with("Q3_K")) return GGMLType::Q3_K;
+  return GGMLType::Q2_K;
+}
+
+bool use_more_bits(int i, int n) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; }
+
+bool contains(const std::string& s, const char* part) { return s.find(part) != std::string::npos; }
+
+// The type llama-quantize picks for a quantizable weight, with the reason. Counters advance in
+// llama.cpp's tensor order, exactly as llama-quant.cpp does, so mixtures match one to one.
+std::pair<GGMLType, std::string> preset_type(PresetState& s, const std::string& name) {
+  const std::string& p = s.preset;
+  GGMLType t = s.base;
+  std::string why = fmt::format("{} base type", p);
+  if (t == GGMLType::F32 || t == GGMLType::F16 || t == GGMLType::BF16) return {t, why};
+  if (name == "output.weight" || (!s.has_output && name == "token_embd.weight")) {
+    if (t != GGMLType::Q8_0) t = GGMLType::Q6_K, why = fmt::format("{}: output projection gets Q6_K (llama.cpp)", p);
+  } else if (contains(name, "attn_v.weight")) {
+    const int i = s.i_attention_wv++, n = s.n_attention_wv;
+    if (p == "Q2_K") t = s.n_gqa >= 4 ? GGMLType::Q4_K : GGMLType::Q3_K, why = fmt::format("Q2_K: attn_v with n_gqa {} gets more bits", s.n_gqa);
+    else if (p == "Q3_K_M") t = i < 2 ? GGMLType::Q5_K : GGMLType::Q4_K, why = "Q3_K_M: attn_v gets more bits";
+    else if (p == "Q3_K_L") t = GGMLType::Q5_K, why = "Q3_K_L: attn_v gets Q5_K";
+    else if ((p == "Q4_K_M" || p == "Q5_K_M") && use_more_bits(i, n)) t = GGMLType::Q6_K, why = fmt::format("{}: attn_v of a sensitive layer gets Q6_K", p);
+    else if (p == "Q4_K_S" && i < 4) t = GGMLType::Q5_K, why = "Q4_K_S: first attn_v layers get Q5_K";
+  } else if (contains(name, "ffn_down")) {
+    const int i = s.i_ffn_down++, n = s.n_layer;
+    if (p == "Q2_K") t = GGMLType::Q3_K, why = "Q2_K: ffn_down gets Q3_K";
+    else if (p == "Q3_K_M") t = i < n / 16 ? GGMLType::Q5_K : GGMLType::Q4_K, why = "Q3_K_M: ffn_down gets more bits";
+    else if (p == "Q3_K_L") t = GGMLType::Q5_K, why = "Q3_K_L: ffn_down gets Q5_K";
+    else if (p == "Q4_K_M" && use_more_bits(i, n)) t = GGMLType::Q6_K, why = "Q4_K_M: ffn_down of a sensitive layer gets Q6_K";
+    else if (p == "Q5_K_M" && use_more_bits(i, n)) t = GGMLType::Q6_K, why = "Q5_K_M: ffn_down of a sensitive layer gets Q6_K";
+    else if (p == "Q4_K_S" && i < n / 8) t = GGMLType::Q5_K, why = "Q4_K_S: first ffn_down layers get Q5_K";
+  } else if (contains(name, "attn_output.weight")) {
+    if (p == "Q2_K") t = GGMLType::Q3_K, why = "Q2_K: attn_output gets Q3_K";
+    else if (p == "Q3_K_M") t = GGMLType::Q4_K, why = "Q3_K_M: attn_output gets Q4_K";
+    else if (p == "Q3_K_L") t = GGMLType::Q5_K, why = "Q3_K_L: attn_output gets Q5_K";
+  }
+  return {t, why};
+}
+
+// A type whose block fits a row of n elements: llama.cpp's fallback order, limited to the types
+// Squish implements (no Q5_0/Q5_1/IQ4_NL: K-quants of 2-4 bits fall back to Q4_0, 5-6 bits to Q8_0).
+GGMLType fallback_type(GGMLType t, int64_t n) {
+  GGMLType f;
+  switch (t) {
+    case GGMLType::Q2_K: case GGMLType::Q3_K: case GGMLType::Q4_K: f = GGMLType::Q4_0; break;
+    case GGMLType::Q5_K: case GGMLType::Q6_K: f = GGMLType::Q8_0; break;
+    default: f = GGMLType::F16;
+  }
+  if (n % ggml_type_traits(f)->block_size != 0) f = GGMLType::F16;
+  return f;
+}
+
+int rule_specificity(const std::string& pattern) {
+  if (pattern.find_first_of("*?[") == std::string::npos) return 1 << 20;  // exact name beats any glob
+  return static_cast<int>(std::count_if(pattern.begin(), pattern.end(), [](char c) { return c != '*' && c != '?'; }));
+}
+
+std::vector<int> sorted_unique(std::vector<int> v) {
+  std::sort(v.begin(), v.end());
+  v.erase(std::unique(v.begin(), v.end()), v.end());
+  return v;
+}
+
+int hf_layer(const std::string& hf_name) {
+  static const std::regex re(R"(^model\.layers\.(\d+)\.)");
+  std::smatch m;
+  return std::regex_search(hf_name, m, re) ? std::stoi(m[1]) : -1;
+}
+
+}  // namespace
+
+const PlannedTensor* CompressPlan::find_hf(const std::string& hf_name) const {
+  auto it = by_hf_name.find(hf_name);
+  return it == by_hf_name.end() ? nullptr : &tensors[it->second];
+}
+
+nlohmann::json CompressPlan::summary() const {
+  nlohmann::json t = nlohmann::json::array();
+  std::map<std::string, uint64_t> bytes_by_type;
+  for (const auto& pt : tensors) {
+    t.push_back({{"name", pt.gguf_name}, {"type", ggml_type_name(pt.type)}, {"ne", pt.ne}, {"bytes", pt.nbytes}, {"reason", pt.reason}});
+    bytes_by_type[ggml_type_name(pt.type)] += pt.nbytes;
+  }
+  nlohmann::json layers = nlohmann::json::array();
+  for (const auto& l : this->layers)
+    layers.push_back({{"src_layer", l.src_layer}, {"n_head", l.n_head}, {"n_head_kv", l.n_head_kv}, {"n_ff", l.n_ff}});
+  uint64_t weight_bytes = 0;
+  for (const auto& pt : tensors) weight_bytes += pt.nbytes;
+  return {{"recipe", recipe.to_json()},
+          {"file_bytes", file_bytes},
+          {"bits_per_weight", output_params ? 8.0 * weight_bytes / output_params : 0.0},
+          {"source_params", source_params},
+          {"output_params", output_params},
+          {"bytes_by_type", bytes_by_type},
+          {"layers", layers},
+          {"tensors", t}};
+}
+
+CompressPlan resolve(const CompressionRecipe& recipe, const std::string& model_dir) {
+  CompressPlan plan;
+  plan.recipe = recipe;
+  plan.model_dir = model_dir;
+  plan.config = ModelConfig::load(model_dir);
+  const ModelConfig& cfg = plan.config;
+  const std::string origin = recipe.name.empty() ? "recipe" : "recipe '" + recipe.name + "'";
+  auto st = SafetensorsModel::open(model_dir);
+
+  // Output layers: every source layer not dropped, renumbered in order.
+  std::set<int> dropped(recipe.drop_layers.begin(), recipe.drop_layers.end());
+  for (int l : dropped)
+    if (l >= cfg.n_layer) bad(origin, fmt::format("drop_layers: layer {} does not exist (model has {})", l, cfg.n_layer));
+  if (static_cast<int>(dropped.size()) >= cfg.n_layer) bad(origin, "drop_layers removes every layer");
+  for (const auto& [l, k] : recipe.attention)
+    if (l >= cfg.n_layer || dropped.count(l)) bad(origin, fmt::format("attention: layer {} does not exist or is dropped", l));
+  for (const auto& [l, c] : recipe.ffn_channels)
+    if (l >= cfg.n_layer || dropped.count(l)) bad(origin, fmt::format("ffn_channels: layer {} does not exist or is dropped", l));
+
+  const int group = cfg.n_head / cfg.n_head_kv;  // q heads per kv group
+  std::map<int, int> out_of_src;
+  for (int l = 0; l < cfg.n_layer; ++l) {
+    if (dropped.count(l)) continue;
+    LayerShape ls;
+    ls.src_layer = l;
+    AttentionKeep keep;
+    if (auto it = recipe.attention.find(l); it != recipe.attention.end()) keep = it->second;
+    std::vector<int> kv = sorted_unique(keep.kv_groups);
+    std::vector<int> q = sorted_unique(keep.q_heads);
+    for (int g : kv)
+      if (g >= cfg.n_head_kv) bad(origin, fmt::format("attention.{}: kv group {} does not exist (model has {})", l, g, cfg.n_head_kv));
+    for (int h : q)
+      if (h >= cfg.n_head) bad(origin, fmt::format("attention.{}: q head {} does not exist (model has {})", l, h, cfg.n_head));
+    if (kv.empty()) {
+      if (q.empty()) kv.resize(cfg.n_head_kv), std::iota(kv.begin(), kv.end(), 0);
+      else for (int h : q) kv.push_back(h / group);
+      kv = sorted_unique(kv);
+    }
+    if (q.empty())
+      for (int g : kv)
+        for (int h = g * group; h < (g + 1) * group; ++h) q.push_back(h);
+    // Every kept group keeps the same number of q heads (GGUF's GQA layout needs a fixed ratio).
+    std::map<int, int> per_group;
+    for (int h : q) {
+      if (std::find(kv.begin(), kv.end(), h / group) == kv.end())
+        bad(origin, fmt::format("attention.{}: q head {} belongs to kv group {}, which is not kept", l, h, h / group));
+      per_group[h / group]++;
+    }
+    for (int g : kv)
+      if (per_group[g] != per_group[kv.front()])
+        bad(origin, fmt::format("attention.{}: kept groups keep different numbers of q heads ({} in group {}, {} in group {})", l,
+                                per_group[kv.front()], kv.front(), per_group[g], g));
+    ls.kv_groups = kv;
+    ls.q_heads = q;
+    ls.n_head = static_cast<int>(q.size());
+    ls.n_head_kv = static_cast<int>(kv.size());
+    ls.n_ff = cfg.n_ff;
+    if (auto it = recipe.ffn_channels.find(l); it != recipe.ffn_channels.end()) {
+      ls.ffn_channels = sorted_unique(it->second);
+      if (ls.ffn_channels.empty()) bad(origin, fmt::format("ffn_channels.{} keeps no channel", l));
+      if (ls.ffn_channels.back() >= cfg.n_ff)
+        bad(origin, fmt::format("ffn_channels.{}: channel {} does not exist (n_ff {})", l, ls.ffn_channels.back(), cfg.n_ff));
+      ls.n_ff = static_cast<int>(ls.ffn_channels.size());
+    }
+    out_of_src[l] = static_cast<int>(plan.layers.size());
+    plan.layers.push_back(std::move(ls));
+  }
+
+  // Tensors: map names, apply pruning to shapes.
+  const int hd = cfg.head_dim;
+  for (const auto& e : st.entries()) {
+    plan.source_params += static_cast<uint64_t>(std::accumulate(e.shape.begin(), e.shape.end(), int64_t{1}, std::multiplies<>()));
+    const int src_layer = hf_layer(e.name);
+    if (src_layer >= 0 && dropped.count(src_layer)) continue;
+    auto g = gguf::hf_to_gguf_name(e.name);
+    if (!g) {
+      if (e.name.find("rotary_emb") != std::string::npos) continue;  // recomputed, never stored
+      fail(ExitCode::InputData, "{}: tensor '{}' has no GGUF name for architecture {}", model_dir, e.name, cfg.arch);
+    }
+    PlannedTensor pt;
+    pt.hf_name = e.name;
+    pt.src_shape = e.shape;
+    pt.shape = e.shape;
+    if (src_layer >= 0) {
+      pt.layer = out_of_src.at(src_layer);
+      pt.gguf_name = "blk." + std::to_string(pt.layer) + g->substr(g->find('.', 4));
+      const LayerShape& ls = plan.layers[pt.layer];
+      auto rows_of = [&](const std::vector<int>& heads) {
+        std::vector<int64_t> rows;
+        for (int h : heads)
+          for (int r = 0; r < hd; ++r) rows.push_back(int64_t{h} * hd + r);
+        return rows;
+      };
+      const bool attn_pruned = ls.n_head != cfg.n_head || ls.n_head_kv != cfg.n_head_kv;
+      const std::string& n = e.name;
+      if (attn_pruned && (contains(n, ".q_proj."))) pt.keep_rows = rows_of(ls.q_heads);
+      if (attn_pruned && (contains(n, ".k_proj.") || contains(n, ".v_proj."))) pt.keep_rows = rows_of(ls.kv_groups);
+      if (attn_pruned && contains(n, ".o_proj.weight")) pt.keep_cols = rows_of(ls.q_heads);
+      if (!ls.ffn_channels.empty()) {
+        std::vector<int64_t> ch(ls.ffn_channels.begin(), ls.ffn_channels.end());
+        if (contains(n, ".gate_proj.") || contains(n, ".up_proj.")) pt.keep_rows = ch;
+        if (contains(n, ".down_proj.weight")) pt.keep_cols = ch;
+      }
+      if (!pt.keep_rows.empty()) pt.shape[0] = static_cast<int64_t>(pt.keep_rows.size());
+      if (!pt.keep_cols.empty()) pt.shape[1] = static_cast<int64_t>(pt.keep_cols.size());
+      if (gguf::needs_qk_permute(cfg.arch, pt.gguf_name))
+        pt.permute_heads = gguf::qk_permute_heads(pt.gguf_name, ls.n_head, ls.n_head_kv);
+    } else {
+      pt.gguf_name = *g;
+    }
+    pt.ne = gguf::gguf_ne_from_hf_shape(pt.shape);
+    plan.tensors.push_back(std::move(pt));
+  }
+  std::sort(plan.tensors.begin(), plan.tensors.end(),
+            [](const auto& a, const auto& b) { return gguf::llama_tensor_order_less(a.gguf_name, b.gguf_name); });
+
+  // Types: preset mixture, then the recipe's rules (most specific wins), then block fit.
+  PresetState ps;
+  if (recipe.preset) {
+    ps.preset = *recipe.preset;
+    ps.base = preset_base(ps.preset);
+    ps.n_layer = static_cast<int>(plan.layers.size());
+    ps.n_gqa = plan.layers[0].n_head / plan.layers[0].n_head_kv;
+    for (const auto& pt : plan.tensors) {
+      ps.has_output |= pt.gguf_name == "output.weight";
+      ps.n_attention_wv += contains(pt.gguf_name, "attn_v.weight");
+    }
+  }
+  for (auto& pt : plan.tensors) {
+    const bool is_weight = pt.gguf_name.ends_with("weight") && pt.ne.size() >= 2 && !contains(pt.gguf_name, "_norm.weight");
+    if (!is_weight) {
+      pt.type = GGMLType::F32;
+      pt.reason = pt.ne.size() < 2 ? "1-D tensors (norms, biases) stay F32" : "norm weights stay F32";
+    } else {
+      bool typed = false;
+      if (recipe.preset) {
+        std::tie(pt.type, pt.reason) = preset_type(ps, pt.gguf_name);
+        typed = true;
+      }
+      int best = -1;
+      for (const auto& rule : recipe.tensors) {
+        const bool hit = ::fnmatch(rule.match.c_str(), pt.hf_name.c_str(), 0) == 0 ||
+                         ::fnmatch(rule.match.c_str(), pt.gguf_name.c_str(), 0) == 0;
+        const int spec = rule_specificity(rule.match);
+        if (hit && spec >= best) {
+          best = spec;
+          pt.type = rule.type;
+          pt.reason = rule.reason.empty() ? fmt::format("recipe rule '{}'", rule.match) : rule.reason;
+          typed = true;
+        }
+      }
+      if (!typed) bad(origin, fmt::format("no type for tensor '{}' (add a preset or a rule that matches it)", pt.hf_name));
+      const int64_t row = pt.ne[0];
+      const auto* tr = ggml_type_traits(pt.type);
+      if (row % tr->block_size != 0) {
+        if (recipe.block_fit == "error")
+          bad(origin, fmt::format("tensor '{}' rows of {} are not a multiple of {}'s block size {}", pt.hf_name, row, tr->name, tr->block_size));
+        const GGMLType f = fallback_type(pt.type, row);
+        pt.reason += fmt::format("; rows of {} not a multiple of {}'s block {}: fallback to {}", row, tr->name, tr->block_size, ggml_type_name(f));
+        pt.type = f;
+      }
+    }
+    int64_t rows = 1;
+    for (size_t i = 1; i < pt.ne.size(); ++i) rows *= pt.ne[i];
+    pt.nbytes = ggml_row_size(pt.type, pt.ne[0]) * static_cast<size_t>(rows);
+    plan.output_params += static_cast<uint64_t>(pt.ne[0] * rows);
+  }
+  for (size_t i = 0; i < plan.tensors.size(); ++i) plan.by_hf_name[plan.tensors[i].hf_name] = i;
+
+  // Metadata: llama.cpp's keys (per-layer head counts as arrays when they differ), then Squish's.
+  gguf::MetadataOptions opt;
+  if (recipe.preset) opt.file_type = gguf::llama_file_type_from_name(*recipe.preset);
+  else {
+    std::map<GGMLType, uint64_t> by;
+    for (const auto& pt : plan.tensors) by[pt.type] += pt.nbytes;
+    const GGMLType dom = std::max_element(by.begin(), by.end(), [](auto& a, auto& b) { return a.second < b.second; })->first;
+    static const std::map<GGMLType, std::string> ft = {{GGMLType::F32, "F32"},   {GGMLType::F16, "F16"},   {GGMLType::BF16, "BF16"},
+                                                       {GGMLType::Q8_0, "Q8_0"}, {GGMLType::Q4_0, "Q4_0"}, {GGMLType::Q6_K, "Q6_K"},
+                                                       {GGMLType::Q5_K, "Q5_K_M"}, {GGMLType::Q4_K, "Q4_K_M"}, {GGMLType::Q3_K, "Q3_K_M"},
+                                                       {GGMLType::Q2_K, "Q2_K"}};
+    opt.file_type = gguf::llama_file_type_from_name(ft.at(dom));
+  }
+  ModelConfig out_cfg = cfg;
+  out_cfg.n_layer = static_cast<int>(plan.layers.size());
+  bool uniform = true;
+  for (const auto& l : plan.layers) {
+    opt.head_count.push_back(l.n_head);
+    opt.head_count_kv.push_back(l.n_head_kv);
+    opt.feed_forward_length.push_back(l.n_ff);
+    uniform &= l.n_head == cfg.n_head && l.n_head_kv == cfg.n_head_kv && l.n_ff == cfg.n_ff;
+  }
+  if (uniform) opt.head_count.clear(), opt.head_count_kv.clear(), opt.feed_forward_length.clear();
+  plan.metadata = gguf::build_metadata(out_cfg, model_dir, opt);
+  plan.metadata.emplace_back("squish.version", gguf::Value(std::string(SQUISH_VERSION)));
+  plan.metadata.emplace_back("squish.recipe", gguf::Value(recipe.to_json().dump()));
+
+  // Predicted file size: the writer's own layout rule (header, then each tensor aligned).
+  std::vector<gguf::TensorInfo> infos;
+  uint64_t off = 0;
+  for (const auto& pt : plan.tensors) {
+    gguf::TensorInfo ti;
+    ti.name = pt.gguf_name;
+    ti.ne = pt.ne;
+    ti.type = pt.type;
+    ti.offset = off;
+    ti.nbytes = pt.nbytes;
+    infos.push_back(ti);
+    off += (pt.nbytes + gguf::kDefaultAlignment - 1) / gguf::kDefaultAlignment * gguf::kDefaultAlignment;
+  }
+  plan.file_bytes = gguf::serialize_header(plan.metadata, infos, gguf::kDefaultAlignment).size() + off;
+  if (recipe.memory_budget_bytes && plan.file_bytes > recipe.memory_budget_bytes)
+    bad(origin, fmt::format("planned output of {} bytes exceeds the memory budget of {} bytes{}", plan.file_bytes,
+                            recipe.memory_budget_bytes, recipe.device.empty() ? "" : " (" + recipe.device + ")"));
+  return plan;
+}
+
+}  // namespace squish::compress

@@ -1,0 +1,96 @@
+#pragma once
+// CompressionRecipe: what the plan stage decides and the compress stage carries out (schema in
+// docs/recipe.md). resolve() turns a recipe + checkpoint into a CompressPlan: every output
+// tensor's GGUF name, shape, type, the slicing that prunes it and the reason for its type.
+// Deterministic: the same recipe and checkpoint always give the same plan (and the same bytes).
+#include "core/gguf/gguf.hpp"
+#include "core/io/hf_config.hpp"
+#include "core/io/safetensors.hpp"
+#include "core/quant/ggml_types.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace squish::compress {
+
+struct TensorRule {
+  std::string match;  // HF tensor name or glob (fnmatch), e.g. "model.layers.*.mlp.down_proj.weight"
+  GGMLType type;
+  std::string reason;
+};
+
+// Heads kept in one layer, as indices of the original model. Empty lists mean "all".
+struct AttentionKeep {
+  std::vector<int> kv_groups;  // KV heads kept
+  std::vector<int> q_heads;    // q heads kept; each must belong to a kept group, same count per group
+};
+
+struct CompressionRecipe {
+  std::string name;
+  std::optional<std::string> preset;       // llama.cpp mixture, e.g. "Q4_K_M"
+  std::vector<TensorRule> tensors;         // overrides; the most specific match wins
+  std::map<int, AttentionKeep> attention;  // by original layer index
+  std::map<int, std::vector<int>> ffn_channels;  // by original layer: intermediate channels kept
+  std::vector<int> drop_layers;            // original layer indices removed entirely
+  std::string block_fit = "fallback";      // rows not a multiple of the block size: "fallback" | "error"
+  std::string device;                      // what it was planned for (free text)
+  uint64_t memory_budget_bytes = 0;        // 0 = none; the output file must fit
+  nlohmann::json source = nlohmann::json::object();  // provenance: scores, plan settings
+
+  static CompressionRecipe from_json(const nlohmann::json& j, const std::string& origin);
+  static CompressionRecipe load(const std::string& path);
+  static CompressionRecipe from_preset(const std::string& preset);  // {"preset": preset}
+  nlohmann::json to_json() const;
+};
+
+// Names of the presets (llama.cpp mixtures) Squish reproduces.
+const std::vector<std::string>& preset_names();
+
+// Architecture of one output layer after pruning.
+struct LayerShape {
+  int src_layer = 0;
+  int n_head = 0, n_head_kv = 0, n_ff = 0;
+  std::vector<int> q_heads;      // original q-head indices kept, grouped by kept kv group
+  std::vector<int> kv_groups;    // original kv-group indices kept
+  std::vector<int> ffn_channels; // original channels kept (empty = all)
+};
+
+struct PlannedTensor {
+  std::string hf_name;
+  std::string gguf_name;
+  int layer = -1;                 // output layer (-1 for globals)
+  std::vector<int64_t> src_shape; // HF shape (outermost first)
+  std::vector<int64_t> shape;     // output HF-order shape after pruning
+  std::vector<int64_t> ne;        // GGUF ne (innermost first)
+  GGMLType type = GGMLType::F32;
+  std::string reason;
+  std::vector<int64_t> keep_rows; // HF rows kept, in output order (empty = all)
+  std::vector<int64_t> keep_cols; // HF columns kept (empty = all)
+  int permute_heads = 0;          // > 0: llama q/k rope permutation over this many heads
+  size_t nbytes = 0;
+};
+
+struct CompressPlan {
+  ModelConfig config;              // of the source checkpoint
+  std::string model_dir;
+  CompressionRecipe recipe;
+  std::vector<LayerShape> layers;  // output layers
+  std::vector<PlannedTensor> tensors;  // in GGUF (llama.cpp) order
+  std::map<std::string, size_t> by_hf_name;
+  std::vector<gguf::KeyValue> metadata;
+  uint64_t file_bytes = 0;         // predicted size of the GGUF
+  uint64_t source_params = 0, output_params = 0;
+
+  const PlannedTensor* find_hf(const std::string& hf_name) const;
+  nlohmann::json summary() const;  // per-tensor types and reasons, sizes: for reports and squish.recipe
+};
+
+// Resolves the recipe against a checkpoint. Throws Error(InputData) naming the recipe for
+// inconsistent pruning (unknown heads, uneven q heads per group, ...) and unknown tensors.
+CompressPlan resolve(const CompressionRecipe& recipe, const std::string& model_dir);
+
+}  // namespace squish::compress
