@@ -6,6 +6,7 @@
 #include "core/quant/quantize.hpp"
 #include "test_util.hpp"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -63,7 +64,7 @@ struct Checked {
 // Quantizes every tensor of `gguf_path` whose type Squish supports from the safetensors weights
 // and compares bytes. llama_heads: (n_head, n_head_kv) for Llama's q/k permutation, or none.
 Checked check_gguf(const std::string& gguf_path, const std::string& model_dir,
-                   std::optional<std::pair<int, int>> llama_heads) {
+                   std::optional<std::pair<int, int>> llama_heads, bool scalar = false) {
   Checked out;
   const auto reader = gguf::Reader::open(gguf_path);
   const auto model = SafetensorsModel::open(model_dir);
@@ -96,7 +97,12 @@ Checked check_gguf(const std::string& gguf_path, const std::string& model_dir,
       ADD_FAILURE() << "GGUF holds " << t.data.size() << " bytes, expected " << q.size();
       continue;
     }
-    quantize_rows(t.type, w.data(), q.data(), rows, cols);
+    if (scalar) {  // the scalar reference, row by row (the default path may be AVX2)
+      for (int64_t r = 0; r < rows; ++r)
+        ref::quantize_row(t.type, w.data() + r * cols, q.data() + r * ggml_row_size(t.type, cols), cols);
+    } else {
+      quantize_rows(t.type, w.data(), q.data(), rows, cols);
+    }
     if (std::memcmp(q.data(), t.data.data(), q.size()) != 0) {
       const size_t row_size = ggml_row_size(t.type, cols);
       size_t first = 0, n_diff = 0;
@@ -108,6 +114,9 @@ Checked check_gguf(const std::string& gguf_path, const std::string& model_dir,
     }
     ++out.tensors[t.type];
   }
+  std::string summary;
+  for (const auto& [type, count] : out.tensors) summary += fmt::format(" {}x{}", count, ggml_type_name(type));
+  std::printf("  %s: identical:%s\n", gguf_path.c_str(), summary.c_str());
   return out;
 }
 
@@ -135,6 +144,14 @@ TEST(QuantReference, CoderQ2_K) {
   SQUISH_REQUIRE_SHARED();
   auto c = check_gguf(test::shared("reference/coder-28m-Q2_K.gguf"), test::shared("models/coder-28m"), std::nullopt);
   EXPECT_GT(c.tensors[GGMLType::Q2_K], 0);
+}
+
+TEST(QuantReference, ScalarReferenceCoderQ3_K_S) {
+  SQUISH_REQUIRE_SHARED();
+  auto c = check_gguf(test::shared("reference/coder-28m-Q3_K_S.gguf"), test::shared("models/coder-28m"), std::nullopt,
+                      /*scalar=*/true);
+  EXPECT_GT(c.tensors[GGMLType::Q3_K], 0);
+  EXPECT_GT(c.tensors[GGMLType::Q6_K], 0);
 }
 
 // The F32 GGUF pins down the name mapping and the q/k row permutation (plain float compare).

@@ -103,7 +103,7 @@ TEST(TokenizerBpe, VocabMatchesLlamaCppGgufMetadata) {
     EXPECT_TRUE(it->second == value) << key << ": " << it->second.to_string() << " vs " << value.to_string();
     ++compared;
   }
-  EXPECT_EQ(compared, 8u);  // model pre tokens token_type merges eos bos pad (+ add_bos)
+  EXPECT_EQ(compared, 9u);  // model pre tokens token_type merges eos bos pad add_bos
   // Read back from the GGUF, the vocabulary tokenizes identically.
   const Vocab from_gguf = Vocab::from_gguf(ref);
   EXPECT_EQ(from_gguf.tokens, mine.tokens);
@@ -113,4 +113,74 @@ TEST(TokenizerBpe, VocabMatchesLlamaCppGgufMetadata) {
   const Tokenizer tok(from_gguf);
   const std::string text = data("calib-code.txt");
   EXPECT_EQ(tok.encode(text, true), coder().encode(text, true));
+}
+
+namespace {
+
+// A tiny byte-level vocabulary: the 256 byte characters, then "ab", "abc" (merge "a b" only).
+Vocab tiny_vocab(const std::string& pre) {
+  Vocab v;
+  v.model = "gpt2";
+  v.pre = pre;
+  // GPT-2 alphabet: printable Latin-1 maps to itself, the rest to U+0100.. in byte order.
+  uint32_t next = 256;
+  for (uint32_t b = 0; b < 256; ++b) {
+    const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE);
+    const uint32_t cp = printable ? b : next++;
+    std::string s;
+    if (cp < 0x80) {
+      s += static_cast<char>(cp);
+    } else {
+      s += static_cast<char>(0xC0 | (cp >> 6));
+      s += static_cast<char>(0x80 | (cp & 0x3F));
+    }
+    v.tokens.push_back(s);
+  }
+  v.tokens.push_back("ab");
+  v.tokens.push_back("abc");
+  v.tokens.push_back("<|eot|>");
+  v.token_types.assign(v.tokens.size(), static_cast<int32_t>(TokenType::Normal));
+  v.token_types.back() = static_cast<int32_t>(TokenType::Control);
+  v.merges = {"a b"};
+  v.bos = 258;
+  v.eos = 258;
+  return v;
+}
+
+}  // namespace
+
+TEST(TokenizerBpe, IgnoreMergesAndBos) {
+  Vocab q = tiny_vocab("qwen2");
+  const Tokenizer qt(q);
+  EXPECT_EQ(qt.encode("abc", true), (std::vector<int32_t>{256, 'c'}));  // no "ab c" merge
+  Vocab l = tiny_vocab("llama-bpe");
+  l.ignore_merges = true;  // Llama 3: a whole pre-token in the vocabulary wins
+  l.add_bos = true;
+  const Tokenizer lt(l);
+  // Token i < 256 is byte i's character, so " abd" -> [' ', ab, d].
+  EXPECT_EQ(lt.encode("abc abd", true), (std::vector<int32_t>{258, 257, ' ', 256, 'd'}));
+  EXPECT_EQ(lt.decode(lt.encode("abc abd<|eot|>", false)), "abc abd<|eot|>");
+  // A merge naming a token that is not in the vocabulary is an input error.
+  Vocab bad = tiny_vocab("qwen2");
+  bad.merges.push_back("x yz");
+  EXPECT_THROW(Tokenizer{bad}, Error);
+}
+
+TEST(TokenizerBpe, UnsupportedTokenizerJsonIsAnInputError) {
+  SQUISH_REQUIRE_SHARED();
+  test::TempDir dir;
+  std::string json = test::read_file(test::shared("models/coder-28m/tokenizer.json"));
+  const std::string from = R"(\p{N}| ?)", to = R"(\p{N}{1,2}| ?)";
+  const size_t at = json.find(from);
+  ASSERT_NE(at, std::string::npos);
+  json.replace(at, from.size(), to);
+  test::write_file(dir / "tokenizer.json", json);
+  try {
+    Vocab::from_tokenizer_json(dir / "tokenizer.json");
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ExitCode::InputData);
+    EXPECT_NE(std::string(e.what()).find("unsupported pre-tokenizer regex"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(Vocab::from_tokenizer_json(dir / "missing.json"), Error);
 }

@@ -85,8 +85,10 @@ void GraphRunner::run() {
     if (!impls[i]) fail(ExitCode::Plugin, "node '{}' ({}): plugin returned no node", pn.name, pn.kind);
   }
 
-  std::vector<std::unique_ptr<flow::input_node<Message>>> sources(n);
+  // Declaration order matters for teardown: sources may still buffer a message whose ticket
+  // decrements a limiter, so sources are destroyed first (reverse order of declaration).
   std::vector<std::unique_ptr<flow::limiter_node<Message>>> limiters(n);
+  std::vector<std::unique_ptr<flow::input_node<Message>>> sources(n);
   std::vector<std::unique_ptr<Multi>> multis(n);
   std::map<std::string, size_t> index;
   for (size_t i = 0; i < n; ++i) index[p_.nodes[i].name] = i;
@@ -177,7 +179,9 @@ void GraphRunner::run() {
                                    {"bytes_out", st.bytes_out},
                                    {"seconds", st.seconds}});
   }
-  // Nodes may hold messages (and so flight tickets): release them while the graph still exists.
+  // Sources (a buffered message) and nodes may hold flight tickets: release them while the
+  // limiters and the graph still exist.
+  sources.clear();
   impls.clear();
   g.wait_for_all();
 

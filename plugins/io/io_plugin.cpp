@@ -26,10 +26,11 @@ bool matches_any(const std::string& name, const nlohmann::json& patterns) {
 class SafetensorsSource final : public Node {
  public:
   explicit SafetensorsSource(const NodeContext& ctx)
-      : model_(SafetensorsModel::open(ctx.params["model"].get<std::string>())), release_(ctx.params["release_pages"].get<bool>()) {
+      : model_(std::make_shared<SafetensorsModel>(SafetensorsModel::open(ctx.params["model"].get<std::string>()))),
+        release_(ctx.params["release_pages"].get<bool>()) {
     const auto& inc = ctx.params["include"];
     const auto& exc = ctx.params["exclude"];
-    for (const auto& e : model_.entries()) {
+    for (const auto& e : model_->entries()) {
       if (!inc.empty() && !matches_any(e.name, inc)) continue;
       if (matches_any(e.name, exc)) continue;
       order_.push_back(&e);
@@ -38,18 +39,19 @@ class SafetensorsSource final : public Node {
   bool produce(Message& out) override {
     if (next_ >= order_.size()) return false;
     const SafetensorsEntry& e = *order_[next_++];
-    Tensor t = model_.load(e);
-    t.meta["source"] = model_.files()[e.file].path();
-    // When every message derived from this tensor is gone, drop its pages from our RSS.
+    Tensor t = model_->load(e);
+    t.meta["source"] = model_->files()[e.file].path();
+    // When every message derived from this tensor is gone, drop its pages from our RSS. The
+    // ticket may outlive this node (a message buffered in a cancelled graph): it owns the model.
     FlightTicket ticket;
-    if (release_) ticket = std::shared_ptr<void>(nullptr, [this, &e](void*) { model_.release(e); });
+    if (release_) ticket = std::shared_ptr<void>(nullptr, [model = model_, &e](void*) { model->release(e); });
     out = Message::of(std::move(t), std::move(ticket));
     return true;
   }
   uint64_t expected_count() const override { return order_.size(); }
 
  private:
-  SafetensorsModel model_;
+  std::shared_ptr<SafetensorsModel> model_;  // entries_ point into it: never reallocated
   bool release_;
   std::vector<const SafetensorsEntry*> order_;
   size_t next_ = 0;

@@ -53,6 +53,7 @@ CompressionRecipe CompressionRecipe::from_json(const nlohmann::json& j, const st
   if (j.contains("format") && j["format"] != "squish.recipe/1")
     bad(origin, fmt::format("format {} is not squish.recipe/1", j["format"].dump()));
   CompressionRecipe r;
+  r.origin = origin;
   r.name = j.value("name", "");
   if (j.contains("preset") && !j["preset"].is_null()) {
     if (!j["preset"].is_string()) bad(origin, "preset must be a string");
@@ -276,7 +277,7 @@ CompressPlan resolve(const CompressionRecipe& recipe, const std::string& model_d
   plan.model_dir = model_dir;
   plan.config = ModelConfig::load(model_dir);
   const ModelConfig& cfg = plan.config;
-  const std::string origin = recipe.name.empty() ? "recipe" : "recipe '" + recipe.name + "'";
+  const std::string origin = recipe.origin.empty() ? "recipe" : recipe.origin;
   auto st = SafetensorsModel::open(model_dir);
 
   // Output layers: every source layer not dropped, renumbered in order.

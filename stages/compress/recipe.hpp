@@ -31,6 +31,7 @@ struct AttentionKeep {
 
 struct CompressionRecipe {
   std::string name;
+  std::string origin;                      // where it came from (file path), for error messages
   std::optional<std::string> preset;       // llama.cpp mixture, e.g. "Q4_K_M"
   std::vector<TensorRule> tensors;         // overrides; the most specific match wins
   std::map<int, AttentionKeep> attention;  // by original layer index

@@ -1,0 +1,92 @@
+#pragma once
+// On-disk block layouts of the ggml quant types Squish reads and writes (ggml-common.h).
+// Each struct is exactly the bytes of one block in a GGUF tensor; f16 fields are raw bits.
+#include "core/quant/ggml_types.hpp"
+
+#include <bit>
+#include <cstdint>
+#include <cstring>
+
+namespace squish::quant {
+
+struct BlockQ4_0 {   // 32 weights: w = d * (q - 8)
+  uint16_t d;
+  uint8_t qs[kQK / 2];  // low nibbles = weights 0..15, high nibbles = 16..31
+};
+struct BlockQ8_0 {   // 32 weights: w = d * q
+  uint16_t d;
+  int8_t qs[kQK];
+};
+struct BlockQ2_K {   // 16 groups of 16: w = d*sc*q - dmin*m, sc/m 4 bits, q 2 bits
+  uint8_t scales[kQK_K / 16];  // low nibble scale, high nibble min
+  uint8_t qs[kQK_K / 4];
+  uint16_t d;
+  uint16_t dmin;
+};
+struct BlockQ3_K {   // 16 groups of 16: w = d*(sc-32)*(q-4), sc 6 bits, q 3 bits (2 low + 1 in hmask)
+  uint8_t hmask[kQK_K / 8];
+  uint8_t qs[kQK_K / 4];
+  uint8_t scales[12];
+  uint16_t d;
+};
+struct BlockQ4_K {   // 8 groups of 32: w = d*sc*q - dmin*m, sc/m 6 bits packed in 12 bytes, q 4 bits
+  uint16_t d;
+  uint16_t dmin;
+  uint8_t scales[12];
+  uint8_t qs[kQK_K / 2];
+};
+struct BlockQ5_K {   // as Q4_K with a 5th bit per weight in qh
+  uint16_t d;
+  uint16_t dmin;
+  uint8_t scales[12];
+  uint8_t qh[kQK_K / 8];
+  uint8_t qs[kQK_K / 2];
+};
+struct BlockQ6_K {   // 16 groups of 16: w = d*sc*(q-32), sc int8, q 6 bits (4 in ql + 2 in qh)
+  uint8_t ql[kQK_K / 2];
+  uint8_t qh[kQK_K / 4];
+  int8_t scales[kQK_K / 16];
+  uint16_t d;
+};
+struct BlockQ8_K {   // activations for K-quant dots: x = d * q, with 16-element partial sums
+  float d;
+  int8_t qs[kQK_K];
+  int16_t bsums[kQK_K / 16];
+};
+
+static_assert(sizeof(BlockQ4_0) == 18 && sizeof(BlockQ8_0) == 34);
+static_assert(sizeof(BlockQ2_K) == 84 && sizeof(BlockQ3_K) == 110 && sizeof(BlockQ4_K) == 144);
+static_assert(sizeof(BlockQ5_K) == 176 && sizeof(BlockQ6_K) == 210 && sizeof(BlockQ8_K) == 292);
+
+// ggml's round-to-nearest for |x| <= 2^22: adding 1.5*2^23 puts the integer in the low mantissa
+// bits (the FPU rounds half to even), and the bias is subtracted back. Quantizers must use exactly
+// this (not lrintf/roundf) to reproduce ggml's bytes for every input, including out-of-range ones.
+inline int nearest_int(float f) {
+  const float v = f + 12582912.f;
+  const int32_t i = std::bit_cast<int32_t>(v);
+  return (i & 0x007fffff) - 0x00400000;
+}
+
+// The 6-bit scale and min of group j (0..7) of a Q4_K/Q5_K block: groups 0..3 keep 6 bits in
+// bytes 0..7; groups 4..7 keep 4 bits in bytes 8..11 and their top 2 bits in the spare top bits
+// of bytes 0..7.
+inline void get_scale_min_k4(int j, const uint8_t* q, uint8_t& sc, uint8_t& m) {
+  if (j < 4) {
+    sc = q[j] & 63;
+    m = q[j + 4] & 63;
+  } else {
+    sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+    m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+  }
+}
+
+// The 16 signed 6-bit scales of a Q3_K block (already minus 32).
+inline void unpack_q3_k_scales(const uint8_t* packed, int8_t out[16]) {
+  for (int j = 0; j < 16; ++j) {
+    const int lo = j < 8 ? packed[j] & 0xF : packed[j - 8] >> 4;
+    const int hi = (packed[8 + j % 4] >> (2 * (j / 4))) & 3;
+    out[j] = static_cast<int8_t>((lo | (hi << 4)) - 32);
+  }
+}
+
+}  // namespace squish::quant

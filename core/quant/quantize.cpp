@@ -1,0 +1,47 @@
+// Run-time dispatch between the scalar references and the AVX2 paths.
+#include "core/quant/quantize.hpp"
+
+#include "core/runtime/error.hpp"
+
+#include <cstdlib>
+#include <cstring>
+
+namespace squish {
+
+bool quant_simd_enabled() {
+  static const bool enabled = [] {
+    const char* off = std::getenv("SQUISH_NO_SIMD");
+    if (off && *off && std::strcmp(off, "0") != 0) return false;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+#else
+    return false;
+#endif
+  }();
+  return enabled;
+}
+
+void quantize_rows(GGMLType type, const float* src, void* dst, int64_t nrows, int64_t n_per_row, const float* imatrix) {
+  if (!quantize_supported(type)) fail(ExitCode::Runtime, "quantization to {} is not supported", ggml_type_name(type));
+  const size_t row_size = ggml_row_size(type, n_per_row);
+  auto* out = static_cast<std::byte*>(dst);
+  const bool simd = quant_simd_enabled();
+  for (int64_t r = 0; r < nrows; ++r) {
+    const float* x = src + r * n_per_row;
+    void* y = out + static_cast<size_t>(r) * row_size;
+    if (simd)
+      avx2::quantize_row(type, x, y, n_per_row, imatrix);
+    else
+      ref::quantize_row(type, x, y, n_per_row, imatrix);
+  }
+}
+
+void dequantize_row(GGMLType type, const void* src, float* dst, int64_t n) {
+  if (quant_simd_enabled())
+    avx2::dequantize_row(type, src, dst, n);
+  else
+    ref::dequantize_row(type, src, dst, n);
+}
+
+}  // namespace squish

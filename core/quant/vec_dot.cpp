@@ -1,0 +1,233 @@
+// Scalar reference dot kernels and run-time dispatch (AVX2 in vec_dot_avx2.cpp).
+#include "core/quant/vec_dot.hpp"
+
+#include "core/quant/quantize.hpp"
+#include "core/quant/vec_dot_internal.hpp"
+#include "core/runtime/error.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+// Byte/bit exactness needs every a*b+c rounded twice, as written: forbid FMA contraction here
+// (GCC contracts by default whenever FMA is available, e.g. in the AVX2 target functions).
+#pragma GCC optimize("fp-contract=off")
+
+namespace squish {
+namespace {
+using namespace quant;
+using namespace quant::detail;
+
+void quantize_q8_K(const float* x, BlockQ8_K* y, int64_t nb) {
+  for (int64_t i = 0; i < nb; ++i, x += kQK_K) {
+    float max = 0, amax = 0;
+    for (int j = 0; j < kQK_K; ++j) {
+      const float ax = std::fabs(x[j]);
+      if (ax > amax) { amax = ax; max = x[j]; }
+    }
+    if (!amax) {
+      std::memset(&y[i], 0, sizeof(y[i]));
+      continue;
+    }
+    const float iscale = -127.f / max;
+    for (int j = 0; j < kQK_K; ++j) y[i].qs[j] = static_cast<int8_t>(std::min(127, nearest_int(iscale * x[j])));
+    finish_q8_K_block(y[i]);
+    y[i].d = 1 / iscale;
+  }
+}
+
+// ---- scalar unpacking of K-quant blocks ---------------------------------------------------------
+
+void unpack(const BlockQ2_K& b, KInts& k) {
+  for (int e = 0; e < kQK_K; ++e) k.L[e] = (b.qs[32 * (e / 128) + e % 32] >> (2 * ((e % 128) / 32))) & 3;
+  for (int g = 0; g < 16; ++g) {
+    k.sc[g] = b.scales[g] & 0xF;
+    k.m[g] = b.scales[g] >> 4;
+  }
+}
+
+void unpack(const BlockQ3_K& b, KInts& k) {
+  for (int e = 0; e < kQK_K; ++e) {
+    const int low = (b.qs[32 * (e / 128) + e % 32] >> (2 * ((e % 128) / 32))) & 3;
+    const int high = (b.hmask[e % 32] >> (e / 32)) & 1;
+    k.L[e] = static_cast<uint8_t>(low | (high << 2));
+  }
+  int8_t sc[16];
+  unpack_q3_k_scales(b.scales, sc);
+  for (int g = 0; g < 16; ++g) k.sc[g] = sc[g];
+}
+
+void unpack(const BlockQ4_K& b, KInts& k) {
+  for (int c = 0; c < 4; ++c)
+    for (int l = 0; l < 32; ++l) {
+      k.L[64 * c + l] = b.qs[32 * c + l] & 0xF;
+      k.L[64 * c + 32 + l] = b.qs[32 * c + l] >> 4;
+    }
+  k4_group_scales(b.scales, k);
+}
+
+void unpack(const BlockQ5_K& b, KInts& k) {
+  for (int c = 0; c < 4; ++c)
+    for (int l = 0; l < 32; ++l) {
+      k.L[64 * c + l] = static_cast<uint8_t>((b.qs[32 * c + l] & 0xF) | (((b.qh[l] >> (2 * c)) & 1) << 4));
+      k.L[64 * c + 32 + l] = static_cast<uint8_t>((b.qs[32 * c + l] >> 4) | (((b.qh[l] >> (2 * c + 1)) & 1) << 4));
+    }
+  k4_group_scales(b.scales, k);
+}
+
+void unpack(const BlockQ6_K& b, KInts& k) {
+  for (int n = 0; n < 2; ++n)
+    for (int l = 0; l < 32; ++l) {
+      const uint8_t* ql = b.ql + 64 * n;
+      const uint8_t h = b.qh[32 * n + l];
+      uint8_t* L = k.L + 128 * n;
+      L[l] = static_cast<uint8_t>((ql[l] & 0xF) | ((h & 3) << 4));
+      L[l + 32] = static_cast<uint8_t>((ql[l + 32] & 0xF) | (((h >> 2) & 3) << 4));
+      L[l + 64] = static_cast<uint8_t>((ql[l] >> 4) | (((h >> 4) & 3) << 4));
+      L[l + 96] = static_cast<uint8_t>((ql[l + 32] >> 4) | (((h >> 6) & 3) << 4));
+    }
+  for (int g = 0; g < 16; ++g) k.sc[g] = b.scales[g];
+}
+
+int32_t scaled_dot(const KInts& k, const BlockQ8_K& y) {
+  int32_t isum = 0;
+  for (int g = 0; g < 16; ++g) {
+    int32_t s = 0;
+    for (int l = 0; l < 16; ++l) s += k.L[16 * g + l] * y.qs[16 * g + l];
+    isum += k.sc[g] * s;
+  }
+  return isum;
+}
+
+// One weight block times one Q8_K block; the float arithmetic here is shared with the AVX2 path.
+template <class Block>
+float k_dot(int64_t nb, const Block* x, const BlockQ8_K* y) {
+  KInts k;
+  float sumf = 0;
+  for (int64_t i = 0; i < nb; ++i) {
+    unpack(x[i], k);
+    const int32_t isum = scaled_dot(k, y[i]);
+    if constexpr (std::is_same_v<Block, BlockQ3_K>) {
+      sumf += f16_to_f32(x[i].d) * y[i].d * static_cast<float>(isum - 4 * offset_bsum_term(k, y[i]));
+    } else if constexpr (std::is_same_v<Block, BlockQ6_K>) {
+      sumf += f16_to_f32(x[i].d) * y[i].d * static_cast<float>(isum - 32 * offset_bsum_term(k, y[i]));
+    } else {
+      const float dall = y[i].d * f16_to_f32(x[i].d);
+      const float dmin = y[i].d * f16_to_f32(x[i].dmin);
+      sumf += dall * static_cast<float>(isum) - dmin * static_cast<float>(min_bsum_term(k, y[i]));
+    }
+  }
+  return sumf;
+}
+
+float dot_q8_0(int64_t nb, const BlockQ8_0* x, const BlockQ8_0* y) {
+  float sumf = 0;
+  for (int64_t i = 0; i < nb; ++i) {
+    int32_t isum = 0;
+    for (int j = 0; j < kQK; ++j) isum += x[i].qs[j] * y[i].qs[j];
+    sumf += static_cast<float>(isum) * (f16_to_f32(x[i].d) * f16_to_f32(y[i].d));
+  }
+  return sumf;
+}
+
+float dot_q4_0(int64_t nb, const BlockQ4_0* x, const BlockQ8_0* y) {
+  float sumf = 0;
+  for (int64_t i = 0; i < nb; ++i) {
+    int32_t isum = 0;
+    for (int j = 0; j < kQK / 2; ++j)
+      isum += ((x[i].qs[j] & 0xF) - 8) * y[i].qs[j] + ((x[i].qs[j] >> 4) - 8) * y[i].qs[j + 16];
+    sumf += static_cast<float>(isum) * (f16_to_f32(x[i].d) * f16_to_f32(y[i].d));
+  }
+  return sumf;
+}
+
+// Float dots emulate the AVX2 kernel's order exactly: 32 FMA lanes over full 32-element steps,
+// lanes folded (0+1)+(2+3) per 8-lane vector, the 8 lanes summed in order, then the tail.
+template <class Load>
+float float_dot(int64_t n, Load w, const float* x) {
+  float acc[32] = {};
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32)
+    for (int k = 0; k < 32; ++k) acc[k] = std::fma(w(i + k), x[i + k], acc[k]);
+  float s = 0;
+  for (int l = 0; l < 8; ++l) s += (acc[l] + acc[8 + l]) + (acc[16 + l] + acc[24 + l]);
+  for (; i < n; ++i) s += w(i) * x[i];
+  return s;
+}
+
+}  // namespace
+
+GGMLType vec_dot_type(GGMLType t) {
+  switch (t) {
+    case GGMLType::F32: case GGMLType::F16: case GGMLType::BF16: return GGMLType::F32;
+    case GGMLType::Q8_0: case GGMLType::Q4_0: return GGMLType::Q8_0;
+    case GGMLType::Q2_K: case GGMLType::Q3_K: case GGMLType::Q4_K: case GGMLType::Q5_K: case GGMLType::Q6_K:
+      return GGMLType::Q8_K;
+    default: fail(ExitCode::Runtime, "no dot kernel for {} weights", ggml_type_name(t));
+  }
+}
+
+size_t activation_row_size(GGMLType weight_type, int64_t n) { return ggml_row_size(vec_dot_type(weight_type), n); }
+
+namespace ref {
+
+void quantize_activations(GGMLType weight_type, const float* x, void* xq, int64_t n) {
+  switch (vec_dot_type(weight_type)) {
+    case GGMLType::F32: std::memcpy(xq, x, n * sizeof(float)); break;
+    case GGMLType::Q8_0: ref::quantize_row(GGMLType::Q8_0, x, xq, n); break;
+    default: quantize_q8_K(x, static_cast<BlockQ8_K*>(xq), static_cast<int64_t>(ggml_row_size(GGMLType::Q8_K, n) / sizeof(BlockQ8_K))); break;
+  }
+}
+
+float vec_dot(GGMLType t, int64_t n, const void* w, const void* xq) {
+  const int64_t nbk = n / kQK_K, nb0 = n / kQK;
+  const auto* q8k = static_cast<const BlockQ8_K*>(xq);
+  const auto* xf = static_cast<const float*>(xq);
+  switch (t) {
+    case GGMLType::F32: {
+      const auto* p = static_cast<const float*>(w);
+      return float_dot(n, [p](int64_t i) { return p[i]; }, xf);
+    }
+    case GGMLType::F16: {
+      const auto* p = static_cast<const uint16_t*>(w);
+      return float_dot(n, [p](int64_t i) { return f16_to_f32(p[i]); }, xf);
+    }
+    case GGMLType::BF16: {
+      const auto* p = static_cast<const uint16_t*>(w);
+      return float_dot(n, [p](int64_t i) { return bf16_to_f32(p[i]); }, xf);
+    }
+    case GGMLType::Q8_0: return dot_q8_0(nb0, static_cast<const BlockQ8_0*>(w), static_cast<const BlockQ8_0*>(xq));
+    case GGMLType::Q4_0: return dot_q4_0(nb0, static_cast<const BlockQ4_0*>(w), static_cast<const BlockQ8_0*>(xq));
+    case GGMLType::Q2_K: return k_dot(nbk, static_cast<const BlockQ2_K*>(w), q8k);
+    case GGMLType::Q3_K: return k_dot(nbk, static_cast<const BlockQ3_K*>(w), q8k);
+    case GGMLType::Q4_K: return k_dot(nbk, static_cast<const BlockQ4_K*>(w), q8k);
+    case GGMLType::Q5_K: return k_dot(nbk, static_cast<const BlockQ5_K*>(w), q8k);
+    case GGMLType::Q6_K: return k_dot(nbk, static_cast<const BlockQ6_K*>(w), q8k);
+    default: fail(ExitCode::Runtime, "no dot kernel for {} weights", ggml_type_name(t));
+  }
+}
+
+}  // namespace ref
+
+void quantize_activations(GGMLType weight_type, const float* x, void* xq, int64_t n) {
+  if (quant_simd_enabled())
+    avx2::quantize_activations(weight_type, x, xq, n);
+  else
+    ref::quantize_activations(weight_type, x, xq, n);
+}
+
+float vec_dot(GGMLType weight_type, int64_t n, const void* wrow, const void* xq) {
+  return quant_simd_enabled() ? avx2::vec_dot(weight_type, n, wrow, xq) : ref::vec_dot(weight_type, n, wrow, xq);
+}
+
+void matvec(GGMLType weight_type, int64_t rows, int64_t n, const void* w, const void* xq, float* out) {
+  const size_t row_size = ggml_row_size(weight_type, n);
+  const auto* p = static_cast<const std::byte*>(w);
+  const bool simd = quant_simd_enabled();
+  for (int64_t r = 0; r < rows; ++r) {
+    const void* row = p + static_cast<size_t>(r) * row_size;
+    out[r] = simd ? avx2::vec_dot(weight_type, n, row, xq) : ref::vec_dot(weight_type, n, row, xq);
+  }
+}
+
+}  // namespace squish

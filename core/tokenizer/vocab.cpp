@@ -1,0 +1,380 @@
+#include "core/tokenizer/vocab.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cctype>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <optional>
+#include <sstream>
+#include <unordered_map>
+
+#include "core/runtime/error.hpp"
+
+namespace squish {
+
+namespace {
+
+using json = nlohmann::json;
+
+// The two pre-tokenizer regexes we implement (pretokenize.hpp), as tokenizer.json spells them.
+constexpr const char* kQwen2Regex =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+constexpr const char* kLlama3Regex =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+
+constexpr const char* kSpmSpace = "\xE2\x96\x81";  // U+2581 '▁'
+
+std::optional<json> read_json(const std::filesystem::path& p, bool required) {
+  std::ifstream in(p, std::ios::binary);
+  if (!in) {
+    if (required) fail(ExitCode::InputData, "{}: cannot open", p.string());
+    return std::nullopt;
+  }
+  try {
+    return json::parse(in);
+  } catch (const json::exception& e) {
+    fail(ExitCode::InputData, "{}: invalid JSON: {}", p.string(), e.what());
+  }
+}
+
+// Every node of a (possibly nested) Sequence of normalizers / pre-tokenizers.
+void flatten(const json& node, const char* list_key, std::vector<const json*>& out) {
+  if (!node.is_object()) return;
+  if (node.value("type", "") == "Sequence" && node.contains(list_key)) {
+    for (const json& child : node[list_key]) flatten(child, list_key, out);
+  } else {
+    out.push_back(&node);
+  }
+}
+
+bool looks_special(const std::string& t) {
+  // convert_hf_to_gguf.py's does_token_look_special: added tokens some models forget to flag.
+  const auto starts = [&](std::string_view p) { return t.size() >= p.size() && t.compare(0, p.size(), p) == 0; };
+  const auto ends = [&](std::string_view s) {
+    return t.size() >= s.size() && t.compare(t.size() - s.size(), s.size(), s) == 0;
+  };
+  return t == "<pad>" || t == "<mask>" || t == "<2mass>" || t == "[@BOS@]" || (starts("<|") && ends("|>")) ||
+         (starts("<\xEF\xBD\x9C") && ends("\xEF\xBD\x9C>")) || (starts("<unused") && ends(">"));
+}
+
+bool is_byte_piece(const std::string& t) {  // <0xAB>
+  const auto hex = [](char c) { return std::isxdigit(static_cast<unsigned char>(c)) != 0; };
+  return t.size() == 6 && t.compare(0, 3, "<0x") == 0 && hex(t[3]) && hex(t[4]) && t[5] == '>';
+}
+
+void replace_all(std::string& s, std::string_view from, std::string_view to) {
+  for (size_t pos = 0; (pos = s.find(from, pos)) != std::string::npos; pos += to.size()) s.replace(pos, from.size(), to);
+}
+
+std::string token_content(const json& entry) {  // "x" or {"content": "x"}
+  if (entry.is_string()) return entry.get<std::string>();
+  if (entry.is_object() && entry.contains("content") && entry["content"].is_string()) return entry["content"];
+  return {};
+}
+
+}  // namespace
+
+Vocab Vocab::from_tokenizer_json(const std::string& path, int n_vocab_min) {
+  namespace fs = std::filesystem;
+  const json tj = *read_json(path, true);
+  const fs::path dir = fs::path(path).parent_path();
+  Vocab v;
+  try {
+    const json& model = tj.at("model");
+    if (model.value("type", "") != "BPE")
+      fail(ExitCode::InputData, "{}: unsupported tokenizer model '{}' (only BPE)", path, model.value("type", ""));
+    const bool byte_fallback = model.value("byte_fallback", false);
+
+    // Tokens by id: the model vocabulary, then added tokens (which may extend it).
+    struct Added {
+      std::string content;
+      bool special;
+    };
+    std::unordered_map<int32_t, Added> added;
+    int32_t max_id = -1;
+    for (const auto& [text, id] : model.at("vocab").items()) max_id = std::max(max_id, id.get<int32_t>());
+    if (tj.contains("added_tokens") && tj["added_tokens"].is_array()) {
+      for (const json& a : tj["added_tokens"]) {
+        const int32_t id = a.at("id");
+        added[id] = {a.at("content"), a.value("special", false)};
+        max_id = std::max(max_id, id);
+      }
+    }
+    const int32_t n = std::max(max_id + 1, n_vocab_min);
+    std::vector<std::optional<std::string>> by_id(static_cast<size_t>(n));
+    for (const auto& [text, id] : model.at("vocab").items()) {
+      const int32_t i = id.get<int32_t>();
+      if (i < 0) fail(ExitCode::InputData, "{}: negative token id {}", path, i);
+      by_id[static_cast<size_t>(i)] = text;
+    }
+    for (const auto& [id, a] : added) {
+      if (id < 0) fail(ExitCode::InputData, "{}: negative token id {}", path, id);
+      by_id[static_cast<size_t>(id)] = a.content;
+    }
+
+    // Special-token ids and add_bos/add_eos: tokenizer_config.json first, then config.json.
+    const std::optional<json> tcfg = read_json(dir / "tokenizer_config.json", false);
+    const std::optional<json> cfg = read_json(dir / "config.json", false);
+    const auto added_id = [&](const std::string& content) -> int32_t {
+      // The converter looks the name up among the added tokens, lowest id first.
+      int32_t best = -1;
+      for (const auto& [id, a] : added)
+        if (a.content == content && (best < 0 || id < best)) best = id;
+      return best;
+    };
+    const auto special_id = [&](const char* typ) -> int32_t {
+      if (tcfg && tcfg->contains(std::string(typ) + "_token")) {
+        const std::string content = token_content((*tcfg)[std::string(typ) + "_token"]);
+        if (!content.empty()) {
+          const int32_t id = added_id(content);
+          if (id >= 0 && id < n) return id;
+        }
+      }
+      const std::string key = std::string(typ) + "_token_id";
+      if (cfg && cfg->contains(key) && (*cfg)[key].is_number_integer()) {
+        const int64_t id = (*cfg)[key];
+        if (id >= 0 && id < n) return static_cast<int32_t>(id);
+      }
+      return -1;
+    };
+    v.bos = special_id("bos");
+    v.eos = special_id("eos");
+    v.unk = special_id("unk");
+    v.pad = special_id("pad");
+    if (v.unk < 0 && model.contains("unk_token") && model["unk_token"].is_string())
+      v.unk = added_id(model["unk_token"]);
+
+    // add_bos/add_eos: tokenizer_config.json's flags, else what the post-processor template does.
+    const json* single = nullptr;
+    if (tj.contains("post_processor") && tj["post_processor"].is_object()) {
+      std::vector<const json*> procs;
+      flatten(tj["post_processor"], "processors", procs);
+      for (const json* p : procs)
+        if (p->value("type", "") == "TemplateProcessing" && p->contains("single")) single = &(*p)["single"];
+    }
+    const auto template_adds = [&](bool at_start) {
+      return single && single->is_array() && !single->empty() &&
+             (at_start ? single->front() : single->back()).contains("SpecialToken");
+    };
+    v.add_bos = (tcfg && tcfg->contains("add_bos_token") && (*tcfg)["add_bos_token"].is_boolean())
+                    ? (*tcfg)["add_bos_token"].get<bool>()
+                    : template_adds(true);
+    v.add_eos = (tcfg && tcfg->contains("add_eos_token") && (*tcfg)["add_eos_token"].is_boolean())
+                    ? (*tcfg)["add_eos_token"].get<bool>()
+                    : template_adds(false);
+
+    v.tokens.resize(static_cast<size_t>(n));
+    v.token_types.resize(static_cast<size_t>(n));
+    if (!byte_fallback) {
+      // Byte-level BPE (convert_hf_to_gguf.py _set_vocab_gpt2).
+      v.model = "gpt2";
+      std::vector<const json*> pres;
+      if (tj.contains("pre_tokenizer")) flatten(tj["pre_tokenizer"], "pretokenizers", pres);
+      bool byte_level = false;
+      std::string regex;
+      for (const json* p : pres) {
+        const std::string type = p->value("type", "");
+        if (type == "ByteLevel") {
+          byte_level = true;
+          if (p->value("use_regex", true))
+            fail(ExitCode::InputData, "{}: unsupported pre-tokenizer (ByteLevel with the GPT-2 regex)", path);
+        } else if (type == "Split" && p->contains("pattern") && (*p)["pattern"].contains("Regex")) {
+          regex = (*p)["pattern"]["Regex"];
+        } else {
+          fail(ExitCode::InputData, "{}: unsupported pre-tokenizer '{}'", path, type);
+        }
+      }
+      if (!byte_level) fail(ExitCode::InputData, "{}: BPE without byte_fallback needs a ByteLevel pre-tokenizer", path);
+      if (regex == kQwen2Regex) {
+        v.pre = "qwen2";
+      } else if (regex == kLlama3Regex) {
+        v.pre = "llama-bpe";
+      } else {
+        fail(ExitCode::InputData, "{}: unsupported pre-tokenizer regex {}", path, regex);
+      }
+      v.ignore_merges = model.value("ignore_merges", false);
+      for (int32_t i = 0; i < n; ++i) {
+        auto& text = by_id[static_cast<size_t>(i)];
+        TokenType type = TokenType::Normal;
+        if (!text) {
+          text = fmt::format("[PAD{}]", i);
+          type = TokenType::Unused;
+        } else if (auto it = added.find(i); it != added.end()) {
+          if (it->second.special || looks_special(*text)) {
+            type = TokenType::Control;
+          } else {
+            type = TokenType::UserDefined;
+            replace_all(*text, kSpmSpace, " ");  // the converter pre-normalizes user-defined spaces
+          }
+        }
+        v.tokens[static_cast<size_t>(i)] = std::move(*text);
+        v.token_types[static_cast<size_t>(i)] = static_cast<int32_t>(type);
+      }
+      // Merges: "a b" strings, or [a, b] pairs (spaces inside a part become U+0120, as the
+      // converter writes them).
+      for (const json& m : model.at("merges")) {
+        if (m.is_string()) {
+          v.merges.push_back(m.get<std::string>());
+        } else if (m.is_array() && m.size() == 2) {
+          std::string a = m[0], b = m[1];
+          replace_all(a, " ", "\xC4\xA0");
+          replace_all(b, " ", "\xC4\xA0");
+          v.merges.push_back(a + " " + b);
+        } else {
+          fail(ExitCode::InputData, "{}: unknown merges format", path);
+        }
+      }
+    } else {
+      // SentencePiece-style BPE with byte fallback, written as convert_hf_to_gguf.py's
+      // _set_vocab_sentencepiece would from the original tokenizer.model: unk/control/byte/
+      // user-defined pieces score 0, normal pieces -0, -1, -2, ... in id order (SentencePiece
+      // BPE scores a piece by minus its merge rank; HF's converter orders merges the same way).
+      v.model = "llama";
+      std::vector<const json*> norms;
+      if (tj.contains("normalizer")) flatten(tj["normalizer"], "normalizers", norms);
+      std::vector<const json*> pres;
+      if (tj.contains("pre_tokenizer")) flatten(tj["pre_tokenizer"], "pretokenizers", pres);
+      bool prepend = false;
+      for (const json* nz : norms) {
+        const std::string type = nz->value("type", "");
+        if (type == "Prepend" && nz->value("prepend", "") == kSpmSpace) {
+          prepend = true;
+        } else if (type == "Replace" && nz->contains("pattern") && (*nz)["pattern"].value("String", "") == " " &&
+                   nz->value("content", "") == kSpmSpace) {
+          // spaces become '▁': what the SPM tokenizer always does
+        } else {
+          fail(ExitCode::InputData, "{}: unsupported normalizer '{}'", path, type);
+        }
+      }
+      for (const json* p : pres) {
+        if (p->value("type", "") != "Metaspace" || p->value("replacement", "") != kSpmSpace)
+          fail(ExitCode::InputData, "{}: unsupported pre-tokenizer '{}' for a byte-fallback BPE", path,
+               p->value("type", ""));
+        prepend = p->value("prepend_scheme", "always") != "never" || p->value("add_prefix_space", false);
+      }
+      v.add_space_prefix = prepend;
+      v.scores.resize(static_cast<size_t>(n));
+      int32_t rank = 0;
+      for (int32_t i = 0; i < n; ++i) {
+        auto& text = by_id[static_cast<size_t>(i)];
+        TokenType type = TokenType::Normal;
+        if (!text) {
+          text = fmt::format("[PAD{}]", i);
+          type = TokenType::Unused;
+        } else if (i == v.unk) {
+          type = TokenType::Unknown;
+        } else if (auto it = added.find(i); it != added.end()) {
+          type = it->second.special ? TokenType::Control : TokenType::UserDefined;
+        } else if (is_byte_piece(*text)) {
+          type = TokenType::Byte;
+        }
+        v.scores[static_cast<size_t>(i)] = type == TokenType::Normal ? -static_cast<float>(rank++) : 0.0f;
+        v.tokens[static_cast<size_t>(i)] = std::move(*text);
+        v.token_types[static_cast<size_t>(i)] = static_cast<int32_t>(type);
+      }
+    }
+  } catch (const json::exception& e) {
+    fail(ExitCode::InputData, "{}: malformed tokenizer.json: {}", path, e.what());
+  }
+  v.validate(path);
+  return v;
+}
+
+Vocab Vocab::from_gguf(const gguf::Reader& r) {
+  const std::string& path = r.path();
+  Vocab v;
+  v.model = r.get_string("tokenizer.ggml.model", "");
+  if (v.model != "gpt2" && v.model != "llama")
+    fail(ExitCode::InputData, "{}: unsupported tokenizer.ggml.model '{}'", path, v.model);
+  const gguf::Value& tokens = r.at_key("tokenizer.ggml.tokens");
+  v.tokens = tokens.as_strings();
+  const size_t n = v.tokens.size();
+  if (const gguf::Value* t = r.get("tokenizer.ggml.token_type")) {
+    for (int64_t x : t->as_ints()) v.token_types.push_back(static_cast<int32_t>(x));
+  } else {
+    v.token_types.assign(n, static_cast<int32_t>(TokenType::Normal));
+  }
+  if (const gguf::Value* s = r.get("tokenizer.ggml.scores"))
+    for (double x : s->as_floats()) v.scores.push_back(static_cast<float>(x));
+  if (const gguf::Value* m = r.get("tokenizer.ggml.merges")) v.merges = m->as_strings();
+
+  if (v.model == "llama") {
+    // llama.cpp's SPM defaults.
+    v.bos = 1, v.eos = 2, v.unk = 0, v.pad = -1;
+    v.add_bos = true;
+    if (v.scores.empty()) fail(ExitCode::InputData, "{}: tokenizer.ggml.scores missing for an SPM vocabulary", path);
+  } else {
+    v.pre = r.get_string("tokenizer.ggml.pre", "");
+    if (v.pre == "qwen2") {
+      v.add_bos = false;
+    } else if (v.pre == "llama-bpe" || v.pre == "llama3") {
+      v.pre = "llama-bpe";
+      v.ignore_merges = true;
+      v.add_bos = true;
+    } else {
+      fail(ExitCode::InputData, "{}: unsupported tokenizer.ggml.pre '{}' (supported: qwen2, llama-bpe)", path, v.pre);
+    }
+    if (v.merges.empty()) fail(ExitCode::InputData, "{}: tokenizer.ggml.merges missing for a BPE vocabulary", path);
+  }
+  // Ids are UINT32 in GGUF; 0xFFFFFFFF (or anything out of range) means "none".
+  const auto id = [&](const char* key, int32_t def) -> int32_t {
+    const gguf::Value* x = r.get(key);
+    if (!x) return def;
+    const uint64_t u = x->as_uint();
+    return u < n ? static_cast<int32_t>(u) : -1;
+  };
+  v.bos = id("tokenizer.ggml.bos_token_id", v.bos);
+  v.eos = id("tokenizer.ggml.eos_token_id", v.eos);
+  v.unk = id("tokenizer.ggml.unknown_token_id", v.unk);
+  v.pad = id("tokenizer.ggml.padding_token_id", v.pad);
+  if (const gguf::Value* b = r.get("tokenizer.ggml.add_bos_token")) v.add_bos = b->as_bool();
+  if (const gguf::Value* b = r.get("tokenizer.ggml.add_eos_token")) v.add_eos = b->as_bool();
+  if (const gguf::Value* b = r.get("tokenizer.ggml.add_space_prefix")) v.add_space_prefix = b->as_bool();
+  v.validate(path);
+  return v;
+}
+
+std::vector<gguf::KeyValue> Vocab::gguf_metadata() const {
+  std::vector<gguf::KeyValue> kv;
+  kv.emplace_back("tokenizer.ggml.model", model);
+  if (!pre.empty()) kv.emplace_back("tokenizer.ggml.pre", pre);
+  kv.emplace_back("tokenizer.ggml.tokens", gguf::Value::strings(tokens));
+  if (!scores.empty()) kv.emplace_back("tokenizer.ggml.scores", gguf::Value::float32s(scores));
+  kv.emplace_back("tokenizer.ggml.token_type", gguf::Value::int32s(token_types));
+  if (!merges.empty()) kv.emplace_back("tokenizer.ggml.merges", gguf::Value::strings(merges));
+  const auto id = [&](const char* key, int32_t v) {
+    if (v >= 0) kv.emplace_back(key, static_cast<uint32_t>(v));
+  };
+  id("tokenizer.ggml.bos_token_id", bos);
+  id("tokenizer.ggml.eos_token_id", eos);
+  id("tokenizer.ggml.unknown_token_id", unk);
+  id("tokenizer.ggml.padding_token_id", pad);
+  kv.emplace_back("tokenizer.ggml.add_bos_token", add_bos);
+  if (add_eos) kv.emplace_back("tokenizer.ggml.add_eos_token", add_eos);
+  if (model == "llama" && !add_space_prefix) kv.emplace_back("tokenizer.ggml.add_space_prefix", false);
+  return kv;
+}
+
+void Vocab::validate(const std::string& what) const {
+  const size_t n = tokens.size();
+  if (n == 0) fail(ExitCode::InputData, "{}: empty vocabulary", what);
+  if (n > static_cast<size_t>(std::numeric_limits<int32_t>::max()))
+    fail(ExitCode::InputData, "{}: vocabulary too large ({})", what, n);
+  if (token_types.size() != n)
+    fail(ExitCode::InputData, "{}: {} token types for {} tokens", what, token_types.size(), n);
+  if (!scores.empty() && scores.size() != n)
+    fail(ExitCode::InputData, "{}: {} scores for {} tokens", what, scores.size(), n);
+  for (int32_t t : token_types)
+    if (t < 0 || t > static_cast<int32_t>(TokenType::Byte)) fail(ExitCode::InputData, "{}: bad token type {}", what, t);
+  for (int32_t id : {bos, eos, unk, pad})
+    if (id < -1 || id >= static_cast<int32_t>(n)) fail(ExitCode::InputData, "{}: special token id {} out of range", what, id);
+  if (model == "gpt2" && pre != "qwen2" && pre != "llama-bpe")
+    fail(ExitCode::InputData, "{}: unsupported pre-tokenizer '{}'", what, pre);
+  if (model == "llama" && scores.size() != n) fail(ExitCode::InputData, "{}: SPM vocabulary without scores", what);
+  if (model != "gpt2" && model != "llama") fail(ExitCode::InputData, "{}: unsupported tokenizer model '{}'", what, model);
+}
+
+}  // namespace squish
