@@ -20,7 +20,7 @@ TEST(ModelPerplexity, Coder28mHumanEvalMatchesTransformers) {
   EXPECT_EQ(weights->arch().layers[0].n_head_kv, 4);
   Transformer model(weights, {.threads = 2});
   auto t0 = std::chrono::steady_clock::now();
-  auto r = perplexity(model, ids, {.n_ctx = 512});  // qwen2: llama.cpp adds no BOS
+  auto r = perplexity(model, ids, {.n_ctx = 512, .bos_token = -1, .max_chunks = 0, .progress = {}});  // qwen2: no BOS
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   EXPECT_EQ(r.n_chunks, 68);
   EXPECT_EQ(r.n_predictions, 68 * 255);
@@ -28,4 +28,21 @@ TEST(ModelPerplexity, Coder28mHumanEvalMatchesTransformers) {
   EXPECT_NEAR(r.ppl, reference, reference * 1e-3) << "nll " << r.nll;
   RecordProperty("ppl", std::to_string(r.ppl));
   std::printf("coder-28m code-humaneval PPL %.4f (+/- nll %.5f) in %.1f s\n", r.ppl, r.nll_stderr, secs);
+}
+
+// Llama architecture against llama.cpp's F32 figure (REFERENCE.md: ctx 256, 5.4278). llama.cpp's
+// SPM tokenizer prepends BOS to the file, and add_bos also overwrites each chunk's first token
+// with BOS; the reference ids are the HF tokenizer's, without BOS, so it is prepended here.
+TEST(ModelPerplexity, Stories260kMatchesLlamaCpp) {
+  SQUISH_REQUIRE_SHARED();
+  auto ids = read_token_ids(test::shared("reference/tokens/stories260K.TinyStories-valid.sample.ids"));
+  ASSERT_EQ(ids.size(), 15536u);
+  auto weights = SafetensorsWeights::open(test::shared("models/stories260K"));
+  ASSERT_EQ(weights->arch().arch, "llama");
+  ASSERT_EQ(weights->config().bos_token_id, 1);
+  ids.insert(ids.begin(), 1);
+  Transformer model(weights, {.threads = 2});
+  auto r = perplexity(model, ids, {.n_ctx = 256, .bos_token = 1, .max_chunks = 0, .progress = {}});
+  EXPECT_EQ(r.n_chunks, 60);
+  EXPECT_NEAR(r.ppl, 5.4278, 5.4278 * 5e-4);
 }

@@ -1,0 +1,920 @@
+#include "core/model/transformer.hpp"
+
+#include "core/runtime/error.hpp"
+
+#include <cblas.h>
+#include <tbb/blocked_range.h>
+#include <tbb/parallel_for.h>
+#include <tbb/task_arena.h>
+
+#include <algorithm>
+#include <cmath>
+#include <thread>
+
+namespace squish {
+
+// ---------------------------------------------------------------------------------------------
+// Architecture
+
+ModelArch ModelArch::from_config(const ModelConfig& c) {
+  ModelArch a;
+  a.arch = c.arch;
+  a.n_embd = c.n_embd;
+  a.head_dim = c.head_dim;
+  a.n_vocab = c.vocab_size;
+  a.rope_theta = c.rope_theta;
+  a.rms_eps = c.rms_eps;
+  a.attn_bias = c.attn_bias;
+  a.tie_embeddings = c.tie_embeddings;
+  a.layers.assign(c.n_layer, LayerShape{c.n_head, c.n_head_kv, c.n_ff});
+  return a;
+}
+
+std::string hf_layer_tensor(int layer, const std::string& suffix) {
+  return fmt::format("model.layers.{}.{}", layer, suffix);
+}
+
+ModelArch ModelArch::from_checkpoint(const ModelConfig& c, const SafetensorsModel& st) {
+  ModelArch a = from_config(c);
+  auto rows = [&](const std::string& name) -> int64_t {
+    const auto& e = st.at(name);
+    if (e.shape.size() != 2) fail(ExitCode::InputData, "{}: tensor {} is not 2-D", st.root(), name);
+    return e.shape[0];
+  };
+  auto heads = [&](const std::string& name) {
+    int64_t r = rows(name);
+    if (r % a.head_dim != 0)
+      fail(ExitCode::InputData, "{}: {} has {} rows, not a multiple of head_dim {}", st.root(), name, r, a.head_dim);
+    return static_cast<int>(r / a.head_dim);
+  };
+  for (int l = 0; l < a.n_layer(); ++l) {
+    auto& s = a.layers[l];
+    s.n_head = heads(hf_layer_tensor(l, "self_attn.q_proj.weight"));
+    s.n_head_kv = heads(hf_layer_tensor(l, "self_attn.k_proj.weight"));
+    s.n_ff = static_cast<int>(rows(hf_layer_tensor(l, "mlp.gate_proj.weight")));
+  }
+  a.validate(st.root());
+  return a;
+}
+
+void ModelArch::validate(const std::string& origin) const {
+  if (n_embd <= 0 || head_dim <= 0 || n_vocab <= 0 || layers.empty())
+    fail(ExitCode::InputData, "{}: empty model dimensions", origin);
+  if (head_dim % 2 != 0) fail(ExitCode::InputData, "{}: head_dim {} is odd (RoPE needs pairs)", origin, head_dim);
+  for (int l = 0; l < n_layer(); ++l) {
+    const auto& s = layers[l];
+    if (s.n_head <= 0 || s.n_head_kv <= 0 || s.n_ff <= 0)
+      fail(ExitCode::InputData, "{}: layer {} has an empty attention or FFN", origin, l);
+    if (s.n_head % s.n_head_kv != 0)
+      fail(ExitCode::InputData, "{}: layer {}: {} query heads not a multiple of {} kv heads", origin, l, s.n_head, s.n_head_kv);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Weights
+
+namespace {
+
+void check_size(const std::vector<float>& v, size_t n, const std::string& origin, const std::string& what) {
+  if (v.size() != n) fail(ExitCode::InputData, "{}: {} has {} values, expected {}", origin, what, v.size(), n);
+}
+
+void check_layer(const ModelArch& a, int l, const LayerWeights& w, const std::string& origin) {
+  const auto& s = a.layers[l];
+  const size_t D = a.n_embd, q = size_t(s.n_head) * a.head_dim, kv = size_t(s.n_head_kv) * a.head_dim, F = s.n_ff;
+  auto name = [&](const char* t) { return hf_layer_tensor(l, t); };
+  check_size(w.attn_norm, D, origin, name("input_layernorm.weight"));
+  check_size(w.wq, q * D, origin, name("self_attn.q_proj.weight"));
+  check_size(w.wk, kv * D, origin, name("self_attn.k_proj.weight"));
+  check_size(w.wv, kv * D, origin, name("self_attn.v_proj.weight"));
+  check_size(w.bq, a.attn_bias ? q : 0, origin, name("self_attn.q_proj.bias"));
+  check_size(w.bk, a.attn_bias ? kv : 0, origin, name("self_attn.k_proj.bias"));
+  check_size(w.bv, a.attn_bias ? kv : 0, origin, name("self_attn.v_proj.bias"));
+  check_size(w.wo, D * q, origin, name("self_attn.o_proj.weight"));
+  check_size(w.ffn_norm, D, origin, name("post_attention_layernorm.weight"));
+  check_size(w.w_gate, F * D, origin, name("mlp.gate_proj.weight"));
+  check_size(w.w_up, F * D, origin, name("mlp.up_proj.weight"));
+  check_size(w.w_down, D * F, origin, name("mlp.down_proj.weight"));
+}
+
+void check_globals(const ModelArch& a, const GlobalWeights& g, const std::string& origin) {
+  const size_t D = a.n_embd, V = a.n_vocab;
+  check_size(g.tok_embd, V * D, origin, "model.embed_tokens.weight");
+  check_size(g.out_norm, D, origin, "model.norm.weight");
+  if (!g.lm_head.empty()) check_size(g.lm_head, V * D, origin, "lm_head.weight");
+}
+
+}  // namespace
+
+SafetensorsWeights::SafetensorsWeights(ModelConfig c, SafetensorsModel st, bool keep)
+    : config_(std::move(c)), st_(std::move(st)), keep_(keep) {}
+
+std::shared_ptr<SafetensorsWeights> SafetensorsWeights::open(const std::string& dir, bool keep_layers) {
+  auto config = ModelConfig::load(dir);
+  auto st = SafetensorsModel::open(dir);
+  std::shared_ptr<SafetensorsWeights> w(new SafetensorsWeights(std::move(config), std::move(st), keep_layers));
+  w->arch_ = ModelArch::from_checkpoint(w->config_, w->st_);
+  w->globals_.tok_embd = w->st_.load("model.embed_tokens.weight").to_f32();
+  w->globals_.out_norm = w->st_.load("model.norm.weight").to_f32();
+  // A tied checkpoint may still carry a copy of lm_head; the tie decides what is used.
+  if (!w->arch_.tie_embeddings) w->globals_.lm_head = w->st_.load("lm_head.weight").to_f32();
+  check_globals(w->arch_, w->globals_, w->st_.root());
+  w->cache_.resize(w->arch_.n_layer());
+  return w;
+}
+
+std::shared_ptr<const LayerWeights> SafetensorsWeights::read_layer(int l) const {
+  auto w = std::make_shared<LayerWeights>();
+  auto get = [&](const char* suffix) { return st_.load(hf_layer_tensor(l, suffix)).to_f32(); };
+  w->attn_norm = get("input_layernorm.weight");
+  w->wq = get("self_attn.q_proj.weight");
+  w->wk = get("self_attn.k_proj.weight");
+  w->wv = get("self_attn.v_proj.weight");
+  if (arch_.attn_bias) {
+    w->bq = get("self_attn.q_proj.bias");
+    w->bk = get("self_attn.k_proj.bias");
+    w->bv = get("self_attn.v_proj.bias");
+  }
+  w->wo = get("self_attn.o_proj.weight");
+  w->ffn_norm = get("post_attention_layernorm.weight");
+  w->w_gate = get("mlp.gate_proj.weight");
+  w->w_up = get("mlp.up_proj.weight");
+  w->w_down = get("mlp.down_proj.weight");
+  check_layer(arch_, l, *w, st_.root());
+  return w;
+}
+
+std::shared_ptr<const LayerWeights> SafetensorsWeights::layer(int il) const {
+  if (il < 0 || il >= arch_.n_layer()) fail(ExitCode::Runtime, "{}: no layer {}", st_.root(), il);
+  if (!keep_) return read_layer(il);
+  std::lock_guard lock(mu_);
+  if (!cache_[il]) cache_[il] = read_layer(il);
+  return cache_[il];
+}
+
+InMemoryWeights::InMemoryWeights(ModelArch arch, GlobalWeights globals, std::vector<LayerWeights> layers)
+    : arch_(std::move(arch)), globals_(std::move(globals)) {
+  arch_.validate("in-memory model");
+  if (static_cast<int>(layers.size()) != arch_.n_layer())
+    fail(ExitCode::InputData, "in-memory model: {} layers given, architecture has {}", layers.size(), arch_.n_layer());
+  check_globals(arch_, globals_, "in-memory model");
+  for (int l = 0; l < arch_.n_layer(); ++l) {
+    check_layer(arch_, l, layers[l], "in-memory model");
+    layers_.push_back(std::make_shared<const LayerWeights>(std::move(layers[l])));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Masks, statistics, importance
+
+MaskSet MaskSet::filled(const ModelArch& a, double v) {
+  MaskSet m;
+  for (const auto& s : a.layers) {
+    m.head.emplace_back(s.n_head, v);
+    m.kv.emplace_back(s.n_head_kv, v);
+    m.ffn.emplace_back(s.n_ff, v);
+  }
+  m.attn.assign(a.n_layer(), v);
+  m.mlp.assign(a.n_layer(), v);
+  return m;
+}
+
+size_t MaskSet::count() const {
+  size_t n = 0;
+  for_each([&](const double&) { ++n; });
+  return n;
+}
+
+std::vector<double> MaskSet::flatten() const {
+  std::vector<double> out;
+  for_each([&](const double& v) { out.push_back(v); });
+  return out;
+}
+
+std::vector<float> ActivationStats::Entry::mean() const {
+  std::vector<float> m(sum_sq.size());
+  for (size_t i = 0; i < m.size(); ++i) m[i] = count ? static_cast<float>(sum_sq[i] / count) : 0.f;
+  return m;
+}
+
+void ActivationStats::accumulate(const std::string& weight, std::span<const double> col_sum_sq, int64_t tokens) {
+  auto& e = entries[weight];
+  if (e.sum_sq.empty()) e.sum_sq.assign(col_sum_sq.size(), 0.0);
+  if (e.sum_sq.size() != col_sum_sq.size())
+    fail(ExitCode::Runtime, "activation stats for {}: {} columns, had {}", weight, col_sum_sq.size(), e.sum_sq.size());
+  for (size_t i = 0; i < col_sum_sq.size(); ++i) e.sum_sq[i] += col_sum_sq[i];
+  e.count += tokens;
+}
+
+MaskImportance::MaskImportance(const ModelArch& a)
+    : sum_taylor_(MaskSet::filled(a, 0.0)), sum_fisher_(MaskSet::filled(a, 0.0)) {}
+
+void MaskImportance::add(const MaskSet& masks, const MaskSet& grads) {
+  auto m = masks.flatten(), g = grads.flatten();
+  if (m.size() != g.size() || m.size() != sum_taylor_.count())
+    fail(ExitCode::Runtime, "mask importance: masks/gradients do not match the architecture");
+  size_t i = 0;
+  sum_taylor_.for_each([&](double& v) { v += std::fabs(m[i] * g[i]); ++i; });
+  i = 0;
+  sum_fisher_.for_each([&](double& v) { v += g[i] * g[i]; ++i; });
+  ++n_;
+}
+
+MaskSet MaskImportance::taylor() const {
+  MaskSet r = sum_taylor_;
+  r.for_each([&](double& v) { v = n_ ? v / n_ : 0.0; });
+  return r;
+}
+
+MaskSet MaskImportance::fisher() const {
+  MaskSet r = sum_fisher_;
+  r.for_each([&](double& v) { v = n_ ? v / n_ : 0.0; });
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kernels. Row-major throughout; weights are [out, in] so a linear layer is Y = X W^T.
+
+namespace {
+
+void gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda, const float* B, int ldb,
+          float beta, float* C, int ldc) {
+  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda,
+              B, ldb, beta, C, ldc);
+}
+void gemm(bool ta, bool tb, int M, int N, int K, double alpha, const double* A, int lda, const double* B, int ldb,
+          double beta, double* C, int ldc) {
+  cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda,
+              B, ldb, beta, C, ldc);
+}
+
+// One thread pool only: OpenBLAS runs single-threaded (see Transformer::Impl::run) and large
+// products are split here into one single-threaded sgemm per TBB thread, along the larger
+// output dimension. Two pools on two cores (OpenBLAS's spinning workers beside TBB's) cost
+// ~20% of the time in sched_yield.
+template <class F>
+void gemm_mt(bool ta, bool tb, int M, int N, int K, F alpha, const F* A, int lda, const F* B, int ldb, F beta, F* C,
+             int ldc) {
+  const int parts = tbb::this_task_arena::max_concurrency();
+  if (parts <= 1 || double(M) * N * K < 1e6) return gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  if (N >= M) {  // columns of C <-> columns of op(B)
+    const int step = ((N + parts - 1) / parts + 15) / 16 * 16;
+    tbb::parallel_for(0, (N + step - 1) / step, [&](int p) {
+      const int j0 = p * step, n = std::min(N, j0 + step) - j0;
+      const F* Bj = tb ? B + size_t(j0) * ldb : B + j0;
+      gemm(ta, tb, M, n, K, alpha, A, lda, Bj, ldb, beta, C + j0, ldc);
+    });
+  } else {  // rows of C <-> rows of op(A)
+    const int step = (M + parts - 1) / parts;
+    tbb::parallel_for(0, (M + step - 1) / step, [&](int p) {
+      const int i0 = p * step, m = std::min(M, i0 + step) - i0;
+      const F* Ai = ta ? A + i0 : A + size_t(i0) * lda;
+      gemm(ta, tb, m, N, K, alpha, Ai, lda, B, ldb, beta, C + size_t(i0) * ldc, ldc);
+    });
+  }
+}
+
+// Y[T,N] = X[T,K] W[N,K]^T (+ bias)
+template <class F>
+void linear(const F* X, const F* W, const F* bias, F* Y, int T, int K, int N) {
+  gemm_mt(false, true, T, N, K, F(1), X, K, W, K, F(0), Y, N);
+  if (bias)
+    par_for(T, N, [&](int t) {
+      for (int n = 0; n < N; ++n) Y[size_t(t) * N + n] += bias[n];
+    });
+}
+
+// dX[T,K] (+)= dY[T,N] W[N,K]
+template <class F>
+void linear_back(const F* dY, const F* W, F* dX, int T, int K, int N, bool accumulate) {
+  gemm_mt(false, false, T, K, N, F(1), dY, N, W, K, accumulate ? F(1) : F(0), dX, K);
+}
+
+// fn(0..n-1) on the TBB threads, or serially when the whole loop is too little work
+// (`work`: rough operations per item) to pay for waking the workers.
+template <class Fn>
+void par_for(int n, double work, Fn&& fn) {
+  if (double(n) * work < 65536 || tbb::this_task_arena::max_concurrency() <= 1) {
+    for (int i = 0; i < n; ++i) fn(i);
+    return;
+  }
+  tbb::parallel_for(tbb::blocked_range<int>(0, n), [&](const tbb::blocked_range<int>& r) {
+    for (int i = r.begin(); i < r.end(); ++i) fn(i);
+  });
+}
+
+// y = w * x / rms(x); keeps 1/rms per row for the backward.
+template <class F>
+void rmsnorm(const F* x, const F* w, F* y, F* rstd, int T, int D, double eps) {
+  par_for(T, 3 * D, [&](int t) {
+    const F* xr = x + size_t(t) * D;
+    double ss = 0;
+    for (int d = 0; d < D; ++d) ss += double(xr[d]) * xr[d];
+    const F r = F(1.0 / std::sqrt(ss / D + eps));
+    rstd[t] = r;
+    F* yr = y + size_t(t) * D;
+    for (int d = 0; d < D; ++d) yr[d] = w[d] * (xr[d] * r);
+  });
+}
+
+// dx += r (w dy) - x r^3 mean((w dy) x): derivative of y = w x r with r = (mean x^2 + eps)^-1/2.
+template <class F>
+void rmsnorm_back(const F* x, const F* w, const F* rstd, const F* dy, F* dx, int T, int D) {
+  par_for(T, 6 * D, [&](int t) {
+    const F* xr = x + size_t(t) * D;
+    const F* dyr = dy + size_t(t) * D;
+    F* dxr = dx + size_t(t) * D;
+    double dot = 0;
+    for (int d = 0; d < D; ++d) dot += double(w[d]) * dyr[d] * xr[d];
+    const F r = rstd[t];
+    const F c = F(dot / D) * r * r * r;
+    for (int d = 0; d < D; ++d) dxr[d] += r * w[d] * dyr[d] - c * xr[d];
+  });
+}
+
+// HF rotate-half RoPE: the pair (i, i + hd/2) of each head turns by pos * theta^(-2i/hd).
+// sign = -1 applies the inverse rotation (the backward of a rotation is its transpose).
+template <class F>
+void rope(F* x, int T, int n_heads, int hd, const std::vector<F>& cos_t, const std::vector<F>& sin_t, F sign) {
+  const int half = hd / 2, ld = n_heads * hd;
+  par_for(T, 3 * n_heads * hd, [&](int t) {
+    const F* c = cos_t.data() + size_t(t) * half;
+    const F* s = sin_t.data() + size_t(t) * half;
+    for (int h = 0; h < n_heads; ++h) {
+      F* v = x + size_t(t) * ld + size_t(h) * hd;
+      for (int i = 0; i < half; ++i) {
+        const F a = v[i], b = v[i + half], si = sign * s[i];
+        v[i] = a * c[i] - b * si;
+        v[i + half] = b * c[i] + a * si;
+      }
+    }
+  });
+}
+
+template <class F>
+F sigmoid(F x) { return F(1) / (F(1) + std::exp(-x)); }
+
+// Column sums of x^2 over T rows (imatrix statistics), in double.
+template <class F>
+std::vector<double> col_sum_sq(const F* x, int T, int D) {
+  std::vector<double> s(D, 0.0);
+  constexpr int kCols = 64;
+  par_for((D + kCols - 1) / kCols, double(T) * kCols, [&](int b) {
+    const int d0 = b * kCols, d1 = std::min(D, d0 + kCols);
+    for (int t = 0; t < T; ++t) {
+      const F* xr = x + size_t(t) * D;
+      for (int d = d0; d < d1; ++d) s[d] += double(xr[d]) * xr[d];
+    }
+  });
+  return s;
+}
+
+// Sum over rows of a[t,c]*b[t,c] per column c (mask gradients of per-channel masks).
+template <class F>
+void col_dot(const F* a, const F* b, int T, int C, double* out) {
+  constexpr int kCols = 64;
+  par_for((C + kCols - 1) / kCols, double(T) * kCols, [&](int blk) {
+    const int c0 = blk * kCols, c1 = std::min(C, c0 + kCols);
+    for (int t = 0; t < T; ++t)
+      for (int c = c0; c < c1; ++c) out[c] += double(a[size_t(t) * C + c]) * b[size_t(t) * C + c];
+  });
+}
+
+template <class F>
+double dot_all(const F* a, const F* b, size_t n) {
+  double s = 0;
+  for (size_t i = 0; i < n; ++i) s += double(a[i]) * b[i];
+  return s;
+}
+
+// Weights seen as F: float weights are used in place, double copies are made for the F64 path.
+template <class F>
+struct View {
+  std::vector<std::vector<F>> own;
+  const F* operator()(const std::vector<float>& v) {
+    if (v.empty()) return nullptr;
+    if constexpr (std::is_same_v<F, float>) {
+      return v.data();
+    } else {
+      own.emplace_back(v.begin(), v.end());
+      return own.back().data();
+    }
+  }
+};
+
+template <class F>
+struct LayerW {
+  std::shared_ptr<const LayerWeights> src;
+  View<F> view;
+  const F *attn_norm, *wq, *bq, *wk, *bk, *wv, *bv, *wo, *ffn_norm, *w_gate, *w_up, *w_down;
+  explicit LayerW(std::shared_ptr<const LayerWeights> w) : src(std::move(w)) {
+    view.own.reserve(12);
+    attn_norm = view(src->attn_norm);
+    wq = view(src->wq), bq = view(src->bq);
+    wk = view(src->wk), bk = view(src->bk);
+    wv = view(src->wv), bv = view(src->bv);
+    wo = view(src->wo);
+    ffn_norm = view(src->ffn_norm);
+    w_gate = view(src->w_gate), w_up = view(src->w_up), w_down = view(src->w_down);
+  }
+};
+
+// Row block of the causal attention: queries [r0, r1) see keys [0, r1).
+constexpr int kAttnBlock = 128;
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// The model
+
+template <class F>
+struct Engine {
+  using Vec = std::vector<F>;
+  const WeightLoader& W;
+  const ModelArch& A;
+  View<F> gview;
+  const F *tok_embd, *out_norm, *output;
+
+  explicit Engine(const WeightLoader& w) : W(w), A(w.arch()) {
+    gview.own.reserve(3);
+    tok_embd = gview(W.globals().tok_embd);
+    out_norm = gview(W.globals().out_norm);
+    output = gview(W.globals().output());
+  }
+
+  // Layer weights as F. The f64 path keeps its converted copies while the loader keeps
+  // handing out the same layer objects.
+  std::vector<std::shared_ptr<const LayerW<F>>> converted;
+  std::shared_ptr<const LayerW<F>> layer(int l) {
+    auto src = W.layer(l);
+    if constexpr (std::is_same_v<F, float>) {
+      return std::make_shared<const LayerW<F>>(std::move(src));
+    } else {
+      converted.resize(A.n_layer());
+      if (!converted[l] || converted[l]->src != src) converted[l] = std::make_shared<const LayerW<F>>(std::move(src));
+      return converted[l];
+    }
+  }
+
+  // Scalar masks of one layer, as F; head_scale = m_head * m_kv(group).
+  struct LayerMasks {
+    Vec head_scale, ffn;
+    F attn = 1, mlp = 1;
+  };
+  LayerMasks layer_masks(const MaskSet* m, int l) const {
+    const auto& s = A.layers[l];
+    LayerMasks lm;
+    lm.head_scale.assign(s.n_head, F(1));
+    lm.ffn.assign(s.n_ff, F(1));
+    if (!m) return lm;
+    const int per = s.n_head / s.n_head_kv;
+    for (int h = 0; h < s.n_head; ++h) lm.head_scale[h] = F(m->head[l][h] * m->kv[l][h / per]);
+    for (int c = 0; c < s.n_ff; ++c) lm.ffn[c] = F(m->ffn[l][c]);
+    lm.attn = F(m->attn[l]);
+    lm.mlp = F(m->mlp[l]);
+    return lm;
+  }
+
+  // Everything one layer computes, kept for its backward (one layer resident at a time).
+  struct Acts {
+    Vec xn1, rstd1;   // attention rmsnorm
+    Vec q, k, v;      // after bias and RoPE
+    Vec o;            // head outputs [T, n_head*hd] before masks
+    Vec att;          // masked head outputs: o_proj input
+    Vec y_attn;       // o_proj output
+    Vec x_mid;        // residual after attention
+    Vec xn2, rstd2;   // MLP rmsnorm
+    Vec g, u, a;      // gate, up, silu(gate)*up
+    Vec h;            // a * channel mask: down_proj input
+    Vec y_mlp;        // down_proj output
+  };
+
+  // Backward temporaries of one layer.
+  struct Grads {
+    Vec dy, dh, dg, du, dxn, datt, dq, dk, dv;
+  };
+
+  // Buffers persist across calls: reallocating them per chunk costs page faults and memsets
+  // comparable to the attention itself.
+  int T = 0;
+  Vec cos_t, sin_t;  // RoPE table [T, hd/2]
+  std::vector<Vec> scratch_p, scratch_dp;  // per TBB thread: [kAttnBlock, T]
+  Acts acts;
+  Grads gb;
+  Vec logit_rows;  // [64, n_vocab] logits of one block of scored rows
+
+  void setup(int n_tokens) {
+    T = n_tokens;
+    const int half = A.head_dim / 2;
+    cos_t.resize(size_t(T) * half);
+    sin_t.resize(size_t(T) * half);
+    for (int t = 0; t < T; ++t)
+      for (int i = 0; i < half; ++i) {
+        const double inv_freq = std::pow(double(A.rope_theta), -2.0 * i / A.head_dim);
+        cos_t[size_t(t) * half + i] = F(std::cos(t * inv_freq));
+        sin_t[size_t(t) * half + i] = F(std::sin(t * inv_freq));
+      }
+    const int slots = tbb::this_task_arena::max_concurrency();
+    scratch_p.resize(slots), scratch_dp.resize(slots);
+    for (int i = 0; i < slots; ++i) {
+      scratch_p[i].resize(size_t(std::min(T, kAttnBlock)) * T);
+      scratch_dp[i].resize(scratch_p[i].size());
+    }
+  }
+
+  // Scratch of the calling TBB thread. Attention tasks run serially inside (no nested
+  // parallelism: a waiting thread could pick up another head's task and reuse its scratch).
+  F* slot_p() { return scratch_p[tbb::this_task_arena::current_thread_index()].data(); }
+  F* slot_dp() { return scratch_dp[tbb::this_task_arena::current_thread_index()].data(); }
+
+  // P[r0:r1, 0:r1] = causal softmax(scale q k^T) for one head, into P (ld = r1).
+  void attn_probs(F* P, const F* q, int ldq, const F* k, int ldk, int r0, int r1, F scale) {
+    const int hd = A.head_dim, rows = r1 - r0, ld = r1;
+    gemm(false, true, rows, r1, hd, scale, q + size_t(r0) * ldq, ldq, k, ldk, F(0), P, ld);
+    for (int i = 0; i < rows; ++i) {
+      F* p = P + size_t(i) * ld;
+      const int n = r0 + i + 1;  // keys 0..r0+i are visible
+      F mx = p[0];
+      for (int j = 1; j < n; ++j) mx = std::max(mx, p[j]);
+      double sum = 0;
+      for (int j = 0; j < n; ++j) sum += (p[j] = std::exp(p[j] - mx));
+      const F inv = F(1.0 / sum);
+      for (int j = 0; j < n; ++j) p[j] *= inv;
+      for (int j = n; j < ld; ++j) p[j] = 0;
+    }
+  }
+
+  void forward_layer(int l, const LayerW<F>& w, const F* x_in, const MaskSet* masks, Acts& a, ActivationStats* stats) {
+    const auto& s = A.layers[l];
+    const int D = A.n_embd, hd = A.head_dim, nq = s.n_head, nkv = s.n_head_kv, FF = s.n_ff;
+    const int Q = nq * hd, KV = nkv * hd, per = nq / nkv;
+    const auto lm = layer_masks(masks, l);
+    const size_t TD = size_t(T) * D;
+
+    a.xn1.resize(TD), a.rstd1.resize(T);
+    rmsnorm(x_in, w.attn_norm, a.xn1.data(), a.rstd1.data(), T, D, A.rms_eps);
+    a.q.resize(size_t(T) * Q), a.k.resize(size_t(T) * KV), a.v.resize(size_t(T) * KV);
+    linear(a.xn1.data(), w.wq, w.bq, a.q.data(), T, D, Q);
+    linear(a.xn1.data(), w.wk, w.bk, a.k.data(), T, D, KV);
+    linear(a.xn1.data(), w.wv, w.bv, a.v.data(), T, D, KV);
+    rope(a.q.data(), T, nq, hd, cos_t, sin_t, F(1));
+    rope(a.k.data(), T, nkv, hd, cos_t, sin_t, F(1));
+
+    // Causal GQA attention, one task per head (each writes its own columns of o).
+    a.o.resize(size_t(T) * Q);
+    const F scale = F(1.0 / std::sqrt(double(hd)));
+    par_for(nq, 2.0 * T * T * hd, [&](int h) {
+      const int g = h / per;
+      F* P = slot_p();
+      for (int r0 = 0; r0 < T; r0 += kAttnBlock) {
+        const int r1 = std::min(T, r0 + kAttnBlock);
+        attn_probs(P, a.q.data() + size_t(h) * hd, Q, a.k.data() + size_t(g) * hd, KV, r0, r1, scale);
+        gemm(false, false, r1 - r0, hd, r1, F(1), P, r1, a.v.data() + size_t(g) * hd, KV, F(0),
+             a.o.data() + size_t(r0) * Q + size_t(h) * hd, Q);
+      }
+    });
+    a.att.resize(a.o.size());
+    par_for(T, Q, [&](int t) {
+      for (int h = 0; h < nq; ++h)
+        for (int i = 0; i < hd; ++i) {
+          const size_t idx = size_t(t) * Q + size_t(h) * hd + i;
+          a.att[idx] = a.o[idx] * lm.head_scale[h];
+        }
+    });
+    a.y_attn.resize(TD);
+    linear(a.att.data(), w.wo, (const F*)nullptr, a.y_attn.data(), T, Q, D);
+    a.x_mid.resize(TD);
+    for (size_t i = 0; i < TD; ++i) a.x_mid[i] = x_in[i] + lm.attn * a.y_attn[i];
+
+    // SwiGLU MLP.
+    a.xn2.resize(TD), a.rstd2.resize(T);
+    rmsnorm(a.x_mid.data(), w.ffn_norm, a.xn2.data(), a.rstd2.data(), T, D, A.rms_eps);
+    const size_t TF = size_t(T) * FF;
+    a.g.resize(TF), a.u.resize(TF), a.a.resize(TF), a.h.resize(TF);
+    linear(a.xn2.data(), w.w_gate, (const F*)nullptr, a.g.data(), T, D, FF);
+    linear(a.xn2.data(), w.w_up, (const F*)nullptr, a.u.data(), T, D, FF);
+    par_for(T, 20 * FF, [&](int t) {
+      for (int c = 0; c < FF; ++c) {
+        const size_t i = size_t(t) * FF + c;
+        a.a[i] = a.g[i] * sigmoid(a.g[i]) * a.u[i];
+        a.h[i] = a.a[i] * lm.ffn[c];
+      }
+    });
+    a.y_mlp.resize(TD);
+    linear(a.h.data(), w.w_down, (const F*)nullptr, a.y_mlp.data(), T, FF, D);
+
+    if (stats) {
+      auto xs = col_sum_sq(a.xn1.data(), T, D);
+      for (const char* n : {"self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"})
+        stats->accumulate(hf_layer_tensor(l, n), xs, T);
+      stats->accumulate(hf_layer_tensor(l, "self_attn.o_proj.weight"), col_sum_sq(a.att.data(), T, Q), T);
+      xs = col_sum_sq(a.xn2.data(), T, D);
+      for (const char* n : {"mlp.gate_proj.weight", "mlp.up_proj.weight"}) stats->accumulate(hf_layer_tensor(l, n), xs, T);
+      stats->accumulate(hf_layer_tensor(l, "mlp.down_proj.weight"), col_sum_sq(a.h.data(), T, FF), T);
+    }
+  }
+
+  // x_out = x_mid + m_mlp * y_mlp
+  void residual_out(const Acts& a, F m_mlp, F* x_out) {
+    const size_t n = a.x_mid.size();
+    for (size_t i = 0; i < n; ++i) x_out[i] = a.x_mid[i] + m_mlp * a.y_mlp[i];
+  }
+
+  // Backward of layer l: dx holds dL/dx_out on entry and dL/dx_in on return. Mask gradients
+  // are added into grads.
+  void backward_layer(int l, const LayerW<F>& w, const F* x_in, const MaskSet* masks, Acts& a, Vec& dx, MaskSet& grads) {
+    const auto& s = A.layers[l];
+    const int D = A.n_embd, hd = A.head_dim, nq = s.n_head, nkv = s.n_head_kv, FF = s.n_ff;
+    const int Q = nq * hd, KV = nkv * hd, per = nq / nkv;
+    const auto lm = layer_masks(masks, l);
+    const size_t TD = size_t(T) * D, TF = size_t(T) * FF;
+
+    // x_out = x_mid + m_mlp * down(h): dx passes through to x_mid unchanged.
+    grads.mlp[l] += dot_all(dx.data(), a.y_mlp.data(), TD);
+    auto& [dy, dh, dg, du, dxn, datt, dq, dk, dv] = gb;
+    dy.resize(TD), dh.resize(TF), dg.resize(TF), du.resize(TF), dxn.resize(TD), datt.resize(size_t(T) * Q);
+    dq.resize(size_t(T) * Q), dk.resize(size_t(T) * KV), dv.resize(size_t(T) * KV);
+    for (size_t i = 0; i < TD; ++i) dy[i] = lm.mlp * dx[i];
+    linear_back(dy.data(), w.w_down, dh.data(), T, FF, D, false);
+    // h = a * m_c, a = silu(g) * u
+    col_dot(dh.data(), a.a.data(), T, FF, grads.ffn[l].data());
+    par_for(T, 20 * FF, [&](int t) {
+      for (int c = 0; c < FF; ++c) {
+        const size_t i = size_t(t) * FF + c;
+        const F da = dh[i] * lm.ffn[c];
+        const F sg = sigmoid(a.g[i]);
+        du[i] = da * a.g[i] * sg;
+        dg[i] = da * a.u[i] * sg * (F(1) + a.g[i] * (F(1) - sg));
+      }
+    });
+    linear_back(dg.data(), w.w_gate, dxn.data(), T, D, FF, false);
+    linear_back(du.data(), w.w_up, dxn.data(), T, D, FF, true);
+    rmsnorm_back(a.x_mid.data(), w.ffn_norm, a.rstd2.data(), dxn.data(), dx.data(), T, D);
+
+    // x_mid = x_in + m_attn * o_proj(att): dx now is dL/dx_mid and passes through to x_in.
+    grads.attn[l] += dot_all(dx.data(), a.y_attn.data(), TD);
+    for (size_t i = 0; i < TD; ++i) dy[i] = lm.attn * dx[i];
+    linear_back(dy.data(), w.wo, datt.data(), T, Q, D, false);
+    // att_h = m_h * m_kv(g) * o_h
+    std::vector<double> z(nq, 0.0);
+    par_for(nq, double(T) * hd, [&](int h) {
+      double acc = 0;
+      for (int t = 0; t < T; ++t)
+        for (int i = 0; i < hd; ++i) {
+          const size_t idx = size_t(t) * Q + size_t(h) * hd + i;
+          acc += double(datt[idx]) * a.o[idx];
+        }
+      z[h] = acc;
+    });
+    for (int h = 0; h < nq; ++h) {
+      const double mh = masks ? masks->head[l][h] : 1.0, mg = masks ? masks->kv[l][h / per] : 1.0;
+      grads.head[l][h] += mg * z[h];
+      grads.kv[l][h / per] += mh * z[h];
+    }
+    Vec& dout = datt;  // d o_h = scale_h * d att_h, in place
+    par_for(T, Q, [&](int t) {
+      for (int h = 0; h < nq; ++h)
+        for (int i = 0; i < hd; ++i) dout[size_t(t) * Q + size_t(h) * hd + i] *= lm.head_scale[h];
+    });
+
+    // Attention backward, recomputing each block's probabilities. One task per kv group:
+    // the heads of a group add into the same dk/dv columns.
+    std::fill(dk.begin(), dk.end(), F(0));  // accumulated over the heads of a group
+    std::fill(dv.begin(), dv.end(), F(0));  // (dq is written block by block)
+    const F scale = F(1.0 / std::sqrt(double(hd)));
+    par_for(nkv, 4.0 * per * T * T * hd, [&](int g) {
+      F* P = slot_p();
+      F* dP = slot_dp();
+      const F* kg = a.k.data() + size_t(g) * hd;
+      const F* vg = a.v.data() + size_t(g) * hd;
+      for (int h = g * per; h < (g + 1) * per; ++h) {
+        const F* qh = a.q.data() + size_t(h) * hd;
+        const F* doh = dout.data() + size_t(h) * hd;
+        for (int r0 = 0; r0 < T; r0 += kAttnBlock) {
+          const int r1 = std::min(T, r0 + kAttnBlock), rows = r1 - r0, ld = r1;
+          attn_probs(P, qh, Q, kg, KV, r0, r1, scale);
+          // o = P v  =>  dP = do v^T, dv += P^T do
+          gemm(false, true, rows, r1, hd, F(1), doh + size_t(r0) * Q, Q, vg, KV, F(0), dP, ld);
+          gemm(true, false, r1, hd, rows, F(1), P, ld, doh + size_t(r0) * Q, Q, F(1), dv.data() + size_t(g) * hd, KV);
+          // softmax: dS = P (dP - sum_j P dP); masked entries have P = 0 and drop out.
+          for (int i = 0; i < rows; ++i) {
+            F* p = P + size_t(i) * ld;
+            F* dp = dP + size_t(i) * ld;
+            double dsum = 0;
+            for (int j = 0; j < ld; ++j) dsum += double(p[j]) * dp[j];
+            for (int j = 0; j < ld; ++j) dp[j] = p[j] * (dp[j] - F(dsum));
+          }
+          // S = scale q k^T  =>  dq = scale dS k, dk += scale dS^T q
+          gemm(false, false, rows, hd, r1, scale, dP, ld, kg, KV, F(0), dq.data() + size_t(r0) * Q + size_t(h) * hd, Q);
+          gemm(true, false, r1, hd, rows, scale, dP, ld, qh + size_t(r0) * Q, Q, F(1), dk.data() + size_t(g) * hd, KV);
+        }
+      }
+    });
+    rope(dq.data(), T, nq, hd, cos_t, sin_t, F(-1));
+    rope(dk.data(), T, nkv, hd, cos_t, sin_t, F(-1));
+    linear_back(dq.data(), w.wq, dxn.data(), T, D, Q, false);
+    linear_back(dk.data(), w.wk, dxn.data(), T, D, KV, true);
+    linear_back(dv.data(), w.wv, dxn.data(), T, D, KV, true);
+    rmsnorm_back(x_in, w.attn_norm, a.rstd1.data(), dxn.data(), dx.data(), T, D);
+  }
+
+  // Token embeddings of the sequence.
+  Vec embed(std::span<const int32_t> tokens) {
+    const int D = A.n_embd;
+    Vec x(size_t(T) * D);
+    for (int t = 0; t < T; ++t) {
+      const int id = tokens[t];
+      if (id < 0 || id >= A.n_vocab) fail(ExitCode::InputData, "token id {} at position {} is outside the vocabulary ({})", id, t, A.n_vocab);
+      std::copy_n(tok_embd + size_t(id) * D, D, x.data() + size_t(t) * D);
+    }
+    return x;
+  }
+
+  // Runs the layers; checkpoints (optional) receive each layer's input.
+  Vec run_layers(Vec x, const MaskSet* masks, ActivationStats* stats, std::vector<Vec>* checkpoints) {
+    Acts& a = acts;
+    for (int l = 0; l < A.n_layer(); ++l) {
+      const auto held = layer(l);  // keeps the layer's weights alive for this iteration
+      const LayerW<F>& w = *held;
+      forward_layer(l, w, x.data(), masks, a, stats);
+      if (checkpoints) (*checkpoints)[l] = x;
+      residual_out(a, layer_masks(masks, l).mlp, x.data());
+    }
+    return x;
+  }
+
+  // Final norm; statistics of the lm_head input.
+  Vec final_norm(const Vec& x, Vec& rstd, ActivationStats* stats) {
+    const int D = A.n_embd;
+    Vec xf(x.size());
+    rstd.resize(T);
+    rmsnorm(x.data(), out_norm, xf.data(), rstd.data(), T, D, A.rms_eps);
+    if (stats)
+      stats->accumulate(A.tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight", col_sum_sq(xf.data(), T, D), T);
+    return xf;
+  }
+
+  std::vector<float> logits(std::span<const int32_t> tokens, const MaskSet* masks) {
+    setup(static_cast<int>(tokens.size()));
+    Vec rstd;
+    Vec xf = final_norm(run_layers(embed(tokens), masks, nullptr, nullptr), rstd, nullptr);
+    Vec out(size_t(T) * A.n_vocab);
+    linear(xf.data(), output, (const F*)nullptr, out.data(), T, A.n_embd, A.n_vocab);
+    return std::vector<float>(out.begin(), out.end());
+  }
+
+  // Cross-entropy of positions first..T-2, in row blocks so the [rows, vocab] logits stay
+  // small. With dxf, also writes dL/dxf for the mean loss (rows outside the range get 0).
+  LossResult head_loss(const Vec& xf, std::span<const int32_t> tokens, int first, std::vector<double>* nll, Vec* dxf) {
+    const int D = A.n_embd, V = A.n_vocab, n = T - 1 - first;
+    LossResult r;
+    r.count = n;
+    if (nll) nll->assign(n, 0.0);
+    if (dxf) dxf->assign(size_t(T) * D, F(0));
+    if (n <= 0) return r;
+    constexpr int kRows = 64;
+    Vec& lg = logit_rows;
+    lg.resize(size_t(kRows) * V);
+    std::vector<double> row_nll(kRows);
+    for (int p0 = first; p0 < T - 1; p0 += kRows) {
+      const int rows = std::min(kRows, T - 1 - p0);
+      linear(xf.data() + size_t(p0) * D, output, (const F*)nullptr, lg.data(), rows, D, V);
+      par_for(rows, 20.0 * V, [&](int i) {
+        F* z = lg.data() + size_t(i) * V;
+        const int target = tokens[p0 + i + 1];
+        F mx = z[0];
+        for (int j = 1; j < V; ++j) mx = std::max(mx, z[j]);
+        double sum = 0;
+        for (int j = 0; j < V; ++j) sum += std::exp(double(z[j] - mx));
+        const double lse = double(mx) + std::log(sum);
+        row_nll[i] = lse - double(z[target]);
+        if (dxf) {  // d mean / d logits = (softmax - onehot) / n
+          const double inv_n = 1.0 / n;
+          for (int j = 0; j < V; ++j) z[j] = F(std::exp(double(z[j]) - lse) * inv_n);
+          z[target] -= F(inv_n);
+        }
+      });
+      for (int i = 0; i < rows; ++i) {
+        r.nll_sum += row_nll[i];
+        if (nll) (*nll)[p0 - first + i] = row_nll[i];
+      }
+      if (dxf) linear_back(lg.data(), output, dxf->data() + size_t(p0) * D, rows, D, V, false);
+    }
+    return r;
+  }
+
+  LossResult loss(std::span<const int32_t> tokens, int first, const MaskSet* masks, ActivationStats* stats,
+                  std::vector<double>* nll) {
+    setup(static_cast<int>(tokens.size()));
+    Vec rstd;
+    Vec xf = final_norm(run_layers(embed(tokens), masks, stats, nullptr), rstd, stats);
+    return head_loss(xf, tokens, first, nll, nullptr);
+  }
+
+  LossResult loss_and_grads(std::span<const int32_t> tokens, int first, const MaskSet& masks, MaskSet& grads,
+                            ActivationStats* stats) {
+    setup(static_cast<int>(tokens.size()));
+    std::vector<Vec> checkpoints(A.n_layer());
+    Vec x = run_layers(embed(tokens), &masks, stats, &checkpoints);
+    Vec rstd, dxf;
+    Vec xf = final_norm(x, rstd, stats);
+    LossResult r = head_loss(xf, tokens, first, nullptr, &dxf);
+    grads = MaskSet::filled(A, 0.0);
+    Vec dx(x.size(), F(0));
+    rmsnorm_back(x.data(), out_norm, rstd.data(), dxf.data(), dx.data(), T, A.n_embd);
+    Acts& a = acts;
+    for (int l = A.n_layer() - 1; l >= 0; --l) {
+      const auto held = layer(l);  // keeps the layer's weights alive for this iteration
+      const LayerW<F>& w = *held;
+      forward_layer(l, w, checkpoints[l].data(), &masks, a, nullptr);  // recompute from the checkpoint
+      backward_layer(l, w, checkpoints[l].data(), &masks, a, dx, grads);
+      Vec().swap(checkpoints[l]);
+    }
+    return r;
+  }
+};
+
+struct Transformer::Impl {
+  tbb::task_arena arena;
+  int threads;
+  Engine<float> f32;
+  std::unique_ptr<Engine<double>> f64;
+  Impl(const WeightLoader& w, int n) : arena(n), threads(n), f32(w) {}
+
+  template <class Fn>
+  auto run(Fn&& fn) {
+    openblas_set_num_threads(1);  // parallelism comes from TBB (gemm_mt, attention tasks)
+    return arena.execute(std::forward<Fn>(fn));
+  }
+};
+
+Transformer::Transformer(std::shared_ptr<const WeightLoader> weights, TransformerOptions opt)
+    : weights_(std::move(weights)), opt_(opt) {
+  if (!weights_) fail(ExitCode::Runtime, "transformer: no weights");
+  weights_->arch().validate("transformer");
+  int n = opt_.threads > 0 ? opt_.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  impl_ = std::make_unique<Impl>(*weights_, n);
+  if (opt_.precision == Precision::F64) impl_->f64 = std::make_unique<Engine<double>>(*weights_);
+}
+
+Transformer::~Transformer() = default;
+
+namespace {
+void check_masks(const ModelArch& a, const MaskSet& m) {
+  bool ok = m.head.size() == size_t(a.n_layer()) && m.kv.size() == m.head.size() && m.ffn.size() == m.head.size() &&
+            m.attn.size() == m.head.size() && m.mlp.size() == m.head.size();
+  for (int l = 0; ok && l < a.n_layer(); ++l)
+    ok = m.head[l].size() == size_t(a.layers[l].n_head) && m.kv[l].size() == size_t(a.layers[l].n_head_kv) &&
+         m.ffn[l].size() == size_t(a.layers[l].n_ff);
+  if (!ok) fail(ExitCode::Runtime, "transformer: mask set does not match the architecture");
+}
+void check_tokens(std::span<const int32_t> tokens, int first) {
+  if (tokens.empty()) fail(ExitCode::Runtime, "transformer: empty token sequence");
+  if (first < 0 || first >= static_cast<int>(tokens.size()))
+    fail(ExitCode::Runtime, "transformer: first scored position {} outside the {} tokens", first, tokens.size());
+}
+}  // namespace
+
+std::vector<float> Transformer::logits(std::span<const int32_t> tokens, const MaskSet* masks) {
+  check_tokens(tokens, 0);
+  if (masks) check_masks(arch(), *masks);
+  return impl_->run([&] { return impl_->f64 ? impl_->f64->logits(tokens, masks) : impl_->f32.logits(tokens, masks); });
+}
+
+LossResult Transformer::loss(std::span<const int32_t> tokens, int first, const MaskSet* masks, ActivationStats* stats,
+                             std::vector<double>* nll) {
+  check_tokens(tokens, first);
+  if (masks) check_masks(arch(), *masks);
+  return impl_->run([&] {
+    return impl_->f64 ? impl_->f64->loss(tokens, first, masks, stats, nll) : impl_->f32.loss(tokens, first, masks, stats, nll);
+  });
+}
+
+LossResult Transformer::loss_and_mask_grads(std::span<const int32_t> tokens, int first, const MaskSet& masks,
+                                            MaskSet& grads, ActivationStats* stats) {
+  check_tokens(tokens, first);
+  check_masks(arch(), masks);
+  return impl_->run([&] {
+    return impl_->f64 ? impl_->f64->loss_and_grads(tokens, first, masks, grads, stats)
+                      : impl_->f32.loss_and_grads(tokens, first, masks, grads, stats);
+  });
+}
+
+LossResult accumulate_mask_importance(Transformer& model, std::span<const int32_t> tokens, int n_ctx,
+                                      MaskImportance& importance, ActivationStats* stats, int max_chunks) {
+  if (n_ctx < 2) fail(ExitCode::Usage, "mask importance: context {} is too short", n_ctx);
+  int n_chunks = static_cast<int>(tokens.size() / n_ctx);
+  if (max_chunks > 0) n_chunks = std::min(n_chunks, max_chunks);
+  const MaskSet ones = MaskSet::ones(model.arch());
+  MaskSet grads;
+  LossResult total;
+  for (int c = 0; c < n_chunks; ++c) {
+    auto r = model.loss_and_mask_grads(tokens.subspan(size_t(c) * n_ctx, n_ctx), 0, ones, grads, stats);
+    importance.add(ones, grads);
+    total.nll_sum += r.nll_sum;
+    total.count += r.count;
+  }
+  return total;
+}
+
+}  // namespace squish
