@@ -4,6 +4,8 @@
 //   compress.quantize     - quantize each tensor to its planned type (parallel)
 //   compress.gguf_writer  - write each tensor at its final offset as it arrives; commit at the end
 #include "core/gguf/gguf.hpp"
+#include "core/gguf/hf_to_gguf.hpp"
+#include "core/io/imatrix.hpp"
 #include "core/runtime/error.hpp"
 #include "core/runtime/plugin_api.hpp"
 #include "stages/compress/prune.hpp"
@@ -73,7 +75,13 @@ class Prune final : public Node {
 
 class Quantize final : public Node {
  public:
-  explicit Quantize(const NodeContext& ctx) : plan_(plan_for(ctx)) {}
+  explicit Quantize(const NodeContext& ctx) : plan_(plan_for(ctx)) {
+    const std::string path = ctx.params["imatrix"].get<std::string>();
+    if (!path.empty()) {
+      imatrix_ = read_imatrix(path);
+      imatrix_path_ = path;
+    }
+  }
   void consume(const Message& in, Emitter& out) override {
     if (!in.is_tensor()) return out.emit(in);
     const Tensor& t = in.tensor();
@@ -81,14 +89,33 @@ class Quantize final : public Node {
     if (!p) fail(ExitCode::Runtime, "tensor '{}' is not in the plan", t.name);
     if (t.dtype != DType::F32) fail(ExitCode::Runtime, "tensor '{}' reached quantize as {} (expected F32 from compress.prune)", t.name, dtype_name(t.dtype));
     std::vector<float> f = t.to_f32();
-    Tensor o = with_bytes(t, t.name, quantize_tensor(f, *p));
+    const std::vector<float> w = importance_for(*p);
+    Tensor o = with_bytes(t, t.name, quantize_tensor(f, *p, w.empty() ? nullptr : w.data()));
     o.dtype = DType::Quantized;
     o.ggml_type = static_cast<int>(p->type);
     out.emit(in.derive(std::move(o)));
   }
 
  private:
+  // The imatrix is keyed by the source model's GGUF names; pruned columns are sliced out.
+  std::vector<float> importance_for(const PlannedTensor& p) const {
+    if (imatrix_.empty() || !ggml_type_traits(p.type)->quantized) return {};
+    const auto src = gguf::hf_to_gguf_name(p.hf_name);
+    auto it = src ? imatrix_.find(*src) : imatrix_.end();
+    if (it == imatrix_.end()) return {};  // as llama-quantize: quantize this one without
+    const auto& v = it->second;
+    const size_t src_cols = static_cast<size_t>(p.src_shape.back());
+    if (v.size() != src_cols)
+      fail(ExitCode::InputData, "{}: entry '{}' has {} columns, the tensor {}", imatrix_path_, it->first, v.size(), src_cols);
+    if (p.keep_cols.empty()) return v;
+    std::vector<float> out;
+    for (int64_t c : p.keep_cols) out.push_back(v[static_cast<size_t>(c)]);
+    return out;
+  }
+
   std::shared_ptr<const CompressPlan> plan_;
+  Imatrix imatrix_;
+  std::string imatrix_path_;
 };
 
 class GGUFWriterNode final : public Node {
@@ -155,7 +182,8 @@ void register_nodes(NodeRegistry& r) {
   };
   r.add({"compress.prune", "prune heads, KV groups, FFN channels and layers as the plan says; output F32", NodeRole::Transform, true,
          plan_params(), [](const NodeContext& c) { return std::make_unique<Prune>(c); }});
-  r.add({"compress.quantize", "quantize each tensor to the type the plan gives it", NodeRole::Transform, true, plan_params(),
+  r.add({"compress.quantize", "quantize each tensor to the type the plan gives it", NodeRole::Transform, true,
+         with({{"imatrix", ParamType::String, false, "", "importance matrix (llama.cpp imatrix.dat, e.g. from the score stage)"}}),
          [](const NodeContext& c) { return std::make_unique<Quantize>(c); }});
   r.add({"compress.gguf_writer", "write the GGUF: layout from the plan, tensors at their offsets as they arrive", NodeRole::Sink, true,
          with({{"output", ParamType::Path, true, nullptr, "GGUF file to write (atomically)"}}),

@@ -1,0 +1,54 @@
+// The score stage plugin: `score.importance` scores a Hugging Face model on calibration text
+// and writes scores.json, channels.bin.zst and imatrix.dat into a directory.
+#include "core/runtime/error.hpp"
+#include "core/runtime/plugin_api.hpp"
+#include "stages/score/scorer.hpp"
+
+namespace squish::score {
+namespace {
+
+// A source: its single produce() call runs the whole scoring job (progress: tokens), writes the
+// artifacts and emits the scores document for downstream nodes (e.g. a planner).
+class Importance final : public Node {
+ public:
+  explicit Importance(const NodeContext& ctx) : ctx_(ctx) {}
+  bool produce(Message& out) override {
+    if (done_) return false;
+    done_ = true;
+    ScoreOptions opt;
+    opt.ctx = static_cast<int>(ctx_.params["ctx"].get<int64_t>());
+    opt.max_tokens = ctx_.params["max_tokens"].get<int64_t>();
+    opt.threads = ctx_.threads;
+    opt.progress = [this](uint64_t d, uint64_t t) {
+      if (ctx_.is_cancelled()) fail(ExitCode::Runtime, "cancelled");
+      ctx_.progress("tokens", d, t);
+    };
+    ScoreResult r = score_model(ctx_.params["model"].get<std::string>(), ctx_.params["text"].get<std::string>(), opt);
+    write_scores(r, ctx_.params["output"].get<std::string>());
+    out = Message::of(Document{"scores", std::move(r.scores)});
+    return true;
+  }
+  uint64_t expected_count() const override { return 1; }
+
+ private:
+  NodeContext ctx_;
+  bool done_ = false;
+};
+
+void register_nodes(NodeRegistry& r) {
+  r.add({"score.importance",
+         "mask-gradient importance of heads, KV groups, FFN channels and layers, plus activation statistics",
+         NodeRole::Source,
+         false,
+         {{"model", ParamType::Path, true, nullptr, "Hugging Face model folder"},
+          {"text", ParamType::Path, true, nullptr, "calibration text file"},
+          {"output", ParamType::Path, true, nullptr, "directory for scores.json, channels.bin.zst, imatrix.dat"},
+          {"ctx", ParamType::Int, false, 512, "tokens per chunk"},
+          {"max_tokens", ParamType::Int, false, 0, "use at most this many tokens (0 = all)"}},
+         [](const NodeContext& c) { return std::make_unique<Importance>(c); }});
+}
+
+}  // namespace
+}  // namespace squish::score
+
+SQUISH_PLUGIN("score", "0.1.0", "task-specific importance from mask gradients, natively on the CPU", squish::score::register_nodes)

@@ -1,0 +1,45 @@
+#pragma once
+// The score stage: calibration text -> importance of every q head, KV group, FFN channel and
+// layer branch (gradients of scalar masks, Michel et al. 2019 / LLM-Pruner Taylor importance),
+// plus per-column activation statistics (llama.cpp's imatrix). Pure C++ on the CPU.
+// Output format: docs/scores.md.
+#include "core/io/imatrix.hpp"
+#include "core/model/transformer.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <functional>
+#include <string>
+
+namespace squish::score {
+
+struct ScoreOptions {
+  int ctx = 512;         // tokens per chunk (next-token cross-entropy over the whole chunk)
+  int64_t max_tokens = 0;  // 0 = the whole text
+  int threads = 0;
+  std::function<void(uint64_t done, uint64_t total)> progress;  // tokens
+};
+
+struct ScoreResult {
+  nlohmann::json scores;   // the scores.json document
+  MaskSet taylor, fisher;  // E|m dL/dm| and E[(dL/dm)^2] per mask
+  ActivationStats stats;
+  int chunks = 0;
+};
+
+// Scores the model in `model_dir` (HF folder) on the text file `text_path`.
+ScoreResult score_model(const std::string& model_dir, const std::string& text_path, const ScoreOptions& opt);
+
+// Writes <dir>/scores.json, <dir>/channels.bin.zst (per-layer FFN channel Taylor and Fisher
+// scores, float32) and <dir>/imatrix.dat (llama.cpp's imatrix format, GGUF tensor names).
+// Each file is written atomically. Creates `dir` if needed.
+void write_scores(const ScoreResult& r, const std::string& dir);
+
+// Activation statistics as an importance matrix keyed by GGUF tensor names (core/io/imatrix.hpp).
+Imatrix imatrix_of(const ActivationStats& stats);
+
+// Reads channels.bin.zst back: [layer] -> {taylor, fisher} per channel.
+std::vector<std::pair<std::vector<float>, std::vector<float>>> read_channel_scores(const std::string& path,
+                                                                                   const std::vector<int>& n_ff);
+
+}  // namespace squish::score

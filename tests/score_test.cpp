@@ -1,0 +1,126 @@
+// The score stage end to end: pipeline artifacts agree with the model library's own
+// accumulation, the imatrix round-trips in llama.cpp's format, and an imatrix from the score
+// stage makes the compress stage's quantization better where it counts.
+#include "core/gguf/gguf.hpp"
+#include "core/gguf/hf_to_gguf.hpp"
+#include "core/io/imatrix.hpp"
+#include "core/io/safetensors.hpp"
+#include "core/model/transformer.hpp"
+#include "core/quant/quantize.hpp"
+#include "core/tokenizer/tokenizer.hpp"
+#include "stages/score/scorer.hpp"
+#include "tests/test_util.hpp"
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+using namespace squish;
+
+namespace {
+std::string score_cmd(const std::string& model, const std::string& text, const std::string& out, const std::string& extra) {
+  return fmt::format("--set model={} --set text={} --set output={} {} {}/pipelines/score.yaml", model, text, out, extra,
+                     test::source_dir());
+}
+}  // namespace
+
+TEST(Score, PipelineArtifactsMatchModelLibrary) {
+  SQUISH_REQUIRE_SHARED();
+  test::TempDir tmp;
+  const std::string model = test::shared("models/stories260K");
+  const std::string text = test::shared("data/TinyStories-valid.sample.txt");
+  auto r = test::squish_run(score_cmd(model, text, tmp / "out", "--set ctx=128 --set max_tokens=1024 --events-file " + tmp / "ev.jsonl"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto scores = nlohmann::json::parse(test::read_file(tmp / "out/scores.json"));
+  EXPECT_EQ(scores["format"], "squish.scores/1");
+  EXPECT_EQ(scores["calibration"]["chunks"], 8);
+  EXPECT_EQ(scores["calibration"]["tokens_used"], 1024);
+  ASSERT_EQ(scores["layers"].size(), 5u);
+
+  // Independent path: the model library's own chunk accumulation on the same tokens.
+  auto weights = SafetensorsWeights::open(model);
+  Transformer m(weights, {});
+  Tokenizer tok(Vocab::from_tokenizer_json(model + "/tokenizer.json", weights->config().vocab_size));
+  auto ids = tok.encode(test::read_file(text), true);
+  ids.resize(1024);
+  MaskImportance imp(m.arch());
+  ActivationStats stats;
+  accumulate_mask_importance(m, ids, 128, imp, &stats);
+  const MaskSet taylor = imp.taylor(), fisher = imp.fisher();
+  for (int l = 0; l < 5; ++l) {
+    const auto& L = scores["layers"][l];
+    for (int h = 0; h < 8; ++h) {
+      EXPECT_NEAR(L["heads"]["taylor"][h].get<double>(), taylor.head[l][h], 1e-9 + 1e-6 * taylor.head[l][h]);
+      EXPECT_NEAR(L["heads"]["fisher"][h].get<double>(), fisher.head[l][h], 1e-12 + 1e-6 * fisher.head[l][h]);
+    }
+    for (int g = 0; g < 4; ++g) EXPECT_NEAR(L["kv_groups"]["taylor"][g].get<double>(), taylor.kv[l][g], 1e-9 + 1e-6 * taylor.kv[l][g]);
+    EXPECT_NEAR(L["mlp"]["taylor"].get<double>(), taylor.mlp[l], 1e-9 + 1e-6 * taylor.mlp[l]);
+  }
+  auto ch = score::read_channel_scores(tmp / "out/channels.bin.zst", std::vector<int>(5, 172));
+  for (int l = 0; l < 5; ++l)
+    for (int c = 0; c < 172; ++c) EXPECT_FLOAT_EQ(ch[l].first[c], static_cast<float>(taylor.ffn[l][c]));
+
+  // imatrix: llama.cpp format, GGUF names, per-column means.
+  auto im = read_imatrix(tmp / "out/imatrix.dat");
+  EXPECT_EQ(im.size(), 5u * 7u);  // q k v o gate up down per layer; no output projection
+  const auto& q = im.at("blk.2.attn_q.weight");
+  const auto mean = stats.entries.at("model.layers.2.self_attn.q_proj.weight").mean();
+  ASSERT_EQ(q.size(), 64u);
+  for (size_t i = 0; i < q.size(); ++i) EXPECT_NEAR(q[i], mean[i], 1e-5f * std::max(1.f, mean[i]));
+  EXPECT_EQ(im.at("blk.2.attn_q.weight"), im.at("blk.2.attn_k.weight"));  // shared input
+  EXPECT_EQ(im.at("blk.4.ffn_down.weight").size(), 172u);
+
+  const auto ev = test::read_file(tmp / "ev.jsonl");
+  const bool progress = ev.find("\"unit\":\"tokens\"") != std::string::npos;
+  EXPECT_TRUE(progress) << "tokens processed / total progress events";
+}
+
+// An imatrix from the score stage lowers the importance-weighted quantization error of every
+// K-quant tensor (what llama.cpp's imatrix is for), and changes no unquantized tensor.
+TEST(Score, ImatrixFromScoreImprovesWeightedError) {
+  SQUISH_REQUIRE_SHARED();
+  test::TempDir tmp;
+  const std::string model = test::shared("models/coder-28m");
+  auto r = test::squish_run(score_cmd(model, test::shared("data/calib-code.txt"), tmp / "s", "--set max_tokens=2048"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  for (const char* f : {"plain", "weighted"}) {
+    std::string cmd = fmt::format("--set model={} --set preset=Q3_K_S --set output={} {} {}/pipelines/compress.yaml", model,
+                                  tmp / (std::string(f) + ".gguf"), std::string(f) == "weighted" ? "--set imatrix=" + tmp / "s/imatrix.dat" : "",
+                                  test::source_dir());
+    auto c = test::squish_run(cmd);
+    ASSERT_EQ(c.exit_code, 0) << c.err;
+  }
+  auto plain = gguf::Reader::open(tmp / "plain.gguf");
+  auto weighted = gguf::Reader::open(tmp / "weighted.gguf");
+  auto im = read_imatrix(tmp / "s/imatrix.dat");
+  auto st = SafetensorsModel::open(model);
+  int better = 0, compared = 0;
+  for (const auto& t : plain.tensors()) {
+    auto it = im.find(t.name);
+    if (it == im.end() || !ggml_type_traits(t.type)->quantized) continue;
+    const auto& w = it->second;
+    auto src = st.load(*gguf::gguf_to_hf_name(t.name)).to_f32();
+    auto err = [&](const gguf::TensorInfo& q) {
+      std::vector<float> deq(src.size());
+      dequantize_row(q.type, q.data.data(), deq.data(), static_cast<int64_t>(deq.size()));
+      double e = 0;
+      for (size_t i = 0; i < deq.size(); ++i) e += w[i % w.size()] * double(deq[i] - src[i]) * double(deq[i] - src[i]);
+      return e;
+    };
+    const double ep = err(t), ew = err(weighted.at(t.name));
+    ++compared;
+    better += ew < ep;
+  }
+  EXPECT_EQ(compared, 56);  // every Q3_K weight except the tied output (no imatrix entry)
+  EXPECT_EQ(better, compared);
+}
+
+TEST(Score, MissingCalibrationTextIsInputError) {
+  SQUISH_REQUIRE_SHARED();
+  test::TempDir tmp;
+  auto r = test::squish_run(score_cmd(test::shared("models/stories260K"), tmp / "nope.txt", tmp / "out", ""));
+  EXPECT_EQ(r.exit_code, 3) << r.err;
+  EXPECT_NE(r.err.find("nope.txt: cannot open calibration text"), std::string::npos) << r.err;
+  EXPECT_FALSE(std::filesystem::exists(tmp / "out/scores.json"));
+}
