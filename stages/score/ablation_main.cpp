@@ -71,7 +71,11 @@ int main(int argc, char** argv) {
       std::string h;
       for (auto& e : evals) h += (h.empty() ? "" : " | ") + std::filesystem::path(e).filename().string() + " PPL";
       return h;
-    }(), std::string(evals.size() * 4, '-') + "|");
+    }(), [&] {
+      std::string sep;
+      for (size_t i = 0; i < evals.size(); ++i) sep += "---|";
+      return sep;
+    }());
     std::vector<std::vector<int32_t>> eval_toks;
     std::vector<int> eval_max;
     for (auto& e : evals) {
