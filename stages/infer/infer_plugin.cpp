@@ -1,0 +1,137 @@
+// The infer stage: run a Llama / Qwen2 GGUF on the CPU.
+//   infer.perplexity - llama-perplexity's protocol on a text file; JSON report + "PPL = x ± y"
+//   infer.generate   - continue a prompt (greedy or sampled); JSON report + the text on stdout
+// Both are sources that do their whole job in the first produce() and emit nothing: a pipeline
+// is just the one node.
+#include "core/io/atomic_file.hpp"
+#include "core/runtime/error.hpp"
+#include "core/runtime/plugin_api.hpp"
+#include "stages/infer/tasks.hpp"
+
+#include <fmt/core.h>
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+namespace squish::infer {
+namespace {
+
+// threads param, else the pipeline's setting (0 = all cores).
+int threads_of(const NodeContext& ctx) {
+  const int t = static_cast<int>(ctx.params["threads"].get<int64_t>());
+  if (t < 0) fail(ExitCode::Usage, "threads must be >= 0 (got {})", t);
+  return t > 0 ? t : ctx.threads;
+}
+
+void write_report(const std::string& path, const nlohmann::json& j) {
+  if (!path.empty()) write_file_atomic(path, j.dump(1) + "\n");
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) fail(ExitCode::InputData, "{}: cannot read text file", path);
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+class PerplexityNode final : public Node {
+ public:
+  explicit PerplexityNode(const NodeContext& ctx) : ctx_(ctx) {}
+  bool produce(Message&) override {
+    if (done_) return false;
+    done_ = true;
+    const auto& p = ctx_.params;
+    auto model = Model::load(p["model"].get<std::string>());
+    const Tokenizer tok = tokenizer_of(*model);
+    const std::string text_path = p["text"].get<std::string>();
+    const std::vector<int32_t> tokens = tok.encode(read_text(text_path), /*add_special=*/true);
+    PerplexityOptions opt;
+    opt.n_ctx = static_cast<int>(p["ctx"].get<int64_t>());
+    opt.threads = threads_of(ctx_);
+    opt.max_chunks = static_cast<int>(p["chunks"].get<int64_t>());
+    opt.quantized_batches = p["exact"].get<bool>();
+    opt.progress = [this](int done, int total) { ctx_.progress("chunks", done, total); };
+    opt.cancelled = [this] { return ctx_.is_cancelled(); };
+    const PerplexityResult r = perplexity(model, tokens, tok.vocab().add_bos, tok.bos(), opt);
+    nlohmann::json j = r.to_json();
+    j["model"] = p["model"];
+    j["text"] = text_path;
+    j["ctx"] = opt.n_ctx;
+    write_report(p["report"].get<std::string>(), j);
+    fmt::print("PPL = {:.4f} ± {:.5f} ({} chunks of {}, {:.0f} tokens/s)\n", r.ppl, r.ppl_stderr, r.chunks, opt.n_ctx,
+               r.tokens_per_s);
+    std::fflush(stdout);
+    return false;
+  }
+
+ private:
+  NodeContext ctx_;
+  bool done_ = false;
+};
+
+class GenerateNode final : public Node {
+ public:
+  explicit GenerateNode(const NodeContext& ctx) : ctx_(ctx) {}
+  bool produce(Message&) override {
+    if (done_) return false;
+    done_ = true;
+    const auto& p = ctx_.params;
+    auto model = Model::load(p["model"].get<std::string>());
+    const Tokenizer tok = tokenizer_of(*model);
+    GenerateOptions opt;
+    opt.n = static_cast<int>(p["n"].get<int64_t>());
+    if (opt.n < 0) fail(ExitCode::Usage, "n must be >= 0 (got {})", opt.n);
+    opt.threads = threads_of(ctx_);
+    opt.temperature = static_cast<float>(p["temperature"].get<double>());
+    opt.top_k = static_cast<int>(p["top_k"].get<int64_t>());
+    opt.top_p = static_cast<float>(p["top_p"].get<double>());
+    opt.repeat_penalty = static_cast<float>(p["repeat_penalty"].get<double>());
+    opt.seed = static_cast<uint64_t>(p["seed"].get<int64_t>());
+    int done = 0;
+    opt.on_token = [&](int32_t) { ctx_.progress("tokens", ++done, opt.n); };
+    const GenerateResult r = generate(model, tok, p["prompt"].get<std::string>(), opt);
+    nlohmann::json j = r.to_json();
+    j["model"] = p["model"];
+    write_report(p["report"].get<std::string>(), j);
+    fmt::print("{}\n", r.text);
+    fmt::print("[{} prompt + {} generated tokens; prefill {:.0f} tokens/s, decode {:.0f} tokens/s]\n", r.prompt_tokens.size(),
+               r.generated.size(), r.prefill_tokens_per_s, r.decode_tokens_per_s);
+    std::fflush(stdout);
+    return false;
+  }
+
+ private:
+  NodeContext ctx_;
+  bool done_ = false;
+};
+
+void register_nodes(NodeRegistry& r) {
+  r.add({"infer.perplexity", "perplexity of a GGUF on a text file (llama-perplexity protocol)", NodeRole::Source, false,
+         {{"model", ParamType::Path, true, nullptr, "GGUF file (llama or qwen2 architecture)"},
+          {"text", ParamType::Path, true, nullptr, "text file to score"},
+          {"ctx", ParamType::Int, false, 512, "tokens per chunk; the second half of each chunk is scored"},
+          {"chunks", ParamType::Int, false, 0, "score only the first N chunks (0 = all)"},
+          {"threads", ParamType::Int, false, 0, "worker threads (0 = the pipeline's setting / all cores)"},
+          {"exact", ParamType::Bool, false, false, "quantize activations in batched matmuls too (llama.cpp's arithmetic; slower)"},
+          {"report", ParamType::String, false, "", "JSON report to write (ppl, ppl_stderr, tokens, chunks, tokens_per_s)"}},
+         [](const NodeContext& c) { return std::make_unique<PerplexityNode>(c); }});
+  r.add({"infer.generate", "continue a prompt with a GGUF model (greedy or sampled)", NodeRole::Source, false,
+         {{"model", ParamType::Path, true, nullptr, "GGUF file (llama or qwen2 architecture)"},
+          {"prompt", ParamType::String, true, nullptr, "prompt text"},
+          {"n", ParamType::Int, false, 128, "tokens to generate (stops early at end-of-text)"},
+          {"threads", ParamType::Int, false, 0, "worker threads (0 = the pipeline's setting / all cores)"},
+          {"temperature", ParamType::Float, false, 0.0, "0 = greedy"},
+          {"top_k", ParamType::Int, false, 40, "sample among the k most likely tokens (0 = all)"},
+          {"top_p", ParamType::Float, false, 0.95, "nucleus: smallest set with this much probability (1 = off)"},
+          {"repeat_penalty", ParamType::Float, false, 1.0, "llama.cpp repetition penalty over the last 64 tokens (1 = off)"},
+          {"seed", ParamType::Int, false, 0, "random seed for sampling"},
+          {"report", ParamType::String, false, "", "JSON report to write (text, token counts, speeds)"}},
+         [](const NodeContext& c) { return std::make_unique<GenerateNode>(c); }});
+}
+
+}  // namespace
+}  // namespace squish::infer
+
+SQUISH_PLUGIN("infer", "0.1.0", "CPU inference of llama / qwen2 GGUFs: perplexity and generation", squish::infer::register_nodes)

@@ -1,0 +1,117 @@
+#pragma once
+// CPU inference of Llama / Qwen2 GGUFs (llama.cpp's and Squish's, pruned or not).
+//
+// Model: the hyper-parameters and weight views of one GGUF, read through the mmap (no copies).
+// Everything comes from the file: per-layer head / KV-head counts and FFN widths (scalar or
+// INT32 arrays, as Squish writes for pruned models), head_dim from key_length or the tensor
+// shapes, tied output (no output.weight), q/k/v biases, rope base and RMS epsilon.
+//
+// Session: one sequence with a KV cache. eval() runs a chunk of tokens at their positions:
+//  - batched (>= kBatchThreshold tokens): the activations are rounded through the weight's dot
+//    type (quantized to Q8_0 / Q8_K and expanded back, so the result is ggml's integer-dot
+//    arithmetic up to float rounding); each thread dequantizes a block of weight rows and
+//    multiplies the whole chunk by it with a single-threaded sgemm (weights read once per chunk);
+//  - single-token decode: activations are quantized once to the weight type's dot type (Q8_0 /
+//    Q8_K, as ggml does) and each thread runs integer vec_dot over its range of output rows.
+// Attention is F32. Parallel work runs in a tbb::task_arena of the requested thread count.
+#include "core/gguf/gguf.hpp"
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace squish::infer {
+
+// One weight matrix: rows of n_in values of `type`, n_out rows, a view into the mapping.
+struct Weight {
+  GGMLType type = GGMLType::F32;
+  int64_t n_in = 0, n_out = 0;
+  const std::byte* data = nullptr;
+  size_t row_bytes = 0;
+  const std::byte* row(int64_t r) const { return data + static_cast<size_t>(r) * row_bytes; }
+  size_t nbytes() const { return row_bytes * static_cast<size_t>(n_out); }
+};
+
+enum class RopeType { Normal, Neox };  // adjacent pairs (llama GGUF) | rotate-half pairs (qwen2)
+
+struct Layer {
+  int n_head = 0, n_head_kv = 0, n_ff = 0;
+  std::vector<float> attn_norm, ffn_norm;  // [n_embd]
+  std::vector<float> bq, bk, bv;           // empty when the model has no biases
+  Weight wq, wk, wv, wo, w_gate, w_up, w_down;
+};
+
+class Model {
+ public:
+  // Throws Error(InputData) "<path>: <problem>" for anything missing or inconsistent.
+  static std::shared_ptr<const Model> load(const std::string& path);
+
+  const gguf::Reader& reader() const { return reader_; }
+  const std::string& arch() const { return arch_; }
+  int n_embd() const { return n_embd_; }
+  int n_vocab() const { return n_vocab_; }
+  int n_layer() const { return static_cast<int>(layers_.size()); }
+  int head_dim() const { return head_dim_; }
+  int n_ctx_train() const { return n_ctx_train_; }
+  float rope_base() const { return rope_base_; }
+  float rms_eps() const { return rms_eps_; }
+  RopeType rope_type() const { return rope_type_; }
+  const std::vector<Layer>& layers() const { return layers_; }
+  const Weight& tok_embd() const { return tok_embd_; }
+  const Weight& output() const { return output_; }  // token_embd when tied
+  const std::vector<float>& output_norm() const { return output_norm_; }
+  bool tied_output() const { return tied_; }
+  // Bytes of weights one decoded token reads (every matrix once; one embedding row).
+  size_t weight_bytes_per_token() const;
+
+ private:
+  gguf::Reader reader_;
+  std::string arch_;
+  int n_embd_ = 0, n_vocab_ = 0, head_dim_ = 0, n_ctx_train_ = 0;
+  float rope_base_ = 10000.f, rms_eps_ = 1e-5f;
+  RopeType rope_type_ = RopeType::Normal;
+  bool tied_ = false;
+  std::vector<Layer> layers_;
+  Weight tok_embd_, output_;
+  std::vector<float> output_norm_;
+};
+
+// Rows of the embedding / output matrix as float.
+void embedding_row(const Weight& w, int32_t token, float* out);
+
+// y[t, :] (+)= W x[t, :] for T tokens (x: T x n_in, y: T x n_out, row-major). threads in the
+// calling arena. Picks the batched sgemm path for T >= kBatchThreshold, else quantized matvec.
+constexpr int kBatchThreshold = 32;
+void matmul(const Weight& w, const float* x, int T, float* y, bool accumulate);
+// The quantized-activation path for any T (llama.cpp's arithmetic); used by matmul for small T.
+void matmul_quantized(const Weight& w, const float* x, int T, float* y, bool accumulate);
+
+class Session {
+ public:
+  // n_ctx: KV cache capacity in tokens; threads: 0 = all cores.
+  Session(std::shared_ptr<const Model> model, int n_ctx, int threads);
+  ~Session();
+
+  // Runs `tokens` at positions n_past()..n_past()+T-1 (appending to the cache). Logits for the
+  // tokens at indices [logits_from, T) go to `logits` ((T - logits_from) x n_vocab); pass
+  // logits_from = T for none. Throws if the cache would overflow.
+  void eval(std::span<const int32_t> tokens, int logits_from, std::vector<float>& logits);
+  // Forget the cache (positions restart at 0).
+  void reset() { n_past_ = 0; }
+  int n_past() const { return n_past_; }
+  int n_ctx() const { return n_ctx_; }
+  const Model& model() const { return *model_; }
+  // Forces the quantized-activation path even for batches (llama.cpp's exact arithmetic).
+  void set_quantized_batches(bool on) { quantized_batches_ = on; }
+
+ private:
+  struct Impl;
+  std::shared_ptr<const Model> model_;
+  int n_ctx_, n_past_ = 0;
+  bool quantized_batches_ = false;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace squish::infer
