@@ -14,7 +14,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <initializer_list>
 #include <mutex>
+#include <span>
+#include <utility>
 
 namespace squish::infer {
 namespace {
@@ -228,6 +231,92 @@ void matmul(const Weight& w, const float* x, int T, float* y, bool accumulate) {
   else matmul_quantized(w, x, T, y, accumulate);
 }
 
+// ---- single-token decode ---------------------------------------------------------------------
+// For one token a 28M-parameter model's matvec is tens of microseconds of work, so a fork/join
+// per matrix costs about as much as the product. Decode therefore quantizes each input once per
+// dot type (q/k/v share the normed input, gate/up too) and runs all products that share an input
+// in ONE parallel region, split by weight bytes into one contiguous range per thread.
+
+namespace {
+
+struct MatvecJob {
+  const Weight* w;
+  const std::byte* xq;  // activations prepared for w.type
+  float* y;
+  bool accumulate;
+};
+
+// A run of rows of one job; the unit the per-thread ranges are cut from.
+struct RowChunk {
+  int job;
+  int64_t r0, rows;
+  size_t bytes_before;  // weight bytes of all earlier chunks (for byte-balanced splitting)
+};
+
+// One input vector prepared for the weights that read it: quantized once per dot type (a
+// Q4_K_M layer mixes Q4_K and Q6_K, which share Q8_K). Buffers are reused across tokens.
+struct PreparedInput {
+  static constexpr int kMax = 3;  // q/k/v: at most three weights per input
+  std::vector<std::byte> buf[kMax];
+  GGMLType type[kMax]{};
+  int used = 0;
+  const float* x = nullptr;
+
+  void reset(const float* x_in) { x = x_in, used = 0; }
+  // Every weight passed between two resets reads the same x (so has the same n_in).
+  const std::byte* get(const Weight& w) {
+    const GGMLType dt = vec_dot_type(w.type);
+    for (int i = 0; i < used; ++i)
+      if (type[i] == dt) return buf[i].data();
+    buf[used].resize(activation_row_size(w.type, w.n_in));
+    quantize_activations(w.type, x, buf[used].data(), w.n_in);
+    type[used] = dt;
+    return buf[used++].data();
+  }
+};
+
+}  // namespace
+
+// Runs `jobs` (independent matvecs) in one parallel region of the current arena.
+static void run_matvecs(std::span<const MatvecJob> jobs, std::vector<RowChunk>& chunks) {
+  constexpr int64_t kRows = 16;  // fine enough to balance, coarse enough to stay cheap
+  chunks.clear();
+  size_t total = 0;
+  for (int j = 0; j < static_cast<int>(jobs.size()); ++j) {
+    const Weight& w = *jobs[j].w;
+    for (int64_t r0 = 0; r0 < w.n_out; r0 += kRows) {
+      const int64_t rows = std::min(kRows, w.n_out - r0);
+      chunks.push_back({j, r0, rows, total});
+      total += w.row_bytes * size_t(rows);
+    }
+  }
+  auto run = [&](size_t c0, size_t c1) {
+    float tmp[kRows];
+    for (size_t c = c0; c < c1; ++c) {
+      const RowChunk& ch = chunks[c];
+      const MatvecJob& jb = jobs[ch.job];
+      const Weight& w = *jb.w;
+      float* y = jb.y + ch.r0;
+      if (!jb.accumulate) {
+        matvec(w.type, ch.rows, w.n_in, w.row(ch.r0), jb.xq, y);
+      } else {
+        matvec(w.type, ch.rows, w.n_in, w.row(ch.r0), jb.xq, tmp);
+        for (int64_t i = 0; i < ch.rows; ++i) y[i] += tmp[i];
+      }
+    }
+  };
+  const int P = std::min<int>(tbb::this_task_arena::max_concurrency(), static_cast<int>(chunks.size()));
+  if (P <= 1) return run(0, chunks.size());
+  // Thread p takes the chunks starting in its 1/P share of the bytes.
+  auto first_chunk = [&](int p) {
+    const size_t bound = total / P * p + total % P * p / P;
+    return size_t(std::lower_bound(chunks.begin(), chunks.end(), bound,
+                                   [](const RowChunk& c, size_t b) { return c.bytes_before < b; }) - chunks.begin());
+  };
+  tbb::parallel_for(0, P, [&](int p) { run(first_chunk(p), p + 1 == P ? chunks.size() : first_chunk(p + 1)); },
+                    tbb::static_partitioner());
+}
+
 // ---- session ---------------------------------------------------------------------------------
 
 struct Session::Impl {
@@ -235,6 +324,8 @@ struct Session::Impl {
   std::vector<std::vector<float>> k_cache, v_cache;  // per layer: [n_ctx][n_head_kv * head_dim]
   std::vector<float> x, xn, q, k, v, att, gate, up;
   std::vector<float> rope_inv_freq;                  // base^(-2i/head_dim)
+  PreparedInput act;                                 // decode: the current matvec input, quantized
+  std::vector<RowChunk> chunks;                      // decode: run_matvecs' work list
   explicit Impl(int threads) : arena(threads > 0 ? threads : tbb::task_arena::automatic) {}
 };
 
@@ -302,11 +393,29 @@ void Session::eval(std::span<const int32_t> tokens, int logits_from, std::vector
     if (quantized_batches_) matmul_quantized(w, x, T, y, acc);
     else matmul(w, x, T, y, acc);
   };
+  // Single-token decode: same arithmetic as matmul_quantized (one quantization per input and dot
+  // type, per-row vec_dot), but products sharing an input run in one parallel region.
+  const bool decode = T == 1;
+  auto decode_mm = [&](const float* x, std::initializer_list<std::pair<const Weight*, float*>> outs, bool acc) {
+    s.act.reset(x);
+    MatvecJob jobs[PreparedInput::kMax];
+    int n = 0;
+    for (auto [w, y] : outs) jobs[n++] = {w, s.act.get(*w), y, acc};
+    run_matvecs(std::span(jobs, n), s.chunks);
+  };
+  // Loops over [0, n) in the arena; serial when it has one thread (no scheduling cost at all).
+  auto par_for = [](int n, auto&& f) {
+    if (tbb::this_task_arena::max_concurrency() == 1) {
+      for (int i = 0; i < n; ++i) f(i);
+    } else {
+      tbb::parallel_for(0, n, f, tbb::static_partitioner());
+    }
+  };
 
   s.arena.execute([&] {
     s.x.resize(size_t(T) * E);
     s.xn.resize(size_t(T) * E);
-    tbb::parallel_for(0, T, [&](int t) { embedding_row(m.tok_embd(), tokens[t], s.x.data() + size_t(t) * E); });
+    par_for(T, [&](int t) { embedding_row(m.tok_embd(), tokens[t], s.x.data() + size_t(t) * E); });
 
     for (int il = 0; il < m.n_layer(); ++il) {
       const Layer& L = m.layers()[il];
@@ -316,9 +425,13 @@ void Session::eval(std::span<const int32_t> tokens, int logits_from, std::vector
         s.q.resize(size_t(T) * HQ);
         s.k.resize(size_t(T) * HK);
         s.v.resize(size_t(T) * HK);
-        mm(L.wq, s.xn.data(), s.q.data(), false);
-        mm(L.wk, s.xn.data(), s.k.data(), false);
-        mm(L.wv, s.xn.data(), s.v.data(), false);
+        if (decode) {
+          decode_mm(s.xn.data(), {{&L.wq, s.q.data()}, {&L.wk, s.k.data()}, {&L.wv, s.v.data()}}, false);
+        } else {
+          mm(L.wq, s.xn.data(), s.q.data(), false);
+          mm(L.wk, s.xn.data(), s.k.data(), false);
+          mm(L.wv, s.xn.data(), s.v.data(), false);
+        }
         add_bias(s.q.data(), L.bq, T);
         add_bias(s.k.data(), L.bk, T);
         add_bias(s.v.data(), L.bv, T);
@@ -336,7 +449,7 @@ void Session::eval(std::span<const int32_t> tokens, int logits_from, std::vector
         s.att.resize(size_t(T) * HQ);
         const int group = L.n_head / L.n_head_kv, qb = 64, n_qb = (T + qb - 1) / qb;
         const float scale = 1.f / std::sqrt(static_cast<float>(D));
-        tbb::parallel_for(0, L.n_head * n_qb, [&](int task) {
+        par_for(L.n_head * n_qb, [&](int task) {
           const int h = task / n_qb, t0 = (task % n_qb) * qb, nt = std::min(qb, T - t0);
           const int n_kv = p0 + t0 + nt;  // keys visible to the last query of the block
           thread_local std::vector<float> S;
@@ -380,20 +493,26 @@ void Session::eval(std::span<const int32_t> tokens, int logits_from, std::vector
             }
           }
         });
-        mm(L.wo, s.att.data(), s.x.data(), true);
+        if (decode) decode_mm(s.att.data(), {{&L.wo, s.x.data()}}, true);
+        else mm(L.wo, s.att.data(), s.x.data(), true);
       }
       if (L.n_ff > 0) {
         for (int t = 0; t < T; ++t) rms_norm(&s.x[size_t(t) * E], L.ffn_norm.data(), &s.xn[size_t(t) * E], E, m.rms_eps());
         const size_t nf = size_t(T) * L.n_ff;
         s.gate.resize(nf);
         s.up.resize(nf);
-        mm(L.w_gate, s.xn.data(), s.gate.data(), false);
-        mm(L.w_up, s.xn.data(), s.up.data(), false);
+        if (decode) {
+          decode_mm(s.xn.data(), {{&L.w_gate, s.gate.data()}, {&L.w_up, s.up.data()}}, false);
+        } else {
+          mm(L.w_gate, s.xn.data(), s.gate.data(), false);
+          mm(L.w_up, s.xn.data(), s.up.data(), false);
+        }
         for (size_t i = 0; i < nf; ++i) {
           const float g = s.gate[i];
           s.gate[i] = g / (1.f + std::exp(-g)) * s.up[i];  // silu(gate) * up
         }
-        mm(L.w_down, s.gate.data(), s.x.data(), true);
+        if (decode) decode_mm(s.gate.data(), {{&L.w_down, s.x.data()}}, true);
+        else mm(L.w_down, s.gate.data(), s.x.data(), true);
       }
     }
 
@@ -402,7 +521,8 @@ void Session::eval(std::span<const int32_t> tokens, int logits_from, std::vector
       for (int t = logits_from; t < T; ++t)
         rms_norm(&s.x[size_t(t) * E], m.output_norm().data(), &s.xn[size_t(t - logits_from) * E], E, m.rms_eps());
       logits.resize(size_t(n_out) * m.n_vocab());
-      if (quantized_batches_) matmul_quantized(m.output(), s.xn.data(), n_out, logits.data(), false);
+      if (n_out == 1) decode_mm(s.xn.data(), {{&m.output(), logits.data()}}, false);
+      else if (quantized_batches_) matmul_quantized(m.output(), s.xn.data(), n_out, logits.data(), false);
       else matmul(m.output(), s.xn.data(), n_out, logits.data(), false);
     } else {
       logits.clear();

@@ -12,7 +12,9 @@
 //    arithmetic up to float rounding); each thread dequantizes a block of weight rows and
 //    multiplies the whole chunk by it with a single-threaded sgemm (weights read once per chunk);
 //  - single-token decode: activations are quantized once to the weight type's dot type (Q8_0 /
-//    Q8_K, as ggml does) and each thread runs integer vec_dot over its range of output rows.
+//    Q8_K, as ggml does) and each thread runs integer vec_dot over its range of output rows;
+//    products sharing an input (q/k/v, gate/up) share that quantization and one parallel region,
+//    split by weight bytes into one contiguous range per thread (serial in a 1-thread arena).
 // Attention is F32. Parallel work runs in a tbb::task_arena of the requested thread count.
 #include "core/gguf/gguf.hpp"
 
