@@ -9,6 +9,7 @@
 
 #include "core/gguf/gguf.hpp"
 #include "core/runtime/error.hpp"
+#include "core/model/perplexity.hpp"
 #include "core/tokenizer/tokenizer.hpp"
 #include "tests/test_util.hpp"
 
@@ -21,12 +22,6 @@ const Tokenizer& coder() {
   return tok;
 }
 
-std::vector<int32_t> read_ids(const std::string& path) {
-  std::istringstream in(test::read_file(path));
-  std::vector<int32_t> ids;
-  for (int32_t x; in >> x;) ids.push_back(x);
-  return ids;
-}
 
 std::string data(const std::string& name) { return test::read_file(test::shared("data/" + name)); }
 
@@ -34,7 +29,7 @@ std::string data(const std::string& name) { return test::read_file(test::shared(
 
 TEST(TokenizerBpe, HumanEvalIdsMatchHuggingFace) {
   SQUISH_REQUIRE_SHARED();
-  const std::vector<int32_t> want = read_ids(test::shared("reference/tokens/coder-28m.code-humaneval.ids"));
+  const std::vector<int32_t> want = read_token_ids(test::shared("reference/tokens/coder-28m.code-humaneval.ids"));
   ASSERT_EQ(want.size(), 34967u);
   const std::vector<int32_t> got = coder().encode(data("code-humaneval.txt"), /*add_special=*/true);
   ASSERT_EQ(got.size(), want.size());

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "core/gguf/gguf.hpp"
+#include "core/model/perplexity.hpp"
 #include "core/tokenizer/tokenizer.hpp"
 #include "tests/test_util.hpp"
 
@@ -22,18 +23,12 @@ const Tokenizer& stories() {
   return tok;
 }
 
-std::vector<int32_t> read_ids(const std::string& path) {
-  std::istringstream in(test::read_file(path));
-  std::vector<int32_t> ids;
-  for (int32_t x; in >> x;) ids.push_back(x);
-  return ids;
-}
 
 }  // namespace
 
 TEST(TokenizerSpm, TinyStoriesIdsMatchHuggingFace) {
   SQUISH_REQUIRE_SHARED();
-  const std::vector<int32_t> want = read_ids(test::shared("reference/tokens/stories260K.TinyStories-valid.sample.ids"));
+  const std::vector<int32_t> want = read_token_ids(test::shared("reference/tokens/stories260K.TinyStories-valid.sample.ids"));
   ASSERT_EQ(want.size(), 15536u);
   const std::string text = test::read_file(test::shared("data/TinyStories-valid.sample.txt"));
   const std::vector<int32_t> got = stories().encode(text, /*add_special=*/false);

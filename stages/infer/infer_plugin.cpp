@@ -4,6 +4,7 @@
 // Both are sources that do their whole job in the first produce() and emit nothing: a pipeline
 // is just the one node.
 #include "core/io/atomic_file.hpp"
+#include "core/io/text_file.hpp"
 #include "core/runtime/error.hpp"
 #include "core/runtime/plugin_api.hpp"
 #include "stages/infer/tasks.hpp"
@@ -28,14 +29,6 @@ void write_report(const std::string& path, const nlohmann::json& j) {
   if (!path.empty()) write_file_atomic(path, j.dump(1) + "\n");
 }
 
-std::string read_text(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) fail(ExitCode::InputData, "{}: cannot read text file", path);
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
 class PerplexityNode final : public Node {
  public:
   explicit PerplexityNode(const NodeContext& ctx) : ctx_(ctx) {}
@@ -46,7 +39,7 @@ class PerplexityNode final : public Node {
     auto model = Model::load(p["model"].get<std::string>());
     const Tokenizer tok = tokenizer_of(*model);
     const std::string text_path = p["text"].get<std::string>();
-    const std::vector<int32_t> tokens = tok.encode(read_text(text_path), /*add_special=*/true);
+    const std::vector<int32_t> tokens = tok.encode(read_text_file(text_path, "text file"), /*add_special=*/true);
     PerplexityOptions opt;
     opt.n_ctx = static_cast<int>(p["ctx"].get<int64_t>());
     opt.threads = threads_of(ctx_);

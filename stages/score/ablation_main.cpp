@@ -3,6 +3,7 @@
 // one (mean of 5 seeds), and measures perplexity (llama.cpp protocol) on evaluation texts.
 //   squish-score-ablation MODEL_DIR SCORES_A.json [SCORES_B.json ...] -- EVAL.txt[:max_chunks] ...
 // Prints a Markdown table. A measurement program, not a test: figures go in closing notes.
+#include "core/io/text_file.hpp"
 #include "core/model/perplexity.hpp"
 #include "core/model/transformer.hpp"
 #include "core/runtime/error.hpp"
@@ -20,14 +21,6 @@
 using namespace squish;
 
 namespace {
-
-std::string slurp(const std::string& p) {
-  std::ifstream in(p, std::ios::binary);
-  if (!in) fail(ExitCode::InputData, "{}: cannot open", p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 // kv[layer] = group to mask out.
 double ppl_without(Transformer& m, const std::vector<int32_t>& toks, int max_chunks, const std::vector<int>& kv) {
@@ -86,7 +79,7 @@ int main(int argc, char** argv) {
         mx = std::stoi(e.substr(colon + 1));
         path = e.substr(0, colon);
       }
-      eval_toks.push_back(tok.encode(slurp(path), true));
+      eval_toks.push_back(tok.encode(read_text_file(path), true));
       eval_max.push_back(mx);
     }
     auto row = [&](const std::string& who, const std::string& sel, const std::vector<std::vector<int>>& choices) {
@@ -101,7 +94,7 @@ int main(int argc, char** argv) {
     };
     row("-", "none (baseline)", {{}});
     for (const auto& sf : scores) {
-      auto j = nlohmann::json::parse(slurp(sf));
+      auto j = nlohmann::json::parse(read_text_file(sf));
       const std::string who = std::filesystem::path(j["calibration"]["path"].get<std::string>()).filename().string();
       std::vector<int> lo, hi;
       for (int l = 0; l < n_layer; ++l) {

@@ -3,6 +3,7 @@
 #include "core/gguf/hf_to_gguf.hpp"
 #include "core/io/atomic_file.hpp"
 #include "core/io/sha256.hpp"
+#include "core/io/text_file.hpp"
 #include "core/runtime/error.hpp"
 #include "core/tokenizer/tokenizer.hpp"
 
@@ -20,14 +21,6 @@ namespace squish::score {
 
 namespace {
 
-std::string read_all(const std::string& path, const char* what) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(ExitCode::InputData, "{}: cannot open {}", path, what);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 nlohmann::json pair_json(const std::vector<double>& t, const std::vector<double>& f) {
   return {{"taylor", t}, {"fisher", f}};
 }
@@ -39,7 +32,7 @@ ScoreResult score_model(const std::string& model_dir, const std::string& text_pa
   const auto t0 = std::chrono::steady_clock::now();
   auto weights = SafetensorsWeights::open(model_dir);
   const ModelConfig& cfg = weights->config();
-  const std::string text = read_all(text_path, "calibration text");
+  const std::string text = read_text_file(text_path, "calibration text");
   Tokenizer tok(Vocab::from_tokenizer_json((fs::path(model_dir) / "tokenizer.json").string(), cfg.vocab_size));
   std::vector<int32_t> tokens = tok.encode(text, true);
   const size_t n_all = tokens.size();
@@ -69,7 +62,7 @@ ScoreResult score_model(const std::string& model_dir, const std::string& text_pa
   r.fisher = importance.fisher();
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
-  const std::string config_text = read_all((fs::path(model_dir) / "config.json").string(), "config.json");
+  const std::string config_text = read_text_file((fs::path(model_dir) / "config.json").string(), "config.json");
   const ModelArch& a = model.arch();
   nlohmann::json layers = nlohmann::json::array();
   std::vector<int> n_ff;
@@ -145,7 +138,7 @@ void write_scores(const ScoreResult& r, const std::string& dir) {
 }
 
 std::vector<std::pair<std::vector<float>, std::vector<float>>> read_channel_scores(const std::string& path, const std::vector<int>& n_ff) {
-  const std::string z = read_all(path, "channel scores");
+  const std::string z = read_text_file(path, "channel scores");
   size_t total = 0;
   for (int n : n_ff) total += 2 * static_cast<size_t>(n);
   std::vector<float> flat(total);

@@ -2,6 +2,7 @@
 
 #include "core/gguf/hf_to_gguf.hpp"
 #include "core/quant/quantize.hpp"
+#include "core/io/text_file.hpp"
 #include "core/runtime/error.hpp"
 #include "stages/compress/recipe.hpp"
 #include "stages/infer/tasks.hpp"
@@ -370,22 +371,10 @@ CheckResult check_generation_tokens(const std::vector<int32_t>& tokens, const st
 
 // ---- perplexity / generation (infer library) ----------------------------------------------------
 
-namespace {
-
-std::string read_text(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) fail(ExitCode::InputData, "{}: cannot read text file", path);
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-}  // namespace
-
 CheckResult check_perplexity(const std::shared_ptr<const infer::Model>& model, const VerifyOptions& opt) {
   CheckResult c{"perplexity"};
   const Tokenizer tok = infer::tokenizer_of(*model);
-  const std::vector<int32_t> tokens = tok.encode(read_text(opt.text), /*add_special=*/true);
+  const std::vector<int32_t> tokens = tok.encode(read_text_file(opt.text, "text file"), /*add_special=*/true);
   c.data["text"] = opt.text;
   c.data["ctx"] = opt.ctx;
   c.data["tokens"] = tokens.size();
