@@ -61,7 +61,7 @@ TEST(Pretokenize, PiecesAlwaysCoverTheInput) {
   for (int iter = 0; iter < 2000; ++iter) {
     std::string s(rng() % 40, '\0');
     for (char& c : s) c = static_cast<char>(rng() % 4 == 0 ? rng() % 256 : " a1'\n\t.\xC3\xA9"[rng() % 10]);
-    for (PreTokenizer kind : {PreTokenizer::Qwen2, PreTokenizer::Llama3}) {
+    for (PreTokenizer kind : {PreTokenizer::Qwen2, PreTokenizer::Llama3, PreTokenizer::Gpt2}) {
       std::string joined;
       for (std::string_view p : pretokenize(s, kind)) {
         ASSERT_FALSE(p.empty());

@@ -12,14 +12,16 @@ constexpr uint8_t kCrLf = 8;  // extra class bit beside unicode::Flag: '\r' or '
 
 uint32_t ascii_lower(uint32_t c) { return (c >= 'A' && c <= 'Z') ? c + 32 : c; }
 
-// Length (in code points) of the contraction (?i:'s|'t|'re|'ve|'m|'ll|'d) at i, or 0.
-size_t match_contraction(const std::vector<uint32_t>& cp, size_t i) {
+// Length (in code points) of the contraction (?i:'s|'t|'re|'ve|'m|'ll|'d) at i (GPT-2: lower
+// case only), or 0.
+size_t match_contraction(const std::vector<uint32_t>& cp, size_t i, bool any_case) {
   const size_t n = cp.size();
   if (cp[i] != '\'' || i + 1 >= n) return 0;
-  const uint32_t c1 = ascii_lower(cp[i + 1]);
+  const auto lower = [&](uint32_t c) { return any_case ? ascii_lower(c) : c; };
+  const uint32_t c1 = lower(cp[i + 1]);
   if (c1 == 's' || c1 == 't' || c1 == 'm' || c1 == 'd') return 2;
   if (i + 2 >= n) return 0;
-  const uint32_t c2 = ascii_lower(cp[i + 2]);
+  const uint32_t c2 = lower(cp[i + 2]);
   if ((c1 == 'r' && c2 == 'e') || (c1 == 'v' && c2 == 'e') || (c1 == 'l' && c2 == 'l')) return 3;
   return 0;
 }
@@ -60,9 +62,38 @@ std::vector<std::string_view> pretokenize(std::string_view text, PreTokenizer ki
     pieces.push_back(text.substr(off[i], off[end] - off[i]));
     i = end;
   };
+  if (kind == PreTokenizer::Gpt2) {
+    while (i < n) {
+      // 1. 's|'t|'re|'ve|'m|'ll|'d (case-sensitive)
+      if (size_t len = match_contraction(cp, i, false)) {
+        emit(i + len);
+        continue;
+      }
+      // 2.-4. " ?\p{L}+", " ?\p{N}+", " ?[^\s\p{L}\p{N}]+": a run of one class, optionally led by
+      //    one space (the space goes with whatever class follows it)
+      const size_t j = (cp[i] == ' ' && i + 1 < n && !is(i + 1, unicode::kWhitespace)) ? i + 1 : i;
+      if (j < n && !is(j, unicode::kWhitespace)) {
+        const uint8_t c = cls[j] & (unicode::kLetter | unicode::kNumber);
+        size_t k = j + 1;
+        if (c != 0) {
+          while (is(k, c)) ++k;
+        } else {
+          while (other(k)) ++k;
+        }
+        emit(k);
+        continue;
+      }
+      // 5. \s+(?!\S): the whole whitespace run at the end of the text, else all but its last
+      //    character (which then leads the next piece); 6. \s+: a lone whitespace character
+      size_t end = i;
+      while (is(end, unicode::kWhitespace)) ++end;
+      emit(end == n || end - i == 1 ? end : end - 1);
+    }
+    return pieces;
+  }
   while (i < n) {
     // 1. (?i:'s|'t|'re|'ve|'m|'ll|'d)
-    if (size_t len = match_contraction(cp, i)) {
+    if (size_t len = match_contraction(cp, i, true)) {
       emit(i + len);
       continue;
     }

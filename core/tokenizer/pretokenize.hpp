@@ -1,6 +1,6 @@
 #pragma once
 // Pre-tokenizers of byte-level BPE vocabularies: hand-coded matchers equivalent to the
-// Hugging Face `Split(regex, behavior=Isolated)` for two well-known regexes. Every byte of
+// Hugging Face `Split(regex, behavior=Isolated)` for three well-known regexes. Every byte of
 // the input ends up in exactly one piece (the alternatives cover every code point).
 #include <string_view>
 #include <vector>
@@ -12,6 +12,9 @@ enum class PreTokenizer {
   Qwen2,
   // Llama 3 ("llama-bpe"): the same with \p{N}{1,3} (digits in groups of up to three).
   Llama3,
+  // GPT-2 ("gpt-2"; HF ByteLevel with use_regex): case-sensitive contractions, any run of digits:
+  // 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+  Gpt2,
 };
 
 // Splits `text` into consecutive pieces (views into `text`) that concatenate back to it.

@@ -41,7 +41,9 @@ Tokenizer::Tokenizer(Vocab vocab) : vocab_(std::move(vocab)) {
   vocab_.validate(what);
   const int32_t n = vocab_.n_vocab();
   byte_level_ = vocab_.model == "gpt2";
-  pre_ = vocab_.pre == "llama-bpe" ? PreTokenizer::Llama3 : PreTokenizer::Qwen2;
+  pre_ = vocab_.pre == "llama-bpe" ? PreTokenizer::Llama3
+         : vocab_.pre == "gpt-2"   ? PreTokenizer::Gpt2
+                                   : PreTokenizer::Qwen2;
   byte_ids_.fill(-1);
 
   const auto type = [&](int32_t id) { return vocab_.type(id); };

@@ -1,7 +1,8 @@
 #pragma once
 // Text <-> token ids for the two vocabulary kinds Squish supports (see Vocab):
-//  - "gpt2": byte-level BPE as Hugging Face `tokenizers` does it (Qwen2 / Llama 3 pre-tokenizer
-//    regex, GPT-2 byte-to-unicode alphabet, merges by rank). Round-trips any bytes exactly.
+//  - "gpt2": byte-level BPE as Hugging Face `tokenizers` does it (Qwen2 / Llama 3 / GPT-2
+//    pre-tokenizer regex, GPT-2 byte-to-unicode alphabet, merges by rank). Round-trips any bytes
+//    exactly.
 //  - "llama": SentencePiece-style BPE (llama.cpp's SPM tokenizer): spaces become '▁', a '▁' is
 //    prepended to each run of text, adjacent symbols merge by the score of the merged piece
 //    (highest first, leftmost on ties), characters outside the vocabulary fall back to

@@ -7,9 +7,8 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <map>
 #include <optional>
-#include <sstream>
-#include <unordered_map>
 
 #include "core/runtime/error.hpp"
 
@@ -19,11 +18,20 @@ namespace {
 
 using json = nlohmann::json;
 
-// The two pre-tokenizer regexes we implement (pretokenize.hpp), as tokenizer.json spells them.
-constexpr const char* kQwen2Regex =
-    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
-constexpr const char* kLlama3Regex =
-    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+// The pre-tokenizer regexes we implement (pretokenize.hpp), as tokenizer.json spells them, and
+// the tokenizer.ggml.pre name llama.cpp gives each.
+constexpr std::pair<const char*, const char*> kPreRegexes[] = {
+    {"qwen2",
+     R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)"},
+    {"llama-bpe",
+     R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)"},
+    {"gpt-2", R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)"},
+};
+
+// tokenizer.ggml.pre names llama.cpp (llama-vocab.cpp) splits with the GPT-2 regex and nothing
+// else special. Not "default": that is a cascade of four regexes.
+constexpr const char* kGpt2PreNames[] = {"gpt-2",      "phi-2",      "jina-es", "jina-de", "gigachat", "jina-v2-es",
+                                         "jina-v2-de", "a.x-4.0",    "mellum",  "mpt",     "olmo"};
 
 constexpr const char* kSpmSpace = "\xE2\x96\x81";  // U+2581 '▁'
 
@@ -40,7 +48,7 @@ std::optional<json> read_json(const std::filesystem::path& p, bool required) {
   }
 }
 
-// Every node of a (possibly nested) Sequence of normalizers / pre-tokenizers.
+// Every node of a (possibly nested) Sequence of normalizers / pre-tokenizers / post-processors.
 void flatten(const json& node, const char* list_key, std::vector<const json*>& out) {
   if (!node.is_object()) return;
   if (node.value("type", "") == "Sequence" && node.contains(list_key)) {
@@ -69,15 +77,49 @@ void replace_all(std::string& s, std::string_view from, std::string_view to) {
   for (size_t pos = 0; (pos = s.find(from, pos)) != std::string::npos; pos += to.size()) s.replace(pos, from.size(), to);
 }
 
-std::string token_content(const json& entry) {  // "x" or {"content": "x"}
+std::optional<std::string> token_content(const json& entry) {  // "x" or {"content": "x"}
   if (entry.is_string()) return entry.get<std::string>();
   if (entry.is_object() && entry.contains("content") && entry["content"].is_string()) return entry["content"];
-  return {};
+  return std::nullopt;
+}
+
+std::optional<bool> json_bool(const std::optional<json>& j, const std::string& key) {
+  if (j && j->is_object() && j->contains(key) && (*j)[key].is_boolean()) return (*j)[key].get<bool>();
+  return std::nullopt;
+}
+
+// tokenizer.ggml.pre of a byte-level BPE: ByteLevel with use_regex (GPT-2's regex), or a Split
+// by one of the known regexes followed by ByteLevel without it.
+std::string detect_pre(const json& tj, const std::string& path) {
+  std::vector<const json*> pres;
+  if (tj.contains("pre_tokenizer")) flatten(tj["pre_tokenizer"], "pretokenizers", pres);
+  bool byte_level = false;
+  int regexes = 0;
+  std::string pre;
+  for (const json* p : pres) {
+    const std::string type = p->value("type", "");
+    if (type == "ByteLevel") {
+      byte_level = true;
+      if (p->value("use_regex", true)) ++regexes, pre = "gpt-2";
+    } else if (type == "Split" && p->contains("pattern") && (*p)["pattern"].contains("Regex")) {
+      const std::string regex = (*p)["pattern"]["Regex"];
+      const auto* known = std::find_if(std::begin(kPreRegexes), std::end(kPreRegexes),
+                                       [&](const auto& k) { return regex == k.second; });
+      if (known == std::end(kPreRegexes)) fail(ExitCode::InputData, "{}: unsupported pre-tokenizer regex {}", path, regex);
+      ++regexes, pre = known->first;
+    } else {
+      fail(ExitCode::InputData, "{}: unsupported pre-tokenizer '{}'", path, type);
+    }
+  }
+  if (!byte_level) fail(ExitCode::InputData, "{}: BPE without byte_fallback needs a ByteLevel pre-tokenizer", path);
+  if (regexes != 1)
+    fail(ExitCode::InputData, "{}: unsupported pre-tokenizer ({} splitting regexes; one is supported)", path, regexes);
+  return pre;
 }
 
 }  // namespace
 
-Vocab Vocab::from_tokenizer_json(const std::string& path, int n_vocab_min) {
+Vocab Vocab::from_tokenizer_json(const std::string& path, int n_vocab) {
   namespace fs = std::filesystem;
   const json tj = *read_json(path, true);
   const fs::path dir = fs::path(path).parent_path();
@@ -88,53 +130,43 @@ Vocab Vocab::from_tokenizer_json(const std::string& path, int n_vocab_min) {
       fail(ExitCode::InputData, "{}: unsupported tokenizer model '{}' (only BPE)", path, model.value("type", ""));
     const bool byte_fallback = model.value("byte_fallback", false);
 
-    // Tokens by id: the model vocabulary, then added tokens (which may extend it).
+    // Tokens by id: the model vocabulary, then added tokens (which may extend it and win on
+    // a shared id). By id, so that "lowest id first" below is the map order.
     struct Added {
       std::string content;
       bool special;
     };
-    std::unordered_map<int32_t, Added> added;
-    int32_t max_id = -1;
-    for (const auto& [text, id] : model.at("vocab").items()) max_id = std::max(max_id, id.get<int32_t>());
-    if (tj.contains("added_tokens") && tj["added_tokens"].is_array()) {
-      for (const json& a : tj["added_tokens"]) {
-        const int32_t id = a.at("id");
-        added[id] = {a.at("content"), a.value("special", false)};
-        max_id = std::max(max_id, id);
-      }
-    }
-    const int32_t n = std::max(max_id + 1, n_vocab_min);
+    std::map<int64_t, Added> added;
+    std::map<int64_t, std::string> vocab;
+    for (const auto& [text, id] : model.at("vocab").items()) vocab[id.get<int64_t>()] = text;
+    if (tj.contains("added_tokens") && tj["added_tokens"].is_array())
+      for (const json& a : tj["added_tokens"]) added[a.at("id").get<int64_t>()] = {a.at("content"), a.value("special", false)};
+    int64_t max_id = -1;
+    if (!vocab.empty()) max_id = vocab.rbegin()->first;
+    if (!added.empty()) max_id = std::max(max_id, added.rbegin()->first);
+    // The model's vocab_size decides the vocabulary size (as the converter's), else the tokenizer's.
+    const int64_t n = n_vocab > 0 ? n_vocab : max_id + 1;
+    const auto check = [&](int64_t id, const std::string& text) {
+      if (id < 0 || id >= n)
+        fail(ExitCode::InputData, "{}: token id {} ('{}') is outside vocab_size {}", path, id, text, n);
+    };
+    for (const auto& [id, text] : vocab) check(id, text);
+    for (const auto& [id, a] : added) check(id, a.content);
     std::vector<std::optional<std::string>> by_id(static_cast<size_t>(n));
-    for (const auto& [text, id] : model.at("vocab").items()) {
-      const int32_t i = id.get<int32_t>();
-      if (i < 0) fail(ExitCode::InputData, "{}: negative token id {}", path, i);
-      by_id[static_cast<size_t>(i)] = text;
-    }
-    for (const auto& [id, a] : added) {
-      if (id < 0) fail(ExitCode::InputData, "{}: negative token id {}", path, id);
-      by_id[static_cast<size_t>(id)] = a.content;
-    }
+    for (const auto& [id, text] : vocab) by_id[static_cast<size_t>(id)] = text;
+    for (const auto& [id, a] : added) by_id[static_cast<size_t>(id)] = a.content;
 
-    // Special-token ids and add_bos/add_eos: tokenizer_config.json first, then config.json.
+    // Special-token ids (SpecialVocab): the tokenizer_config.json string looked up among the
+    // added tokens (lowest id first), else config.json's <typ>_token_id.
     const std::optional<json> tcfg = read_json(dir / "tokenizer_config.json", false);
     const std::optional<json> cfg = read_json(dir / "config.json", false);
-    const auto added_id = [&](const std::string& content) -> int32_t {
-      // The converter looks the name up among the added tokens, lowest id first.
-      int32_t best = -1;
-      for (const auto& [id, a] : added)
-        if (a.content == content && (best < 0 || id < best)) best = id;
-      return best;
-    };
-    const auto special_id = [&](const char* typ) -> int32_t {
-      if (tcfg && tcfg->contains(std::string(typ) + "_token")) {
-        const std::string content = token_content((*tcfg)[std::string(typ) + "_token"]);
-        if (!content.empty()) {
-          const int32_t id = added_id(content);
-          if (id >= 0 && id < n) return id;
-        }
-      }
-      const std::string key = std::string(typ) + "_token_id";
-      if (cfg && cfg->contains(key) && (*cfg)[key].is_number_integer()) {
+    const auto special_id = [&](const std::string& typ) -> int32_t {
+      if (tcfg && tcfg->is_object() && tcfg->contains(typ + "_token"))
+        if (const auto content = token_content((*tcfg)[typ + "_token"]))
+          for (const auto& [id, a] : added)
+            if (a.content == *content) return static_cast<int32_t>(id);
+      const std::string key = typ + "_token_id";
+      if (cfg && cfg->is_object() && cfg->contains(key) && (*cfg)[key].is_number_integer()) {
         const int64_t id = (*cfg)[key];
         if (id >= 0 && id < n) return static_cast<int32_t>(id);
       }
@@ -143,60 +175,35 @@ Vocab Vocab::from_tokenizer_json(const std::string& path, int n_vocab_min) {
     v.bos = special_id("bos");
     v.eos = special_id("eos");
     v.unk = special_id("unk");
+    v.sep = special_id("sep");
     v.pad = special_id("pad");
-    if (v.unk < 0 && model.contains("unk_token") && model["unk_token"].is_string())
-      v.unk = added_id(model["unk_token"]);
 
-    // add_bos/add_eos: tokenizer_config.json's flags, else what the post-processor template does.
+    // add_bos/add_eos: tokenizer_config.json's flags, else what the post-processor template does
+    // (a special token first / last). add_bos is always written; add_eos only when known.
     const json* single = nullptr;
     if (tj.contains("post_processor") && tj["post_processor"].is_object()) {
       std::vector<const json*> procs;
       flatten(tj["post_processor"], "processors", procs);
       for (const json* p : procs)
-        if (p->value("type", "") == "TemplateProcessing" && p->contains("single")) single = &(*p)["single"];
+        if (p->value("type", "") == "TemplateProcessing" && p->contains("single") && (*p)["single"].is_array() &&
+            !(*p)["single"].empty())
+          single = &(*p)["single"];
     }
-    const auto template_adds = [&](bool at_start) {
-      return single && single->is_array() && !single->empty() &&
-             (at_start ? single->front() : single->back()).contains("SpecialToken");
-    };
-    v.add_bos = (tcfg && tcfg->contains("add_bos_token") && (*tcfg)["add_bos_token"].is_boolean())
-                    ? (*tcfg)["add_bos_token"].get<bool>()
-                    : template_adds(true);
-    v.add_eos = (tcfg && tcfg->contains("add_eos_token") && (*tcfg)["add_eos_token"].is_boolean())
-                    ? (*tcfg)["add_eos_token"].get<bool>()
-                    : template_adds(false);
+    const std::optional<bool> tc_bos = json_bool(tcfg, "add_bos_token"), tc_eos = json_bool(tcfg, "add_eos_token");
+    v.add_bos = tc_bos ? *tc_bos : single && single->front().contains("SpecialToken");
+    v.has_add_eos = tc_eos || single;
+    v.add_eos = tc_eos ? *tc_eos : single && single->back().contains("SpecialToken");
+    if (tcfg && tcfg->is_object() && tcfg->contains("chat_template") && (*tcfg)["chat_template"].is_string())
+      v.chat_template = (*tcfg)["chat_template"];
 
     v.tokens.resize(static_cast<size_t>(n));
     v.token_types.resize(static_cast<size_t>(n));
     if (!byte_fallback) {
       // Byte-level BPE (convert_hf_to_gguf.py _set_vocab_gpt2).
       v.model = "gpt2";
-      std::vector<const json*> pres;
-      if (tj.contains("pre_tokenizer")) flatten(tj["pre_tokenizer"], "pretokenizers", pres);
-      bool byte_level = false;
-      std::string regex;
-      for (const json* p : pres) {
-        const std::string type = p->value("type", "");
-        if (type == "ByteLevel") {
-          byte_level = true;
-          if (p->value("use_regex", true))
-            fail(ExitCode::InputData, "{}: unsupported pre-tokenizer (ByteLevel with the GPT-2 regex)", path);
-        } else if (type == "Split" && p->contains("pattern") && (*p)["pattern"].contains("Regex")) {
-          regex = (*p)["pattern"]["Regex"];
-        } else {
-          fail(ExitCode::InputData, "{}: unsupported pre-tokenizer '{}'", path, type);
-        }
-      }
-      if (!byte_level) fail(ExitCode::InputData, "{}: BPE without byte_fallback needs a ByteLevel pre-tokenizer", path);
-      if (regex == kQwen2Regex) {
-        v.pre = "qwen2";
-      } else if (regex == kLlama3Regex) {
-        v.pre = "llama-bpe";
-      } else {
-        fail(ExitCode::InputData, "{}: unsupported pre-tokenizer regex {}", path, regex);
-      }
+      v.pre = detect_pre(tj, path);
       v.ignore_merges = model.value("ignore_merges", false);
-      for (int32_t i = 0; i < n; ++i) {
+      for (int64_t i = 0; i < n; ++i) {
         auto& text = by_id[static_cast<size_t>(i)];
         TokenType type = TokenType::Normal;
         if (!text) {
@@ -215,7 +222,7 @@ Vocab Vocab::from_tokenizer_json(const std::string& path, int n_vocab_min) {
       }
       // Merges: "a b" strings, or [a, b] pairs (spaces inside a part become U+0120, as the
       // converter writes them).
-      for (const json& m : model.at("merges")) {
+      for (const json& m : model.value("merges", json::array())) {
         if (m.is_string()) {
           v.merges.push_back(m.get<std::string>());
         } else if (m.is_array() && m.size() == 2) {
@@ -229,9 +236,11 @@ Vocab Vocab::from_tokenizer_json(const std::string& path, int n_vocab_min) {
       }
     } else {
       // SentencePiece-style BPE with byte fallback, written as convert_hf_to_gguf.py's
-      // _set_vocab_sentencepiece would from the original tokenizer.model: unk/control/byte/
-      // user-defined pieces score 0, normal pieces -0, -1, -2, ... in id order (SentencePiece
-      // BPE scores a piece by minus its merge rank; HF's converter orders merges the same way).
+      // _set_vocab_sentencepiece would from the original tokenizer.model: the unk_token is
+      // Unknown, added tokens Control (flagged or looking special) or UserDefined, <0xXX> Byte.
+      // Normal pieces score -0, -1, -2, ... in id order (SentencePiece BPE scores a piece by
+      // minus its merge rank; HF's converter orders ids the same way), other pieces 0, padding
+      // -1000.
       v.model = "llama";
       std::vector<const json*> norms;
       if (tj.contains("normalizer")) flatten(tj["normalizer"], "normalizers", norms);
@@ -256,22 +265,28 @@ Vocab Vocab::from_tokenizer_json(const std::string& path, int n_vocab_min) {
         prepend = p->value("prepend_scheme", "always") != "never" || p->value("add_prefix_space", false);
       }
       v.add_space_prefix = prepend;
+      const std::string unk_text =
+          model.contains("unk_token") && model["unk_token"].is_string() ? model["unk_token"].get<std::string>() : "";
       v.scores.resize(static_cast<size_t>(n));
       int32_t rank = 0;
-      for (int32_t i = 0; i < n; ++i) {
+      for (int64_t i = 0; i < n; ++i) {
         auto& text = by_id[static_cast<size_t>(i)];
         TokenType type = TokenType::Normal;
+        float score = 0.0f;
         if (!text) {
           text = fmt::format("[PAD{}]", i);
           type = TokenType::Unused;
-        } else if (i == v.unk) {
+          score = -1000.0f;
+        } else if (!unk_text.empty() && *text == unk_text) {
           type = TokenType::Unknown;
         } else if (auto it = added.find(i); it != added.end()) {
-          type = it->second.special ? TokenType::Control : TokenType::UserDefined;
+          type = it->second.special || looks_special(*text) ? TokenType::Control : TokenType::UserDefined;
         } else if (is_byte_piece(*text)) {
           type = TokenType::Byte;
+        } else {
+          score = -static_cast<float>(rank++);
         }
-        v.scores[static_cast<size_t>(i)] = type == TokenType::Normal ? -static_cast<float>(rank++) : 0.0f;
+        v.scores[static_cast<size_t>(i)] = score;
         v.tokens[static_cast<size_t>(i)] = std::move(*text);
         v.token_types[static_cast<size_t>(i)] = static_cast<int32_t>(type);
       }
@@ -299,7 +314,8 @@ Vocab Vocab::from_gguf(const gguf::Reader& r) {
   }
   if (const gguf::Value* s = r.get("tokenizer.ggml.scores"))
     for (double x : s->as_floats()) v.scores.push_back(static_cast<float>(x));
-  if (const gguf::Value* m = r.get("tokenizer.ggml.merges")) v.merges = m->as_strings();
+  const gguf::Value* merges = r.get("tokenizer.ggml.merges");
+  if (merges) v.merges = merges->as_strings();
 
   if (v.model == "llama") {
     // llama.cpp's SPM defaults.
@@ -314,10 +330,14 @@ Vocab Vocab::from_gguf(const gguf::Reader& r) {
       v.pre = "llama-bpe";
       v.ignore_merges = true;
       v.add_bos = true;
+    } else if (std::find(std::begin(kGpt2PreNames), std::end(kGpt2PreNames), v.pre) != std::end(kGpt2PreNames)) {
+      v.pre = "gpt-2";
+      v.add_bos = false;
     } else {
-      fail(ExitCode::InputData, "{}: unsupported tokenizer.ggml.pre '{}' (supported: qwen2, llama-bpe)", path, v.pre);
+      fail(ExitCode::InputData, "{}: unsupported tokenizer.ggml.pre '{}' (supported: qwen2, llama-bpe, gpt-2)", path,
+           v.pre);
     }
-    if (v.merges.empty()) fail(ExitCode::InputData, "{}: tokenizer.ggml.merges missing for a BPE vocabulary", path);
+    if (!merges) fail(ExitCode::InputData, "{}: tokenizer.ggml.merges missing for a BPE vocabulary", path);
   }
   // Ids are UINT32 in GGUF; 0xFFFFFFFF (or anything out of range) means "none".
   const auto id = [&](const char* key, int32_t def) -> int32_t {
@@ -329,10 +349,12 @@ Vocab Vocab::from_gguf(const gguf::Reader& r) {
   v.bos = id("tokenizer.ggml.bos_token_id", v.bos);
   v.eos = id("tokenizer.ggml.eos_token_id", v.eos);
   v.unk = id("tokenizer.ggml.unknown_token_id", v.unk);
+  v.sep = id("tokenizer.ggml.seperator_token_id", v.sep);
   v.pad = id("tokenizer.ggml.padding_token_id", v.pad);
   if (const gguf::Value* b = r.get("tokenizer.ggml.add_bos_token")) v.add_bos = b->as_bool();
-  if (const gguf::Value* b = r.get("tokenizer.ggml.add_eos_token")) v.add_eos = b->as_bool();
+  if (const gguf::Value* b = r.get("tokenizer.ggml.add_eos_token")) v.add_eos = b->as_bool(), v.has_add_eos = true;
   if (const gguf::Value* b = r.get("tokenizer.ggml.add_space_prefix")) v.add_space_prefix = b->as_bool();
+  v.chat_template = r.get_string("tokenizer.chat_template", "");
   v.validate(path);
   return v;
 }
@@ -340,21 +362,24 @@ Vocab Vocab::from_gguf(const gguf::Reader& r) {
 std::vector<gguf::KeyValue> Vocab::gguf_metadata() const {
   std::vector<gguf::KeyValue> kv;
   kv.emplace_back("tokenizer.ggml.model", model);
-  if (!pre.empty()) kv.emplace_back("tokenizer.ggml.pre", pre);
+  if (model == "gpt2") kv.emplace_back("tokenizer.ggml.pre", pre);
   kv.emplace_back("tokenizer.ggml.tokens", gguf::Value::strings(tokens));
-  if (!scores.empty()) kv.emplace_back("tokenizer.ggml.scores", gguf::Value::float32s(scores));
+  if (model == "llama") kv.emplace_back("tokenizer.ggml.scores", gguf::Value::float32s(scores));
   kv.emplace_back("tokenizer.ggml.token_type", gguf::Value::int32s(token_types));
-  if (!merges.empty()) kv.emplace_back("tokenizer.ggml.merges", gguf::Value::strings(merges));
+  if (model == "gpt2") kv.emplace_back("tokenizer.ggml.merges", gguf::Value::strings(merges));
+  // The converter's order (eos first).
   const auto id = [&](const char* key, int32_t v) {
     if (v >= 0) kv.emplace_back(key, static_cast<uint32_t>(v));
   };
-  id("tokenizer.ggml.bos_token_id", bos);
   id("tokenizer.ggml.eos_token_id", eos);
+  id("tokenizer.ggml.bos_token_id", bos);
   id("tokenizer.ggml.unknown_token_id", unk);
+  id("tokenizer.ggml.seperator_token_id", sep);
   id("tokenizer.ggml.padding_token_id", pad);
   kv.emplace_back("tokenizer.ggml.add_bos_token", add_bos);
-  if (add_eos) kv.emplace_back("tokenizer.ggml.add_eos_token", add_eos);
+  if (has_add_eos) kv.emplace_back("tokenizer.ggml.add_eos_token", add_eos);
   if (model == "llama" && !add_space_prefix) kv.emplace_back("tokenizer.ggml.add_space_prefix", false);
+  if (!chat_template.empty()) kv.emplace_back("tokenizer.chat_template", chat_template);
   return kv;
 }
 
@@ -369,9 +394,9 @@ void Vocab::validate(const std::string& what) const {
     fail(ExitCode::InputData, "{}: {} scores for {} tokens", what, scores.size(), n);
   for (int32_t t : token_types)
     if (t < 0 || t > static_cast<int32_t>(TokenType::Byte)) fail(ExitCode::InputData, "{}: bad token type {}", what, t);
-  for (int32_t id : {bos, eos, unk, pad})
+  for (int32_t id : {bos, eos, unk, sep, pad})
     if (id < -1 || id >= static_cast<int32_t>(n)) fail(ExitCode::InputData, "{}: special token id {} out of range", what, id);
-  if (model == "gpt2" && pre != "qwen2" && pre != "llama-bpe")
+  if (model == "gpt2" && pre != "qwen2" && pre != "llama-bpe" && pre != "gpt-2")
     fail(ExitCode::InputData, "{}: unsupported pre-tokenizer '{}'", what, pre);
   if (model == "llama" && scores.size() != n) fail(ExitCode::InputData, "{}: SPM vocabulary without scores", what);
   if (model != "gpt2" && model != "llama") fail(ExitCode::InputData, "{}: unsupported tokenizer model '{}'", what, model);
