@@ -7,7 +7,7 @@
 // The Q4_K_M file is llama.cpp's own (Squish writes the same bytes); the Q8_0 file is written
 // once into /tmp by the compress pipeline (build/bin/squish-run beside this executable).
 #include "core/runtime/error.hpp"
-#include "stages/infer/tasks.hpp"
+#include "core/model/generate.hpp"
 
 #include <benchmark/benchmark.h>
 #include <fmt/core.h>

@@ -4,7 +4,7 @@
 #include "core/gguf/hf_to_gguf.hpp"
 #include "core/io/safetensors.hpp"
 #include "core/quant/quantize.hpp"
-#include "stages/compress/recipe.hpp"
+#include "core/recipe/recipe.hpp"
 #include "tests/test_util.hpp"
 
 #include <fmt/format.h>
@@ -15,6 +15,7 @@
 #include <filesystem>
 
 using namespace squish;
+using namespace squish::recipe;
 namespace fs = std::filesystem;
 
 namespace {
@@ -109,7 +110,7 @@ TEST(Compress, Stories260KQ4_K_MFallsBackAndRoundTrips) {
   auto r = test::squish_run(compress_cmd(test::shared("models/stories260K"), "preset=Q4_K_M", tmp / "s.gguf"));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto g = gguf::Reader::open(tmp / "s.gguf");
-  auto plan = compress::resolve(compress::CompressionRecipe::from_preset("Q4_K_M"), test::shared("models/stories260K"));
+  auto plan = recipe::resolve(recipe::CompressionRecipe::from_preset("Q4_K_M"), test::shared("models/stories260K"));
   auto st = SafetensorsModel::open(test::shared("models/stories260K"));
   for (const auto& pt : plan.tensors) {
     SCOPED_TRACE(pt.gguf_name);
@@ -290,7 +291,7 @@ TEST(Compress, RulesAndDroppedLayers) {
                                   {{"match", "model.layers.*.mlp.down_proj.weight"}, {"type", "Q6_K"}, {"reason", "down is sensitive"}},
                                   {{"match", "model.layers.7.mlp.down_proj.weight"}, {"type", "Q8_0"}, {"reason", "last layer"}}}},
                      {"drop_layers", {3}}};
-  auto plan = compress::resolve(compress::CompressionRecipe::from_json(rec, "test"), test::shared("models/coder-28m"));
+  auto plan = recipe::resolve(recipe::CompressionRecipe::from_json(rec, "test"), test::shared("models/coder-28m"));
   ASSERT_EQ(plan.layers.size(), 7u);
   EXPECT_EQ(plan.layers[3].src_layer, 4);
   auto type_of = [&](const std::string& hf) { return plan.find_hf(hf)->type; };

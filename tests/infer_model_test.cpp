@@ -4,7 +4,7 @@
 #include "core/gguf/gguf.hpp"
 #include "core/quant/quantize.hpp"
 #include "core/runtime/error.hpp"
-#include "stages/infer/tasks.hpp"
+#include "core/model/generate.hpp"
 #include "test_util.hpp"
 
 #include <fmt/core.h>
@@ -32,7 +32,7 @@ double ppl_of(const std::string& gguf, const std::string& text, int n_ctx, int m
   opt.n_ctx = n_ctx;
   opt.threads = 2;
   opt.max_chunks = max_chunks;
-  const PerplexityResult r = perplexity(model, text_tokens(tok, text), tok.vocab().add_bos, tok.bos(), opt);
+  const PerplexityResult r = perplexity(model, text_tokens(tok, text), with_bos(opt, tok));
   if (out) *out = r;
   return r.ppl;
 }
@@ -73,7 +73,7 @@ TEST(InferGenerate, Stories260KGreedyMatchesRunC) {
   const std::string gguf = test::shared("reference/stories260K/stories260K-f32.gguf");
   const std::string expected = test::read_file(test::shared("reference/stories260K/expected_greedy_run.c_t0_n256.txt"));
   auto model = Model::load(gguf);
-  EXPECT_EQ(model->rope_type(), RopeType::Normal);
+  EXPECT_EQ(model->architecture().gguf_rope(), arch::RopeLayout::Interleaved);
   EXPECT_TRUE(model->tied_output() || model->reader().find("output.weight"));
   const Tokenizer tok = tokenizer_of(*model);
   const auto prompt = tok.encode("Once upon a time", true);
@@ -246,7 +246,7 @@ TEST(InferModel, PerLayerHeadCountsMatchScalarReference) {
   auto model = Model::load(gguf);
   ASSERT_EQ(model->n_layer(), 8);
   EXPECT_EQ(model->head_dim(), 32);
-  EXPECT_EQ(model->rope_type(), RopeType::Neox);
+  EXPECT_EQ(model->architecture().gguf_rope(), arch::RopeLayout::HalfSplit);
   EXPECT_TRUE(model->tied_output());
   EXPECT_EQ(model->layers()[0].n_head, 8);
   EXPECT_EQ(model->layers()[0].n_head_kv, 2);
@@ -294,12 +294,12 @@ TEST(InferModel, PerLayerHeadCountsMatchScalarReference) {
   opt.n_ctx = n_ctx;
   opt.threads = 2;
   opt.max_chunks = chunks;
-  const PerplexityResult res = perplexity(model, tokens, tok.vocab().add_bos, tok.bos(), opt);
+  const PerplexityResult res = perplexity(model, tokens, with_bos(opt, tok));
   EXPECT_EQ(res.scored, count);
   EXPECT_NEAR(res.ppl, ref_ppl, ref_ppl * 1e-3) << "reference " << ref_ppl;
   // llama.cpp's arithmetic (activations quantized in every matmul; F32 weights keep F32 dots).
   opt.quantized_batches = true;
-  EXPECT_NEAR(perplexity(model, tokens, tok.vocab().add_bos, tok.bos(), opt).ppl, ref_ppl, ref_ppl * 1e-3);
+  EXPECT_NEAR(perplexity(model, tokens, with_bos(opt, tok)).ppl, ref_ppl, ref_ppl * 1e-3);
 }
 
 TEST(InferModel, TruncatedGgufFailsWithExit3) {

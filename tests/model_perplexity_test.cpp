@@ -22,8 +22,8 @@ TEST(ModelPerplexity, Coder28mHumanEvalMatchesTransformers) {
   auto t0 = std::chrono::steady_clock::now();
   auto r = perplexity(model, ids, {.n_ctx = 512, .bos_token = -1, .max_chunks = 0, .progress = {}});  // qwen2: no BOS
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  EXPECT_EQ(r.n_chunks, 68);
-  EXPECT_EQ(r.n_predictions, 68 * 255);
+  EXPECT_EQ(r.chunks, 68);
+  EXPECT_EQ(r.scored, 68 * 255);
   const double reference = 10.4546;  // REFERENCE.md, transformers float32
   EXPECT_NEAR(r.ppl, reference, reference * 1e-3) << "nll " << r.nll;
   RecordProperty("ppl", std::to_string(r.ppl));
@@ -43,6 +43,6 @@ TEST(ModelPerplexity, Stories260kMatchesLlamaCpp) {
   ids.insert(ids.begin(), 1);
   Transformer model(weights, {.threads = 2});
   auto r = perplexity(model, ids, {.n_ctx = 256, .bos_token = 1, .max_chunks = 0, .progress = {}});
-  EXPECT_EQ(r.n_chunks, 60);
+  EXPECT_EQ(r.chunks, 60);
   EXPECT_NEAR(r.ppl, 5.4278, 5.4278 * 5e-4);
 }

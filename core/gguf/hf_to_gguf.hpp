@@ -1,5 +1,5 @@
 #pragma once
-// Hugging Face -> GGUF for the `llama` and `qwen2` architectures: what llama.cpp's
+// Hugging Face -> GGUF for every family of core/arch: what llama.cpp's
 // convert_hf_to_gguf.py + llama-quantize produce, so Squish's output loads in llama.cpp and,
 // for the same weights and types, matches its files byte for byte.
 //  - tensor names (both directions) and llama.cpp's tensor order,
@@ -77,16 +77,9 @@ struct MetadataOptions {
 // attention.layer_norm_rms_epsilon.
 std::vector<KeyValue> hparams_metadata(const ModelConfig& cfg, const MetadataOptions& opt);
 
-// Tokenizer keys from <model_dir>/tokenizer.json and tokenizer_config.json (+ config.json for
-// fallback special ids):
-//  - byte-level BPE -> tokenizer.ggml.model "gpt2", .pre (from the pre-tokenizer regex:
-//    "qwen2", "llama-bpe" or "gpt-2"), tokens, token_type, merges;
-//  - SentencePiece-style BPE (byte_fallback, "▁" normalizer) -> "llama", tokens, scores
-//    (negated piece rank, as SentencePiece assigns them), token_type (NORMAL, UNKNOWN, CONTROL,
-//    USER_DEFINED, UNUSED, BYTE);
-//  then eos/bos/unknown/seperator/padding ids (when defined), add_bos_token, add_eos_token (when
-//  known), chat_template (when present). Vocabularies shorter than cfg.vocab_size are padded
-//  with "[PAD<i>]" UNUSED tokens, as the converter does. Throws Error(InputData) naming the file.
+// Tokenizer keys (tokenizer.ggml.*) from <model_dir>/tokenizer.json (+ tokenizer_config.json,
+// config.json): Vocab::from_tokenizer_json(...).gguf_metadata() (core/tokenizer/vocab.hpp), the
+// one conversion, so every file compress writes is one Squish's own tokenizer reads back.
 std::vector<KeyValue> tokenizer_metadata(const ModelConfig& cfg, const std::string& model_dir);
 
 // The complete list in llama.cpp's order: hparams, tokenizer, then (if opt.file_type)

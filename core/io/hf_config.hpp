@@ -1,5 +1,6 @@
 #pragma once
-// Hugging Face config.json for the Llama and Qwen2 families, normalised to what the stages need.
+// Hugging Face config.json, normalised to what the stages need; the family (llama, mistral,
+// qwen2, ...) and its defaults come from core/arch/architecture.hpp.
 #include <nlohmann/json.hpp>
 
 #include <string>
@@ -7,7 +8,12 @@
 
 namespace squish {
 
+namespace arch {
+struct Family;
+}
+
 struct ModelConfig {
+  const arch::Family* family = nullptr;
   std::string arch;        // GGUF architecture name: "llama" or "qwen2"
   std::string model_type;  // as in config.json
   int n_layer = 0;
@@ -22,6 +28,8 @@ struct ModelConfig {
   float rms_eps = 1e-6f;
   bool tie_embeddings = false;
   bool attn_bias = false;  // q/k/v biases (qwen2 always; llama when attention_bias)
+  std::vector<float> rope_freq_factors;  // rope_scaling llama3: per rotary pair; empty = none
+  int sliding_window = 0;  // Mistral / Qwen2 sliding_window when in use; 0 = none
   int bos_token_id = -1;
   int eos_token_id = -1;
   nlohmann::json raw;

@@ -2,38 +2,87 @@
 
 #include "core/runtime/error.hpp"
 
+#include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <fstream>
 
 namespace squish {
 
-PerplexityResult perplexity(Transformer& model, std::span<const int32_t> tokens, const PerplexityOptions& opt) {
-  if (opt.n_ctx < 4) fail(ExitCode::Usage, "perplexity: context {} is too short", opt.n_ctx);
+namespace {
+double now_s() {
+  using namespace std::chrono;
+  return duration<double>(steady_clock::now().time_since_epoch()).count();
+}
+}  // namespace
+
+nlohmann::json PerplexityResult::to_json() const {
+  return {{"ppl", ppl}, {"ppl_stderr", ppl_stderr}, {"nll", nll}, {"nll_stderr", nll_stderr}, {"tokens", tokens},
+          {"chunks", chunks}, {"scored", scored}, {"seconds", seconds}, {"tokens_per_s", tokens_per_s}};
+}
+
+PerplexityResult perplexity(const ChunkNll& model, std::span<const int32_t> tokens, const PerplexityOptions& opt) {
+  if (opt.n_ctx < 4) fail(ExitCode::Usage, "perplexity: ctx must be at least 4 (got {})", opt.n_ctx);
   int n_chunks = static_cast<int>(tokens.size() / opt.n_ctx);
-  if (opt.max_chunks > 0) n_chunks = std::min(n_chunks, opt.max_chunks);
   if (n_chunks == 0)
-    fail(ExitCode::InputData, "perplexity: {} tokens do not fill one chunk of {}", tokens.size(), opt.n_ctx);
+    fail(ExitCode::InputData, "perplexity: the text has {} tokens, fewer than one context of {}", tokens.size(), opt.n_ctx);
+  if (opt.max_chunks > 0) n_chunks = std::min(n_chunks, opt.max_chunks);
 
   const int first = opt.n_ctx / 2;
   PerplexityResult r;
+  r.tokens = static_cast<int64_t>(tokens.size());
+  r.chunks = n_chunks;
   double sum = 0, sum_sq = 0;
   std::vector<int32_t> chunk(opt.n_ctx);
   std::vector<double> nll;
+  const double t0 = now_s();
   for (int c = 0; c < n_chunks; ++c) {
+    if (opt.cancelled && opt.cancelled()) fail(ExitCode::Runtime, "cancelled");
     std::copy_n(tokens.begin() + size_t(c) * opt.n_ctx, opt.n_ctx, chunk.begin());
-    if (opt.bos_token >= 0) chunk[0] = opt.bos_token;
-    model.loss(chunk, first, nullptr, nullptr, &nll);
+    if (opt.bos_token >= 0) chunk[0] = opt.bos_token;  // as llama-perplexity: every chunk starts with BOS
+    model(chunk, first, nll);
     for (double v : nll) sum += v, sum_sq += v * v;
-    r.n_predictions += static_cast<int64_t>(nll.size());
+    r.scored += static_cast<int64_t>(nll.size());
     if (opt.progress) opt.progress(c + 1, n_chunks);
   }
-  const double n = static_cast<double>(r.n_predictions);
-  r.n_chunks = n_chunks;
+  r.seconds = now_s() - t0;
+  r.tokens_per_s = r.seconds > 0 ? double(n_chunks) * opt.n_ctx / r.seconds : 0;
+  const double n = static_cast<double>(r.scored);
   r.nll = sum / n;
   r.ppl = std::exp(r.nll);
   const double var = sum_sq / n - r.nll * r.nll;
-  r.nll_stderr = n > 1 ? std::sqrt(std::max(0.0, var) / (n - 1)) : 0.0;
+  r.nll_stderr = n > 1 && var > 0 ? std::sqrt(var / (n - 1)) : 0.0;
+  r.ppl_stderr = r.ppl * r.nll_stderr;
   return r;
+}
+
+PerplexityResult perplexity(Transformer& model, std::span<const int32_t> tokens, const PerplexityOptions& opt) {
+  return perplexity(
+      [&](std::span<const int32_t> chunk, int first, std::vector<double>& nll) { model.loss(chunk, first, nullptr, nullptr, &nll); },
+      tokens, opt);
+}
+
+PerplexityResult perplexity(std::shared_ptr<const infer::Model> model, std::span<const int32_t> tokens, const PerplexityOptions& opt) {
+  infer::Session session(model, opt.n_ctx, opt.threads);
+  session.set_quantized_batches(opt.quantized_batches);
+  const int n_vocab = model->n_vocab();
+  std::vector<float> logits;
+  return perplexity(
+      [&](std::span<const int32_t> chunk, int first, std::vector<double>& nll) {
+        session.reset();
+        session.eval(chunk, first, logits);
+        // Row i of logits is position first + i; it predicts the token at first + i + 1.
+        const int n = static_cast<int>(chunk.size());
+        nll.assign(n - 1 - first, 0.0);
+        for (int j = first; j < n - 1; ++j) {
+          const float* row = &logits[size_t(j - first) * n_vocab];
+          const float mx = *std::max_element(row, row + n_vocab);
+          double s = 0;
+          for (int i = 0; i < n_vocab; ++i) s += std::exp(double(row[i]) - mx);
+          nll[j - first] = -(double(row[chunk[j + 1]]) - mx - std::log(s));
+        }
+      },
+      tokens, opt);
 }
 
 std::vector<int32_t> read_token_ids(const std::string& path) {

@@ -1,15 +1,18 @@
 #pragma once
-// Perplexity with llama.cpp's llama-perplexity protocol: the token stream is cut into
-// consecutive chunks of n_ctx tokens (a partial tail is dropped); each chunk is evaluated from
-// position 0 and only its second half is scored: logits at positions n_ctx/2 .. n_ctx-2 predict
-// tokens n_ctx/2+1 .. n_ctx-1 (n_ctx/2 - 1 = 255 predictions per 512-token chunk).
-// When the model's tokenizer adds a BOS token (llama.cpp's add_bos), the first token of every
-// chunk is replaced by BOS; Qwen2 GGUFs have add_bos_token = false, so coder-28m is scored
-// unchanged (bos_token = -1).
+// Perplexity with llama.cpp's llama-perplexity protocol, once for both models: the token stream
+// is cut into consecutive chunks of n_ctx tokens (a partial tail is dropped); each chunk is
+// evaluated from position 0 and only its second half is scored: logits at positions
+// n_ctx/2 .. n_ctx-2 predict tokens n_ctx/2+1 .. n_ctx-1 (255 predictions per 512-token chunk).
+// When the tokenizer adds a BOS token (llama.cpp's add_bos), the first token of every chunk is
+// replaced by BOS; Qwen2 GGUFs have add_bos_token = false, so coder-28m is scored unchanged.
+#include "core/model/engine.hpp"
 #include "core/model/transformer.hpp"
+
+#include <nlohmann/json.hpp>
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -20,18 +23,34 @@ struct PerplexityOptions {
   int n_ctx = 512;
   int bos_token = -1;  // >= 0: overwrite each chunk's first token with it (llama.cpp add_bos)
   int max_chunks = 0;  // 0: every full chunk
+  int threads = 0;     // engine: threads (0 = all cores)
+  bool quantized_batches = false;  // engine: llama.cpp's activation quantization for batches too
   std::function<void(int done, int total)> progress;
+  std::function<bool()> cancelled;
 };
 
 struct PerplexityResult {
-  double ppl = 0;         // exp(mean nll)
-  double nll = 0;         // mean negative log-likelihood (nats)
-  double nll_stderr = 0;  // standard error of the mean nll (as llama.cpp reports)
-  int n_chunks = 0;
-  int64_t n_predictions = 0;
+  double ppl = 0;          // exp(mean nll)
+  double ppl_stderr = 0;   // llama.cpp's: ppl * stddev(nll) / sqrt(n - 1)
+  double nll = 0;          // mean negative log-likelihood (nats)
+  double nll_stderr = 0;   // standard error of the mean nll
+  int64_t tokens = 0;      // tokens of the whole stream
+  int chunks = 0;
+  int64_t scored = 0;      // predictions scored
+  double seconds = 0, tokens_per_s = 0;  // evaluated tokens (chunks * n_ctx) per second
+  nlohmann::json to_json() const;
 };
 
+// Per-prediction nll of one chunk: logits at positions first .. size-2 predicting the next token.
+using ChunkNll = std::function<void(std::span<const int32_t> chunk, int first, std::vector<double>& nll)>;
+
+// The protocol over any model.
+PerplexityResult perplexity(const ChunkNll& model, std::span<const int32_t> tokens, const PerplexityOptions& opt);
+// The float reference transformer.
 PerplexityResult perplexity(Transformer& model, std::span<const int32_t> tokens, const PerplexityOptions& opt = {});
+// The GGUF inference engine (one KV-cache session, reset per chunk).
+PerplexityResult perplexity(std::shared_ptr<const infer::Model> model, std::span<const int32_t> tokens,
+                            const PerplexityOptions& opt = {});
 
 // Token ids, one decimal id per line (the format of ../shared/reference/tokens/*.ids).
 std::vector<int32_t> read_token_ids(const std::string& path);

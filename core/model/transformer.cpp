@@ -2,6 +2,8 @@
 
 #include "core/runtime/error.hpp"
 
+#include "core/model/kernels.hpp"
+
 #include <cblas.h>
 #include <tbb/blocked_range.h>
 #include <tbb/parallel_for.h>
@@ -16,26 +18,14 @@ namespace squish {
 // ---------------------------------------------------------------------------------------------
 // Architecture
 
-ModelArch ModelArch::from_config(const ModelConfig& c) {
-  ModelArch a;
-  a.arch = c.arch;
-  a.n_embd = c.n_embd;
-  a.head_dim = c.head_dim;
-  a.n_vocab = c.vocab_size;
-  a.rope_theta = c.rope_theta;
-  a.rms_eps = c.rms_eps;
-  a.attn_bias = c.attn_bias;
-  a.tie_embeddings = c.tie_embeddings;
-  a.layers.assign(c.n_layer, LayerShape{c.n_head, c.n_head_kv, c.n_ff});
-  return a;
-}
+namespace {
+using arch::Role;
+// HF name of a layer tensor, from the architecture table.
+std::string hf_of(Role r, int layer) { return arch::hf_name(arch::kind_of(r), layer); }
+}  // namespace
 
-std::string hf_layer_tensor(int layer, const std::string& suffix) {
-  return fmt::format("model.layers.{}.{}", layer, suffix);
-}
-
-ModelArch ModelArch::from_checkpoint(const ModelConfig& c, const SafetensorsModel& st) {
-  ModelArch a = from_config(c);
+ModelArch arch_from_checkpoint(const ModelConfig& c, const SafetensorsModel& st) {
+  ModelArch a = ModelArch::from_config(c);
   auto rows = [&](const std::string& name) -> int64_t {
     const auto& e = st.at(name);
     if (e.shape.size() != 2) fail(ExitCode::InputData, "{}: tensor {} is not 2-D", st.root(), name);
@@ -49,25 +39,13 @@ ModelArch ModelArch::from_checkpoint(const ModelConfig& c, const SafetensorsMode
   };
   for (int l = 0; l < a.n_layer(); ++l) {
     auto& s = a.layers[l];
-    s.n_head = heads(hf_layer_tensor(l, "self_attn.q_proj.weight"));
-    s.n_head_kv = heads(hf_layer_tensor(l, "self_attn.k_proj.weight"));
-    s.n_ff = static_cast<int>(rows(hf_layer_tensor(l, "mlp.gate_proj.weight")));
+    s.n_head = heads(hf_of(Role::AttnQ, l));
+    s.n_head_kv = heads(hf_of(Role::AttnK, l));
+    s.n_ff = static_cast<int>(rows(hf_of(Role::FfnGate, l)));
+    if (s.n_head <= 0 || s.n_ff <= 0) fail(ExitCode::InputData, "{}: layer {} has an empty attention or FFN", st.root(), l);
   }
   a.validate(st.root());
   return a;
-}
-
-void ModelArch::validate(const std::string& origin) const {
-  if (n_embd <= 0 || head_dim <= 0 || n_vocab <= 0 || layers.empty())
-    fail(ExitCode::InputData, "{}: empty model dimensions", origin);
-  if (head_dim % 2 != 0) fail(ExitCode::InputData, "{}: head_dim {} is odd (RoPE needs pairs)", origin, head_dim);
-  for (int l = 0; l < n_layer(); ++l) {
-    const auto& s = layers[l];
-    if (s.n_head <= 0 || s.n_head_kv <= 0 || s.n_ff <= 0)
-      fail(ExitCode::InputData, "{}: layer {} has an empty attention or FFN", origin, l);
-    if (s.n_head % s.n_head_kv != 0)
-      fail(ExitCode::InputData, "{}: layer {}: {} query heads not a multiple of {} kv heads", origin, l, s.n_head, s.n_head_kv);
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -79,29 +57,41 @@ void check_size(const std::vector<float>& v, size_t n, const std::string& origin
   if (v.size() != n) fail(ExitCode::InputData, "{}: {} has {} values, expected {}", origin, what, v.size(), n);
 }
 
+// The float model's tensors are the architecture's, in HF layout (rotate-half q/k rows).
+std::vector<float>* layer_field(LayerWeights& w, Role r) {
+  switch (r) {
+    case Role::AttnNorm: return &w.attn_norm;
+    case Role::AttnQ: return &w.wq;
+    case Role::BiasQ: return &w.bq;
+    case Role::AttnK: return &w.wk;
+    case Role::BiasK: return &w.bk;
+    case Role::AttnV: return &w.wv;
+    case Role::BiasV: return &w.bv;
+    case Role::AttnOut: return &w.wo;
+    case Role::FfnNorm: return &w.ffn_norm;
+    case Role::FfnGate: return &w.w_gate;
+    case Role::FfnUp: return &w.w_up;
+    case Role::FfnDown: return &w.w_down;
+    default: return nullptr;
+  }
+}
+
 void check_layer(const ModelArch& a, int l, const LayerWeights& w, const std::string& origin) {
-  const auto& s = a.layers[l];
-  const size_t D = a.n_embd, q = size_t(s.n_head) * a.head_dim, kv = size_t(s.n_head_kv) * a.head_dim, F = s.n_ff;
-  auto name = [&](const char* t) { return hf_layer_tensor(l, t); };
-  check_size(w.attn_norm, D, origin, name("input_layernorm.weight"));
-  check_size(w.wq, q * D, origin, name("self_attn.q_proj.weight"));
-  check_size(w.wk, kv * D, origin, name("self_attn.k_proj.weight"));
-  check_size(w.wv, kv * D, origin, name("self_attn.v_proj.weight"));
-  check_size(w.bq, a.attn_bias ? q : 0, origin, name("self_attn.q_proj.bias"));
-  check_size(w.bk, a.attn_bias ? kv : 0, origin, name("self_attn.k_proj.bias"));
-  check_size(w.bv, a.attn_bias ? kv : 0, origin, name("self_attn.v_proj.bias"));
-  check_size(w.wo, D * q, origin, name("self_attn.o_proj.weight"));
-  check_size(w.ffn_norm, D, origin, name("post_attention_layernorm.weight"));
-  check_size(w.w_gate, F * D, origin, name("mlp.gate_proj.weight"));
-  check_size(w.w_up, F * D, origin, name("mlp.up_proj.weight"));
-  check_size(w.w_down, D * F, origin, name("mlp.down_proj.weight"));
+  for (const auto& k : arch::tensor_kinds()) {
+    if (!k.per_layer) continue;
+    const auto* v = layer_field(const_cast<LayerWeights&>(w), k.role);
+    size_t n = 0;
+    if (a.has(k, l))
+      for (int64_t d : a.hf_shape(k, l)) n = (n ? n : 1) * size_t(d);
+    check_size(*v, n, origin, arch::hf_name(k, l));
+  }
 }
 
 void check_globals(const ModelArch& a, const GlobalWeights& g, const std::string& origin) {
   const size_t D = a.n_embd, V = a.n_vocab;
-  check_size(g.tok_embd, V * D, origin, "model.embed_tokens.weight");
-  check_size(g.out_norm, D, origin, "model.norm.weight");
-  if (!g.lm_head.empty()) check_size(g.lm_head, V * D, origin, "lm_head.weight");
+  check_size(g.tok_embd, V * D, origin, hf_of(Role::TokenEmbd, -1));
+  check_size(g.out_norm, D, origin, hf_of(Role::OutputNorm, -1));
+  if (!g.lm_head.empty()) check_size(g.lm_head, V * D, origin, hf_of(Role::Output, -1));
 }
 
 }  // namespace
@@ -113,11 +103,11 @@ std::shared_ptr<SafetensorsWeights> SafetensorsWeights::open(const std::string& 
   auto config = ModelConfig::load(dir);
   auto st = SafetensorsModel::open(dir);
   std::shared_ptr<SafetensorsWeights> w(new SafetensorsWeights(std::move(config), std::move(st), keep_layers));
-  w->arch_ = ModelArch::from_checkpoint(w->config_, w->st_);
-  w->globals_.tok_embd = w->st_.load("model.embed_tokens.weight").to_f32();
-  w->globals_.out_norm = w->st_.load("model.norm.weight").to_f32();
+  w->arch_ = arch_from_checkpoint(w->config_, w->st_);
+  w->globals_.tok_embd = w->st_.load(hf_of(Role::TokenEmbd, -1)).to_f32();
+  w->globals_.out_norm = w->st_.load(hf_of(Role::OutputNorm, -1)).to_f32();
   // A tied checkpoint may still carry a copy of lm_head; the tie decides what is used.
-  if (!w->arch_.tie_embeddings) w->globals_.lm_head = w->st_.load("lm_head.weight").to_f32();
+  if (!w->arch_.tie_embeddings) w->globals_.lm_head = w->st_.load(hf_of(Role::Output, -1)).to_f32();
   check_globals(w->arch_, w->globals_, w->st_.root());
   w->cache_.resize(w->arch_.n_layer());
   return w;
@@ -125,21 +115,8 @@ std::shared_ptr<SafetensorsWeights> SafetensorsWeights::open(const std::string& 
 
 std::shared_ptr<const LayerWeights> SafetensorsWeights::read_layer(int l) const {
   auto w = std::make_shared<LayerWeights>();
-  auto get = [&](const char* suffix) { return st_.load(hf_layer_tensor(l, suffix)).to_f32(); };
-  w->attn_norm = get("input_layernorm.weight");
-  w->wq = get("self_attn.q_proj.weight");
-  w->wk = get("self_attn.k_proj.weight");
-  w->wv = get("self_attn.v_proj.weight");
-  if (arch_.attn_bias) {
-    w->bq = get("self_attn.q_proj.bias");
-    w->bk = get("self_attn.k_proj.bias");
-    w->bv = get("self_attn.v_proj.bias");
-  }
-  w->wo = get("self_attn.o_proj.weight");
-  w->ffn_norm = get("post_attention_layernorm.weight");
-  w->w_gate = get("mlp.gate_proj.weight");
-  w->w_up = get("mlp.up_proj.weight");
-  w->w_down = get("mlp.down_proj.weight");
+  for (const auto& k : arch::tensor_kinds())
+    if (k.per_layer && arch_.has(k, l)) *layer_field(*w, k.role) = st_.load(arch::hf_name(k, l)).to_f32();
   check_layer(arch_, l, *w, st_.root());
   return w;
 }
@@ -237,16 +214,7 @@ MaskSet MaskImportance::fisher() const {
 
 namespace {
 
-void gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda, const float* B, int ldb,
-          float beta, float* C, int ldc) {
-  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda,
-              B, ldb, beta, C, ldc);
-}
-void gemm(bool ta, bool tb, int M, int N, int K, double alpha, const double* A, int lda, const double* B, int ldb,
-          double beta, double* C, int ldc) {
-  cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda,
-              B, ldb, beta, C, ldc);
-}
+using kernels::gemm;
 
 // One thread pool only: OpenBLAS runs single-threaded (see Transformer::Impl::run) and large
 // products are split here into one single-threaded sgemm per TBB thread, along the larger
@@ -303,18 +271,10 @@ void par_for(int n, double work, Fn&& fn) {
   });
 }
 
-// y = w * x / rms(x); keeps 1/rms per row for the backward.
+// y = w * x / rms(x) per row; keeps 1/rms per row for the backward.
 template <class F>
 void rmsnorm(const F* x, const F* w, F* y, F* rstd, int T, int D, double eps) {
-  par_for(T, 3 * D, [&](int t) {
-    const F* xr = x + size_t(t) * D;
-    double ss = 0;
-    for (int d = 0; d < D; ++d) ss += double(xr[d]) * xr[d];
-    const F r = F(1.0 / std::sqrt(ss / D + eps));
-    rstd[t] = r;
-    F* yr = y + size_t(t) * D;
-    for (int d = 0; d < D; ++d) yr[d] = w[d] * (xr[d] * r);
-  });
+  par_for(T, 3 * D, [&](int t) { rstd[t] = kernels::rms_norm(x + size_t(t) * D, w, y + size_t(t) * D, D, eps); });
 }
 
 // dx += r (w dy) - x r^3 mean((w dy) x): derivative of y = w x r with r = (mean x^2 + eps)^-1/2.
@@ -332,22 +292,14 @@ void rmsnorm_back(const F* x, const F* w, const F* rstd, const F* dy, F* dx, int
   });
 }
 
-// HF rotate-half RoPE: the pair (i, i + hd/2) of each head turns by pos * theta^(-2i/hd).
+// RoPE on T tokens of n_heads heads, in HF's rotate-half layout (the checkpoint's q/k rows).
 // sign = -1 applies the inverse rotation (the backward of a rotation is its transpose).
 template <class F>
 void rope(F* x, int T, int n_heads, int hd, const std::vector<F>& cos_t, const std::vector<F>& sin_t, F sign) {
-  const int half = hd / 2, ld = n_heads * hd;
+  const int half = hd / 2;
   par_for(T, 3 * n_heads * hd, [&](int t) {
-    const F* c = cos_t.data() + size_t(t) * half;
-    const F* s = sin_t.data() + size_t(t) * half;
-    for (int h = 0; h < n_heads; ++h) {
-      F* v = x + size_t(t) * ld + size_t(h) * hd;
-      for (int i = 0; i < half; ++i) {
-        const F a = v[i], b = v[i + half], si = sign * s[i];
-        v[i] = a * c[i] - b * si;
-        v[i + half] = b * c[i] + a * si;
-      }
-    }
+    kernels::rope(x + size_t(t) * n_heads * hd, n_heads, hd, arch::RopeLayout::HalfSplit, cos_t.data() + size_t(t) * half,
+                  sin_t.data() + size_t(t) * half, sign);
   });
 }
 
@@ -505,15 +457,7 @@ struct Engine {
 
   void setup(int n_tokens) {
     T = n_tokens;
-    const int half = A.head_dim / 2;
-    cos_t.resize(size_t(T) * half);
-    sin_t.resize(size_t(T) * half);
-    for (int t = 0; t < T; ++t)
-      for (int i = 0; i < half; ++i) {
-        const double inv_freq = std::pow(double(A.rope_theta), -2.0 * i / A.head_dim);
-        cos_t[size_t(t) * half + i] = F(std::cos(t * inv_freq));
-        sin_t[size_t(t) * half + i] = F(std::sin(t * inv_freq));
-      }
+    kernels::rope_table(A.rope_inv_freq(), 0, T, cos_t, sin_t);
     const int slots = tbb::this_task_arena::max_concurrency();
     scratch_p.resize(slots), scratch_dp.resize(slots);
     for (int i = 0; i < slots; ++i) {
@@ -527,21 +471,9 @@ struct Engine {
   F* slot_p() { return scratch_p[tbb::this_task_arena::current_thread_index()].data(); }
   F* slot_dp() { return scratch_dp[tbb::this_task_arena::current_thread_index()].data(); }
 
-  // P[r0:r1, 0:r1] = causal softmax(scale q k^T) for one head, into P (ld = r1).
+  // P[r0:r1, 0:r1] = causal (sliding-window) softmax(scale q k^T) for one head (ld = r1).
   void attn_probs(F* P, const F* q, int ldq, const F* k, int ldk, int r0, int r1, F scale) {
-    const int hd = A.head_dim, rows = r1 - r0, ld = r1;
-    gemm(false, true, rows, r1, hd, scale, q + size_t(r0) * ldq, ldq, k, ldk, F(0), P, ld);
-    for (int i = 0; i < rows; ++i) {
-      F* p = P + size_t(i) * ld;
-      const int n = r0 + i + 1;  // keys 0..r0+i are visible
-      F mx = p[0];
-      for (int j = 1; j < n; ++j) mx = std::max(mx, p[j]);
-      double sum = 0;
-      for (int j = 0; j < n; ++j) sum += (p[j] = std::exp(p[j] - mx));
-      const F inv = F(1.0 / sum);
-      for (int j = 0; j < n; ++j) p[j] *= inv;
-      for (int j = n; j < ld; ++j) p[j] = 0;
-    }
+    kernels::attention_probs(P, q + size_t(r0) * ldq, ldq, k, ldk, r1 - r0, r0, r1, A.head_dim, scale, A.sliding_window);
   }
 
   void forward_layer(int l, const LayerW<F>& w, const F* x_in, const MaskSet* masks, Acts& a, ActivationStats* stats) {
@@ -569,8 +501,8 @@ struct Engine {
       for (int r0 = 0; r0 < T; r0 += kAttnBlock) {
         const int r1 = std::min(T, r0 + kAttnBlock);
         attn_probs(P, a.q.data() + size_t(h) * hd, Q, a.k.data() + size_t(g) * hd, KV, r0, r1, scale);
-        gemm(false, false, r1 - r0, hd, r1, F(1), P, r1, a.v.data() + size_t(g) * hd, KV, F(0),
-             a.o.data() + size_t(r0) * Q + size_t(h) * hd, Q);
+        kernels::attention_apply(P, a.v.data() + size_t(g) * hd, KV, a.o.data() + size_t(r0) * Q + size_t(h) * hd, Q,
+                                 r1 - r0, r1, hd);
       }
     });
     a.att.resize(a.o.size());
@@ -594,23 +526,21 @@ struct Engine {
     linear(a.xn2.data(), w.w_gate, (const F*)nullptr, a.g.data(), T, D, FF);
     linear(a.xn2.data(), w.w_up, (const F*)nullptr, a.u.data(), T, D, FF);
     par_for(T, 20 * FF, [&](int t) {
-      for (int c = 0; c < FF; ++c) {
-        const size_t i = size_t(t) * FF + c;
-        a.a[i] = a.g[i] * sigmoid(a.g[i]) * a.u[i];
-        a.h[i] = a.a[i] * lm.ffn[c];
-      }
+      const size_t row = size_t(t) * FF;
+      kernels::swiglu(a.g.data() + row, a.u.data() + row, a.a.data() + row, FF);
+      for (int c = 0; c < FF; ++c) a.h[row + c] = a.a[row + c] * lm.ffn[c];
     });
     a.y_mlp.resize(TD);
     linear(a.h.data(), w.w_down, (const F*)nullptr, a.y_mlp.data(), T, FF, D);
 
     if (stats) {
-      auto xs = col_sum_sq(a.xn1.data(), T, D);
-      for (const char* n : {"self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"})
-        stats->accumulate(hf_layer_tensor(l, n), xs, T);
-      stats->accumulate(hf_layer_tensor(l, "self_attn.o_proj.weight"), col_sum_sq(a.att.data(), T, Q), T);
-      xs = col_sum_sq(a.xn2.data(), T, D);
-      for (const char* n : {"mlp.gate_proj.weight", "mlp.up_proj.weight"}) stats->accumulate(hf_layer_tensor(l, n), xs, T);
-      stats->accumulate(hf_layer_tensor(l, "mlp.down_proj.weight"), col_sum_sq(a.h.data(), T, FF), T);
+      // One entry per weight matrix, from the input it reads (the table says which one).
+      const auto inputs = std::map<Role, std::vector<double>>{{Role::AttnQ, col_sum_sq(a.xn1.data(), T, D)},
+                                                              {Role::AttnOut, col_sum_sq(a.att.data(), T, Q)},
+                                                              {Role::FfnGate, col_sum_sq(a.xn2.data(), T, D)},
+                                                              {Role::FfnDown, col_sum_sq(a.h.data(), T, FF)}};
+      for (const auto& k : arch::tensor_kinds())
+        if (k.per_layer && k.weight_matrix()) stats->accumulate(arch::hf_name(k, l), inputs.at(k.input_of), T);
     }
   }
 
@@ -750,7 +680,7 @@ struct Engine {
     rstd.resize(T);
     rmsnorm(x.data(), out_norm, xf.data(), rstd.data(), T, D, A.rms_eps);
     if (stats)
-      stats->accumulate(A.tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight", col_sum_sq(xf.data(), T, D), T);
+      stats->accumulate(hf_of(A.tie_embeddings ? Role::TokenEmbd : Role::Output, -1), col_sum_sq(xf.data(), T, D), T);
     return xf;
   }
 
@@ -852,6 +782,9 @@ Transformer::Transformer(std::shared_ptr<const WeightLoader> weights, Transforme
     : weights_(std::move(weights)), opt_(opt) {
   if (!weights_) fail(ExitCode::Runtime, "transformer: no weights");
   weights_->arch().validate("transformer");
+  for (int l = 0; l < weights_->arch().n_layer(); ++l)  // the float model has no empty layers
+    if (weights_->arch().layers[l].n_head <= 0 || weights_->arch().layers[l].n_ff <= 0)
+      fail(ExitCode::InputData, "transformer: layer {} has no attention or no MLP", l);
   int n = opt_.threads > 0 ? opt_.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   impl_ = std::make_unique<Impl>(*weights_, n);
   if (opt_.precision == Precision::F64) impl_->f64 = std::make_unique<Engine<double>>(*weights_);

@@ -1,6 +1,6 @@
 #pragma once
-// Float reference transformer for the Llama / Qwen2 families (llm.c style: the whole model's
-// math fits in transformer.cpp). Used by the score stage (gradients of head / channel masks,
+// Float reference transformer for every family of core/arch (llm.c style: the whole model's
+// math fits in transformer.cpp, its kernels in kernels.hpp, shared with the inference engine). Used by the score stage (gradients of head / channel masks,
 // activation statistics) and as the float reference for inference.
 //
 // Per layer:  x += m_attn * o_proj( concat_h( m_h * m_kv(h) * attn_h(rope(q), rope(k), v) ) )
@@ -13,6 +13,7 @@
 // Weights are in Hugging Face layout ([out, in] row-major, q/k rows in rotate-half order) and
 // reached one layer at a time through WeightLoader, so the backward pass can recompute a layer
 // from its checkpointed input while only that layer's weights are resident.
+#include "core/arch/architecture.hpp"
 #include "core/io/hf_config.hpp"
 #include "core/io/safetensors.hpp"
 
@@ -26,37 +27,12 @@
 
 namespace squish {
 
-// Shape of one layer. A pruned model has different head / kv-head / FFN counts per layer;
-// head_dim is fixed model-wide. n_head must be a multiple of n_head_kv.
-struct LayerShape {
-  int n_head = 0;
-  int n_head_kv = 0;
-  int n_ff = 0;
-};
+using arch::LayerDims;
+using arch::ModelArch;
 
-struct ModelArch {
-  std::string arch;  // "llama" | "qwen2"
-  int n_embd = 0;
-  int head_dim = 0;
-  int n_vocab = 0;
-  float rope_theta = 10000.f;
-  float rms_eps = 1e-6f;
-  bool attn_bias = false;       // q/k/v biases
-  bool tie_embeddings = false;  // lm_head = embed_tokens
-  std::vector<LayerShape> layers;
-
-  int n_layer() const { return static_cast<int>(layers.size()); }
-  // Every layer as config.json says.
-  static ModelArch from_config(const ModelConfig& c);
-  // Per-layer counts read from the tensor shapes (q_proj rows / head_dim, ...): handles pruned
-  // checkpoints whose config only holds the original counts.
-  static ModelArch from_checkpoint(const ModelConfig& c, const SafetensorsModel& st);
-  // Throws Error(InputData) "<origin>: <problem>" for inconsistent shapes.
-  void validate(const std::string& origin) const;
-};
-
-// Hugging Face tensor names.
-std::string hf_layer_tensor(int layer, const std::string& suffix);  // "model.layers.<l>.<suffix>"
+// Per-layer widths read from the tensor shapes (q_proj rows / head_dim, ...): handles pruned
+// checkpoints whose config only holds the original counts.
+ModelArch arch_from_checkpoint(const ModelConfig& c, const SafetensorsModel& st);
 
 // One layer's weights as float32, HF layout: w* are [out, in] row-major.
 struct LayerWeights {

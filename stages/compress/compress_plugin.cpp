@@ -9,12 +9,13 @@
 #include "core/runtime/error.hpp"
 #include "core/runtime/plugin_api.hpp"
 #include "stages/compress/prune.hpp"
-#include "stages/compress/recipe.hpp"
+#include "core/recipe/recipe.hpp"
 
 #include <cstring>
 #include <mutex>
 
 namespace squish::compress {
+using namespace squish::recipe;
 namespace {
 
 // One plan per (model, recipe, preset) in the process: every node sees the same object.
@@ -137,6 +138,9 @@ class GGUFWriterNode final : public Node {
     ctx_.progress("tensors written", done, plan_->tensors.size());
   }
   void finish(Emitter& out) override {
+    for (const auto& pt : plan_->tensors)  // tensors the converter generates (rope_freqs)
+      if (!pt.generated.empty())
+        writer_->write_tensor(pt.gguf_name, std::as_bytes(std::span(pt.generated)));
     writer_->commit();  // fails if any tensor is missing
     nlohmann::json report = plan_->summary();
     report["output"] = writer_->path();
@@ -170,6 +174,7 @@ class PlanReport final : public Node {
 #include "core/io/atomic_file.hpp"
 
 namespace squish::compress {
+using namespace squish::recipe;
 namespace {
 
 void PlanReport::finish(Emitter&) { write_file_atomic(output_, plan_->summary().dump(1) + "\n"); }

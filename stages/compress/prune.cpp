@@ -10,6 +10,7 @@
 #include <fmt/ranges.h>
 
 namespace squish::compress {
+using namespace squish::recipe;
 
 std::vector<float> prune_tensor(const Tensor& in, const PlannedTensor& p, const std::string& origin) {
   if (in.shape != p.src_shape)

@@ -3,11 +3,12 @@
 // gate/up channels), keep columns (o_proj heads, down_proj channels), then the llama q/k rope
 // permutation. Output is float32 in HF order (outermost first), ready to quantize.
 #include "core/runtime/tensor.hpp"
-#include "stages/compress/recipe.hpp"
+#include "core/recipe/recipe.hpp"
 
 #include <vector>
 
 namespace squish::compress {
+using namespace squish::recipe;
 
 // Throws Error(InputData) naming the tensor when it holds NaN/Inf or its shape disagrees with the plan.
 std::vector<float> prune_tensor(const Tensor& in, const PlannedTensor& plan, const std::string& origin);

@@ -1,4 +1,4 @@
-// The infer stage: run a Llama / Qwen2 GGUF on the CPU.
+// The infer stage: run a GGUF of any core/arch family (llama, mistral, qwen2) on the CPU.
 //   infer.perplexity - llama-perplexity's protocol on a text file; JSON report + "PPL = x ± y"
 //   infer.generate   - continue a prompt (greedy or sampled); JSON report + the text on stdout
 // Both are sources that do their whole job in the first produce() and emit nothing: a pipeline
@@ -7,7 +7,7 @@
 #include "core/io/text_file.hpp"
 #include "core/runtime/error.hpp"
 #include "core/runtime/plugin_api.hpp"
-#include "stages/infer/tasks.hpp"
+#include "core/model/generate.hpp"
 
 #include <fmt/core.h>
 
@@ -47,7 +47,7 @@ class PerplexityNode final : public Node {
     opt.quantized_batches = p["exact"].get<bool>();
     opt.progress = [this](int done, int total) { ctx_.progress("chunks", done, total); };
     opt.cancelled = [this] { return ctx_.is_cancelled(); };
-    const PerplexityResult r = perplexity(model, tokens, tok.vocab().add_bos, tok.bos(), opt);
+    const PerplexityResult r = perplexity(model, tokens, with_bos(opt, tok));
     nlohmann::json j = r.to_json();
     j["model"] = p["model"];
     j["text"] = text_path;
@@ -127,4 +127,4 @@ void register_nodes(NodeRegistry& r) {
 }  // namespace
 }  // namespace squish::infer
 
-SQUISH_PLUGIN("infer", "0.1.0", "CPU inference of llama / qwen2 GGUFs: perplexity and generation", squish::infer::register_nodes)
+SQUISH_PLUGIN("infer", "0.1.0", "CPU inference of llama / mistral / qwen2 GGUFs: perplexity and generation", squish::infer::register_nodes)

@@ -1,11 +1,12 @@
 #include "stages/verify/verify.hpp"
 
+#include "core/arch/architecture.hpp"
 #include "core/gguf/hf_to_gguf.hpp"
 #include "core/quant/quantize.hpp"
 #include "core/io/text_file.hpp"
 #include "core/runtime/error.hpp"
-#include "stages/compress/recipe.hpp"
-#include "stages/infer/tasks.hpp"
+#include "core/recipe/recipe.hpp"
+#include "core/model/generate.hpp"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -94,86 +95,19 @@ std::string ne_str(const std::vector<int64_t>& ne) { return fmt::format("[{}]", 
 // ---- shapes ------------------------------------------------------------------------------------
 
 ExpectedTensors expected_tensors(const gguf::Reader& r, std::vector<std::string>* problems) {
+  // The architecture the metadata describes (core/arch); tensors it makes optional (output
+  // when tied, biases, rope_freqs) are read off the file, so all it implies are required.
   ExpectedTensors out;
-  auto problem = [&](std::string p) {
-    if (problems) problems->push_back(std::move(p));
-  };
-  const std::string arch = r.get_string("general.architecture", "");
-  if (arch.empty()) {
-    problem("metadata has no general.architecture");
-    return out;
-  }
-  const std::string a = arch + ".";
-  auto need_int = [&](const std::string& key) -> int64_t {
-    const auto* v = r.get(key);
-    if (!v || !v->is_integer()) {
-      problem(fmt::format("metadata key {} missing or not an integer", key));
-      return -1;
-    }
-    return v->as_int();
-  };
-  const int64_t n_layer = need_int(a + "block_count");
-  const int64_t n_embd = need_int(a + "embedding_length");
-  if (n_layer < 0 || n_embd <= 0) return out;
-
-  const int L = static_cast<int>(n_layer);
-  std::vector<int> n_head = gguf::per_layer_values(r, a + "attention.head_count", L, -1);
-  std::vector<int> n_head_kv = gguf::per_layer_values(r, a + "attention.head_count_kv", L, -1);
-  std::vector<int> n_ff = gguf::per_layer_values(r, a + "feed_forward_length", L, -1);
-  int first_heads = 0;
-  for (int l = 0; l < L; ++l) {
-    if (n_head[l] < 0) problem(fmt::format("metadata key {}attention.head_count missing", a));
-    if (n_ff[l] < 0) problem(fmt::format("metadata key {}feed_forward_length missing", a));
-    if (n_head[l] < 0 || n_ff[l] < 0) return out;
-    if (n_head_kv[l] < 0) n_head_kv[l] = n_head[l];  // absent: no GQA
-    if (!first_heads && n_head[l] > 0) first_heads = n_head[l];
-    if (n_head_kv[l] > 0 ? n_head[l] % n_head_kv[l] != 0 : n_head[l] != 0)
-      problem(fmt::format("layer {}: head_count {} is not a multiple of head_count_kv {}", l, n_head[l], n_head_kv[l]));
-  }
-  const int64_t def_hd = first_heads ? n_embd / first_heads : 0;
-  const int64_t hd_k = r.get_int(a + "attention.key_length", def_hd);
-  const int64_t hd_v = r.get_int(a + "attention.value_length", def_hd);
-
-  // Vocabulary: the tokenizer's token list, else <arch>.vocab_size, else whatever the embedding has.
-  int64_t n_vocab = -1;
-  if (const auto* t = r.get("tokenizer.ggml.tokens"); t && t->is_array()) n_vocab = static_cast<int64_t>(t->size());
-  else n_vocab = r.get_int(a + "vocab_size", -1);
-  if (n_vocab < 0) {
-    if (const auto* e = r.find("token_embd.weight"); e && e->ne.size() == 2) n_vocab = e->ne[1];
-    problem("metadata gives no vocabulary size (no tokenizer.ggml.tokens)");
-  }
-
-  auto req = [&](std::string name, std::vector<int64_t> ne) { out.required.emplace_back(std::move(name), std::move(ne)); };
-  auto opt = [&](std::string name, std::vector<int64_t> ne) { out.optional.emplace_back(std::move(name), std::move(ne)); };
-  req("token_embd.weight", {n_embd, n_vocab});
-  req("output_norm.weight", {n_embd});
-  opt("output.weight", {n_embd, n_vocab});  // absent when tied to the embedding
-  if (hd_k > 0) opt("rope_freqs.weight", {hd_k / 2});
-  for (int l = 0; l < L; ++l) {
-    auto blk = [&](const char* t) { return fmt::format("blk.{}.{}", l, t); };
-    const int64_t H = n_head[l], Hkv = n_head_kv[l], F = n_ff[l];
-    // A layer pruned to zero heads / channels has no such tensors at all.
-    if (H > 0) {
-      req(blk("attn_norm.weight"), {n_embd});
-      req(blk("attn_q.weight"), {n_embd, H * hd_k});
-      req(blk("attn_k.weight"), {n_embd, Hkv * hd_k});
-      req(blk("attn_v.weight"), {n_embd, Hkv * hd_v});
-      req(blk("attn_output.weight"), {H * hd_v, n_embd});
-      opt(blk("attn_q.bias"), {H * hd_k});
-      opt(blk("attn_k.bias"), {Hkv * hd_k});
-      opt(blk("attn_v.bias"), {Hkv * hd_v});
-    }
-    if (F > 0) {
-      req(blk("ffn_norm.weight"), {n_embd});
-      req(blk("ffn_gate.weight"), {n_embd, F});
-      req(blk("ffn_up.weight"), {n_embd, F});
-      req(blk("ffn_down.weight"), {F, n_embd});
-    }
+  try {
+    const arch::ModelArch a = arch::ModelArch::from_gguf(r);
+    for (const auto& d : arch::tensors_of(a)) out.required.emplace_back(d.gguf_name, d.ne());
+  } catch (const Error& e) {
+    if (problems) problems->push_back(e.what());
   }
   return out;
 }
 
-CheckResult check_shapes(const gguf::Reader& r, const compress::CompressPlan* plan) {
+CheckResult check_shapes(const gguf::Reader& r, const recipe::CompressPlan* plan) {
   CheckResult c{"shapes"};
   std::vector<std::string> problems, missing, extra, mismatched;
   try {
@@ -190,7 +124,6 @@ CheckResult check_shapes(const gguf::Reader& r, const compress::CompressPlan* pl
     };
     if (!exp.required.empty()) {
       for (const auto& [n, ne] : exp.required) compare(n, ne, true);
-      for (const auto& [n, ne] : exp.optional) compare(n, ne, false);
       for (const auto& t : r.tensors())
         if (!known.count(t.name)) extra.push_back(t.name);
     }
@@ -303,7 +236,7 @@ CheckResult check_finite(const gguf::Reader& r, int threads) {
 
 // ---- budget ------------------------------------------------------------------------------------
 
-CheckResult check_budget(uint64_t file_bytes, uint64_t budget, const compress::CompressPlan* plan) {
+CheckResult check_budget(uint64_t file_bytes, uint64_t budget, const recipe::CompressPlan* plan) {
   CheckResult c{"budget"};
   c.data["file_bytes"] = file_bytes;
   std::string vs_plan;
@@ -383,10 +316,11 @@ CheckResult check_perplexity(const std::shared_ptr<const infer::Model>& model, c
     c.detail = fmt::format("{}: {} tokens, fewer than one chunk of ctx {}", opt.text, tokens.size(), opt.ctx);
     return c;
   }
-  infer::PerplexityOptions po;
+  PerplexityOptions po;
   po.n_ctx = opt.ctx;
   po.threads = opt.threads;
-  const infer::PerplexityResult r = infer::perplexity(model, tokens, tok.vocab().add_bos, tok.bos(), po);
+  po.bos_token = tok.vocab().add_bos ? tok.bos() : -1;
+  const PerplexityResult r = perplexity(model, tokens, po);
   c.data["ppl"] = std::isfinite(r.ppl) ? nlohmann::json(r.ppl) : nlohmann::json(nullptr);
   c.data["ppl_stderr"] = r.ppl_stderr;
   c.data["chunks"] = r.chunks;
@@ -425,7 +359,7 @@ CheckResult check_generation(const std::shared_ptr<const infer::Model>& model, c
 
 namespace {
 
-std::string recipe_label(const compress::CompressionRecipe& r) {
+std::string recipe_label(const recipe::CompressionRecipe& r) {
   if (!r.name.empty()) return "'" + r.name + "'";
   return r.preset ? "(preset " + *r.preset + ")" : "(unnamed)";
 }
@@ -471,13 +405,13 @@ VerifyReport verify_gguf(const VerifyOptions& opt) {
   const gguf::Reader& r = *reader;
 
   // The recipe (file or the GGUF's own copy) and, with the source checkpoint, its plan.
-  std::optional<compress::CompressionRecipe> recipe;
-  std::unique_ptr<compress::CompressPlan> plan;
+  std::optional<recipe::CompressionRecipe> recipe;
+  std::unique_ptr<recipe::CompressPlan> plan;
   {
     CheckResult c{"recipe"};
     try {
       if (!opt.recipe.empty()) {
-        recipe = compress::CompressionRecipe::load(opt.recipe);
+        recipe = recipe::CompressionRecipe::load(opt.recipe);
         c.data["from"] = opt.recipe;
       } else if (const auto* v = r.get("squish.recipe")) {
         const std::string origin = opt.model + ": squish.recipe";
@@ -487,7 +421,7 @@ VerifyReport verify_gguf(const VerifyOptions& opt) {
         } catch (const nlohmann::json::exception& e) {
           fail(ExitCode::InputData, "{}: not JSON: {}", origin, e.what());
         }
-        recipe = compress::CompressionRecipe::from_json(j, origin);
+        recipe = recipe::CompressionRecipe::from_json(j, origin);
         c.data["from"] = "squish.recipe";
       }
       if (!recipe) {
@@ -498,9 +432,9 @@ VerifyReport verify_gguf(const VerifyOptions& opt) {
                                c.data["from"].get<std::string>());
       } else {
         // The budget is checked on its own below; resolve() would refuse an over-budget plan.
-        compress::CompressionRecipe unbounded = *recipe;
+        recipe::CompressionRecipe unbounded = *recipe;
         unbounded.memory_budget_bytes = 0;
-        plan = std::make_unique<compress::CompressPlan>(compress::resolve(unbounded, opt.source));
+        plan = std::make_unique<recipe::CompressPlan>(recipe::resolve(unbounded, opt.source));
         c.detail = fmt::format("recipe {} from {} resolved against {}: {} tensors, {} bytes predicted", recipe_label(*recipe),
                                c.data["from"].get<std::string>(), opt.source, plan->tensors.size(), plan->file_bytes);
         c.data["source"] = opt.source;

@@ -1,5 +1,5 @@
 #pragma once
-// The verify stage: checks a GGUF produced by the compress stage (or any llama/qwen2 GGUF)
+// The verify stage: checks a GGUF produced by the compress stage (or any GGUF of a core/arch family)
 // before it is shipped. Each check reports {name, ok, status, detail}:
 //   gguf_valid  - the strict reader opens it (truncation, corrupt header, bad offsets)
 //   shapes      - every tensor's ne agrees with the architecture in the metadata (per-layer
@@ -22,10 +22,10 @@
 #include <string>
 #include <vector>
 
-namespace squish::compress {
+namespace squish::recipe {
 struct CompressPlan;
 struct CompressionRecipe;
-}  // namespace squish::compress
+}  // namespace squish::recipe
 
 namespace squish::infer {
 class Model;
@@ -87,11 +87,11 @@ VerifyReport verify_gguf(const VerifyOptions& opt);
 
 // ---- individual checks (exposed for tests and tools) ----------------------------------------
 
-// Architecture-derived shapes: expected ne of every llama/qwen2 tensor from the metadata.
-CheckResult check_shapes(const gguf::Reader& r, const compress::CompressPlan* plan);
+// Architecture-derived shapes: expected ne of every tensor the metadata implies (core/arch).
+CheckResult check_shapes(const gguf::Reader& r, const recipe::CompressPlan* plan);
 CheckResult check_finite(const gguf::Reader& r, int threads = 0);
 // budget: 0 = none.
-CheckResult check_budget(uint64_t file_bytes, uint64_t budget, const compress::CompressPlan* plan);
+CheckResult check_budget(uint64_t file_bytes, uint64_t budget, const recipe::CompressPlan* plan);
 // Model checks (infer library). Throw Error on unreadable input; verify_gguf turns that into a
 // failed check.
 CheckResult check_perplexity(const std::shared_ptr<const infer::Model>& model, const VerifyOptions& opt);
@@ -100,11 +100,10 @@ CheckResult check_generation(const std::shared_ptr<const infer::Model>& model, c
 // more than 90% of the tokens.
 CheckResult check_generation_tokens(const std::vector<int32_t>& tokens, const std::string& text);
 
-// Expected GGUF ne for each tensor name, from the file's metadata; `problems` gets metadata
-// defects (missing keys, inconsistent counts). Optional tensors (output.weight when tied,
-// q/k/v biases, rope_freqs) are in `optional`.
+// Expected GGUF ne of every tensor the file's metadata implies (core/arch's description of its
+// family); `problems` gets metadata defects (missing keys, inconsistent counts).
 struct ExpectedTensors {
-  std::vector<std::pair<std::string, std::vector<int64_t>>> required, optional;
+  std::vector<std::pair<std::string, std::vector<int64_t>>> required;
 };
 ExpectedTensors expected_tensors(const gguf::Reader& r, std::vector<std::string>* problems);
 

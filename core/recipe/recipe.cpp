@@ -1,4 +1,4 @@
-#include "stages/compress/recipe.hpp"
+#include "core/recipe/recipe.hpp"
 
 #include "core/gguf/hf_to_gguf.hpp"
 #include "core/runtime/error.hpp"
@@ -13,7 +13,7 @@
 #include <regex>
 #include <set>
 
-namespace squish::compress {
+namespace squish::recipe {
 
 namespace {
 
@@ -236,12 +236,6 @@ std::vector<int> sorted_unique(std::vector<int> v) {
   return v;
 }
 
-int hf_layer(const std::string& hf_name) {
-  static const std::regex re(R"(^model\.layers\.(\d+)\.)");
-  std::smatch m;
-  return std::regex_search(hf_name, m, re) ? std::stoi(m[1]) : -1;
-}
-
 }  // namespace
 
 const PlannedTensor* CompressPlan::find_hf(const std::string& hf_name) const {
@@ -271,16 +265,11 @@ nlohmann::json CompressPlan::summary() const {
           {"tensors", t}};
 }
 
-CompressPlan resolve(const CompressionRecipe& recipe, const std::string& model_dir) {
-  CompressPlan plan;
-  plan.recipe = recipe;
-  plan.model_dir = model_dir;
-  plan.config = ModelConfig::load(model_dir);
-  const ModelConfig& cfg = plan.config;
-  const std::string origin = recipe.origin.empty() ? "recipe" : recipe.origin;
-  auto st = SafetensorsModel::open(model_dir);
+namespace {
 
-  // Output layers: every source layer not dropped, renumbered in order.
+// Output layers: every source layer not dropped, renumbered in order, with the heads and
+// channels the recipe keeps (all when it says nothing).
+std::vector<PrunedLayer> resolve_layers(const CompressionRecipe& recipe, const ModelConfig& cfg, const std::string& origin) {
   std::set<int> dropped(recipe.drop_layers.begin(), recipe.drop_layers.end());
   for (int l : dropped)
     if (l >= cfg.n_layer) bad(origin, fmt::format("drop_layers: layer {} does not exist (model has {})", l, cfg.n_layer));
@@ -291,10 +280,10 @@ CompressPlan resolve(const CompressionRecipe& recipe, const std::string& model_d
     if (l >= cfg.n_layer || dropped.count(l)) bad(origin, fmt::format("ffn_channels: layer {} does not exist or is dropped", l));
 
   const int group = cfg.n_head / cfg.n_head_kv;  // q heads per kv group
-  std::map<int, int> out_of_src;
+  std::vector<PrunedLayer> layers;
   for (int l = 0; l < cfg.n_layer; ++l) {
     if (dropped.count(l)) continue;
-    LayerShape ls;
+    PrunedLayer ls;
     ls.src_layer = l;
     AttentionKeep keep;
     if (auto it = recipe.attention.find(l); it != recipe.attention.end()) keep = it->second;
@@ -335,75 +324,106 @@ CompressPlan resolve(const CompressionRecipe& recipe, const std::string& model_d
         bad(origin, fmt::format("ffn_channels.{}: channel {} does not exist (n_ff {})", l, ls.ffn_channels.back(), cfg.n_ff));
       ls.n_ff = static_cast<int>(ls.ffn_channels.size());
     }
-    out_of_src[l] = static_cast<int>(plan.layers.size());
-    plan.layers.push_back(std::move(ls));
+    layers.push_back(std::move(ls));
   }
+  return layers;
+}
 
-  // Tensors: map names, apply pruning to shapes.
-  const int hd = cfg.head_dim;
+// Rows (or columns) an axis keeps in a pruned layer; empty = all.
+std::vector<int64_t> kept_indices(arch::Axis axis, const PrunedLayer& ls, const ModelConfig& cfg) {
+  auto rows_of = [&](const std::vector<int>& heads) {
+    std::vector<int64_t> rows;
+    for (int h : heads)
+      for (int r = 0; r < cfg.head_dim; ++r) rows.push_back(int64_t{h} * cfg.head_dim + r);
+    return rows;
+  };
+  const bool attn_pruned = ls.n_head != cfg.n_head || ls.n_head_kv != cfg.n_head_kv;
+  switch (axis) {
+    case arch::Axis::QHeads: return attn_pruned ? rows_of(ls.q_heads) : std::vector<int64_t>{};
+    case arch::Axis::KvHeads: return attn_pruned ? rows_of(ls.kv_groups) : std::vector<int64_t>{};
+    case arch::Axis::FfnChannels: return {ls.ffn_channels.begin(), ls.ffn_channels.end()};
+    default: return {};
+  }
+}
+
+// Every output tensor: the checkpoint's tensors (named, pruned, permuted as the architecture
+// says) plus the ones the converter generates, in llama.cpp's order.
+void plan_tensors(CompressPlan& plan, const SafetensorsModel& st) {
+  const ModelConfig& cfg = plan.config;
+  // The checkpoint must hold every tensor its config.json implies, in the implied shape.
+  for (const auto& d : arch::tensors_of(arch::ModelArch::from_config(cfg))) {
+    if (d.hf_name.empty()) continue;
+    const auto* e = st.find(d.hf_name);
+    if (!e) fail(ExitCode::InputData, "{}: tensor '{}' is missing (config.json implies it)", plan.model_dir, d.hf_name);
+    if (e->shape != d.shape)
+      fail(ExitCode::InputData, "{}: tensor '{}' has shape [{}] but config.json implies [{}]", plan.model_dir, d.hf_name,
+           fmt::join(e->shape, ", "), fmt::join(d.shape, ", "));
+  }
+  std::map<int, int> out_of_src;
+  for (size_t i = 0; i < plan.layers.size(); ++i) out_of_src[plan.layers[i].src_layer] = static_cast<int>(i);
   for (const auto& e : st.entries()) {
     plan.source_params += static_cast<uint64_t>(std::accumulate(e.shape.begin(), e.shape.end(), int64_t{1}, std::multiplies<>()));
-    const int src_layer = hf_layer(e.name);
-    if (src_layer >= 0 && dropped.count(src_layer)) continue;
-    auto g = gguf::hf_to_gguf_name(e.name);
-    if (!g) {
+    const auto named = arch::parse_hf_name(e.name);
+    if (!named) {
       if (e.name.find("rotary_emb") != std::string::npos) continue;  // recomputed, never stored
-      fail(ExitCode::InputData, "{}: tensor '{}' has no GGUF name for architecture {}", model_dir, e.name, cfg.arch);
+      fail(ExitCode::InputData, "{}: tensor '{}' has no GGUF name for architecture {}", plan.model_dir, e.name, cfg.arch);
     }
+    if (named->layer >= 0 && !out_of_src.count(named->layer)) continue;  // a dropped layer
     PlannedTensor pt;
+    pt.kind = named->kind;
     pt.hf_name = e.name;
     pt.src_shape = e.shape;
     pt.shape = e.shape;
-    if (src_layer >= 0) {
-      pt.layer = out_of_src.at(src_layer);
-      pt.gguf_name = "blk." + std::to_string(pt.layer) + g->substr(g->find('.', 4));
-      const LayerShape& ls = plan.layers[pt.layer];
-      auto rows_of = [&](const std::vector<int>& heads) {
-        std::vector<int64_t> rows;
-        for (int h : heads)
-          for (int r = 0; r < hd; ++r) rows.push_back(int64_t{h} * hd + r);
-        return rows;
-      };
-      const bool attn_pruned = ls.n_head != cfg.n_head || ls.n_head_kv != cfg.n_head_kv;
-      const std::string& n = e.name;
-      if (attn_pruned && (contains(n, ".q_proj."))) pt.keep_rows = rows_of(ls.q_heads);
-      if (attn_pruned && (contains(n, ".k_proj.") || contains(n, ".v_proj."))) pt.keep_rows = rows_of(ls.kv_groups);
-      if (attn_pruned && contains(n, ".o_proj.weight")) pt.keep_cols = rows_of(ls.q_heads);
-      if (!ls.ffn_channels.empty()) {
-        std::vector<int64_t> ch(ls.ffn_channels.begin(), ls.ffn_channels.end());
-        if (contains(n, ".gate_proj.") || contains(n, ".up_proj.")) pt.keep_rows = ch;
-        if (contains(n, ".down_proj.weight")) pt.keep_cols = ch;
-      }
+    pt.layer = named->layer >= 0 ? out_of_src.at(named->layer) : -1;
+    pt.gguf_name = arch::gguf_name(*pt.kind, pt.layer);
+    if (pt.layer >= 0) {
+      const PrunedLayer& ls = plan.layers[pt.layer];
+      pt.keep_rows = kept_indices(pt.kind->rows, ls, cfg);
+      if (pt.kind->weight_matrix()) pt.keep_cols = kept_indices(pt.kind->cols, ls, cfg);
       if (!pt.keep_rows.empty()) pt.shape[0] = static_cast<int64_t>(pt.keep_rows.size());
       if (!pt.keep_cols.empty()) pt.shape[1] = static_cast<int64_t>(pt.keep_cols.size());
       if (gguf::needs_qk_permute(cfg.arch, pt.gguf_name))
         pt.permute_heads = gguf::qk_permute_heads(pt.gguf_name, ls.n_head, ls.n_head_kv);
-    } else {
-      pt.gguf_name = *g;
     }
     pt.ne = gguf::gguf_ne_from_hf_shape(pt.shape);
     plan.tensors.push_back(std::move(pt));
   }
+  // Generated by the converter: Llama 3's rope frequency factors.
+  if (!cfg.rope_freq_factors.empty()) {
+    PlannedTensor pt;
+    pt.kind = &arch::kind_of(arch::Role::RopeFreqs);
+    pt.gguf_name = arch::gguf_name(*pt.kind, -1);
+    pt.shape = pt.src_shape = {static_cast<int64_t>(cfg.rope_freq_factors.size())};
+    pt.ne = pt.shape;
+    pt.generated = cfg.rope_freq_factors;
+    plan.tensors.push_back(std::move(pt));
+  }
   std::sort(plan.tensors.begin(), plan.tensors.end(),
             [](const auto& a, const auto& b) { return gguf::llama_tensor_order_less(a.gguf_name, b.gguf_name); });
+  for (size_t i = 0; i < plan.tensors.size(); ++i)
+    if (!plan.tensors[i].hf_name.empty()) plan.by_hf_name[plan.tensors[i].hf_name] = i;
+}
 
-  // Types: preset mixture, then the recipe's rules (most specific wins), then block fit.
+// Types: preset mixture, then the recipe's rules (most specific wins), then block fit.
+void assign_types(CompressPlan& plan, const std::string& origin) {
+  const CompressionRecipe& recipe = plan.recipe;
   PresetState ps;
   if (recipe.preset) {
     ps.preset = *recipe.preset;
     ps.base = preset_base(ps.preset);
     ps.n_layer = static_cast<int>(plan.layers.size());
-    ps.n_gqa = plan.layers[0].n_head / plan.layers[0].n_head_kv;
+    ps.n_gqa = plan.layers[0].n_head / std::max(1, plan.layers[0].n_head_kv);
     for (const auto& pt : plan.tensors) {
       ps.has_output |= pt.gguf_name == "output.weight";
       ps.n_attention_wv += contains(pt.gguf_name, "attn_v.weight");
     }
   }
   for (auto& pt : plan.tensors) {
-    const bool is_weight = pt.gguf_name.ends_with("weight") && pt.ne.size() >= 2 && !contains(pt.gguf_name, "_norm.weight");
+    const bool is_weight = pt.kind->weight_matrix();
     if (!is_weight) {
       pt.type = GGMLType::F32;
-      pt.reason = pt.ne.size() < 2 ? "1-D tensors (norms, biases) stay F32" : "norm weights stay F32";
+      pt.reason = pt.kind->role == arch::Role::RopeFreqs ? "rope frequency factors stay F32 (llama.cpp)"
+                                                        : "1-D tensors (norms, biases) stay F32";
     } else {
       bool typed = false;
       if (recipe.preset) {
@@ -438,21 +458,27 @@ CompressPlan resolve(const CompressionRecipe& recipe, const std::string& model_d
     pt.nbytes = ggml_row_size(pt.type, pt.ne[0]) * static_cast<size_t>(rows);
     plan.output_params += static_cast<uint64_t>(pt.ne[0] * rows);
   }
-  for (size_t i = 0; i < plan.tensors.size(); ++i) plan.by_hf_name[plan.tensors[i].hf_name] = i;
+}
 
-  // Metadata: llama.cpp's keys (per-layer head counts as arrays when they differ), then Squish's.
+// llama.cpp's general.file_type: the preset's, else that of the type holding the most bytes.
+std::optional<gguf::LlamaFileType> file_type_of(const CompressPlan& plan) {
+  if (plan.recipe.preset) return gguf::llama_file_type_from_name(*plan.recipe.preset);
+  std::map<GGMLType, uint64_t> by;
+  for (const auto& pt : plan.tensors) by[pt.type] += pt.nbytes;
+  const GGMLType dom = std::max_element(by.begin(), by.end(), [](auto& a, auto& b) { return a.second < b.second; })->first;
+  static const std::map<GGMLType, std::string> ft = {{GGMLType::F32, "F32"},   {GGMLType::F16, "F16"},   {GGMLType::BF16, "BF16"},
+                                                     {GGMLType::Q8_0, "Q8_0"}, {GGMLType::Q4_0, "Q4_0"}, {GGMLType::Q6_K, "Q6_K"},
+                                                     {GGMLType::Q5_K, "Q5_K_M"}, {GGMLType::Q4_K, "Q4_K_M"}, {GGMLType::Q3_K, "Q3_K_M"},
+                                                     {GGMLType::Q2_K, "Q2_K"}};
+  return gguf::llama_file_type_from_name(ft.at(dom));
+}
+
+// Metadata: llama.cpp's keys (per-layer head counts as arrays when they differ), then Squish's;
+// and the file size the writer's layout rule gives (header, then each tensor aligned).
+void plan_metadata_and_size(CompressPlan& plan) {
+  const ModelConfig& cfg = plan.config;
   gguf::MetadataOptions opt;
-  if (recipe.preset) opt.file_type = gguf::llama_file_type_from_name(*recipe.preset);
-  else {
-    std::map<GGMLType, uint64_t> by;
-    for (const auto& pt : plan.tensors) by[pt.type] += pt.nbytes;
-    const GGMLType dom = std::max_element(by.begin(), by.end(), [](auto& a, auto& b) { return a.second < b.second; })->first;
-    static const std::map<GGMLType, std::string> ft = {{GGMLType::F32, "F32"},   {GGMLType::F16, "F16"},   {GGMLType::BF16, "BF16"},
-                                                       {GGMLType::Q8_0, "Q8_0"}, {GGMLType::Q4_0, "Q4_0"}, {GGMLType::Q6_K, "Q6_K"},
-                                                       {GGMLType::Q5_K, "Q5_K_M"}, {GGMLType::Q4_K, "Q4_K_M"}, {GGMLType::Q3_K, "Q3_K_M"},
-                                                       {GGMLType::Q2_K, "Q2_K"}};
-    opt.file_type = gguf::llama_file_type_from_name(ft.at(dom));
-  }
+  opt.file_type = file_type_of(plan);
   ModelConfig out_cfg = cfg;
   out_cfg.n_layer = static_cast<int>(plan.layers.size());
   bool uniform = true;
@@ -463,11 +489,10 @@ CompressPlan resolve(const CompressionRecipe& recipe, const std::string& model_d
     uniform &= l.n_head == cfg.n_head && l.n_head_kv == cfg.n_head_kv && l.n_ff == cfg.n_ff;
   }
   if (uniform) opt.head_count.clear(), opt.head_count_kv.clear(), opt.feed_forward_length.clear();
-  plan.metadata = gguf::build_metadata(out_cfg, model_dir, opt);
+  plan.metadata = gguf::build_metadata(out_cfg, plan.model_dir, opt);
   plan.metadata.emplace_back("squish.version", gguf::Value(std::string(SQUISH_VERSION)));
-  plan.metadata.emplace_back("squish.recipe", gguf::Value(recipe.to_json().dump()));
+  plan.metadata.emplace_back("squish.recipe", gguf::Value(plan.recipe.to_json().dump()));
 
-  // Predicted file size: the writer's own layout rule (header, then each tensor aligned).
   std::vector<gguf::TensorInfo> infos;
   uint64_t off = 0;
   for (const auto& pt : plan.tensors) {
@@ -481,10 +506,29 @@ CompressPlan resolve(const CompressionRecipe& recipe, const std::string& model_d
     off += (pt.nbytes + gguf::kDefaultAlignment - 1) / gguf::kDefaultAlignment * gguf::kDefaultAlignment;
   }
   plan.file_bytes = gguf::serialize_header(plan.metadata, infos, gguf::kDefaultAlignment).size() + off;
+}
+
+}  // namespace
+
+CompressPlan resolve(const CompressionRecipe& recipe, const std::string& model_dir) {
+  CompressPlan plan;
+  plan.recipe = recipe;
+  plan.model_dir = model_dir;
+  plan.config = ModelConfig::load(model_dir);
+  const std::string origin = recipe.origin.empty() ? "recipe" : recipe.origin;
+  const auto st = SafetensorsModel::open(model_dir);
+
+  plan.layers = resolve_layers(recipe, plan.config, origin);
+  plan.output_arch = arch::ModelArch::from_config(plan.config);
+  plan.output_arch.layers.clear();
+  for (const auto& l : plan.layers) plan.output_arch.layers.push_back({l.n_head, l.n_head_kv, l.n_ff});
+  plan_tensors(plan, st);
+  assign_types(plan, origin);
+  plan_metadata_and_size(plan);
   if (recipe.memory_budget_bytes && plan.file_bytes > recipe.memory_budget_bytes)
     bad(origin, fmt::format("planned output of {} bytes exceeds the memory budget of {} bytes{}", plan.file_bytes,
                             recipe.memory_budget_bytes, recipe.device.empty() ? "" : " (" + recipe.device + ")"));
   return plan;
 }
 
-}  // namespace squish::compress
+}  // namespace squish::recipe

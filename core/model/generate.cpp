@@ -1,4 +1,4 @@
-#include "stages/infer/tasks.hpp"
+#include "core/model/generate.hpp"
 
 #include "core/runtime/error.hpp"
 
@@ -18,58 +18,9 @@ double now_s() {
 
 Tokenizer tokenizer_of(const Model& m) { return Tokenizer(Vocab::from_gguf(m.reader())); }
 
-nlohmann::json PerplexityResult::to_json() const {
-  return {{"ppl", ppl}, {"ppl_stderr", ppl_stderr}, {"tokens", tokens}, {"chunks", chunks}, {"scored", scored},
-          {"seconds", seconds}, {"tokens_per_s", tokens_per_s}};
-}
-
-PerplexityResult perplexity(std::shared_ptr<const Model> model, const std::vector<int32_t>& tokens, bool add_bos,
-                            int32_t bos, const PerplexityOptions& opt) {
-  const int n_ctx = opt.n_ctx;
-  if (n_ctx < 4) fail(ExitCode::Usage, "ctx must be at least 4 (got {})", n_ctx);
-  PerplexityResult res;
-  res.tokens = static_cast<int64_t>(tokens.size());
-  int n_chunks = static_cast<int>(tokens.size() / n_ctx);
-  if (n_chunks == 0)
-    fail(ExitCode::InputData, "the text has {} tokens, fewer than one context of {}", tokens.size(), n_ctx);
-  if (opt.max_chunks > 0) n_chunks = std::min(n_chunks, opt.max_chunks);
-  res.chunks = n_chunks;
-
-  Session session(model, n_ctx, opt.threads);
-  session.set_quantized_batches(opt.quantized_batches);
-  const int first = n_ctx / 2, n_vocab = model->n_vocab();
-  double nll = 0, nll2 = 0;
-  std::vector<float> logits;
-  std::vector<int32_t> chunk(n_ctx);
-  const double t0 = now_s();
-  for (int c = 0; c < n_chunks; ++c) {
-    if (opt.cancelled && opt.cancelled()) fail(ExitCode::Runtime, "cancelled");
-    std::copy_n(tokens.begin() + size_t(c) * n_ctx, n_ctx, chunk.begin());
-    if (add_bos) chunk[0] = bos;  // as llama-perplexity: every chunk starts with BOS
-    session.reset();
-    session.eval(chunk, first, logits);
-    // Row i of logits is position first + i; it predicts the token at first + i + 1.
-    for (int j = first; j < n_ctx - 1; ++j) {
-      const float* row = &logits[size_t(j - first) * n_vocab];
-      const float mx = *std::max_element(row, row + n_vocab);
-      double sum = 0;
-      for (int i = 0; i < n_vocab; ++i) sum += std::exp(double(row[i]) - mx);
-      const double v = -(double(row[chunk[j + 1]]) - mx - std::log(sum));
-      nll += v;
-      nll2 += v * v;
-      ++res.scored;
-    }
-    if (opt.progress) opt.progress(c + 1, n_chunks);
-  }
-  res.seconds = now_s() - t0;
-  res.tokens_per_s = double(n_chunks) * n_ctx / res.seconds;
-  // llama.cpp's estimate: PPL = exp(mean nll), error = PPL * stddev(nll) / sqrt(count - 1).
-  const double cnt = double(res.scored);
-  const double mean = nll / cnt, mean2 = nll2 / cnt;
-  res.ppl = std::exp(mean);
-  const double var = mean2 - mean * mean;
-  res.ppl_stderr = var > 0 && cnt > 1 ? res.ppl * std::sqrt(var / (cnt - 1)) : 0.0;
-  return res;
+PerplexityOptions with_bos(PerplexityOptions opt, const Tokenizer& tok) {
+  opt.bos_token = tok.vocab().add_bos ? tok.bos() : -1;
+  return opt;
 }
 
 // ---- generation ------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 #pragma once
-// The two jobs of the infer stage: perplexity (llama.cpp's llama-perplexity protocol) and text
-// generation (greedy or sampled).
+// Text generation with the inference engine (greedy or sampled); perplexity is in perplexity.hpp.
 #include "core/tokenizer/tokenizer.hpp"
-#include "stages/infer/model.hpp"
+#include "core/model/engine.hpp"
+#include "core/model/perplexity.hpp"
 
 #include <nlohmann/json.hpp>
 
@@ -16,29 +16,8 @@ namespace squish::infer {
 // The model's tokenizer, from the GGUF's tokenizer.ggml.* keys.
 Tokenizer tokenizer_of(const Model& m);
 
-struct PerplexityOptions {
-  int n_ctx = 512;
-  int threads = 0;
-  int max_chunks = 0;  // 0 = all
-  bool quantized_batches = false;  // llama.cpp's activation quantization for the batched matmuls too
-  std::function<void(int done, int total)> progress;
-  std::function<bool()> cancelled;
-};
-
-struct PerplexityResult {
-  double ppl = 0, ppl_stderr = 0;
-  int64_t tokens = 0;   // tokens of the whole text (with BOS when the vocab adds one)
-  int chunks = 0;
-  int64_t scored = 0;   // predictions scored
-  double seconds = 0, tokens_per_s = 0;  // evaluated tokens (chunks * n_ctx) per second
-  nlohmann::json to_json() const;
-};
-
-// Tokenizes the text (BOS when the vocabulary adds one), splits it into n_ctx-token chunks
-// (the last partial one dropped), replaces each chunk's first token by BOS when add_bos, and
-// scores the predictions of positions n_ctx/2 .. n_ctx-2 of every chunk.
-PerplexityResult perplexity(std::shared_ptr<const Model> model, const std::vector<int32_t>& tokens, bool add_bos,
-                            int32_t bos, const PerplexityOptions& opt);
+// opt with bos_token set as the tokenizer wants it (its BOS when the vocabulary adds one).
+PerplexityOptions with_bos(PerplexityOptions opt, const Tokenizer& tok);
 
 struct GenerateOptions {
   int n = 128;              // tokens to generate

@@ -1,8 +1,9 @@
 #pragma once
-// CompressionRecipe: what the plan stage decides and the compress stage carries out (schema in
+// CompressionRecipe: the contract between the plan, compress and verify stages (schema in
 // docs/recipe.md). resolve() turns a recipe + checkpoint into a CompressPlan: every output
 // tensor's GGUF name, shape, type, the slicing that prunes it and the reason for its type.
 // Deterministic: the same recipe and checkpoint always give the same plan (and the same bytes).
+#include "core/arch/architecture.hpp"
 #include "core/gguf/gguf.hpp"
 #include "core/io/hf_config.hpp"
 #include "core/io/safetensors.hpp"
@@ -15,7 +16,7 @@
 #include <string>
 #include <vector>
 
-namespace squish::compress {
+namespace squish::recipe {
 
 struct TensorRule {
   std::string match;  // HF tensor name or glob (fnmatch), e.g. "model.layers.*.mlp.down_proj.weight"
@@ -51,8 +52,8 @@ struct CompressionRecipe {
 // Names of the presets (llama.cpp mixtures) Squish reproduces.
 const std::vector<std::string>& preset_names();
 
-// Architecture of one output layer after pruning.
-struct LayerShape {
+// One output layer after pruning: its widths and which original heads / channels it keeps.
+struct PrunedLayer {
   int src_layer = 0;
   int n_head = 0, n_head_kv = 0, n_ff = 0;
   std::vector<int> q_heads;      // original q-head indices kept, grouped by kept kv group
@@ -61,7 +62,8 @@ struct LayerShape {
 };
 
 struct PlannedTensor {
-  std::string hf_name;
+  const arch::TensorKind* kind = nullptr;
+  std::string hf_name;            // empty for tensors the converter generates (rope_freqs)
   std::string gguf_name;
   int layer = -1;                 // output layer (-1 for globals)
   std::vector<int64_t> src_shape; // HF shape (outermost first)
@@ -73,13 +75,15 @@ struct PlannedTensor {
   std::vector<int64_t> keep_cols; // HF columns kept (empty = all)
   int permute_heads = 0;          // > 0: llama q/k rope permutation over this many heads
   size_t nbytes = 0;
+  std::vector<float> generated;   // values of a generated tensor (not in the checkpoint)
 };
 
 struct CompressPlan {
   ModelConfig config;              // of the source checkpoint
   std::string model_dir;
   CompressionRecipe recipe;
-  std::vector<LayerShape> layers;  // output layers
+  std::vector<PrunedLayer> layers; // output layers
+  arch::ModelArch output_arch;     // the output model's architecture
   std::vector<PlannedTensor> tensors;  // in GGUF (llama.cpp) order
   std::map<std::string, size_t> by_hf_name;
   std::vector<gguf::KeyValue> metadata;
@@ -94,4 +98,4 @@ struct CompressPlan {
 // inconsistent pruning (unknown heads, uneven q heads per group, ...) and unknown tensors.
 CompressPlan resolve(const CompressionRecipe& recipe, const std::string& model_dir);
 
-}  // namespace squish::compress
+}  // namespace squish::recipe

@@ -1,10 +1,11 @@
 #pragma once
-// CPU inference of Llama / Qwen2 GGUFs (llama.cpp's and Squish's, pruned or not).
+// CPU inference of GGUFs of every family in core/arch (llama.cpp's and Squish's, pruned or not).
 //
-// Model: the hyper-parameters and weight views of one GGUF, read through the mmap (no copies).
-// Everything comes from the file: per-layer head / KV-head counts and FFN widths (scalar or
-// INT32 arrays, as Squish writes for pruned models), head_dim from key_length or the tensor
-// shapes, tied output (no output.weight), q/k/v biases, rope base and RMS epsilon.
+// Model: the architecture (arch::ModelArch::from_gguf: per-layer head / KV-head counts and FFN
+// widths, scalar or INT32 arrays as Squish writes for pruned models; head size; tied output;
+// q/k/v biases; rope base, rope_freqs factors, sliding window; RMS epsilon) and views of the
+// weights through the mmap (no copies). The math is core/model/kernels.hpp, shared with the
+// float reference transformer.
 //
 // Session: one sequence with a KV cache. eval() runs a chunk of tokens at their positions:
 //  - batched (>= kBatchThreshold tokens): the activations are rounded through the weight's dot
@@ -16,6 +17,7 @@
 //    products sharing an input (q/k/v, gate/up) share that quantization and one parallel region,
 //    split by weight bytes into one contiguous range per thread (serial in a 1-thread arena).
 // Attention is F32. Parallel work runs in a tbb::task_arena of the requested thread count.
+#include "core/arch/architecture.hpp"
 #include "core/gguf/gguf.hpp"
 
 #include <cstdint>
@@ -36,8 +38,6 @@ struct Weight {
   size_t nbytes() const { return row_bytes * static_cast<size_t>(n_out); }
 };
 
-enum class RopeType { Normal, Neox };  // adjacent pairs (llama GGUF) | rotate-half pairs (qwen2)
-
 struct Layer {
   int n_head = 0, n_head_kv = 0, n_ff = 0;
   std::vector<float> attn_norm, ffn_norm;  // [n_embd]
@@ -51,30 +51,25 @@ class Model {
   static std::shared_ptr<const Model> load(const std::string& path);
 
   const gguf::Reader& reader() const { return reader_; }
-  const std::string& arch() const { return arch_; }
-  int n_embd() const { return n_embd_; }
-  int n_vocab() const { return n_vocab_; }
+  const arch::ModelArch& architecture() const { return arch_; }
+  const std::string& arch() const { return arch_.arch; }
+  int n_embd() const { return arch_.n_embd; }
+  int n_vocab() const { return arch_.n_vocab; }
   int n_layer() const { return static_cast<int>(layers_.size()); }
-  int head_dim() const { return head_dim_; }
-  int n_ctx_train() const { return n_ctx_train_; }
-  float rope_base() const { return rope_base_; }
-  float rms_eps() const { return rms_eps_; }
-  RopeType rope_type() const { return rope_type_; }
+  int head_dim() const { return arch_.head_dim; }
+  int n_ctx_train() const { return arch_.n_ctx_train; }
+  float rms_eps() const { return arch_.rms_eps; }
   const std::vector<Layer>& layers() const { return layers_; }
   const Weight& tok_embd() const { return tok_embd_; }
   const Weight& output() const { return output_; }  // token_embd when tied
   const std::vector<float>& output_norm() const { return output_norm_; }
-  bool tied_output() const { return tied_; }
+  bool tied_output() const { return arch_.tie_embeddings; }
   // Bytes of weights one decoded token reads (every matrix once; one embedding row).
   size_t weight_bytes_per_token() const;
 
  private:
   gguf::Reader reader_;
-  std::string arch_;
-  int n_embd_ = 0, n_vocab_ = 0, head_dim_ = 0, n_ctx_train_ = 0;
-  float rope_base_ = 10000.f, rms_eps_ = 1e-5f;
-  RopeType rope_type_ = RopeType::Normal;
-  bool tied_ = false;
+  arch::ModelArch arch_;
   std::vector<Layer> layers_;
   Weight tok_embd_, output_;
   std::vector<float> output_norm_;
@@ -110,6 +105,9 @@ class Session {
 
  private:
   struct Impl;
+  struct Products;
+  void attention_block(int layer, Products& mm);
+  void mlp_block(int layer, Products& mm);
   std::shared_ptr<const Model> model_;
   int n_ctx_, n_past_ = 0;
   bool quantized_batches_ = false;

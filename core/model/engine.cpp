@@ -1,9 +1,10 @@
-#include "stages/infer/model.hpp"
+#include "core/model/engine.hpp"
 
 #include "core/gguf/hf_to_gguf.hpp"
 #include "core/quant/blocks.hpp"
 #include "core/quant/quantize.hpp"
 #include "core/quant/vec_dot.hpp"
+#include "core/model/kernels.hpp"
 #include "core/runtime/error.hpp"
 
 #include <cblas.h>
@@ -57,87 +58,49 @@ std::vector<float> vector_of(const gguf::Reader& r, const std::string& name, int
   return v;
 }
 
-std::string blk(int l, const char* suffix) { return fmt::format("blk.{}.{}", l, suffix); }
-
 }  // namespace
 
 std::shared_ptr<const Model> Model::load(const std::string& path) {
   auto m = std::make_shared<Model>();
   m->reader_ = gguf::Reader::open(path);
   const gguf::Reader& r = m->reader_;
-  m->arch_ = r.get_string("general.architecture", "");
-  if (m->arch_ != "llama" && m->arch_ != "qwen2")
-    fail(ExitCode::InputData, "{}: architecture '{}' is not supported (llama, qwen2)", path, m->arch_);
-  const std::string& a = m->arch_;
-  // llama.cpp: LLAMA_ROPE_TYPE_NORM for llama (its converter permutes q/k to adjacent pairs),
-  // NEOX for qwen2 (HF rotate-half layout kept as is).
-  m->rope_type_ = a == "qwen2" ? RopeType::Neox : RopeType::Normal;
-
-  const int n_layer = static_cast<int>(r.get_int(a + ".block_count", 0));
-  m->n_embd_ = static_cast<int>(r.get_int(a + ".embedding_length", 0));
-  if (n_layer <= 0 || m->n_embd_ <= 0) fail(ExitCode::InputData, "{}: missing or invalid {}.block_count / {}.embedding_length", path, a, a);
-  m->n_ctx_train_ = static_cast<int>(r.get_int(a + ".context_length", 0));
-  m->rope_base_ = static_cast<float>(r.get_float(a + ".rope.freq_base", 10000.0));
-  m->rms_eps_ = static_cast<float>(r.get_float(a + ".attention.layer_norm_rms_epsilon", 1e-5));
-
-  const std::vector<int> heads = gguf::per_layer_values(r, a + ".attention.head_count", n_layer, 0);
-  std::vector<int> heads_kv = gguf::per_layer_values(r, a + ".attention.head_count_kv", n_layer, -1);
-  for (int l = 0; l < n_layer; ++l)
-    if (heads_kv[l] < 0) heads_kv[l] = heads[l];  // absent: no grouping
-  const std::vector<int> ffs = gguf::per_layer_values(r, a + ".feed_forward_length", n_layer, 0);
-
-  // head_dim: key_length when written; else from the first layer's q rows.
-  m->head_dim_ = static_cast<int>(r.get_int(a + ".attention.key_length", 0));
-  if (m->head_dim_ == 0) {
-    for (int l = 0; l < n_layer && m->head_dim_ == 0; ++l)
-      if (heads[l] > 0) {
-        const auto* q = r.find(blk(l, "attn_q.weight"));
-        m->head_dim_ = q && q->ne.size() == 2 ? static_cast<int>(q->ne[1] / heads[l]) : m->n_embd_ / heads[l];
-      }
+  m->arch_ = arch::ModelArch::from_gguf(r);
+  const arch::ModelArch& A = m->arch_;
+  using arch::Role;
+  // Every tensor the architecture implies, with its shape checked, into the engine's slots.
+  auto matrix = [&](const arch::TensorDesc& d) {
+    const auto ne = d.ne();
+    return weight_of(r, d.gguf_name, ne[0], ne[1]);
+  };
+  auto vec = [&](const arch::TensorDesc& d) { return vector_of(r, d.gguf_name, d.shape[0]); };
+  m->layers_.resize(A.n_layer());
+  for (int l = 0; l < A.n_layer(); ++l) {
+    m->layers_[l].n_head = A.layers[l].n_head;
+    m->layers_[l].n_head_kv = A.layers[l].n_head_kv;
+    m->layers_[l].n_ff = A.layers[l].n_ff;
   }
-  const int64_t vlen = r.get_int(a + ".attention.value_length", m->head_dim_);
-  if (m->head_dim_ <= 0 || m->head_dim_ % 2 != 0 || vlen != m->head_dim_)
-    fail(ExitCode::InputData, "{}: invalid head size (key_length {}, value_length {})", path, m->head_dim_, vlen);
-
-  const gguf::TensorInfo& emb = r.at("token_embd.weight");
-  if (emb.ne.size() != 2) fail(ExitCode::InputData, "{}: token_embd.weight is not a matrix", path);
-  m->n_vocab_ = static_cast<int>(emb.ne[1]);
-  m->tok_embd_ = weight_of(r, "token_embd.weight", m->n_embd_, m->n_vocab_);
-  m->tied_ = r.find("output.weight") == nullptr;
-  m->output_ = m->tied_ ? m->tok_embd_ : weight_of(r, "output.weight", m->n_embd_, m->n_vocab_);
-  m->output_norm_ = vector_of(r, "output_norm.weight", m->n_embd_);
-
-  const int64_t E = m->n_embd_, D = m->head_dim_;
-  for (int l = 0; l < n_layer; ++l) {
-    Layer L;
-    L.n_head = heads[l];
-    L.n_head_kv = heads_kv[l];
-    if (L.n_head > 0) {
-      if (L.n_head_kv <= 0 || L.n_head % L.n_head_kv != 0)
-        fail(ExitCode::InputData, "{}: layer {}: {} query heads are not a multiple of {} KV heads", path, l, L.n_head, L.n_head_kv);
-      L.attn_norm = vector_of(r, blk(l, "attn_norm.weight"), E);
-      L.wq = weight_of(r, blk(l, "attn_q.weight"), E, L.n_head * D);
-      L.wk = weight_of(r, blk(l, "attn_k.weight"), E, L.n_head_kv * D);
-      L.wv = weight_of(r, blk(l, "attn_v.weight"), E, L.n_head_kv * D);
-      L.wo = weight_of(r, blk(l, "attn_output.weight"), L.n_head * D, E);
-      if (r.find(blk(l, "attn_q.bias"))) {
-        L.bq = vector_of(r, blk(l, "attn_q.bias"), L.n_head * D);
-        L.bk = vector_of(r, blk(l, "attn_k.bias"), L.n_head_kv * D);
-        L.bv = vector_of(r, blk(l, "attn_v.bias"), L.n_head_kv * D);
-      }
+  for (const auto& d : arch::tensors_of(A)) {
+    Layer* L = d.layer >= 0 ? &m->layers_[d.layer] : nullptr;
+    switch (d.kind->role) {
+      case Role::TokenEmbd: m->tok_embd_ = matrix(d); break;
+      case Role::Output: m->output_ = matrix(d); break;
+      case Role::OutputNorm: m->output_norm_ = vec(d); break;
+      case Role::RopeFreqs: break;  // read by from_gguf into the architecture
+      case Role::AttnNorm: L->attn_norm = vec(d); break;
+      case Role::AttnQ: L->wq = matrix(d); break;
+      case Role::AttnK: L->wk = matrix(d); break;
+      case Role::AttnV: L->wv = matrix(d); break;
+      case Role::AttnOut: L->wo = matrix(d); break;
+      case Role::BiasQ: L->bq = vec(d); break;
+      case Role::BiasK: L->bk = vec(d); break;
+      case Role::BiasV: L->bv = vec(d); break;
+      case Role::FfnNorm: L->ffn_norm = vec(d); break;
+      case Role::FfnGate: L->w_gate = matrix(d); break;
+      case Role::FfnUp: L->w_up = matrix(d); break;
+      case Role::FfnDown: L->w_down = matrix(d); break;
     }
-    // The FFN width is the gate's row count; a feed_forward_length key must agree with it.
-    if (const auto* g = r.find(blk(l, "ffn_gate.weight")); g && g->ne.size() == 2) L.n_ff = static_cast<int>(g->ne[1]);
-    if (ffs[l] != 0 && ffs[l] != L.n_ff)
-      fail(ExitCode::InputData, "{}: layer {}: feed_forward_length {} but ffn_gate has {} rows", path, l, ffs[l], L.n_ff);
-    if (L.n_ff > 0) {
-      L.ffn_norm = vector_of(r, blk(l, "ffn_norm.weight"), E);
-      L.w_gate = weight_of(r, blk(l, "ffn_gate.weight"), E, L.n_ff);
-      L.w_up = weight_of(r, blk(l, "ffn_up.weight"), E, L.n_ff);
-      L.w_down = weight_of(r, blk(l, "ffn_down.weight"), L.n_ff, E);
-    }
-    m->layers_.push_back(std::move(L));
   }
+  if (A.tie_embeddings) m->output_ = m->tok_embd_;
   return m;
 }
 
@@ -323,7 +286,8 @@ struct Session::Impl {
   tbb::task_arena arena;
   std::vector<std::vector<float>> k_cache, v_cache;  // per layer: [n_ctx][n_head_kv * head_dim]
   std::vector<float> x, xn, q, k, v, att, gate, up;
-  std::vector<float> rope_inv_freq;                  // base^(-2i/head_dim)
+  std::vector<float> rope_inv_freq;                  // per rotary pair (arch: base, rope_freqs)
+  std::vector<float> rope_cos, rope_sin;             // this chunk's positions
   PreparedInput act;                                 // decode: the current matvec input, quantized
   std::vector<RowChunk> chunks;                      // decode: run_matvecs' work list
   explicit Impl(int threads) : arena(threads > 0 ? threads : tbb::task_arena::automatic) {}
@@ -340,37 +304,12 @@ Session::Session(std::shared_ptr<const Model> model, int n_ctx, int threads)
     impl_->k_cache.emplace_back(size_t(n_ctx) * L.n_head_kv * D);
     impl_->v_cache.emplace_back(size_t(n_ctx) * L.n_head_kv * D);
   }
-  for (int i = 0; i < D / 2; ++i)
-    impl_->rope_inv_freq.push_back(static_cast<float>(std::pow(double(model_->rope_base()), -2.0 * i / D)));
+  impl_->rope_inv_freq = model_->architecture().rope_inv_freq();
 }
 
 Session::~Session() = default;
 
 namespace {
-
-void rms_norm(const float* x, const float* w, float* y, int n, float eps) {
-  double ss = 0;
-  for (int i = 0; i < n; ++i) ss += double(x[i]) * x[i];
-  const float scale = 1.f / std::sqrt(static_cast<float>(ss / n) + eps);
-  for (int i = 0; i < n; ++i) y[i] = x[i] * scale * w[i];
-}
-
-// Rotates every head of one token's q or k in place at position `pos`.
-void rope(float* v, int n_heads, int D, int pos, RopeType type, const std::vector<float>& inv_freq) {
-  for (int i = 0; i < D / 2; ++i) {
-    const float theta = pos * inv_freq[i];
-    const float c = std::cos(theta), s = std::sin(theta);
-    for (int h = 0; h < n_heads; ++h) {
-      float* hv = v + h * D;
-      // Normal: adjacent pairs (2i, 2i+1); NEOX: halves (i, i + D/2).
-      const int a = type == RopeType::Normal ? 2 * i : i;
-      const int b = type == RopeType::Normal ? 2 * i + 1 : i + D / 2;
-      const float x0 = hv[a], x1 = hv[b];
-      hv[a] = x0 * c - x1 * s;
-      hv[b] = x0 * s + x1 * c;
-    }
-  }
-}
 
 void add_bias(float* y, const std::vector<float>& b, int T) {
   if (b.empty()) return;
@@ -379,7 +318,99 @@ void add_bias(float* y, const std::vector<float>& b, int T) {
     for (size_t i = 0; i < n; ++i) y[t * n + i] += b[i];
 }
 
+// Loops over [0, n) in the arena; serial when it has one thread (no scheduling cost at all).
+template <class Fn>
+void par_for(int n, Fn&& f) {
+  if (tbb::this_task_arena::max_concurrency() == 1) {
+    for (int i = 0; i < n; ++i) f(i);
+  } else {
+    tbb::parallel_for(0, n, f, tbb::static_partitioner());
+  }
+}
+
 }  // namespace
+
+// How one eval() runs its matrix products: batched (sgemm or quantized matmul) for a chunk,
+// or, for single-token decode, all products sharing an input in one parallel region.
+struct Session::Products {
+  Impl& s;
+  int T;
+  bool quantized_batches;
+  bool decode() const { return T == 1; }
+  // y (+)= W x for every (W, y) pair; all read the same input x.
+  void run(const float* x, std::initializer_list<std::pair<const Weight*, float*>> outs, bool acc) {
+    if (decode()) {
+      s.act.reset(x);
+      MatvecJob jobs[PreparedInput::kMax];
+      int n = 0;
+      for (auto [w, y] : outs) jobs[n++] = {w, s.act.get(*w), y, acc};
+      run_matvecs(std::span(jobs, n), s.chunks);
+      return;
+    }
+    for (auto [w, y] : outs) {
+      if (quantized_batches) matmul_quantized(*w, x, T, y, acc);
+      else matmul(*w, x, T, y, acc);
+    }
+  }
+};
+
+// x += attn_output(attention(rope(q), rope(k), v)), n = rmsnorm(x); appends k, v to the cache.
+void Session::attention_block(int il, Products& mm) {
+  const Model& m = *model_;
+  const Layer& L = m.layers()[il];
+  Impl& s = *impl_;
+  const int T = mm.T, E = m.n_embd(), D = m.head_dim(), p0 = n_past_;
+  const int HQ = L.n_head * D, HK = L.n_head_kv * D;
+  for (int t = 0; t < T; ++t) kernels::rms_norm(&s.x[size_t(t) * E], L.attn_norm.data(), &s.xn[size_t(t) * E], E, m.rms_eps());
+  s.q.resize(size_t(T) * HQ);
+  s.k.resize(size_t(T) * HK);
+  s.v.resize(size_t(T) * HK);
+  mm.run(s.xn.data(), {{&L.wq, s.q.data()}, {&L.wk, s.k.data()}, {&L.wv, s.v.data()}}, false);
+  add_bias(s.q.data(), L.bq, T);
+  add_bias(s.k.data(), L.bk, T);
+  add_bias(s.v.data(), L.bv, T);
+  const arch::RopeLayout layout = m.architecture().gguf_rope();
+  const size_t half = D / 2;
+  for (int t = 0; t < T; ++t) {
+    kernels::rope(&s.q[size_t(t) * HQ], L.n_head, D, layout, &s.rope_cos[t * half], &s.rope_sin[t * half]);
+    kernels::rope(&s.k[size_t(t) * HK], L.n_head_kv, D, layout, &s.rope_cos[t * half], &s.rope_sin[t * half]);
+  }
+  float* kc = s.k_cache[il].data();
+  float* vc = s.v_cache[il].data();
+  std::memcpy(kc + size_t(p0) * HK, s.k.data(), sizeof(float) * T * HK);
+  std::memcpy(vc + size_t(p0) * HK, s.v.data(), sizeof(float) * T * HK);
+
+  // One task per (query head, block of queries), over the keys the block can see.
+  s.att.resize(size_t(T) * HQ);
+  const int group = L.n_head / L.n_head_kv, qb = 64, n_qb = (T + qb - 1) / qb;
+  const float scale = 1.f / std::sqrt(static_cast<float>(D));
+  const int window = m.architecture().sliding_window;
+  par_for(L.n_head * n_qb, [&](int task) {
+    const int h = task / n_qb, t0 = (task % n_qb) * qb, nt = std::min(qb, T - t0);
+    const int n_kv = p0 + t0 + nt;  // keys visible to the last query of the block
+    thread_local std::vector<float> P;
+    P.resize(size_t(nt) * n_kv);
+    const int g = h / group;
+    kernels::attention_probs(P.data(), &s.q[size_t(t0) * HQ + h * D], HQ, kc + g * D, HK, nt, p0 + t0, n_kv, D, scale, window);
+    kernels::attention_apply(P.data(), vc + g * D, HK, &s.att[size_t(t0) * HQ + h * D], HQ, nt, n_kv, D);
+  });
+  mm.run(s.att.data(), {{&L.wo, s.x.data()}}, true);
+}
+
+// x += ffn_down(silu(ffn_gate(n)) * ffn_up(n)), n = rmsnorm(x).
+void Session::mlp_block(int il, Products& mm) {
+  const Model& m = *model_;
+  const Layer& L = m.layers()[il];
+  Impl& s = *impl_;
+  const int T = mm.T, E = m.n_embd();
+  for (int t = 0; t < T; ++t) kernels::rms_norm(&s.x[size_t(t) * E], L.ffn_norm.data(), &s.xn[size_t(t) * E], E, m.rms_eps());
+  const size_t nf = size_t(T) * L.n_ff;
+  s.gate.resize(nf);
+  s.up.resize(nf);
+  mm.run(s.xn.data(), {{&L.w_gate, s.gate.data()}, {&L.w_up, s.up.data()}}, false);
+  kernels::swiglu(s.gate.data(), s.up.data(), s.gate.data(), nf);
+  mm.run(s.gate.data(), {{&L.w_down, s.x.data()}}, true);
+}
 
 void Session::eval(std::span<const int32_t> tokens, int logits_from, std::vector<float>& logits) {
   const Model& m = *model_;
@@ -387,145 +418,26 @@ void Session::eval(std::span<const int32_t> tokens, int logits_from, std::vector
   if (T == 0) return;
   if (n_past_ + T > n_ctx_) fail(ExitCode::Runtime, "context overflow: {} + {} tokens > n_ctx {}", n_past_, T, n_ctx_);
   if (logits_from < 0 || logits_from > T) fail(ExitCode::Runtime, "logits_from {} outside [0, {}]", logits_from, T);
-  const int E = m.n_embd(), D = m.head_dim(), p0 = n_past_;
+  const int E = m.n_embd();
   Impl& s = *impl_;
-  auto mm = [&](const Weight& w, const float* x, float* y, bool acc) {
-    if (quantized_batches_) matmul_quantized(w, x, T, y, acc);
-    else matmul(w, x, T, y, acc);
-  };
-  // Single-token decode: same arithmetic as matmul_quantized (one quantization per input and dot
-  // type, per-row vec_dot), but products sharing an input run in one parallel region.
-  const bool decode = T == 1;
-  auto decode_mm = [&](const float* x, std::initializer_list<std::pair<const Weight*, float*>> outs, bool acc) {
-    s.act.reset(x);
-    MatvecJob jobs[PreparedInput::kMax];
-    int n = 0;
-    for (auto [w, y] : outs) jobs[n++] = {w, s.act.get(*w), y, acc};
-    run_matvecs(std::span(jobs, n), s.chunks);
-  };
-  // Loops over [0, n) in the arena; serial when it has one thread (no scheduling cost at all).
-  auto par_for = [](int n, auto&& f) {
-    if (tbb::this_task_arena::max_concurrency() == 1) {
-      for (int i = 0; i < n; ++i) f(i);
-    } else {
-      tbb::parallel_for(0, n, f, tbb::static_partitioner());
-    }
-  };
-
+  Products mm{s, T, quantized_batches_};
   s.arena.execute([&] {
     s.x.resize(size_t(T) * E);
     s.xn.resize(size_t(T) * E);
     par_for(T, [&](int t) { embedding_row(m.tok_embd(), tokens[t], s.x.data() + size_t(t) * E); });
-
+    kernels::rope_table(s.rope_inv_freq, n_past_, T, s.rope_cos, s.rope_sin);
     for (int il = 0; il < m.n_layer(); ++il) {
-      const Layer& L = m.layers()[il];
-      if (L.n_head > 0) {
-        const int HQ = L.n_head * D, HK = L.n_head_kv * D;
-        for (int t = 0; t < T; ++t) rms_norm(&s.x[size_t(t) * E], L.attn_norm.data(), &s.xn[size_t(t) * E], E, m.rms_eps());
-        s.q.resize(size_t(T) * HQ);
-        s.k.resize(size_t(T) * HK);
-        s.v.resize(size_t(T) * HK);
-        if (decode) {
-          decode_mm(s.xn.data(), {{&L.wq, s.q.data()}, {&L.wk, s.k.data()}, {&L.wv, s.v.data()}}, false);
-        } else {
-          mm(L.wq, s.xn.data(), s.q.data(), false);
-          mm(L.wk, s.xn.data(), s.k.data(), false);
-          mm(L.wv, s.xn.data(), s.v.data(), false);
-        }
-        add_bias(s.q.data(), L.bq, T);
-        add_bias(s.k.data(), L.bk, T);
-        add_bias(s.v.data(), L.bv, T);
-        float* kc = s.k_cache[il].data();
-        float* vc = s.v_cache[il].data();
-        for (int t = 0; t < T; ++t) {
-          rope(&s.q[size_t(t) * HQ], L.n_head, D, p0 + t, m.rope_type(), s.rope_inv_freq);
-          rope(&s.k[size_t(t) * HK], L.n_head_kv, D, p0 + t, m.rope_type(), s.rope_inv_freq);
-        }
-        std::memcpy(kc + size_t(p0) * HK, s.k.data(), sizeof(float) * T * HK);
-        std::memcpy(vc + size_t(p0) * HK, s.v.data(), sizeof(float) * T * HK);
-
-        // Attention per (query head, block of queries): S = Q K_g^T (scaled) over the keys the
-        // block can see, causal softmax, O = P V_g. Blocks skip most of the masked triangle.
-        s.att.resize(size_t(T) * HQ);
-        const int group = L.n_head / L.n_head_kv, qb = 64, n_qb = (T + qb - 1) / qb;
-        const float scale = 1.f / std::sqrt(static_cast<float>(D));
-        par_for(L.n_head * n_qb, [&](int task) {
-          const int h = task / n_qb, t0 = (task % n_qb) * qb, nt = std::min(qb, T - t0);
-          const int n_kv = p0 + t0 + nt;  // keys visible to the last query of the block
-          thread_local std::vector<float> S;
-          S.resize(size_t(nt) * n_kv);
-          const int g = h / group;
-          const float* qh = &s.q[size_t(t0) * HQ + h * D];
-          if (nt >= 8) {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nt, n_kv, D, scale, qh, HQ, kc + g * D, HK, 0.f, S.data(), n_kv);
-          } else {  // decode: plain dots (BLAS packing costs more than the work for one row)
-            for (int t = 0; t < nt; ++t)
-              for (int j = 0; j < n_kv; ++j) {
-                const float* kj = kc + size_t(j) * HK + g * D;
-                float d = 0;
-                for (int i = 0; i < D; ++i) d += qh[size_t(t) * HQ + i] * kj[i];
-                S[size_t(t) * n_kv + j] = d * scale;
-              }
-          }
-          for (int t = 0; t < nt; ++t) {
-            float* row = &S[size_t(t) * n_kv];
-            const int n = p0 + t0 + t + 1;  // keys this query may see
-            float mx = row[0];
-            for (int j = 1; j < n; ++j) mx = std::max(mx, row[j]);
-            float sum = 0;
-            for (int j = 0; j < n; ++j) sum += row[j] = std::exp(row[j] - mx);
-            const float inv = 1.f / sum;
-            for (int j = 0; j < n; ++j) row[j] *= inv;
-            for (int j = n; j < n_kv; ++j) row[j] = 0.f;
-          }
-          float* oh = &s.att[size_t(t0) * HQ + h * D];
-          if (nt >= 8) {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nt, D, n_kv, 1.f, S.data(), n_kv, vc + g * D, HK, 0.f, oh, HQ);
-          } else {
-            for (int t = 0; t < nt; ++t) {
-              float* o = oh + size_t(t) * HQ;
-              std::fill(o, o + D, 0.f);
-              for (int j = 0; j < n_kv; ++j) {
-                const float p = S[size_t(t) * n_kv + j];
-                const float* vj = vc + size_t(j) * HK + g * D;
-                for (int i = 0; i < D; ++i) o[i] += p * vj[i];
-              }
-            }
-          }
-        });
-        if (decode) decode_mm(s.att.data(), {{&L.wo, s.x.data()}}, true);
-        else mm(L.wo, s.att.data(), s.x.data(), true);
-      }
-      if (L.n_ff > 0) {
-        for (int t = 0; t < T; ++t) rms_norm(&s.x[size_t(t) * E], L.ffn_norm.data(), &s.xn[size_t(t) * E], E, m.rms_eps());
-        const size_t nf = size_t(T) * L.n_ff;
-        s.gate.resize(nf);
-        s.up.resize(nf);
-        if (decode) {
-          decode_mm(s.xn.data(), {{&L.w_gate, s.gate.data()}, {&L.w_up, s.up.data()}}, false);
-        } else {
-          mm(L.w_gate, s.xn.data(), s.gate.data(), false);
-          mm(L.w_up, s.xn.data(), s.up.data(), false);
-        }
-        for (size_t i = 0; i < nf; ++i) {
-          const float g = s.gate[i];
-          s.gate[i] = g / (1.f + std::exp(-g)) * s.up[i];  // silu(gate) * up
-        }
-        if (decode) decode_mm(s.gate.data(), {{&L.w_down, s.x.data()}}, true);
-        else mm(L.w_down, s.gate.data(), s.x.data(), true);
-      }
+      if (m.layers()[il].n_head > 0) attention_block(il, mm);
+      if (m.layers()[il].n_ff > 0) mlp_block(il, mm);
     }
-
     const int n_out = T - logits_from;
+    logits.clear();
     if (n_out > 0) {
       for (int t = logits_from; t < T; ++t)
-        rms_norm(&s.x[size_t(t) * E], m.output_norm().data(), &s.xn[size_t(t - logits_from) * E], E, m.rms_eps());
+        kernels::rms_norm(&s.x[size_t(t) * E], m.output_norm().data(), &s.xn[size_t(t - logits_from) * E], E, m.rms_eps());
       logits.resize(size_t(n_out) * m.n_vocab());
-      if (n_out == 1) decode_mm(s.xn.data(), {{&m.output(), logits.data()}}, false);
-      else if (quantized_batches_) matmul_quantized(m.output(), s.xn.data(), n_out, logits.data(), false);
-      else matmul(m.output(), s.xn.data(), n_out, logits.data(), false);
-    } else {
-      logits.clear();
+      Products head{s, n_out, quantized_batches_};
+      head.run(s.xn.data(), {{&m.output(), logits.data()}}, false);
     }
   });
   n_past_ += T;

@@ -1,0 +1,212 @@
+// One architecture description, one transformer math: the float reference model (HF layout,
+// score stage) and the GGUF inference engine (infer / verify) give the same logits, on coder-28m
+// and on synthetic checkpoints of the families users bring: Mistral (sliding-window attention)
+// and Llama 3 (rope_scaling llama3, written as llama.cpp's converter writes it: rope_freqs).
+#include "core/arch/architecture.hpp"
+#include "core/gguf/gguf.hpp"
+#include "core/io/synthetic_checkpoint.hpp"
+#include "core/model/engine.hpp"
+#include "core/model/perplexity.hpp"
+#include "core/model/transformer.hpp"
+#include "core/runtime/error.hpp"
+#include "test_util.hpp"
+
+#include <fmt/core.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+
+using namespace squish;
+
+namespace {
+
+// Compresses an HF folder to a GGUF with squish-run (the shipped pipeline).
+void compress(const std::string& model, const std::string& preset, const std::string& out) {
+  const auto r = test::squish_run(fmt::format("{}/pipelines/compress.yaml --no-progress --set model={} --set preset={} --set output={}",
+                                              test::source_dir(), model, preset, out));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+}
+
+double max_abs(const std::vector<float>& v) {
+  double m = 0;
+  for (float x : v) m = std::max(m, double(std::fabs(x)));
+  return m;
+}
+
+double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double m = 0;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) m = std::max(m, double(std::fabs(a[i] - b[i])));
+  return m;
+}
+
+// Logits of the engine for `tokens`, batched (one eval) or one token at a time.
+std::vector<float> engine_logits(const std::string& gguf, const std::vector<int32_t>& tokens, bool one_at_a_time) {
+  auto model = infer::Model::load(gguf);
+  infer::Session s(model, static_cast<int>(tokens.size()), 2);
+  std::vector<float> all, row;
+  if (!one_at_a_time) {
+    s.eval(tokens, 0, all);
+    return all;
+  }
+  for (int32_t t : tokens) {
+    s.eval(std::span(&t, 1), 0, row);
+    all.insert(all.end(), row.begin(), row.end());
+  }
+  return all;
+}
+
+std::vector<int32_t> stories_ids(size_t n) {
+  auto ids = read_token_ids(test::shared("reference/tokens/stories260K.TinyStories-valid.sample.ids"));
+  ids.resize(std::min(ids.size(), n));
+  return ids;
+}
+
+// A small config of the llama graph; the tokenizer is the bundled stories260K's (512 tokens).
+nlohmann::json small_config(const std::string& model_type) {
+  return {{"architectures", {"LlamaForCausalLM"}}, {"model_type", model_type}, {"hidden_size", 64},
+          {"intermediate_size", 128}, {"num_hidden_layers", 2}, {"num_attention_heads", 4},
+          {"num_key_value_heads", 2}, {"head_dim", 16}, {"vocab_size", 512}, {"max_position_embeddings", 512},
+          {"rms_norm_eps", 1e-5}, {"rope_theta", 10000.0}, {"tie_word_embeddings", false}, {"hidden_act", "silu"},
+          {"bos_token_id", 1}, {"eos_token_id", 2}};
+}
+
+std::string synthesize(const test::TempDir& tmp, const std::string& name, const nlohmann::json& config) {
+  SyntheticOptions o;
+  o.tokenizer_from = test::source_dir() + "/models/stories260K";
+  o.seed = 7;
+  write_synthetic_checkpoint(tmp / name, config, o);
+  return tmp / name;
+}
+
+double float_ppl(const std::string& dir, const std::vector<int32_t>& ids, int ctx) {
+  Transformer model(SafetensorsWeights::open(dir), {.threads = 2});
+  return perplexity(model, ids, {.n_ctx = ctx, .bos_token = 1}).ppl;
+}
+
+double engine_ppl(const std::string& gguf, const std::vector<int32_t>& ids, int ctx) {
+  return perplexity(infer::Model::load(gguf), ids, {.n_ctx = ctx, .bos_token = 1, .max_chunks = 0, .threads = 2}).ppl;
+}
+
+}  // namespace
+
+// coder-28m at F32: the engine reads the GGUF (q/k in GGUF layout, its own matmul paths), the
+// float model the bf16 safetensors (HF layout). Same weights, so the same logits up to float
+// summation order: |Δlogit| ≤ 1e-4 of the largest logit, batched and one token at a time.
+TEST(ModelFamilies, FloatModelAndEngineAgreeOnCoder28m) {
+  SQUISH_REQUIRE_SHARED();
+  test::TempDir tmp;
+  compress(test::shared("models/coder-28m"), "F32", tmp / "f32.gguf");
+  auto ids = read_token_ids(test::shared("reference/tokens/coder-28m.code-humaneval.ids"));
+  ids.resize(160);
+  Transformer model(SafetensorsWeights::open(test::shared("models/coder-28m")), {.threads = 2});
+  const std::vector<float> ref = model.logits(ids);
+  const double scale = max_abs(ref);
+  const double batched = max_abs_diff(engine_logits(tmp / "f32.gguf", ids, false), ref);
+  const double decode = max_abs_diff(engine_logits(tmp / "f32.gguf", ids, true), ref);
+  std::printf("coder-28m F32, 160 tokens: max |logit| %.3f, max diff batched %.3g, decode %.3g\n", scale, batched, decode);
+  EXPECT_LT(batched, 1e-4 * scale);
+  EXPECT_LT(decode, 1e-4 * scale);
+}
+
+// Mistral: written as llama (as llama.cpp's converter does) plus the window, which Squish's
+// engine honours: both implementations agree with a window shorter than the context, and the
+// window changes the result (so it is applied, not ignored).
+TEST(ModelFamilies, MistralSlidingWindow) {
+  SQUISH_REQUIRE_SHARED();
+  test::TempDir tmp;
+  auto cfg = small_config("mistral");
+  cfg["architectures"] = {"MistralForCausalLM"};
+  cfg["sliding_window"] = 24;
+  const std::string windowed = synthesize(tmp, "mistral", cfg);
+  cfg["sliding_window"] = nullptr;
+  const std::string full = synthesize(tmp, "mistral-full", cfg);
+  compress(windowed, "F32", tmp / "mistral.gguf");
+  compress(full, "F32", tmp / "mistral-full.gguf");
+  {
+    const auto r = gguf::Reader::open(tmp / "mistral.gguf");
+    EXPECT_EQ(r.get_string("general.architecture", ""), "llama");
+    EXPECT_EQ(r.get_int("llama.attention.sliding_window", 0), 24);
+    EXPECT_EQ(gguf::Reader::open(tmp / "mistral-full.gguf").get("llama.attention.sliding_window"), nullptr);
+  }
+  const auto ids = stories_ids(8 * 128);
+  const double f = float_ppl(windowed, ids, 128), e = engine_ppl(tmp / "mistral.gguf", ids, 128);
+  const double f_full = float_ppl(full, ids, 128), e_full = engine_ppl(tmp / "mistral-full.gguf", ids, 128);
+  std::printf("mistral window 24, ctx 128: PPL float %.5f engine %.5f; no window: float %.5f engine %.5f\n", f, e, f_full, e_full);
+  EXPECT_NEAR(e, f, 1e-4 * f);
+  EXPECT_NEAR(e_full, f_full, 1e-4 * f_full);
+  EXPECT_GT(std::fabs(f - f_full), 1e-3 * f_full);
+  // Within the window the two models are the same model.
+  EXPECT_NEAR(engine_ppl(tmp / "mistral.gguf", ids, 24), engine_ppl(tmp / "mistral-full.gguf", ids, 24), 1e-6 * f);
+  // Logits too, one token at a time through the KV cache (the window slides over the cache).
+  std::vector<int32_t> few(ids.begin(), ids.begin() + 60);
+  Transformer model(SafetensorsWeights::open(windowed), {.threads = 2});
+  const auto ref = model.logits(few);
+  EXPECT_LT(max_abs_diff(engine_logits(tmp / "mistral.gguf", few, true), ref), 1e-4 * max_abs(ref));
+}
+
+// Llama 3: rope_scaling llama3 becomes rope_freqs.weight (F32, one factor per rotary pair, the
+// converter's formula); the engine divides each frequency by it, as the float model does from
+// config.json, and as stock llama.cpp does with the same tensor.
+TEST(ModelFamilies, Llama3RopeScaling) {
+  SQUISH_REQUIRE_SHARED();
+  test::TempDir tmp;
+  auto cfg = small_config("llama");
+  const std::string plain = synthesize(tmp, "llama", cfg);
+  cfg["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0}, {"high_freq_factor", 4.0},
+                         {"original_max_position_embeddings", 64}};
+  const std::string scaled = synthesize(tmp, "llama3", cfg);
+  compress(scaled, "F32", tmp / "llama3.gguf");
+  compress(plain, "F32", tmp / "llama.gguf");
+
+  // head_dim 16, theta 1e4: pair i has wavelength 2π·10^(i/2) = 6.28, 19.87, 62.83, 198.7, ...
+  // Below 64/4 = 16 (i = 0): 1; above 64/1 (i >= 3): the full factor 8; in between smoothed,
+  // s = (64/wavelength - 1)/3, factor 1/((1 - s)/8 + s): i = 1: s = 0.7404, 1.2940;
+  // i = 2: s = 0.006197, 7.6674.
+  const auto r = gguf::Reader::open(tmp / "llama3.gguf");
+  const auto* t = r.find("rope_freqs.weight");
+  ASSERT_NE(t, nullptr);
+  ASSERT_EQ(t->type, GGMLType::F32);
+  ASSERT_EQ(t->ne, std::vector<int64_t>{8});
+  const float* f = reinterpret_cast<const float*>(t->data.data());
+  EXPECT_FLOAT_EQ(f[0], 1.f);
+  EXPECT_NEAR(f[1], 1.2940, 1e-4);
+  EXPECT_NEAR(f[2], 7.6674, 1e-4);
+  for (int i = 3; i < 8; ++i) EXPECT_FLOAT_EQ(f[i], 8.f);
+  EXPECT_EQ(gguf::Reader::open(tmp / "llama.gguf").find("rope_freqs.weight"), nullptr);
+
+  const auto ids = stories_ids(8 * 128);
+  const double fs = float_ppl(scaled, ids, 128), es = engine_ppl(tmp / "llama3.gguf", ids, 128);
+  const double fp = float_ppl(plain, ids, 128), ep = engine_ppl(tmp / "llama.gguf", ids, 128);
+  std::printf("llama3 rope scaling, ctx 128: PPL float %.5f engine %.5f; unscaled: float %.5f engine %.5f\n", fs, es, fp, ep);
+  EXPECT_NEAR(es, fs, 1e-4 * fs);
+  EXPECT_NEAR(ep, fp, 1e-4 * fp);
+  EXPECT_GT(std::fabs(fs - fp), 1e-3 * fp);
+}
+
+// What is not supported is refused with the file and the reason.
+TEST(ModelFamilies, UnsupportedConfigsAreRefused) {
+  test::TempDir tmp;
+  auto refused = [&](nlohmann::json cfg, const std::string& what) {
+    try {
+      write_synthetic_checkpoint(tmp / "x", cfg, {});
+      ADD_FAILURE() << "accepted: " << cfg.dump();
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ExitCode::InputData);
+      EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
+    }
+  };
+  auto cfg = small_config("gemma");
+  refused(cfg, "unsupported model_type 'gemma' (supported: llama, mistral, qwen2)");
+  cfg = small_config("llama");
+  cfg["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}};
+  refused(cfg, "rope scaling 'yarn' is not supported");
+  cfg = small_config("llama");
+  cfg["rms_norm_eps"] = 0;
+  refused(cfg, "rms_norm_eps must be positive");
+  cfg = small_config("qwen2");
+  cfg["use_sliding_window"] = true;
+  cfg["sliding_window"] = 64;
+  refused(cfg, "use_sliding_window");
+}
