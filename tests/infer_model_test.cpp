@@ -248,13 +248,13 @@ TEST(InferModel, PerLayerHeadCountsMatchScalarReference) {
   EXPECT_EQ(model->head_dim(), 32);
   EXPECT_EQ(model->architecture().gguf_rope(), arch::RopeLayout::HalfSplit);
   EXPECT_TRUE(model->tied_output());
-  EXPECT_EQ(model->layers()[0].n_head, 8);
-  EXPECT_EQ(model->layers()[0].n_head_kv, 2);
-  EXPECT_EQ(model->layers()[3].n_head, 4);
-  EXPECT_EQ(model->layers()[3].n_head_kv, 1);
-  EXPECT_EQ(model->layers()[1].n_head, 16);
-  EXPECT_EQ(model->layers()[5].n_ff, 768);
-  EXPECT_EQ(model->layers()[4].n_ff, 1536);
+  EXPECT_EQ(model->dims(0).n_head, 8);
+  EXPECT_EQ(model->dims(0).n_head_kv, 2);
+  EXPECT_EQ(model->dims(3).n_head, 4);
+  EXPECT_EQ(model->dims(3).n_head_kv, 1);
+  EXPECT_EQ(model->dims(1).n_head, 16);
+  EXPECT_EQ(model->dims(5).n_ff, 768);
+  EXPECT_EQ(model->dims(4).n_ff, 1536);
   EXPECT_FALSE(model->layers()[0].bq.empty());
 
   // The scalar reference reads the same file with its own code: counts from tensor shapes.

@@ -89,6 +89,19 @@ double engine_ppl(const std::string& gguf, const std::vector<int32_t>& ids, int 
   return perplexity(infer::Model::load(gguf), ids, {.n_ctx = ctx, .bos_token = 1, .max_chunks = 0, .threads = 2}).ppl;
 }
 
+// A feature (window, rope scaling) as both implementations see it: the float model on the HF
+// folders and the engine on their F32 GGUFs agree with and without it, and it changes the PPL.
+void expect_feature_agrees(const char* what, const std::string& with_dir, const std::string& with_gguf,
+                           const std::string& without_dir, const std::string& without_gguf) {
+  const auto ids = stories_ids(8 * 128);
+  const double f = float_ppl(with_dir, ids, 128), e = engine_ppl(with_gguf, ids, 128);
+  const double f0 = float_ppl(without_dir, ids, 128), e0 = engine_ppl(without_gguf, ids, 128);
+  std::printf("%s, ctx 128: PPL float %.5f engine %.5f; without: float %.5f engine %.5f\n", what, f, e, f0, e0);
+  EXPECT_NEAR(e, f, 1e-4 * f);
+  EXPECT_NEAR(e0, f0, 1e-4 * f0);
+  EXPECT_GT(std::fabs(f - f0), 1e-3 * f0);
+}
+
 }  // namespace
 
 // coder-28m at F32: the engine reads the GGUF (q/k in GGUF layout, its own matmul paths), the
@@ -130,15 +143,11 @@ TEST(ModelFamilies, MistralSlidingWindow) {
     EXPECT_EQ(r.get_int("llama.attention.sliding_window", 0), 24);
     EXPECT_EQ(gguf::Reader::open(tmp / "mistral-full.gguf").get("llama.attention.sliding_window"), nullptr);
   }
-  const auto ids = stories_ids(8 * 128);
-  const double f = float_ppl(windowed, ids, 128), e = engine_ppl(tmp / "mistral.gguf", ids, 128);
-  const double f_full = float_ppl(full, ids, 128), e_full = engine_ppl(tmp / "mistral-full.gguf", ids, 128);
-  std::printf("mistral window 24, ctx 128: PPL float %.5f engine %.5f; no window: float %.5f engine %.5f\n", f, e, f_full, e_full);
-  EXPECT_NEAR(e, f, 1e-4 * f);
-  EXPECT_NEAR(e_full, f_full, 1e-4 * f_full);
-  EXPECT_GT(std::fabs(f - f_full), 1e-3 * f_full);
+  expect_feature_agrees("mistral window 24", windowed, tmp / "mistral.gguf", full, tmp / "mistral-full.gguf");
   // Within the window the two models are the same model.
-  EXPECT_NEAR(engine_ppl(tmp / "mistral.gguf", ids, 24), engine_ppl(tmp / "mistral-full.gguf", ids, 24), 1e-6 * f);
+  const auto ids = stories_ids(8 * 128);
+  const double f = engine_ppl(tmp / "mistral-full.gguf", ids, 24);
+  EXPECT_NEAR(engine_ppl(tmp / "mistral.gguf", ids, 24), f, 1e-6 * f);
   // Logits too, one token at a time through the KV cache (the window slides over the cache).
   std::vector<int32_t> few(ids.begin(), ids.begin() + 60);
   Transformer model(SafetensorsWeights::open(windowed), {.threads = 2});
@@ -176,13 +185,7 @@ TEST(ModelFamilies, Llama3RopeScaling) {
   for (int i = 3; i < 8; ++i) EXPECT_FLOAT_EQ(f[i], 8.f);
   EXPECT_EQ(gguf::Reader::open(tmp / "llama.gguf").find("rope_freqs.weight"), nullptr);
 
-  const auto ids = stories_ids(8 * 128);
-  const double fs = float_ppl(scaled, ids, 128), es = engine_ppl(tmp / "llama3.gguf", ids, 128);
-  const double fp = float_ppl(plain, ids, 128), ep = engine_ppl(tmp / "llama.gguf", ids, 128);
-  std::printf("llama3 rope scaling, ctx 128: PPL float %.5f engine %.5f; unscaled: float %.5f engine %.5f\n", fs, es, fp, ep);
-  EXPECT_NEAR(es, fs, 1e-4 * fs);
-  EXPECT_NEAR(ep, fp, 1e-4 * fp);
-  EXPECT_GT(std::fabs(fs - fp), 1e-3 * fp);
+  expect_feature_agrees("llama3 rope scaling", scaled, tmp / "llama3.gguf", plain, tmp / "llama.gguf");
 }
 
 // What is not supported is refused with the file and the reason.

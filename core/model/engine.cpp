@@ -74,11 +74,6 @@ std::shared_ptr<const Model> Model::load(const std::string& path) {
   };
   auto vec = [&](const arch::TensorDesc& d) { return vector_of(r, d.gguf_name, d.shape[0]); };
   m->layers_.resize(A.n_layer());
-  for (int l = 0; l < A.n_layer(); ++l) {
-    m->layers_[l].n_head = A.layers[l].n_head;
-    m->layers_[l].n_head_kv = A.layers[l].n_head_kv;
-    m->layers_[l].n_ff = A.layers[l].n_ff;
-  }
   for (const auto& d : arch::tensors_of(A)) {
     Layer* L = d.layer >= 0 ? &m->layers_[d.layer] : nullptr;
     switch (d.kind->role) {
@@ -300,7 +295,7 @@ Session::Session(std::shared_ptr<const Model> model, int n_ctx, int threads)
   static std::once_flag once;
   std::call_once(once, [] { openblas_set_num_threads(1); });
   const int D = model_->head_dim();
-  for (const auto& L : model_->layers()) {
+  for (const auto& L : model_->architecture().layers) {
     impl_->k_cache.emplace_back(size_t(n_ctx) * L.n_head_kv * D);
     impl_->v_cache.emplace_back(size_t(n_ctx) * L.n_head_kv * D);
   }
@@ -358,9 +353,10 @@ struct Session::Products {
 void Session::attention_block(int il, Products& mm) {
   const Model& m = *model_;
   const Layer& L = m.layers()[il];
+  const arch::LayerDims& dims = m.dims(il);
   Impl& s = *impl_;
   const int T = mm.T, E = m.n_embd(), D = m.head_dim(), p0 = n_past_;
-  const int HQ = L.n_head * D, HK = L.n_head_kv * D;
+  const int HQ = dims.n_head * D, HK = dims.n_head_kv * D;
   for (int t = 0; t < T; ++t) kernels::rms_norm(&s.x[size_t(t) * E], L.attn_norm.data(), &s.xn[size_t(t) * E], E, m.rms_eps());
   s.q.resize(size_t(T) * HQ);
   s.k.resize(size_t(T) * HK);
@@ -372,8 +368,8 @@ void Session::attention_block(int il, Products& mm) {
   const arch::RopeLayout layout = m.architecture().gguf_rope();
   const size_t half = D / 2;
   for (int t = 0; t < T; ++t) {
-    kernels::rope(&s.q[size_t(t) * HQ], L.n_head, D, layout, &s.rope_cos[t * half], &s.rope_sin[t * half]);
-    kernels::rope(&s.k[size_t(t) * HK], L.n_head_kv, D, layout, &s.rope_cos[t * half], &s.rope_sin[t * half]);
+    kernels::rope(&s.q[size_t(t) * HQ], dims.n_head, D, layout, &s.rope_cos[t * half], &s.rope_sin[t * half]);
+    kernels::rope(&s.k[size_t(t) * HK], dims.n_head_kv, D, layout, &s.rope_cos[t * half], &s.rope_sin[t * half]);
   }
   float* kc = s.k_cache[il].data();
   float* vc = s.v_cache[il].data();
@@ -382,10 +378,10 @@ void Session::attention_block(int il, Products& mm) {
 
   // One task per (query head, block of queries), over the keys the block can see.
   s.att.resize(size_t(T) * HQ);
-  const int group = L.n_head / L.n_head_kv, qb = 64, n_qb = (T + qb - 1) / qb;
+  const int group = dims.n_head / dims.n_head_kv, qb = 64, n_qb = (T + qb - 1) / qb;
   const float scale = 1.f / std::sqrt(static_cast<float>(D));
   const int window = m.architecture().sliding_window;
-  par_for(L.n_head * n_qb, [&](int task) {
+  par_for(dims.n_head * n_qb, [&](int task) {
     const int h = task / n_qb, t0 = (task % n_qb) * qb, nt = std::min(qb, T - t0);
     const int n_kv = p0 + t0 + nt;  // keys visible to the last query of the block
     thread_local std::vector<float> P;
@@ -404,7 +400,7 @@ void Session::mlp_block(int il, Products& mm) {
   Impl& s = *impl_;
   const int T = mm.T, E = m.n_embd();
   for (int t = 0; t < T; ++t) kernels::rms_norm(&s.x[size_t(t) * E], L.ffn_norm.data(), &s.xn[size_t(t) * E], E, m.rms_eps());
-  const size_t nf = size_t(T) * L.n_ff;
+  const size_t nf = size_t(T) * m.dims(il).n_ff;
   s.gate.resize(nf);
   s.up.resize(nf);
   mm.run(s.xn.data(), {{&L.w_gate, s.gate.data()}, {&L.w_up, s.up.data()}}, false);
@@ -427,8 +423,8 @@ void Session::eval(std::span<const int32_t> tokens, int logits_from, std::vector
     par_for(T, [&](int t) { embedding_row(m.tok_embd(), tokens[t], s.x.data() + size_t(t) * E); });
     kernels::rope_table(s.rope_inv_freq, n_past_, T, s.rope_cos, s.rope_sin);
     for (int il = 0; il < m.n_layer(); ++il) {
-      if (m.layers()[il].n_head > 0) attention_block(il, mm);
-      if (m.layers()[il].n_ff > 0) mlp_block(il, mm);
+      if (m.dims(il).n_head > 0) attention_block(il, mm);
+      if (m.dims(il).n_ff > 0) mlp_block(il, mm);
     }
     const int n_out = T - logits_from;
     logits.clear();

@@ -38,8 +38,8 @@ struct Weight {
   size_t nbytes() const { return row_bytes * static_cast<size_t>(n_out); }
 };
 
+// One layer's weights; its widths are the architecture's (Model::dims).
 struct Layer {
-  int n_head = 0, n_head_kv = 0, n_ff = 0;
   std::vector<float> attn_norm, ffn_norm;  // [n_embd]
   std::vector<float> bq, bk, bv;           // empty when the model has no biases
   Weight wq, wk, wv, wo, w_gate, w_up, w_down;
@@ -60,6 +60,7 @@ class Model {
   int n_ctx_train() const { return arch_.n_ctx_train; }
   float rms_eps() const { return arch_.rms_eps; }
   const std::vector<Layer>& layers() const { return layers_; }
+  const arch::LayerDims& dims(int layer) const { return arch_.layers[layer]; }
   const Weight& tok_embd() const { return tok_embd_; }
   const Weight& output() const { return output_; }  // token_embd when tied
   const std::vector<float>& output_norm() const { return output_norm_; }
