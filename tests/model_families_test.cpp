@@ -121,6 +121,20 @@ TEST(ModelFamilies, FloatModelAndEngineAgreeOnCoder28m) {
   std::printf("coder-28m F32, 160 tokens: max |logit| %.3f, max diff batched %.3g, decode %.3g\n", scale, batched, decode);
   EXPECT_LT(batched, 1e-4 * scale);
   EXPECT_LT(decode, 1e-4 * scale);
+
+  // The KL divergence of the engine from the float model: ~0 for the same weights; for
+  // llama.cpp's Q4_K_M, near what llama-perplexity --kl-divergence reports over the whole file
+  // (0.00962; two chunks here, so a band rather than a figure).
+  auto all = read_token_ids(test::shared("reference/tokens/coder-28m.code-humaneval.ids"));
+  const PerplexityOptions two{.n_ctx = 512, .bos_token = -1, .max_chunks = 2, .threads = 2};
+  const KlResult same = kl_divergence(infer::Model::load(tmp / "f32.gguf"), model, all, two);
+  EXPECT_LT(same.kl_mean, 1e-6);
+  EXPECT_GT(same.same_top_p, 0.999);
+  const KlResult q4 = kl_divergence(infer::Model::load(test::shared("reference/coder-28m-Q4_K_M.gguf")), model, all, two);
+  std::printf("KL vs float, 2 chunks: F32 %.3g, Q4_K_M %.5f (99%% %.4f)\n", same.kl_mean, q4.kl_mean, q4.kl_p99);
+  EXPECT_GT(q4.kl_mean, 0.004);
+  EXPECT_LT(q4.kl_mean, 0.025);
+  EXPECT_GT(q4.kl_p99, q4.kl_mean);
 }
 
 // Mistral: written as llama (as llama.cpp's converter does) plus the window, which Squish's

@@ -85,6 +85,66 @@ PerplexityResult perplexity(std::shared_ptr<const infer::Model> model, std::span
       tokens, opt);
 }
 
+nlohmann::json KlResult::to_json() const {
+  nlohmann::json j = ppl.to_json();
+  j["kl_mean"] = kl_mean;
+  j["kl_stderr"] = kl_stderr;
+  j["kl_p99"] = kl_p99;
+  j["same_top_p"] = same_top_p;
+  return j;
+}
+
+KlResult kl_divergence(std::shared_ptr<const infer::Model> model, Transformer& reference, std::span<const int32_t> tokens,
+                       const PerplexityOptions& opt) {
+  if (reference.arch().n_vocab != model->n_vocab())
+    fail(ExitCode::InputData, "kl divergence: the reference has {} tokens, the GGUF {}", reference.arch().n_vocab, model->n_vocab());
+  infer::Session session(model, opt.n_ctx, opt.threads);
+  session.set_quantized_batches(opt.quantized_batches);
+  const int V = model->n_vocab();
+  std::vector<float> logits;
+  std::vector<double> kls;
+  int64_t same_top = 0;
+  auto log_softmax = [&](const float* z, std::vector<double>& out) {
+    const float mx = *std::max_element(z, z + V);
+    double s = 0;
+    for (int i = 0; i < V; ++i) s += std::exp(double(z[i]) - mx);
+    const double lse = mx + std::log(s);
+    out.resize(V);
+    for (int i = 0; i < V; ++i) out[i] = double(z[i]) - lse;
+  };
+  std::vector<double> lp, lq;
+  KlResult r;
+  r.ppl = perplexity(
+      [&](std::span<const int32_t> chunk, int first, std::vector<double>& nll) {
+        session.reset();
+        session.eval(chunk, first, logits);
+        const std::vector<float> ref = reference.logits(chunk);
+        const int n = static_cast<int>(chunk.size());
+        nll.assign(n - 1 - first, 0.0);
+        for (int j = first; j < n - 1; ++j) {
+          const float* q = &logits[size_t(j - first) * V];
+          const float* p = &ref[size_t(j) * V];
+          log_softmax(p, lp);
+          log_softmax(q, lq);
+          double kl = 0;
+          for (int i = 0; i < V; ++i) kl += std::exp(lp[i]) * (lp[i] - lq[i]);
+          kls.push_back(std::max(0.0, kl));
+          same_top += std::max_element(p, p + V) - p == std::max_element(q, q + V) - q;
+          nll[j - first] = -lq[chunk[j + 1]];
+        }
+      },
+      tokens, opt);
+  const double n = double(kls.size());
+  double sum = 0, sum2 = 0;
+  for (double k : kls) sum += k, sum2 += k * k;
+  r.kl_mean = sum / n;
+  r.kl_stderr = n > 1 ? std::sqrt(std::max(0.0, sum2 / n - r.kl_mean * r.kl_mean) / (n - 1)) : 0;
+  std::sort(kls.begin(), kls.end());
+  r.kl_p99 = kls[std::min(kls.size() - 1, static_cast<size_t>(0.99 * n))];
+  r.same_top_p = double(same_top) / n;
+  return r;
+}
+
 std::vector<int32_t> read_token_ids(const std::string& path) {
   std::ifstream in(path);
   if (!in) fail(ExitCode::InputData, "{}: cannot open token id file", path);

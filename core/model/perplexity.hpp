@@ -52,6 +52,20 @@ PerplexityResult perplexity(Transformer& model, std::span<const int32_t> tokens,
 PerplexityResult perplexity(std::shared_ptr<const infer::Model> model, std::span<const int32_t> tokens,
                             const PerplexityOptions& opt = {});
 
+// KL divergence of the engine's next-token distributions from the float reference model's, over
+// the same scored positions (llama-perplexity --kl-divergence against an F32 base), plus the
+// engine's perplexity. `reference` is the float model of the checkpoint the GGUF was made from.
+struct KlResult {
+  PerplexityResult ppl;       // the engine's
+  double kl_mean = 0;         // nats per token
+  double kl_stderr = 0;
+  double kl_p99 = 0;          // 99th percentile
+  double same_top_p = 0;      // fraction of positions where both pick the same most likely token
+  nlohmann::json to_json() const;
+};
+KlResult kl_divergence(std::shared_ptr<const infer::Model> model, Transformer& reference, std::span<const int32_t> tokens,
+                       const PerplexityOptions& opt = {});
+
 // Token ids, one decimal id per line (the format of ../shared/reference/tokens/*.ids).
 std::vector<int32_t> read_token_ids(const std::string& path);
 

@@ -174,13 +174,22 @@ std::vector<float> ActivationStats::Entry::mean() const {
   return m;
 }
 
-void ActivationStats::accumulate(const std::string& weight, std::span<const double> col_sum_sq, int64_t tokens) {
-  auto& e = entries[weight];
+namespace {
+void add_sums(ActivationStats::Entry& e, const std::string& weight, std::span<const double> col_sum_sq, int64_t tokens) {
   if (e.sum_sq.empty()) e.sum_sq.assign(col_sum_sq.size(), 0.0);
   if (e.sum_sq.size() != col_sum_sq.size())
     fail(ExitCode::Runtime, "activation stats for {}: {} columns, had {}", weight, col_sum_sq.size(), e.sum_sq.size());
   for (size_t i = 0; i < col_sum_sq.size(); ++i) e.sum_sq[i] += col_sum_sq[i];
   e.count += tokens;
+}
+}  // namespace
+
+void ActivationStats::accumulate(const std::string& weight, std::span<const double> col_sum_sq, int64_t tokens) {
+  add_sums(entries[weight], weight, col_sum_sq, tokens);
+}
+
+void ActivationStats::accumulate_output_grad(const std::string& weight, std::span<const double> row_sum_sq, int64_t tokens) {
+  add_sums(output_grads[weight], weight, row_sum_sq, tokens);
 }
 
 MaskImportance::MaskImportance(const ModelArch& a)
@@ -552,7 +561,12 @@ struct Engine {
 
   // Backward of layer l: dx holds dL/dx_out on entry and dL/dx_in on return. Mask gradients
   // are added into grads.
-  void backward_layer(int l, const LayerW<F>& w, const F* x_in, const MaskSet* masks, Acts& a, Vec& dx, MaskSet& grads) {
+  void backward_layer(int l, const LayerW<F>& w, const F* x_in, const MaskSet* masks, Acts& a, Vec& dx, MaskSet& grads,
+                      ActivationStats* stats) {
+    // Output gradients of the layer's weights (the Fisher estimate's row factor).
+    auto out_grad = [&](Role r, const Vec& dy, int N) {
+      if (stats) stats->accumulate_output_grad(hf_of(r, l), scaled(col_sum_sq(dy.data(), T, N)), T);
+    };
     const auto& s = A.layers[l];
     const int D = A.n_embd, hd = A.head_dim, nq = s.n_head, nkv = s.n_head_kv, FF = s.n_ff;
     const int Q = nq * hd, KV = nkv * hd, per = nq / nkv;
@@ -565,6 +579,7 @@ struct Engine {
     dy.resize(TD), dh.resize(TF), dg.resize(TF), du.resize(TF), dxn.resize(TD), datt.resize(size_t(T) * Q);
     dq.resize(size_t(T) * Q), dk.resize(size_t(T) * KV), dv.resize(size_t(T) * KV);
     for (size_t i = 0; i < TD; ++i) dy[i] = lm.mlp * dx[i];
+    out_grad(Role::FfnDown, dy, D);
     linear_back(dy.data(), w.w_down, dh.data(), T, FF, D, false);
     // h = a * m_c, a = silu(g) * u
     col_dot(dh.data(), a.a.data(), T, FF, grads.ffn[l].data());
@@ -577,6 +592,8 @@ struct Engine {
         dg[i] = da * a.u[i] * sg * (F(1) + a.g[i] * (F(1) - sg));
       }
     });
+    out_grad(Role::FfnGate, dg, FF);
+    out_grad(Role::FfnUp, du, FF);
     linear_back(dg.data(), w.w_gate, dxn.data(), T, D, FF, false);
     linear_back(du.data(), w.w_up, dxn.data(), T, D, FF, true);
     rmsnorm_back(a.x_mid.data(), w.ffn_norm, a.rstd2.data(), dxn.data(), dx.data(), T, D);
@@ -584,6 +601,7 @@ struct Engine {
     // x_mid = x_in + m_attn * o_proj(att): dx now is dL/dx_mid and passes through to x_in.
     grads.attn[l] += dot_all(dx.data(), a.y_attn.data(), TD);
     for (size_t i = 0; i < TD; ++i) dy[i] = lm.attn * dx[i];
+    out_grad(Role::AttnOut, dy, D);
     linear_back(dy.data(), w.wo, datt.data(), T, Q, D, false);
     // att_h = m_h * m_kv(g) * o_h
     std::vector<double> z(nq, 0.0);
@@ -642,6 +660,9 @@ struct Engine {
     });
     rope(dq.data(), T, nq, hd, cos_t, sin_t, F(-1));
     rope(dk.data(), T, nkv, hd, cos_t, sin_t, F(-1));
+    out_grad(Role::AttnQ, dq, Q);
+    out_grad(Role::AttnK, dk, KV);
+    out_grad(Role::AttnV, dv, KV);
     linear_back(dq.data(), w.wq, dxn.data(), T, D, Q, false);
     linear_back(dk.data(), w.wk, dxn.data(), T, D, KV, true);
     linear_back(dv.data(), w.wv, dxn.data(), T, D, KV, true);
@@ -695,7 +716,8 @@ struct Engine {
 
   // Cross-entropy of positions first..T-2, in row blocks so the [rows, vocab] logits stay
   // small. With dxf, also writes dL/dxf for the mean loss (rows outside the range get 0).
-  LossResult head_loss(const Vec& xf, std::span<const int32_t> tokens, int first, std::vector<double>* nll, Vec* dxf) {
+  LossResult head_loss(const Vec& xf, std::span<const int32_t> tokens, int first, std::vector<double>* nll, Vec* dxf,
+                       ActivationStats* stats = nullptr) {
     const int D = A.n_embd, V = A.n_vocab, n = T - 1 - first;
     LossResult r;
     r.count = n;
@@ -729,6 +751,9 @@ struct Engine {
         if (nll) (*nll)[p0 - first + i] = row_nll[i];
       }
       if (dxf) linear_back(lg.data(), output, dxf->data() + size_t(p0) * D, rows, D, V, false);
+      if (dxf && stats)  // dL/dlogits of these rows: the output projection's row factor
+        stats->accumulate_output_grad(hf_of(A.tie_embeddings ? Role::TokenEmbd : Role::Output, -1),
+                                      scaled(col_sum_sq(lg.data(), rows, V)), rows);
     }
     return r;
   }
@@ -748,7 +773,8 @@ struct Engine {
     Vec x = run_layers(embed(tokens), &masks, stats, &checkpoints);
     Vec rstd, dxf;
     Vec xf = final_norm(x, rstd, stats);
-    LossResult r = head_loss(xf, tokens, first, nullptr, &dxf);
+    grad_scale2 = double(T - 1 - first) * double(T - 1 - first);
+    LossResult r = head_loss(xf, tokens, first, nullptr, &dxf, stats);
     grads = MaskSet::filled(A, 0.0);
     Vec dx(x.size(), F(0));
     rmsnorm_back(x.data(), out_norm, rstd.data(), dxf.data(), dx.data(), T, A.n_embd);
@@ -757,10 +783,27 @@ struct Engine {
       const auto held = layer(l);  // keeps the layer's weights alive for this iteration
       const LayerW<F>& w = *held;
       forward_layer(l, w, checkpoints[l].data(), &masks, a, nullptr);  // recompute from the checkpoint
-      backward_layer(l, w, checkpoints[l].data(), &masks, a, dx, grads);
+      backward_layer(l, w, checkpoints[l].data(), &masks, a, dx, grads, stats);
       Vec().swap(checkpoints[l]);
     }
+    // An untied embedding is a lookup: a linear map of the one-hot token, so its Fisher factors
+    // are the token frequencies (per row) and the gradient at the embedding output (per column).
+    if (stats && !A.tie_embeddings) {
+      std::vector<double> counts(A.n_vocab, 0.0);
+      for (int32_t t : tokens) counts[t] += 1;
+      const std::string name = hf_of(Role::TokenEmbd, -1);
+      stats->accumulate_output_grad(name, counts, T);
+      stats->accumulate(name, scaled(col_sum_sq(dx.data(), T, A.n_embd)), T);
+    }
     return r;
+  }
+
+  // Output gradients at the per-token scale: the loss is a mean over the n predictions of a
+  // chunk, so n dL/dy is what one token's loss sends back (n^2 on squares).
+  double grad_scale2 = 1;
+  std::vector<double> scaled(std::vector<double> v) const {
+    for (double& x : v) x *= grad_scale2;
+    return v;
   }
 };
 

@@ -128,14 +128,19 @@ struct MaskSet {
 // llama.cpp's llama-imatrix collects. Keyed by the HF name of the weight the input multiplies
 // (q/k/v share one input, as do gate/up); the output projection is "lm_head.weight", or
 // "model.embed_tokens.weight" when the embeddings are tied.
+// With a backward pass, also the per-row mean of (dL/dy)^2 of every linear layer's output y
+// (same keys): with the input statistics, the diagonal Fisher estimate E[g_ij^2] ~
+// E[dy_i^2] E[x_j^2] of each weight, which predicts what a weight perturbation costs the loss.
 struct ActivationStats {
   struct Entry {
-    std::vector<double> sum_sq;  // per input column
+    std::vector<double> sum_sq;  // per input column (or output row)
     int64_t count = 0;           // tokens
     std::vector<float> mean() const;  // sum_sq / count
   };
-  std::map<std::string, Entry> entries;
+  std::map<std::string, Entry> entries;       // inputs: per column
+  std::map<std::string, Entry> output_grads;  // output gradients: per row (backward only)
   void accumulate(const std::string& weight, std::span<const double> col_sum_sq, int64_t tokens);
+  void accumulate_output_grad(const std::string& weight, std::span<const double> row_sum_sq, int64_t tokens);
 };
 
 // Running first-order Taylor importance E|m dL/dm| and Fisher E[(dL/dm)^2] over chunks.

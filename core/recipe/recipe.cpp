@@ -510,7 +510,7 @@ void plan_metadata_and_size(CompressPlan& plan) {
 
 }  // namespace
 
-CompressPlan resolve(const CompressionRecipe& recipe, const std::string& model_dir) {
+CompressPlan resolve(const CompressionRecipe& recipe, const std::string& model_dir, bool enforce_budget) {
   CompressPlan plan;
   plan.recipe = recipe;
   plan.model_dir = model_dir;
@@ -525,7 +525,7 @@ CompressPlan resolve(const CompressionRecipe& recipe, const std::string& model_d
   plan_tensors(plan, st);
   assign_types(plan, origin);
   plan_metadata_and_size(plan);
-  if (recipe.memory_budget_bytes && plan.file_bytes > recipe.memory_budget_bytes)
+  if (enforce_budget && recipe.memory_budget_bytes && plan.file_bytes > recipe.memory_budget_bytes)
     bad(origin, fmt::format("planned output of {} bytes exceeds the memory budget of {} bytes{}", plan.file_bytes,
                             recipe.memory_budget_bytes, recipe.device.empty() ? "" : " (" + recipe.device + ")"));
   return plan;

@@ -96,6 +96,7 @@ struct CompressPlan {
 
 // Resolves the recipe against a checkpoint. Throws Error(InputData) naming the recipe for
 // inconsistent pruning (unknown heads, uneven q heads per group, ...) and unknown tensors.
-CompressPlan resolve(const CompressionRecipe& recipe, const std::string& model_dir);
+// enforce_budget = false predicts the file size without refusing a plan over the budget.
+CompressPlan resolve(const CompressionRecipe& recipe, const std::string& model_dir, bool enforce_budget = true);
 
 }  // namespace squish::recipe

@@ -8,6 +8,7 @@
 #include "core/runtime/error.hpp"
 #include "core/runtime/plugin_api.hpp"
 #include "core/model/generate.hpp"
+#include "core/model/transformer.hpp"
 
 #include <fmt/core.h>
 
@@ -47,14 +48,28 @@ class PerplexityNode final : public Node {
     opt.quantized_batches = p["exact"].get<bool>();
     opt.progress = [this](int done, int total) { ctx_.progress("chunks", done, total); };
     opt.cancelled = [this] { return ctx_.is_cancelled(); };
-    const PerplexityResult r = perplexity(model, tokens, with_bos(opt, tok));
-    nlohmann::json j = r.to_json();
+    const std::string reference = p["reference"].get<std::string>();
+    PerplexityResult r;
+    nlohmann::json j;
+    std::string kl_text;
+    if (reference.empty()) {
+      r = perplexity(model, tokens, with_bos(opt, tok));
+      j = r.to_json();
+    } else {  // KL divergence against the float model of the source checkpoint
+      Transformer ref(SafetensorsWeights::open(reference), {.threads = opt.threads});
+      const KlResult k = kl_divergence(model, ref, tokens, with_bos(opt, tok));
+      r = k.ppl;
+      j = k.to_json();
+      j["reference"] = reference;
+      kl_text = fmt::format(", mean KLD {:.6f} ± {:.6f}, 99% KLD {:.5f}, same top token {:.2f}%", k.kl_mean, k.kl_stderr, k.kl_p99,
+                            100 * k.same_top_p);
+    }
     j["model"] = p["model"];
     j["text"] = text_path;
     j["ctx"] = opt.n_ctx;
     write_report(p["report"].get<std::string>(), j);
-    fmt::print("PPL = {:.4f} ± {:.5f} ({} chunks of {}, {:.0f} tokens/s)\n", r.ppl, r.ppl_stderr, r.chunks, opt.n_ctx,
-               r.tokens_per_s);
+    fmt::print("PPL = {:.4f} ± {:.5f} ({} chunks of {}, {:.0f} tokens/s){}\n", r.ppl, r.ppl_stderr, r.chunks, opt.n_ctx,
+               r.tokens_per_s, kl_text);
     std::fflush(stdout);
     return false;
   }
@@ -108,6 +123,7 @@ void register_nodes(NodeRegistry& r) {
           {"chunks", ParamType::Int, false, 0, "score only the first N chunks (0 = all)"},
           {"threads", ParamType::Int, false, 0, "worker threads (0 = the pipeline's setting / all cores)"},
           {"exact", ParamType::Bool, false, false, "quantize activations in batched matmuls too (llama.cpp's arithmetic; slower)"},
+          {"reference", ParamType::String, false, "", "HF folder the GGUF came from: also report KL divergence against its float model"},
           {"report", ParamType::String, false, "", "JSON report to write (ppl, ppl_stderr, tokens, chunks, tokens_per_s)"}},
          [](const NodeContext& c) { return std::make_unique<PerplexityNode>(c); }});
   r.add({"infer.generate", "continue a prompt with a GGUF model (greedy or sampled)", NodeRole::Source, false,

@@ -104,8 +104,19 @@ ScoreResult score_model(const std::string& model_dir, const std::string& text_pa
       {"tokens_per_s", used / seconds},
       {"layers", layers},
       {"channels", {{"file", "channels.bin.zst"}, {"layout", "for each layer: taylor[n_ff] then fisher[n_ff], float32 little-endian"}, {"n_ff", n_ff}}},
-      {"imatrix", {{"file", "imatrix.dat"}, {"format", "llama.cpp imatrix (legacy .dat), GGUF tensor names"}, {"ncall", chunks}}}};
+      {"imatrix", {{"file", "imatrix.dat"}, {"format", "llama.cpp imatrix (legacy .dat), GGUF tensor names"}, {"ncall", chunks}}},
+      {"fisher", {{"file", "fisher.dat"},
+                  {"format", "llama.cpp imatrix container; '<gguf name>:in' = per HF column E[x^2], '<gguf name>:out' = per HF row E[(n dL/dy)^2] (n = predictions per chunk: the per-token gradient scale); output projection included; an untied token_embd (a lookup of the one-hot token) has per-row token frequencies as ':out' and per-column E[(n dL/dx)^2] of the embedding output as ':in'"}}}};
   return r;
+}
+
+Imatrix fisher_factors_of(const ActivationStats& stats) {
+  Imatrix m;
+  for (const auto& [hf, e] : stats.entries)
+    if (auto g = gguf::hf_to_gguf_name(hf)) m[*g + ":in"] = e.mean();
+  for (const auto& [hf, e] : stats.output_grads)
+    if (auto g = gguf::hf_to_gguf_name(hf)) m[*g + ":out"] = e.mean();
+  return m;
 }
 
 Imatrix imatrix_of(const ActivationStats& stats) {
@@ -133,6 +144,8 @@ void write_scores(const ScoreResult& r, const std::string& dir) {
   z.resize(zn);
   write_file_atomic((fs::path(dir) / "channels.bin.zst").string(), z);
   write_imatrix((fs::path(dir) / "imatrix.dat").string(), imatrix_of(r.stats), r.chunks,
+                r.scores["calibration"]["path"].get<std::string>());
+  write_imatrix((fs::path(dir) / "fisher.dat").string(), fisher_factors_of(r.stats), r.chunks,
                 r.scores["calibration"]["path"].get<std::string>());
   write_file_atomic((fs::path(dir) / "scores.json").string(), r.scores.dump(1) + "\n");
 }

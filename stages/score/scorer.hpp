@@ -31,12 +31,16 @@ struct ScoreResult {
 ScoreResult score_model(const std::string& model_dir, const std::string& text_path, const ScoreOptions& opt);
 
 // Writes <dir>/scores.json, <dir>/channels.bin.zst (per-layer FFN channel Taylor and Fisher
-// scores, float32) and <dir>/imatrix.dat (llama.cpp's imatrix format, GGUF tensor names).
+// scores, float32), <dir>/imatrix.dat (llama.cpp's imatrix format, GGUF tensor names) and
+// <dir>/fisher.dat (fisher_factors_of, the plan stage's sensitivity input).
 // Each file is written atomically. Creates `dir` if needed.
 void write_scores(const ScoreResult& r, const std::string& dir);
 
 // Activation statistics as an importance matrix keyed by GGUF tensor names (core/io/imatrix.hpp).
 Imatrix imatrix_of(const ActivationStats& stats);
+// The two factors of the diagonal Fisher estimate of every weight (fisher.dat): "<gguf>:in" per
+// input column E[x^2], "<gguf>:out" per output row E[(n dL/dy)^2], n = predictions per chunk.
+Imatrix fisher_factors_of(const ActivationStats& stats);
 
 // Reads channels.bin.zst back: [layer] -> {taylor, fisher} per channel.
 std::vector<std::pair<std::vector<float>, std::vector<float>>> read_channel_scores(const std::string& path,

@@ -432,9 +432,7 @@ VerifyReport verify_gguf(const VerifyOptions& opt) {
                                c.data["from"].get<std::string>());
       } else {
         // The budget is checked on its own below; resolve() would refuse an over-budget plan.
-        recipe::CompressionRecipe unbounded = *recipe;
-        unbounded.memory_budget_bytes = 0;
-        plan = std::make_unique<recipe::CompressPlan>(recipe::resolve(unbounded, opt.source));
+        plan = std::make_unique<recipe::CompressPlan>(recipe::resolve(*recipe, opt.source, /*enforce_budget=*/false));
         c.detail = fmt::format("recipe {} from {} resolved against {}: {} tensors, {} bytes predicted", recipe_label(*recipe),
                                c.data["from"].get<std::string>(), opt.source, plan->tensors.size(), plan->file_bytes);
         c.data["source"] = opt.source;

@@ -1,0 +1,162 @@
+#include "stages/plan/measure.hpp"
+
+#include "core/gguf/gguf.hpp"
+#include "core/io/atomic_file.hpp"
+#include "core/io/imatrix.hpp"
+#include "core/io/safetensors.hpp"
+#include "core/io/text_file.hpp"
+#include "core/quant/quantize.hpp"
+#include "core/recipe/recipe.hpp"
+#include "core/runtime/error.hpp"
+
+#include <oneapi/tbb/parallel_for.h>
+#include <oneapi/tbb/task_arena.h>
+
+#include <filesystem>
+#include <mutex>
+
+namespace squish::plan {
+
+namespace fs = std::filesystem;
+
+const std::vector<GGMLType>& candidate_types() {
+  static const std::vector<GGMLType> t = {GGMLType::Q2_K, GGMLType::Q3_K, GGMLType::Q4_K, GGMLType::Q5_K,
+                                          GGMLType::Q6_K, GGMLType::Q8_0, GGMLType::F16};
+  return t;
+}
+
+namespace {
+
+uint64_t aligned(uint64_t n) { return (n + gguf::kDefaultAlignment - 1) / gguf::kDefaultAlignment * gguf::kDefaultAlignment; }
+
+const std::vector<float>& factor(const Imatrix& f, const std::string& key, size_t n, const std::string& path) {
+  auto it = f.find(key);
+  if (it == f.end()) fail(ExitCode::InputData, "{}: no entry '{}' (re-run the score stage)", path, key);
+  if (it->second.size() != n) fail(ExitCode::InputData, "{}: entry '{}' has {} values, the tensor {}", path, key, it->second.size(), n);
+  return it->second;
+}
+
+// Predicted loss and weighted relative error of quantizing W (rows x n) to `type`.
+Candidate evaluate(GGMLType type, const std::vector<float>& w, int64_t rows, int64_t n, const std::vector<float>& in,
+                   const std::vector<float>& out, const float* imatrix) {
+  Candidate c{type};
+  c.bytes = aligned(ggml_row_size(type, n) * uint64_t(rows));
+  std::mutex mu;
+  double pred = 0, err = 0, ref = 0;
+  const int64_t chunk = std::max<int64_t>(1, 65536 / n);
+  tbb::parallel_for(int64_t{0}, (rows + chunk - 1) / chunk, [&](int64_t b) {
+    const int64_t r0 = b * chunk, r1 = std::min(rows, r0 + chunk);
+    std::vector<std::byte> q(ggml_row_size(type, n) * size_t(r1 - r0));
+    quantize_rows(type, w.data() + r0 * n, q.data(), r1 - r0, n, imatrix);
+    std::vector<float> d(static_cast<size_t>(n));
+    double p = 0, e = 0, s = 0;
+    for (int64_t r = r0; r < r1; ++r) {
+      dequantize_row(type, q.data() + ggml_row_size(type, n) * size_t(r - r0), d.data(), n);
+      double row = 0, row_ref = 0;
+      for (int64_t j = 0; j < n; ++j) {
+        const double dw = double(w[size_t(r * n + j)]) - d[size_t(j)];
+        row += in[size_t(j)] * dw * dw;
+        row_ref += in[size_t(j)] * double(w[size_t(r * n + j)]) * w[size_t(r * n + j)];
+      }
+      p += out[size_t(r)] * row;
+      e += row, s += row_ref;
+    }
+    std::lock_guard lock(mu);
+    pred += p, err += e, ref += s;
+  });
+  c.predicted = 0.5 * pred;
+  c.rel_error = ref > 0 ? err / ref : 0;
+  return c;
+}
+
+}  // namespace
+
+Measurements measure(const std::string& model_dir, const std::string& stats_dir, const MeasureOptions& opt) {
+  const std::string fisher_path = (fs::path(stats_dir) / "fisher.dat").string();
+  const std::string imatrix_path = (fs::path(stats_dir) / "imatrix.dat").string();
+  const Imatrix fisher = read_imatrix(fisher_path);
+  const Imatrix imatrix = fs::exists(imatrix_path) ? read_imatrix(imatrix_path) : Imatrix{};
+  // The tensors compress would write (names, shapes), from the recipe resolver.
+  const auto base = recipe::resolve(recipe::CompressionRecipe::from_preset("F32"), model_dir);
+  const auto st = SafetensorsModel::open(model_dir);
+  Measurements m;
+  m.model = fs::absolute(model_dir).string();
+  m.stats = fs::absolute(stats_dir).string();
+  std::vector<const recipe::PlannedTensor*> weights;
+  for (const auto& pt : base.tensors)
+    if (pt.kind->weight_matrix()) weights.push_back(&pt);
+  tbb::task_arena arena(opt.threads > 0 ? opt.threads : tbb::task_arena::automatic);
+  for (size_t i = 0; i < weights.size(); ++i) {
+    const auto& pt = *weights[i];
+    const int64_t n = pt.ne[0], rows = pt.ne[1];
+    const std::vector<float> w = st.load(pt.hf_name).to_f32();
+    const auto& in = factor(fisher, pt.gguf_name + ":in", size_t(n), fisher_path);
+    const auto& out = factor(fisher, pt.gguf_name + ":out", size_t(rows), fisher_path);
+    auto im = imatrix.find(pt.gguf_name);  // as compress: the imatrix weights the rounding when present
+    const float* imp = im != imatrix.end() && im->second.size() == size_t(n) ? im->second.data() : nullptr;
+    TensorMeasure tm{pt.gguf_name, pt.ne, {}};
+    arena.execute([&] {
+      for (GGMLType t : candidate_types()) {
+        if (n % ggml_type_traits(t)->block_size != 0) continue;  // the block does not fit a row
+        tm.candidates.push_back(evaluate(t, w, rows, n, in, out, ggml_type_traits(t)->quantized ? imp : nullptr));
+      }
+    });
+    if (tm.candidates.empty()) fail(ExitCode::InputData, "{}: no candidate type fits rows of {}", pt.gguf_name, n);
+    m.tensors.push_back(std::move(tm));
+    if (opt.progress) opt.progress(i + 1, weights.size());
+  }
+  return m;
+}
+
+nlohmann::json Measurements::to_json() const {
+  nlohmann::json t = nlohmann::json::array();
+  for (const auto& tm : tensors) {
+    nlohmann::json c = nlohmann::json::array();
+    for (const auto& k : tm.candidates)
+      c.push_back({{"type", ggml_type_name(k.type)}, {"bytes", k.bytes}, {"predicted", k.predicted}, {"rel_error", k.rel_error}});
+    t.push_back({{"name", tm.name}, {"ne", tm.ne}, {"candidates", c}});
+  }
+  return {{"format", "squish.measurements/1"},
+          {"model", model},
+          {"stats", stats},
+          {"predictor", "1/2 sum_ij E[(n dL/dy_i)^2] E[x_j^2] (W_ij - Q(W)_ij)^2 (diagonal Fisher, fisher.dat)"},
+          {"tensors", t}};
+}
+
+Measurements Measurements::from_json(const nlohmann::json& j, const std::string& origin) {
+  auto bad = [&](const std::string& what) -> void { fail(ExitCode::InputData, "{}: invalid measurements: {}", origin, what); };
+  if (!j.is_object() || j.value("format", "") != "squish.measurements/1") bad("not a squish.measurements/1 document");
+  Measurements m;
+  try {
+    m.model = j.at("model").get<std::string>();
+    m.stats = j.value("stats", "");
+    for (const auto& t : j.at("tensors")) {
+      TensorMeasure tm{t.at("name").get<std::string>(), t.at("ne").get<std::vector<int64_t>>(), {}};
+      for (const auto& c : t.at("candidates")) {
+        auto type = ggml_type_from_name(c.at("type").get<std::string>());
+        if (!type) bad("unknown type " + c.at("type").dump());
+        const double p = c.at("predicted").get<double>();
+        if (!std::isfinite(p) || p < 0) bad(tm.name + ": predicted loss must be finite and >= 0");
+        tm.candidates.push_back({*type, c.at("bytes").get<uint64_t>(), p, c.value("rel_error", 0.0)});
+      }
+      if (tm.candidates.empty()) bad(tm.name + ": no candidates");
+      m.tensors.push_back(std::move(tm));
+    }
+  } catch (const nlohmann::json::exception& e) {
+    bad(e.what());
+  }
+  return m;
+}
+
+Measurements Measurements::load(const std::string& path) {
+  const std::string text = read_text_file(path, "measurements");
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    fail(ExitCode::InputData, "{}: not JSON ({})", path, e.what());
+  }
+  return from_json(j, path);
+}
+
+}  // namespace squish::plan

@@ -1,0 +1,224 @@
+#include "stages/plan/planner.hpp"
+
+#include "core/arch/architecture.hpp"
+#include "core/runtime/error.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <map>
+#include <set>
+
+namespace squish::plan {
+
+namespace {
+
+struct Device {
+  const char* name;
+  double usable_gb;  // memory left for the model after the OS and runtime
+};
+constexpr Device kDevices[] = {{"macbook-air-16gb", 11}, {"macbook-pro-32gb", 24}, {"rtx-5090-24gb", 22}};
+
+// KV cache bytes at ctx tokens: K and V, f16, every kept KV head of every layer.
+uint64_t kv_cache_bytes(const recipe::CompressPlan& base, int ctx) {
+  uint64_t heads = 0;
+  for (const auto& l : base.layers) heads += uint64_t(l.n_head_kv);
+  return 2 * heads * uint64_t(base.config.head_dim) * uint64_t(ctx) * 2;
+}
+
+recipe::CompressionRecipe make_recipe(const Measurements& m, const Allocation& a, const Target& t, uint64_t budget,
+                                      const std::string& why) {
+  recipe::CompressionRecipe r;
+  r.name = fmt::format("squish plan {} bytes", budget);
+  r.origin = "plan";
+  r.memory_budget_bytes = budget;
+  r.device = t.device;
+  for (size_t i = 0; i < m.tensors.size(); ++i) {
+    const auto& tm = m.tensors[i];
+    const Candidate& c = tm.candidates[a.choice[i]];
+    // The next smaller candidate: what this choice buys over it.
+    const Candidate* lower = nullptr;
+    for (const auto& k : tm.candidates)
+      if (k.bytes < c.bytes && (!lower || k.bytes > lower->bytes)) lower = &k;
+    std::string reason = fmt::format("{}: {} — predicted dL {:.3g}", tm.name, ggml_type_name(c.type), c.predicted);
+    if (lower)
+      reason += fmt::format(" vs {:.3g} at {} ({} bytes less)", lower->predicted, ggml_type_name(lower->type), c.bytes - lower->bytes);
+    reason += "; least total predicted loss within the budget (knapsack)";
+    r.tensors.push_back({tm.name, c.type, reason});
+  }
+  r.source = {{"planner", "squish.plan/1"},
+              {"measurements", {{"model", m.model}, {"stats", m.stats}}},
+              {"budget_bytes", budget},
+              {"budget", why},
+              {"predicted_loss", a.loss}};
+  return r;
+}
+
+}  // namespace
+
+uint64_t budget_bytes(const Target& t, const recipe::CompressPlan& base, std::string* why) {
+  const int set = (t.size > 0) + (t.bpw > 0) + !t.device.empty() + (t.memory_gb > 0);
+  if (set != 1) fail(ExitCode::Usage, "plan: give exactly one of size, bpw, device or memory");
+  if (t.size) {
+    *why = fmt::format("size {} bytes", t.size);
+    return t.size;
+  }
+  if (t.bpw > 0) {
+    const uint64_t b = static_cast<uint64_t>(t.bpw * double(base.source_params) / 8.0);
+    *why = fmt::format("bpw {} x {} parameters / 8 = {} bytes", t.bpw, base.source_params, b);
+    return b;
+  }
+  double usable = t.memory_gb;
+  std::string what = fmt::format("memory {} GB", t.memory_gb);
+  if (!t.device.empty()) {
+    const Device* d = nullptr;
+    for (const auto& x : kDevices)
+      if (t.device == x.name) d = &x;
+    if (!d) fail(ExitCode::Usage, "plan: unknown device '{}' (known: macbook-air-16gb, macbook-pro-32gb, rtx-5090-24gb)", t.device);
+    usable = d->usable_gb;
+    what = fmt::format("{} ({} GB usable)", d->name, d->usable_gb);
+  }
+  if (t.ctx <= 0) fail(ExitCode::Usage, "plan: ctx must be positive (got {})", t.ctx);
+  const double mem = usable * 1e9;
+  const uint64_t kv = kv_cache_bytes(base, t.ctx);
+  if (mem <= double(kv)) fail(ExitCode::InputData, "plan: {} cannot hold the KV cache of {} tokens ({} bytes)", what, t.ctx, kv);
+  const uint64_t b = static_cast<uint64_t>(mem) - kv;
+  *why = fmt::format("{} minus the f16 KV cache at ctx {} ({} bytes) = {} bytes", what, t.ctx, kv, b);
+  return b;
+}
+
+PlanResult plan(const Measurements& m, const std::string& model_dir, const Target& t) {
+  const auto base = recipe::resolve(recipe::CompressionRecipe::from_preset("F32"), model_dir);
+  std::set<std::string> weights;
+  for (const auto& pt : base.tensors)
+    if (pt.kind->weight_matrix()) weights.insert(pt.gguf_name);
+  std::set<std::string> measured;
+  for (const auto& tm : m.tensors) measured.insert(tm.name);
+  if (weights != measured)
+    fail(ExitCode::InputData, "plan: the measurements ({} tensors, from {}) are not of this model ({} weight tensors)", measured.size(),
+         m.model, weights.size());
+  std::string why;
+  const uint64_t budget = budget_bytes(t, base, &why);
+
+  // Bytes outside the choice: 1-D tensors and the file header (whose recipe text grows with the
+  // plan): solve for the weights, resolve, and shrink the weights' budget by any overshoot.
+  uint64_t fixed = base.file_bytes;
+  for (const auto& pt : base.tensors)
+    if (pt.kind->weight_matrix()) fixed -= (pt.nbytes + gguf::kDefaultAlignment - 1) / gguf::kDefaultAlignment * gguf::kDefaultAlignment;
+  std::vector<std::vector<Option>> items;
+  for (const auto& tm : m.tensors) {
+    std::vector<Option> o;
+    for (const auto& c : tm.candidates) o.push_back({c.bytes, c.predicted});
+    items.push_back(std::move(o));
+  }
+  if (budget <= fixed) fail(ExitCode::InputData, "plan: budget {} bytes ({}) is below the {} bytes of norms and metadata", budget, why, fixed);
+  uint64_t weights_budget = budget - fixed;
+  for (int iter = 0; iter < 8; ++iter) {
+    Allocation a;
+    try {
+      a = allocate(items, weights_budget);
+    } catch (const Error&) {
+      uint64_t smallest = fixed;
+      for (const auto& it : items) {
+        uint64_t b = it[0].bytes;
+        for (const auto& o : it) b = std::min(b, o.bytes);
+        smallest += b;
+      }
+      fail(ExitCode::InputData, "plan: budget {} bytes ({}) cannot be met: the smallest reachable file is about {} bytes", budget, why,
+           smallest);
+    }
+    PlanResult p;
+    p.recipe = make_recipe(m, a, t, budget, why);
+    const auto resolved = recipe::resolve(p.recipe, model_dir, /*enforce_budget=*/false);
+    p.file_bytes = resolved.file_bytes;
+    p.budget = budget;
+    p.predicted_loss = a.loss;
+    if (p.file_bytes <= budget) {
+      nlohmann::json ts = nlohmann::json::array();
+      for (size_t i = 0; i < m.tensors.size(); ++i) {
+        const auto& c = m.tensors[i].candidates[a.choice[i]];
+        ts.push_back({{"name", m.tensors[i].name}, {"type", ggml_type_name(c.type)}, {"bytes", c.bytes}, {"predicted", c.predicted},
+                      {"ne", m.tensors[i].ne}});
+      }
+      p.summary = {{"file_bytes", p.file_bytes}, {"budget", budget}, {"budget_from", why}, {"predicted_loss", a.loss}, {"tensors", ts}};
+      return p;
+    }
+    weights_budget -= std::min(weights_budget, p.file_bytes - budget);
+  }
+  fail(ExitCode::Runtime, "plan: could not fit the header into {} bytes", budget);
+}
+
+namespace {
+
+// "blk.3.ffn_down.weight" -> {3, "ffn_down"}; globals -> {-1, "token_embd"}.
+std::pair<int, std::string> layer_and_kind(const std::string& name) {
+  const auto t = arch::parse_gguf_name(name);
+  std::string kind = t ? std::string(t->kind->gguf) : name;
+  if (auto dot = kind.rfind(".weight"); dot != std::string::npos) kind = kind.substr(0, dot);
+  return {t ? t->layer : -1, kind};
+}
+
+const char* type_colour(const std::string& type) {
+  static const std::map<std::string, const char*> c = {{"Q2_K", "#d73027"}, {"Q3_K", "#fc8d59"}, {"Q4_K", "#fee08b"},
+                                                        {"Q5_K", "#d9ef8b"}, {"Q6_K", "#91cf60"}, {"Q8_0", "#1a9850"},
+                                                        {"F16", "#4575b4"},  {"F32", "#313695"}, {"Q4_0", "#fdae61"}};
+  auto it = c.find(type);
+  return it == c.end() ? "#999999" : it->second;
+}
+
+}  // namespace
+
+std::string summary_text(const PlanResult& p) {
+  std::map<std::string, std::pair<uint64_t, uint64_t>> by_kind;  // kind -> bytes, params
+  std::map<int, std::pair<uint64_t, uint64_t>> by_layer;
+  std::map<std::string, uint64_t> by_type;
+  for (const auto& t : p.summary["tensors"]) {
+    const auto [layer, kind] = layer_and_kind(t["name"].get<std::string>());
+    uint64_t params = 1;
+    for (int64_t x : t["ne"].get<std::vector<int64_t>>()) params *= uint64_t(x);
+    const uint64_t b = t["bytes"].get<uint64_t>();
+    by_kind[kind].first += b, by_kind[kind].second += params;
+    by_layer[layer].first += b, by_layer[layer].second += params;
+    by_type[t["type"].get<std::string>()] += b;
+  }
+  std::string s = fmt::format("plan: {} bytes for a budget of {} ({}); predicted loss increase {:.4g} nats/token\n", p.file_bytes,
+                              p.budget, p.summary["budget_from"].get<std::string>(), p.predicted_loss);
+  s += "  by tensor kind:";
+  for (const auto& [k, v] : by_kind) s += fmt::format(" {} {:.2f} bpw;", k, 8.0 * v.first / double(v.second));
+  s += "\n  by layer:";
+  for (const auto& [l, v] : by_layer) s += fmt::format(" {} {:.2f};", l < 0 ? std::string("globals") : std::to_string(l), 8.0 * v.first / double(v.second));
+  s += "\n  bytes by type:";
+  for (const auto& [t, b] : by_type) s += fmt::format(" {} {};", t, b);
+  return s + "\n";
+}
+
+std::string summary_svg(const PlanResult& p) {
+  std::map<int, std::map<std::string, std::string>> grid;  // layer -> kind -> type
+  std::vector<std::string> kinds;
+  for (const auto& t : p.summary["tensors"]) {
+    const auto [layer, kind] = layer_and_kind(t["name"].get<std::string>());
+    grid[layer][kind] = t["type"].get<std::string>();
+    if (std::find(kinds.begin(), kinds.end(), kind) == kinds.end()) kinds.push_back(kind);
+  }
+  const int cw = 86, ch = 22, left = 70, top = 40;
+  const int w = left + cw * int(kinds.size()) + 20, h = top + ch * int(grid.size()) + 60;
+  std::string s = fmt::format("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"monospace\" font-size=\"11\">\n", w, h);
+  s += fmt::format("<text x=\"4\" y=\"16\" font-size=\"13\">{} bytes (budget {}), predicted dL {:.4g}</text>\n", p.file_bytes, p.budget, p.predicted_loss);
+  for (size_t k = 0; k < kinds.size(); ++k)
+    s += fmt::format("<text x=\"{}\" y=\"{}\">{}</text>\n", left + cw * int(k) + 2, top - 6, kinds[k]);
+  int row = 0;
+  for (const auto& [layer, cells] : grid) {
+    const int y = top + ch * row++;
+    s += fmt::format("<text x=\"4\" y=\"{}\">{}</text>\n", y + 15, layer < 0 ? std::string("globals") : "blk." + std::to_string(layer));
+    for (size_t k = 0; k < kinds.size(); ++k) {
+      auto it = cells.find(kinds[k]);
+      if (it == cells.end()) continue;
+      const int x = left + cw * int(k);
+      s += fmt::format("<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"{}\" stroke=\"#fff\"/><text x=\"{}\" y=\"{}\">{}</text>\n", x, y,
+                       cw, ch, type_colour(it->second), x + 4, y + 15, it->second);
+    }
+  }
+  return s + "</svg>\n";
+}
+
+}  // namespace squish::plan

@@ -1,0 +1,45 @@
+#pragma once
+// The plan stage: measurements + a target -> a squish.recipe/1 CompressionRecipe choosing one
+// type per tensor so the whole GGUF file (metadata included) fits the budget with the least
+// predicted loss. Deterministic: the same measurements and target give the same bytes.
+#include "core/recipe/recipe.hpp"
+#include "stages/plan/allocate.hpp"
+#include "stages/plan/measure.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <string>
+
+namespace squish::plan {
+
+// One of: size (bytes of the file), bpw (bits per source parameter, file bytes x 8 / params),
+// device preset or memory (GB usable) minus the KV cache at ctx tokens (f16, kept KV heads).
+struct Target {
+  uint64_t size = 0;
+  double bpw = 0;
+  std::string device;  // macbook-air-16gb, macbook-pro-32gb, rtx-5090-24gb
+  double memory_gb = 0;
+  int ctx = 4096;
+};
+
+// The file-size budget a target means for this model; `why` says how it was derived.
+uint64_t budget_bytes(const Target& t, const recipe::CompressPlan& base, std::string* why);
+
+struct PlanResult {
+  recipe::CompressionRecipe recipe;
+  uint64_t file_bytes = 0;     // the resolved plan's predicted file size (<= budget)
+  uint64_t budget = 0;
+  double predicted_loss = 0;   // summed predicted loss increase (nats per token)
+  nlohmann::json summary;      // per tensor: type, bytes, predicted loss, reason
+};
+
+// Throws Error(InputData) when the budget cannot be met (naming the smallest reachable size) or
+// the measurements do not belong to the model.
+PlanResult plan(const Measurements& m, const std::string& model_dir, const Target& t);
+
+// Terminal summary: bytes and bits per weight per tensor kind and per layer.
+std::string summary_text(const PlanResult& p);
+// An SVG picture: rows = layers, columns = tensor kinds, colour = type.
+std::string summary_svg(const PlanResult& p);
+
+}  // namespace squish::plan

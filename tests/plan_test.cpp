@@ -1,0 +1,174 @@
+// The plan stage: the knapsack allocator against brute force, the planner's budget (whole file,
+// never exceeded; infeasible budgets named), determinism, and the measurements predictor.
+#include "core/io/synthetic_checkpoint.hpp"
+#include "core/recipe/recipe.hpp"
+#include "core/runtime/error.hpp"
+#include "stages/plan/allocate.hpp"
+#include "stages/plan/measure.hpp"
+#include "stages/plan/planner.hpp"
+#include "test_util.hpp"
+
+#include <fmt/core.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <limits>
+#include <random>
+
+using namespace squish;
+using namespace squish::plan;
+
+namespace {
+
+// Exhaustive optimum: least loss with bytes <= budget (infinity when nothing fits).
+double brute_force(const std::vector<std::vector<Option>>& items, uint64_t budget) {
+  double best = std::numeric_limits<double>::infinity();
+  std::vector<size_t> k(items.size(), 0);
+  for (;;) {
+    uint64_t b = 0;
+    double l = 0;
+    for (size_t i = 0; i < items.size(); ++i) b += items[i][k[i]].bytes, l += items[i][k[i]].loss;
+    if (b <= budget) best = std::min(best, l);
+    size_t i = 0;
+    while (i < items.size() && ++k[i] == items[i].size()) k[i++] = 0;
+    if (i == items.size()) return best;
+  }
+}
+
+// Items shaped like tensors x types: more bytes, less loss (with some noise and ties).
+std::vector<std::vector<Option>> random_items(std::mt19937& g, int n, int k) {
+  std::uniform_int_distribution<int> size(100, 5000);
+  std::uniform_real_distribution<double> u(0, 1);
+  std::vector<std::vector<Option>> items(n);
+  for (auto& it : items) {
+    uint64_t b = size(g);
+    double l = 10 * u(g);
+    for (int j = 0; j < k; ++j) {
+      it.push_back({b, l});
+      b += size(g) / 2;
+      l *= 0.3 + 0.6 * u(g);
+    }
+  }
+  return items;
+}
+
+}  // namespace
+
+// With a byte-exact grid the DP is the optimum; with a coarse grid it never exceeds the budget
+// and is at least as good as the optimum of the budget minus the rounding slack.
+TEST(PlanAllocate, MatchesBruteForce) {
+  std::mt19937 g(42);
+  for (int trial = 0; trial < 200; ++trial) {
+    const int n = 2 + trial % 5, k = 2 + trial % 4;
+    const auto items = random_items(g, n, k);
+    uint64_t lo = 0, hi = 0;
+    for (const auto& it : items) lo += it.front().bytes, hi += it.back().bytes;
+    const uint64_t budget = lo + (hi - lo) * (trial % 10) / 9;
+    const double opt = brute_force(items, budget);
+    const Allocation exact = allocate(items, budget, static_cast<int>(budget));  // unit = 1 byte
+    EXPECT_LE(exact.bytes, budget);
+    EXPECT_NEAR(exact.loss, opt, 1e-9 * std::max(1.0, opt)) << "trial " << trial;
+    const int grid = 64;
+    const Allocation coarse = allocate(items, budget, grid);
+    EXPECT_LE(coarse.bytes, budget);
+    const uint64_t unit = (budget + grid - 1) / grid, slack = unit * items.size();
+    if (budget > slack) EXPECT_LE(coarse.loss, brute_force(items, budget - slack) + 1e-9) << "trial " << trial;
+    EXPECT_GE(coarse.loss, opt - 1e-9);
+    double recomputed = 0;
+    uint64_t bytes = 0;
+    for (size_t i = 0; i < items.size(); ++i) recomputed += items[i][coarse.choice[i]].loss, bytes += items[i][coarse.choice[i]].bytes;
+    EXPECT_NEAR(recomputed, coarse.loss, 1e-9);
+    EXPECT_EQ(bytes, coarse.bytes);
+  }
+}
+
+TEST(PlanAllocate, InfeasibleBudgetNamesTheSmallestReachable) {
+  const std::vector<std::vector<Option>> items = {{{100, 1}, {200, 0.5}}, {{300, 2}, {50, 3}}};
+  try {
+    allocate(items, 149);
+    FAIL() << "accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ExitCode::InputData);
+    EXPECT_NE(std::string(e.what()).find("the smallest reachable is 150 bytes"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(allocate(items, 150).bytes, 150u);
+}
+
+// On a synthetic llama (rows that fit every K-quant) scored on a short text: the plan's file
+// never exceeds the budget (and compresses to exactly the predicted size), the same inputs give
+// the same recipe bytes, a larger budget never predicts a worse loss, and a budget below the
+// smallest reachable file is refused.
+TEST(Plan, BudgetDeterminismAndInfeasible) {
+  test::TempDir tmp;
+  const std::string model = tmp / "model";
+  SyntheticOptions so;
+  so.tokenizer_from = test::source_dir() + "/models/stories260K";
+  so.seed = 3;
+  write_synthetic_checkpoint(model, {{"model_type", "llama"}, {"hidden_size", 256}, {"intermediate_size", 512},
+                                     {"num_hidden_layers", 2}, {"num_attention_heads", 4}, {"num_key_value_heads", 2},
+                                     {"vocab_size", 512}, {"max_position_embeddings", 256}, {"rms_norm_eps", 1e-5},
+                                     {"tie_word_embeddings", false}, {"bos_token_id", 1}, {"eos_token_id", 2}},
+                             so);
+  auto r = test::squish_run(fmt::format("{}/pipelines/score.yaml --no-progress --set model={} --set text={}/models/stories260K/LICENSE "
+                                        "--set output={} --set ctx=64",
+                                        test::source_dir(), model, test::source_dir(), tmp / "stats"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const Measurements m = measure(model, tmp / "stats");
+  ASSERT_FALSE(m.tensors.empty());
+  for (const auto& t : m.tensors)
+    for (size_t i = 1; i < t.candidates.size(); ++i) EXPECT_GE(t.candidates[i].predicted, 0);
+
+  // The stored form reads back to the same measurements; a damaged one is refused.
+  EXPECT_EQ(Measurements::from_json(m.to_json(), "x").to_json().dump(), m.to_json().dump());
+  auto broken = m.to_json();
+  broken["tensors"][0]["candidates"][0]["predicted"] = -1;
+  EXPECT_THROW(Measurements::from_json(broken, "x"), Error);
+
+  const auto f16 = recipe::resolve(recipe::CompressionRecipe::from_preset("F16"), model);
+  const auto q2 = recipe::resolve(recipe::CompressionRecipe::from_json({{"tensors", {{{"match", "*"}, {"type", "Q2_K"}}}}}, "all Q2_K"), model);
+  double last = std::numeric_limits<double>::infinity();
+  for (double frac : {0.02, 0.3, 0.6, 1.0}) {
+    Target t;
+    t.size = q2.file_bytes + 64 + static_cast<uint64_t>(frac * double(f16.file_bytes - q2.file_bytes));
+    const PlanResult p = plan::plan(m, model, t);
+    EXPECT_LE(p.file_bytes, t.size);
+    EXPECT_LE(p.predicted_loss, last + 1e-12);
+    last = p.predicted_loss;
+    const PlanResult again = plan::plan(m, model, t);
+    EXPECT_EQ(p.recipe.to_json().dump(), again.recipe.to_json().dump());
+    const std::string recipe_path = tmp / fmt::format("r{}.json", frac);
+    test::write_file(recipe_path, p.recipe.to_json().dump(1));
+    r = test::squish_run(fmt::format("{}/pipelines/compress.yaml --no-progress --set model={} --set recipe={} --set output={}",
+                                     test::source_dir(), model, recipe_path, tmp / "m.gguf"));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(std::filesystem::file_size(tmp / "m.gguf"), p.file_bytes);
+  }
+  Target tiny;
+  tiny.size = q2.file_bytes - 4096;
+  try {
+    plan::plan(m, model, tiny);
+    FAIL() << "accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ExitCode::InputData);
+    EXPECT_NE(std::string(e.what()).find("cannot be met"), std::string::npos) << e.what();
+  }
+}
+
+// Device budgets keep the f16 KV cache of the context free.
+TEST(Plan, DeviceBudgetCountsTheKvCache) {
+  const auto base = recipe::resolve(recipe::CompressionRecipe::from_preset("F32"), test::source_dir() + "/models/stories260K");
+  std::string why;
+  Target t;
+  t.device = "macbook-air-16gb";
+  t.ctx = 1000;
+  // stories260K: 5 layers x 4 KV heads x head_dim 8, K and V in f16.
+  EXPECT_EQ(budget_bytes(t, base, &why), uint64_t(11e9) - 2ull * 5 * 4 * 8 * 1000 * 2);
+  EXPECT_NE(why.find("KV cache"), std::string::npos);
+  t.device = "toaster";
+  EXPECT_THROW(budget_bytes(t, base, &why), Error);
+  Target both;
+  both.size = 1000;
+  both.bpw = 3;
+  EXPECT_THROW(budget_bytes(both, base, &why), Error);
+}
