@@ -15,4 +15,13 @@ std::string read_text_file(const std::string& path, const char* what) {
   return ss.str();
 }
 
+nlohmann::json read_json_file(const std::string& path, const char* what) {
+  const std::string text = read_text_file(path, what);
+  try {
+    return nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    fail(ExitCode::InputData, "{}: {} is not valid JSON ({})", path, what, e.what());
+  }
+}
+
 }  // namespace squish

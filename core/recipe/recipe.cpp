@@ -1,6 +1,7 @@
 #include "core/recipe/recipe.hpp"
 
 #include "core/gguf/hf_to_gguf.hpp"
+#include "core/io/text_file.hpp"
 #include "core/runtime/error.hpp"
 
 #include <fmt/ranges.h>
@@ -106,17 +107,7 @@ CompressionRecipe CompressionRecipe::from_json(const nlohmann::json& j, const st
   return r;
 }
 
-CompressionRecipe CompressionRecipe::load(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) fail(ExitCode::InputData, "{}: cannot open recipe", path);
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    fail(ExitCode::InputData, "{}: recipe is not valid JSON ({})", path, e.what());
-  }
-  return from_json(j, path);
-}
+CompressionRecipe CompressionRecipe::load(const std::string& path) { return from_json(read_json_file(path, "recipe"), path); }
 
 CompressionRecipe CompressionRecipe::from_preset(const std::string& preset) {
   return from_json({{"name", preset}, {"preset", preset}}, "preset " + preset);

@@ -148,15 +148,6 @@ Measurements Measurements::from_json(const nlohmann::json& j, const std::string&
   return m;
 }
 
-Measurements Measurements::load(const std::string& path) {
-  const std::string text = read_text_file(path, "measurements");
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    fail(ExitCode::InputData, "{}: not JSON ({})", path, e.what());
-  }
-  return from_json(j, path);
-}
+Measurements Measurements::load(const std::string& path) { return from_json(read_json_file(path, "measurements"), path); }
 
 }  // namespace squish::plan
