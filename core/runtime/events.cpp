@@ -1,4 +1,5 @@
 #include "core/runtime/events.hpp"
+#include "core/runtime/error.hpp"
 
 #include "core/runtime/plugin_api.hpp"
 
@@ -98,6 +99,12 @@ size_t peak_rss_bytes() {
 void NodeContext::progress(const std::string& unit, uint64_t done, uint64_t total) const {
   if (events) events->progress(node_name, unit, done, total);
 }
+int NodeContext::threads_param() const {
+  const int t = params.contains("threads") ? static_cast<int>(params["threads"].get<int64_t>()) : 0;
+  if (t < 0) fail(ExitCode::Usage, "{}: threads must be >= 0 (got {})", node_name, t);
+  return t > 0 ? t : threads;
+}
+
 void NodeContext::warn(const std::string& message) const {
   if (events) events->warn(node_name, message);
 }

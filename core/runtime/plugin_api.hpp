@@ -62,6 +62,9 @@ struct NodeContext {
   // Progress of a long step inside a node (tokens scored, tensors written, ...).
   void progress(const std::string& unit, uint64_t done, uint64_t total) const;
   void warn(const std::string& message) const;
+  // A node's own "threads" parameter when > 0, else the pipeline's setting (0 = all cores).
+  // Throws Error(Usage) for a negative value.
+  int threads_param() const;
 };
 
 class Node {

@@ -19,13 +19,6 @@
 namespace squish::infer {
 namespace {
 
-// threads param, else the pipeline's setting (0 = all cores).
-int threads_of(const NodeContext& ctx) {
-  const int t = static_cast<int>(ctx.params["threads"].get<int64_t>());
-  if (t < 0) fail(ExitCode::Usage, "threads must be >= 0 (got {})", t);
-  return t > 0 ? t : ctx.threads;
-}
-
 void write_report(const std::string& path, const nlohmann::json& j) {
   if (!path.empty()) write_file_atomic(path, j.dump(1) + "\n");
 }
@@ -43,7 +36,7 @@ class PerplexityNode final : public Node {
     const std::vector<int32_t> tokens = tok.encode(read_text_file(text_path, "text file"), /*add_special=*/true);
     PerplexityOptions opt;
     opt.n_ctx = static_cast<int>(p["ctx"].get<int64_t>());
-    opt.threads = threads_of(ctx_);
+    opt.threads = ctx_.threads_param();
     opt.max_chunks = static_cast<int>(p["chunks"].get<int64_t>());
     opt.quantized_batches = p["exact"].get<bool>();
     opt.progress = [this](int done, int total) { ctx_.progress("chunks", done, total); };
@@ -91,7 +84,7 @@ class GenerateNode final : public Node {
     GenerateOptions opt;
     opt.n = static_cast<int>(p["n"].get<int64_t>());
     if (opt.n < 0) fail(ExitCode::Usage, "n must be >= 0 (got {})", opt.n);
-    opt.threads = threads_of(ctx_);
+    opt.threads = ctx_.threads_param();
     opt.temperature = static_cast<float>(p["temperature"].get<double>());
     opt.top_k = static_cast<int>(p["top_k"].get<int64_t>());
     opt.top_p = static_cast<float>(p["top_p"].get<double>());

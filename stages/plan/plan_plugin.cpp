@@ -16,12 +16,6 @@
 namespace squish::plan {
 namespace {
 
-int threads_of(const NodeContext& ctx) {
-  const int t = static_cast<int>(ctx.params["threads"].get<int64_t>());
-  if (t < 0) fail(ExitCode::Usage, "threads must be >= 0 (got {})", t);
-  return t > 0 ? t : ctx.threads;
-}
-
 class MeasureNode final : public Node {
  public:
   explicit MeasureNode(const NodeContext& ctx) : ctx_(ctx) {}
@@ -48,7 +42,7 @@ class MeasureNode final : public Node {
       }
     }
     MeasureOptions opt;
-    opt.threads = threads_of(ctx_);
+    opt.threads = ctx_.threads_param();
     opt.progress = [this](uint64_t done, uint64_t total) { ctx_.progress("tensors measured", done, total); };
     const Measurements m = measure(model, stats, opt);
     nlohmann::json j = m.to_json();
