@@ -15,11 +15,31 @@
 #include <filesystem>
 #include <limits>
 #include <random>
+#include <sstream>
 
 using namespace squish;
 using namespace squish::plan;
 
 namespace {
+
+// A 2-layer llama with K-quant-sized rows (256 columns), seeded: the same bytes on every run.
+void write_test_model(const std::string& dir) {
+  SyntheticOptions so;
+  so.tokenizer_from = test::source_dir() + "/models/stories260K";
+  so.seed = 3;
+  write_synthetic_checkpoint(dir, {{"model_type", "llama"}, {"hidden_size", 256}, {"intermediate_size", 512},
+                                   {"num_hidden_layers", 2}, {"num_attention_heads", 4}, {"num_key_value_heads", 2},
+                                   {"vocab_size", 512}, {"max_position_embeddings", 256}, {"rms_norm_eps", 1e-5},
+                                   {"tie_word_embeddings", false}, {"bos_token_id", 1}, {"eos_token_id", 2}},
+                             so);
+}
+
+std::vector<nlohmann::json> read_events(const std::string& path) {
+  std::vector<nlohmann::json> v;
+  std::istringstream in(test::read_file(path));
+  for (std::string line; std::getline(in, line);) v.push_back(nlohmann::json::parse(line));
+  return v;
+}
 
 // Exhaustive optimum: least loss with bytes <= budget (infinity when nothing fits).
 double brute_force(const std::vector<std::vector<Option>>& items, uint64_t budget) {
@@ -102,14 +122,7 @@ TEST(PlanAllocate, InfeasibleBudgetNamesTheSmallestReachable) {
 TEST(Plan, BudgetDeterminismAndInfeasible) {
   test::TempDir tmp;
   const std::string model = tmp / "model";
-  SyntheticOptions so;
-  so.tokenizer_from = test::source_dir() + "/models/stories260K";
-  so.seed = 3;
-  write_synthetic_checkpoint(model, {{"model_type", "llama"}, {"hidden_size", 256}, {"intermediate_size", 512},
-                                     {"num_hidden_layers", 2}, {"num_attention_heads", 4}, {"num_key_value_heads", 2},
-                                     {"vocab_size", 512}, {"max_position_embeddings", 256}, {"rms_norm_eps", 1e-5},
-                                     {"tie_word_embeddings", false}, {"bos_token_id", 1}, {"eos_token_id", 2}},
-                             so);
+  write_test_model(model);
   auto r = test::squish_run(fmt::format("{}/pipelines/score.yaml --no-progress --set model={} --set text={}/models/stories260K/LICENSE "
                                         "--set output={} --set ctx=64",
                                         test::source_dir(), model, test::source_dir(), tmp / "stats"));
@@ -127,6 +140,14 @@ TEST(Plan, BudgetDeterminismAndInfeasible) {
 
   const auto f16 = recipe::resolve(recipe::CompressionRecipe::from_preset("F16"), model);
   const auto q2 = recipe::resolve(recipe::CompressionRecipe::from_json({{"tensors", {{{"match", "*"}, {"type", "Q2_K"}}}}}, "all Q2_K"), model);
+  // Every budget between the smallest and the largest file plans within it (the header, which
+  // holds the recipe, changes size with the allocation).
+  for (int k = 1; k <= 40; ++k) {
+    Target t;
+    t.size = q2.file_bytes + static_cast<uint64_t>(k / 40.0 * double(f16.file_bytes - q2.file_bytes));
+    const PlanResult p = plan::plan(m, model, t);
+    EXPECT_LE(p.file_bytes, t.size) << k;
+  }
   double last = std::numeric_limits<double>::infinity();
   for (double frac : {0.02, 0.3, 0.6, 1.0}) {
     Target t;
@@ -144,6 +165,7 @@ TEST(Plan, BudgetDeterminismAndInfeasible) {
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_EQ(std::filesystem::file_size(tmp / "m.gguf"), p.file_bytes);
   }
+  // Too small a budget names the smallest reachable file, and that size plans.
   Target tiny;
   tiny.size = q2.file_bytes - 4096;
   try {
@@ -151,7 +173,14 @@ TEST(Plan, BudgetDeterminismAndInfeasible) {
     FAIL() << "accepted";
   } catch (const Error& e) {
     EXPECT_EQ(e.code(), ExitCode::InputData);
-    EXPECT_NE(std::string(e.what()).find("cannot be met"), std::string::npos) << e.what();
+    const std::string msg = e.what();
+    const auto at = msg.find("the smallest reachable file is ");
+    ASSERT_NE(at, std::string::npos) << msg;
+    Target least;
+    least.size = std::stoull(msg.substr(at + 31));
+    EXPECT_LE(plan::plan(m, model, least).file_bytes, least.size);
+    least.size -= 1;
+    EXPECT_THROW(plan::plan(m, model, least), Error);
   }
 }
 
@@ -171,4 +200,61 @@ TEST(Plan, DeviceBudgetCountsTheKvCache) {
   both.size = 1000;
   both.bpw = 3;
   EXPECT_THROW(budget_bytes(both, base, &why), Error);
+}
+
+// pipelines/squish.yaml: score -> plan -> compress -> verify as one graph, in four waves. The
+// file is within the budget, verified, the same bytes on a second run (which reuses the stored
+// scores and measurements), and the same bytes as the stages run one by one from its artifacts.
+// An infeasible budget fails naming the smallest file, and writes none.
+TEST(SquishPipeline, OneGraphFromTextToVerifiedFile) {
+  test::TempDir tmp;
+  const std::string model = tmp / "model";
+  write_test_model(model);
+  const auto q2 = recipe::resolve(recipe::CompressionRecipe::from_json({{"tensors", {{{"match", "*"}, {"type", "Q2_K"}}}}}, "all Q2_K"), model);
+  const auto q8 = recipe::resolve(recipe::CompressionRecipe::from_preset("Q8_0"), model);
+  const uint64_t size = (q2.file_bytes + q8.file_bytes) / 2;
+  const std::string text = test::source_dir() + "/models/stories260K/LICENSE";
+  auto run = [&](const std::string& out, uint64_t budget, const std::string& artifacts) {
+    return test::squish_run(fmt::format("{}/pipelines/squish.yaml --no-progress --events-file {}.events --set model={} --set text={} "
+                                        "--set calib_ctx=64 --set size={} --set output={} --set artifacts={}",
+                                        test::source_dir(), out, model, text, budget, out, artifacts));
+  };
+  const std::string a = tmp / "a.gguf";
+  auto r = run(a, size, a + ".squish");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_LE(std::filesystem::file_size(a), size);
+  for (const char* f : {"scores.json", "imatrix.dat", "fisher.dat", "measurements.json", "recipe.json", "recipe.svg", "verify.json"})
+    EXPECT_TRUE(std::filesystem::exists(a + ".squish/" + f)) << f;
+  EXPECT_TRUE(nlohmann::json::parse(test::read_file(a + ".squish/verify.json"))["ok"].get<bool>());
+  std::vector<nlohmann::json> waves;
+  for (auto& e : read_events(a + ".events"))
+    if (e["event"] == "wave_finish") waves.push_back(e["nodes"]);
+  EXPECT_EQ(waves, (std::vector<nlohmann::json>{{"score"}, {"measure", "plan"}, {"read", "prune", "quantize", "write"}, {"verify"}}));
+
+  // Again, into the same artifacts: stored scores, the same file.
+  const std::string again = tmp / "again.gguf";
+  r = run(again, size, a + ".squish");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(test::read_file(again), test::read_file(a));
+  bool stored = false;
+  for (auto& e : read_events(again + ".events"))
+    stored |= e["event"] == "node_progress" && e["node"] == "score" && e["unit"] == "tokens (stored scores)";
+  EXPECT_TRUE(stored);
+
+  // The stages one by one from the artifacts: the same file.
+  const std::string split = tmp / "split.gguf";
+  r = test::squish_run(fmt::format("{}/pipelines/compress.yaml --no-progress --set model={} --set recipe={}.squish/recipe.json "
+                                   "--set imatrix={}.squish/imatrix.dat --set output={}",
+                                   test::source_dir(), model, a, a, split));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(test::read_file(split), test::read_file(a));
+
+  // Infeasible: exit 3 naming the smallest file; no output, no temporary file left.
+  const std::string none = tmp / "none.gguf";
+  r = run(none, q2.file_bytes / 2, a + ".squish");
+  EXPECT_EQ(r.exit_code, 3) << r.err;
+  EXPECT_NE(r.err.find("the smallest reachable file is"), std::string::npos) << r.err;
+  EXPECT_FALSE(std::filesystem::exists(none));
+  for (const auto& e : std::filesystem::recursive_directory_iterator(tmp.path()))
+    EXPECT_EQ(e.path().filename().string().find(".tmp"), std::string::npos) << e.path();
 }

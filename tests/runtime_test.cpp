@@ -280,6 +280,51 @@ TEST(Runtime, InFlightMessagesAreBounded) {
   EXPECT_GE(out["max_live"].get<int>(), 1);
 }
 
+// A source with an input edge starts only after that node has finished: every document the
+// node emitted has reached its consumers before the first tensor of the gated source.
+TEST(Runtime, GatedSourceStartsAfterItsInputsFinish) {
+  test::TempDir tmp;
+  const std::string nodes =
+      "  first: {kind: testkit.counter_source, params: {count: 20}}\n"
+      "  announce: {kind: testkit.announce}\n"
+      "  second: {kind: testkit.counter_source, params: {count: 10, needs_documents: 1}}\n"
+      "  sink: {kind: testkit.slow_sink, parallel: true, params: {output: '${pipeline_dir}/out.json', sleep_us: 0}}\n";
+  test::write_file(tmp / "p.yaml", "name: gated\nplugins: [testkit]\nnodes:\n" + nodes +
+                                       "edges: [first -> announce, announce -> second, announce -> sink, second -> sink]\n");
+  auto r = test::run(testkit_env() + test::binary_dir() + "/bin/squish-run --events-file " + tmp / "ev.jsonl " + tmp / "p.yaml");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto out = nlohmann::json::parse(test::read_file(tmp / "out.json"));
+  EXPECT_EQ(out["received"], 10);
+  EXPECT_EQ(out["documents"], 1);
+  EXPECT_EQ(out["documents_after_tensors"], false);
+  std::vector<nlohmann::json> waves;
+  for (auto& e : read_events(tmp / "ev.jsonl"))
+    if (e["event"] == "wave_finish") waves.push_back(e);
+  ASSERT_EQ(waves.size(), 2u);
+  EXPECT_EQ(waves[0]["nodes"], nlohmann::json({"first", "announce"}));
+  EXPECT_EQ(waves[1]["sources"], nlohmann::json({"second"}));
+  EXPECT_GT(waves[1]["peak_rss_bytes"].get<uint64_t>(), 0u);
+
+  // Without the edge the second source starts at once, before the document exists.
+  test::write_file(tmp / "q.yaml", "name: ungated\nplugins: [testkit]\nnodes:\n" + nodes +
+                                       "edges: [first -> announce, announce -> sink, second -> sink]\n");
+  expect_one_line_error(test::run(testkit_env() + test::binary_dir() + "/bin/squish-run " + tmp / "q.yaml"), 3,
+                        "node 'second': counter source: started after 0 of 1 documents");
+}
+
+// Variables may refer to variables; a cycle is an error naming it.
+TEST(Runtime, VariablesExpandInsideVariables) {
+  test::TempDir tmp;
+  test::write_file(tmp / "p.yaml", "name: x\nplugins: [io]\nvariables: {out: ~, manifest: '${out}.json'}\nnodes:\n"
+                                   "  a: {kind: io.safetensors_source, params: {model: m}}\n"
+                                   "  b: {kind: io.checksum_manifest, params: {output: '${manifest}'}}\nedges: [a -> b]\n");
+  auto r = test::squish_run("--dry-run --set out=/tmp/zz " + tmp / "p.yaml");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("/tmp/zz.json"), std::string::npos) << r.out;
+  expect_one_line_error(test::squish_run("--dry-run --set 'out=${manifest}' " + tmp / "p.yaml"), 2,
+                        "variables refer to each other in a cycle: manifest -> out -> manifest");
+}
+
 // The first error cancels the graph, is reported once, and sinks do not write.
 TEST(Runtime, FirstErrorCancelsGraph) {
   test::TempDir tmp;

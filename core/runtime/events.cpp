@@ -96,6 +96,14 @@ size_t peak_rss_bytes() {
   return 0;
 }
 
+bool reset_peak_rss() {
+  std::ofstream out("/proc/self/clear_refs");
+  if (!out) return false;
+  out << "5";
+  out.flush();
+  return static_cast<bool>(out);
+}
+
 void NodeContext::progress(const std::string& unit, uint64_t done, uint64_t total) const {
   if (events) events->progress(node_name, unit, done, total);
 }

@@ -5,6 +5,7 @@
 //   node_start {node, kind}
 //   node_progress {node, unit, done, total, bytes}
 //   node_finish {node, messages_in, messages_out, bytes_in, bytes_out, seconds}
+//   wave_finish {wave, sources, nodes, seconds, peak_rss_bytes, peak_since_wave_start}
 //   warning {node?, message}
 //   error {node?, code, message}
 //   pipeline_end {ok, exit_code, seconds, peak_rss_bytes}
@@ -41,5 +42,8 @@ class EventSink {
 
 // Peak resident set size of this process (VmHWM), in bytes.
 size_t peak_rss_bytes();
+// Restarts the VmHWM count (Linux clear_refs "5"), so the next peak_rss_bytes() is the peak
+// since now. Returns false where the kernel does not allow it (the peak then stays cumulative).
+bool reset_peak_rss();
 
 }  // namespace squish

@@ -5,6 +5,7 @@
 #include <oneapi/tbb/flow_graph.h>
 #include <oneapi/tbb/global_control.h>
 
+#include <algorithm>
 #include <atomic>
 #include <exception>
 #include <mutex>
@@ -88,10 +89,13 @@ void GraphRunner::run() {
   // Declaration order matters for teardown: sources may still buffer a message whose ticket
   // decrements a limiter, so sources are destroyed first (reverse order of declaration).
   std::vector<std::unique_ptr<flow::limiter_node<Message>>> limiters(n);
+  std::vector<std::unique_ptr<Multi>> gates(n);  // a gated source's inputs (documents before it starts)
   std::vector<std::unique_ptr<flow::input_node<Message>>> sources(n);
   std::vector<std::unique_ptr<Multi>> multis(n);
   std::map<std::string, size_t> index;
   for (size_t i = 0; i < n; ++i) index[p_.nodes[i].name] = i;
+  std::vector<std::vector<size_t>> preds(n);
+  for (const auto& e : p_.edges) preds[index[e.to]].push_back(index[e.from]);
 
   for (size_t i = 0; i < n; ++i) {
     const auto& pn = p_.nodes[i];
@@ -126,6 +130,17 @@ void GraphRunner::run() {
         return m;
       });
       flow::make_edge(*sources[i], *limiters[i]);
+      if (!preds[i].empty())
+        gates[i] = std::make_unique<Multi>(g, 1, [&, i, impl](const Message& m, Multi::output_ports_type&) {
+          if (cancelled) return;
+          c.in.fetch_add(1, std::memory_order_relaxed);
+          PortEmitter em(c, [&, i](Message) { fail(ExitCode::Runtime, "source node '{}' emitted a message from consume()", p_.nodes[i].name); });
+          try {
+            impl->consume(m, em);
+          } catch (...) {
+            record_error(i, std::current_exception());
+          }
+        });
     } else {
       const size_t conc = pn.concurrency == 0 ? static_cast<size_t>(flow::unlimited) : static_cast<size_t>(pn.concurrency);
       multis[i] = std::make_unique<Multi>(g, conc, [&, i, impl](const Message& m, Multi::output_ports_type& ports) {
@@ -145,39 +160,74 @@ void GraphRunner::run() {
     if (limiters[i]) return *limiters[i];
     return flow::output_port<0>(*multis[i]);
   };
-  for (const auto& e : p_.edges) flow::make_edge(sender_of(index[e.from]), *multis[index[e.to]]);
+  auto receiver_of = [&](size_t i) -> flow::receiver<Message>& { return gates[i] ? *gates[i] : *multis[i]; };
+  for (const auto& e : p_.edges) flow::make_edge(sender_of(index[e.from]), receiver_of(index[e.to]));
 
+  // Waves: a source starts once every node it has an edge from has finished, so the documents
+  // those nodes emitted (a recipe, a scores folder) have reached every consumer before its
+  // first message flows. Without gated sources this is one wave, as before. After each wave,
+  // finish() runs in topological order for every node whose inputs are all finished; what it
+  // emits flows downstream before the next node finishes.
   const double t0 = events_.seconds();
-  for (auto& s : sources)
-    if (s) s->activate();
-  g.wait_for_all();
-
-  // Drain: finish() in topological order; what it emits flows downstream before the next finishes.
-  for (size_t i = 0; i < n && !cancelled; ++i) {
-    Counters& c = counters[i];
-    PortEmitter em(c, [&, i](Message out) {
-      if (multis[i]) flow::output_port<0>(*multis[i]).try_put(std::move(out));
-      else fail(ExitCode::Runtime, "source node '{}' emitted a message from finish()", p_.nodes[i].name);
-    });
-    try {
-      impls[i]->finish(em);
-    } catch (...) {
-      record_error(i, std::current_exception());
-    }
+  std::vector<char> activated(n, 0), finished(n, 0);
+  auto inputs_finished = [&](size_t i) {
+    return std::all_of(preds[i].begin(), preds[i].end(), [&](size_t p) { return finished[p] != 0; });
+  };
+  for (int wave = 0; !cancelled; ++wave) {
+    const double wave_t0 = events_.seconds();
+    const bool peak_reset = reset_peak_rss();
+    std::vector<std::string> started;
+    for (size_t i = 0; i < n; ++i)
+      if (sources[i] && !activated[i] && inputs_finished(i)) {
+        activated[i] = 1;
+        started.push_back(p_.nodes[i].name);
+        sources[i]->activate();
+      }
     g.wait_for_all();
-    auto& st = stats_[p_.nodes[i].name];
-    st.messages_in = c.in;
-    st.messages_out = c.out;
-    st.bytes_in = c.bytes_in;
-    st.bytes_out = c.bytes_out;
-    st.seconds = events_.seconds() - t0;
+    std::vector<std::string> done;
+    for (size_t i = 0; i < n && !cancelled; ++i) {
+      if (finished[i] || !inputs_finished(i) || (sources[i] && !activated[i])) continue;
+      Counters& c = counters[i];
+      PortEmitter em(c, [&, i](Message out) {
+        if (multis[i]) flow::output_port<0>(*multis[i]).try_put(std::move(out));
+        else fail(ExitCode::Runtime, "source node '{}' emitted a message from finish()", p_.nodes[i].name);
+      });
+      try {
+        impls[i]->finish(em);
+      } catch (...) {
+        record_error(i, std::current_exception());
+      }
+      g.wait_for_all();
+      finished[i] = 1;
+      done.push_back(p_.nodes[i].name);
+      auto& st = stats_[p_.nodes[i].name];
+      st.messages_in = c.in;
+      st.messages_out = c.out;
+      st.bytes_in = c.bytes_in;
+      st.bytes_out = c.bytes_out;
+      st.seconds = events_.seconds() - t0;
+      if (!cancelled)
+        events_.emit("node_finish", {{"node", p_.nodes[i].name},
+                                     {"messages_in", st.messages_in},
+                                     {"messages_out", st.messages_out},
+                                     {"bytes_in", st.bytes_in},
+                                     {"bytes_out", st.bytes_out},
+                                     {"seconds", st.seconds}});
+    }
+    if (done.empty()) break;  // every node finished (the graph is acyclic, so nothing waits forever)
+    WaveStats w;
+    w.nodes = done;
+    w.seconds = events_.seconds() - wave_t0;
+    w.peak_rss_bytes = peak_rss_bytes();
+    w.peak_is_wave_only = peak_reset;
+    waves_.push_back(w);
     if (!cancelled)
-      events_.emit("node_finish", {{"node", p_.nodes[i].name},
-                                   {"messages_in", st.messages_in},
-                                   {"messages_out", st.messages_out},
-                                   {"bytes_in", st.bytes_in},
-                                   {"bytes_out", st.bytes_out},
-                                   {"seconds", st.seconds}});
+      events_.emit("wave_finish", {{"wave", wave},
+                                   {"sources", started},
+                                   {"nodes", done},
+                                   {"seconds", w.seconds},
+                                   {"peak_rss_bytes", w.peak_rss_bytes},
+                                   {"peak_since_wave_start", peak_reset}});
   }
   // Sources (a buffered message) and nodes may hold flight tickets: release them while the
   // limiters and the graph still exist.

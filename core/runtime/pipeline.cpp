@@ -140,8 +140,12 @@ class Loader {
     }
   }
 
-  // Replaces ${name} references; `at` locates errors.
-  std::string substitute(const std::string& s, const YAML::Node& at) const {
+  // Replaces ${name} references; `at` locates errors. A variable's value (its default or a
+  // --set value) may itself refer to other variables ("${output}.squish"); those are expanded
+  // when used, and a cycle is an error.
+  std::string substitute(const std::string& s, const YAML::Node& at, std::vector<std::string>* expanding = nullptr) const {
+    std::vector<std::string> stack;
+    if (!expanding) expanding = &stack;
     std::string out;
     size_t i = 0;
     while (i < s.size()) {
@@ -152,7 +156,11 @@ class Loader {
         auto it = p_.variables.find(name);
         if (it == p_.variables.end()) err(at, "reference to undefined variable '{}'", name);
         if (!it->second.set) err(at, "variable '{}' is required: set it with --set {}=...", name, name);
-        out += it->second.value;
+        if (std::find(expanding->begin(), expanding->end(), name) != expanding->end())
+          err(at, "variables refer to each other in a cycle: {} -> {}", fmt::join(*expanding, " -> "), name);
+        expanding->push_back(name);
+        out += substitute(it->second.value, at, expanding);
+        expanding->pop_back();
         i = end + 1;
       } else {
         out += s[i++];
@@ -405,8 +413,6 @@ class Loader {
     for (const auto& n : p_.nodes) {
       const auto preds = p_.predecessors(n.name);
       const auto role = n.kind_info->role;
-      if (role == NodeRole::Source && !preds.empty())
-        fail(ExitCode::Usage, "{}: node '{}' is a source ({}) and cannot have inputs", n.loc.str(), n.name, n.kind);
       if (role != NodeRole::Source && preds.empty())
         fail(ExitCode::Usage, "{}: node '{}' ({}) has no input edge", n.loc.str(), n.name, n.kind);
     }

@@ -1,8 +1,12 @@
 // The compress stage: a checkpoint streams through prune -> quantize -> GGUF writer nodes,
-// following one CompressPlan (resolved once per process from the same parameters).
+// following one recipe that reaches them as a document on their input edge.
+//   compress.recipe       - source: a recipe file or a llama.cpp preset -> the "recipe" document
+//                           (plan.recipe sends the same document from a measured plan)
 //   compress.prune        - slice heads / channels, drop layers, rope-permute llama q/k; to F32
 //   compress.quantize     - quantize each tensor to its planned type (parallel)
 //   compress.gguf_writer  - write each tensor at its final offset as it arrives; commit at the end
+// The tensor reader has an edge from the recipe's sender, so it starts only after the recipe has
+// reached every compress node (core/runtime/graph.hpp: gated sources).
 #include "core/gguf/gguf.hpp"
 #include "core/gguf/hf_to_gguf.hpp"
 #include "core/io/imatrix.hpp"
@@ -12,36 +16,85 @@
 #include "core/recipe/recipe.hpp"
 
 #include <cstring>
+#include <filesystem>
 #include <mutex>
 
 namespace squish::compress {
 using namespace squish::recipe;
 namespace {
 
-// One plan per (model, recipe, preset) in the process: every node sees the same object.
-std::shared_ptr<const CompressPlan> plan_for(const NodeContext& ctx) {
-  static std::mutex mu;
-  static std::map<std::string, std::shared_ptr<const CompressPlan>> cache;
-  const std::string model = ctx.params["model"].get<std::string>();
-  const std::string recipe = ctx.params["recipe"].get<std::string>();
-  const std::string preset = ctx.params["preset"].get<std::string>();
-  if (recipe.empty() == preset.empty())
-    fail(ExitCode::Usage, "give exactly one of 'recipe' (a recipe JSON file) or 'preset' (e.g. Q4_K_M)");
-  const std::string key = model + '\n' + recipe + '\n' + preset;
-  std::lock_guard lock(mu);
-  auto& slot = cache[key];
-  if (!slot) {
-    const CompressionRecipe r = recipe.empty() ? CompressionRecipe::from_preset(preset) : CompressionRecipe::load(recipe);
-    slot = std::make_shared<const CompressPlan>(resolve(r, model));
-  }
-  return slot;
+// The "recipe" document: {"model": <hf folder>, "recipe": <squish.recipe/1 JSON>, ...}.
+Document recipe_document(const std::string& model, const CompressionRecipe& r) {
+  return Document{"recipe", {{"model", std::filesystem::absolute(model).string()}, {"recipe", r.to_json()}}};
 }
 
-std::vector<ParamSpec> plan_params() {
-  return {{"model", ParamType::Path, true, nullptr, "Hugging Face model folder"},
-          {"recipe", ParamType::String, false, "", "CompressionRecipe JSON file (docs/recipe.md)"},
-          {"preset", ParamType::String, false, "", "llama.cpp mixture instead of a recipe: Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_K_S, Q3_K_M, Q3_K_S, Q2_K, ..."}};
-}
+// A compress node's plan, resolved from the first recipe document it receives. Every node
+// resolves the same document, so they agree on every tensor's shape and type.
+class PlanSlot {
+ public:
+  explicit PlanSlot(std::string node) : node_(std::move(node)) {}
+  // True when `in` is a recipe document (then the plan is set; a different second recipe fails).
+  bool take(const Message& in) {
+    if (in.is_tensor() || in.document().kind != "recipe") return false;
+    const auto& body = in.document().body;
+    if (!body.is_object() || !body.contains("model") || !body["model"].is_string() || !body.contains("recipe"))
+      fail(ExitCode::Runtime, "{}: the recipe document has no 'model' and 'recipe'", node_);
+    const std::string key = body["model"].get<std::string>() + '\n' + body["recipe"].dump();
+    std::lock_guard lock(mu_);
+    if (plan_) {
+      if (key != key_) fail(ExitCode::Usage, "{}: received two different recipes", node_);
+      return true;
+    }
+    plan_ = std::make_shared<const CompressPlan>(
+        resolve(CompressionRecipe::from_json(body["recipe"], "recipe document"), body["model"].get<std::string>()));
+    key_ = key;
+    return true;
+  }
+  const CompressPlan& get() const {
+    std::lock_guard lock(mu_);
+    if (!plan_)
+      fail(ExitCode::Usage, "{}: a tensor arrived before any recipe: connect a compress.recipe or plan.recipe node to this node "
+           "and to the tensor reader", node_);
+    return *plan_;
+  }
+  bool has() const {
+    std::lock_guard lock(mu_);
+    return plan_ != nullptr;
+  }
+
+ private:
+  std::string node_;
+  mutable std::mutex mu_;
+  std::shared_ptr<const CompressPlan> plan_;
+  std::string key_;
+};
+
+// Source: a recipe file or a llama.cpp preset, checked against the checkpoint when the pipeline
+// is built (before anything runs), sent as the recipe document.
+class RecipeSource final : public Node {
+ public:
+  explicit RecipeSource(const NodeContext& ctx) {
+    const std::string model = ctx.params["model"].get<std::string>();
+    const std::string recipe = ctx.params["recipe"].get<std::string>();
+    const std::string preset = ctx.params["preset"].get<std::string>();
+    if (recipe.empty() == preset.empty())
+      fail(ExitCode::Usage, "give exactly one of 'recipe' (a recipe JSON file) or 'preset' (e.g. Q4_K_M)");
+    const CompressionRecipe r = recipe.empty() ? CompressionRecipe::from_preset(preset) : CompressionRecipe::load(recipe);
+    (void)resolve(r, model);  // every error in the recipe or the checkpoint, now
+    doc_ = recipe_document(model, r);
+  }
+  bool produce(Message& out) override {
+    if (sent_) return false;
+    sent_ = true;
+    out = Message::of(doc_);
+    return true;
+  }
+  uint64_t expected_count() const override { return 1; }
+
+ private:
+  Document doc_;
+  bool sent_ = false;
+};
 
 Tensor with_bytes(const Tensor& like, std::string name, std::vector<std::byte> bytes) {
   Tensor t;
@@ -54,13 +107,15 @@ Tensor with_bytes(const Tensor& like, std::string name, std::vector<std::byte> b
 
 class Prune final : public Node {
  public:
-  explicit Prune(const NodeContext& ctx) : plan_(plan_for(ctx)) {}
+  explicit Prune(const NodeContext& ctx) : plan_(ctx.node_name) {}
   void consume(const Message& in, Emitter& out) override {
-    if (!in.is_tensor()) return out.emit(in);
+    plan_.take(in);
+    if (!in.is_tensor()) return out.emit(in);  // the recipe travels on to quantize and write
     const Tensor& t = in.tensor();
-    const PlannedTensor* p = plan_->find_hf(t.name);
+    const CompressPlan& plan = plan_.get();
+    const PlannedTensor* p = plan.find_hf(t.name);
     if (!p) return;  // a dropped layer's tensor, or one with no GGUF counterpart
-    std::vector<float> f = prune_tensor(t, *p, t.meta.value("source", plan_->model_dir));
+    std::vector<float> f = prune_tensor(t, *p, t.meta.value("source", plan.model_dir));
     std::vector<std::byte> bytes(f.size() * sizeof(float));
     std::memcpy(bytes.data(), f.data(), bytes.size());
     Tensor o = with_bytes(t, t.name, std::move(bytes));
@@ -71,22 +126,21 @@ class Prune final : public Node {
   }
 
  private:
-  std::shared_ptr<const CompressPlan> plan_;
+  PlanSlot plan_;
 };
 
 class Quantize final : public Node {
  public:
-  explicit Quantize(const NodeContext& ctx) : plan_(plan_for(ctx)) {
-    const std::string path = ctx.params["imatrix"].get<std::string>();
-    if (!path.empty()) {
-      imatrix_ = read_imatrix(path);
-      imatrix_path_ = path;
-    }
-  }
+  explicit Quantize(const NodeContext& ctx) : plan_(ctx.node_name), imatrix_path_(ctx.params["imatrix"].get<std::string>()) {}
   void consume(const Message& in, Emitter& out) override {
+    if (plan_.take(in)) {
+      // Read with the recipe, not at construction: in one pipeline the score stage writes it.
+      if (!imatrix_path_.empty() && imatrix_.empty()) imatrix_ = read_imatrix(imatrix_path_);
+      return out.emit(in);
+    }
     if (!in.is_tensor()) return out.emit(in);
     const Tensor& t = in.tensor();
-    const PlannedTensor* p = plan_->find_hf(t.name);
+    const PlannedTensor* p = plan_.get().find_hf(t.name);
     if (!p) fail(ExitCode::Runtime, "tensor '{}' is not in the plan", t.name);
     if (t.dtype != DType::F32) fail(ExitCode::Runtime, "tensor '{}' reached quantize as {} (expected F32 from compress.prune)", t.name, dtype_name(t.dtype));
     std::vector<float> f = t.to_f32();
@@ -114,35 +168,42 @@ class Quantize final : public Node {
     return out;
   }
 
-  std::shared_ptr<const CompressPlan> plan_;
-  Imatrix imatrix_;
+  PlanSlot plan_;
   std::string imatrix_path_;
+  Imatrix imatrix_;
 };
 
 class GGUFWriterNode final : public Node {
  public:
-  explicit GGUFWriterNode(const NodeContext& ctx) : ctx_(ctx), plan_(plan_for(ctx)) {
-    std::vector<gguf::TensorDecl> decls;
-    for (const auto& pt : plan_->tensors) decls.push_back({pt.gguf_name, pt.ne, pt.type});
-    writer_ = std::make_unique<gguf::Writer>(ctx.params["output"].get<std::string>(), plan_->metadata, std::move(decls));
-  }
+  explicit GGUFWriterNode(const NodeContext& ctx) : ctx_(ctx), plan_(ctx.node_name) {}
   void consume(const Message& in, Emitter&) override {
+    if (plan_.take(in)) {
+      std::lock_guard lock(open_mu_);
+      if (!writer_) {  // the layout is known once the plan is: open the (temporary) output now
+        std::vector<gguf::TensorDecl> decls;
+        for (const auto& pt : plan_.get().tensors) decls.push_back({pt.gguf_name, pt.ne, pt.type});
+        writer_ = std::make_unique<gguf::Writer>(ctx_.params["output"].get<std::string>(), plan_.get().metadata, std::move(decls));
+      }
+      return;
+    }
     if (!in.is_tensor()) return;
     const Tensor& t = in.tensor();
-    const PlannedTensor* p = plan_->find_hf(t.name);
+    const PlannedTensor* p = plan_.get().find_hf(t.name);
     if (!p) fail(ExitCode::Runtime, "tensor '{}' is not in the plan", t.name);
     if (t.dtype != DType::Quantized || t.ggml_type != static_cast<int>(p->type))
       fail(ExitCode::Runtime, "tensor '{}' reached the writer as {} instead of {}", t.name, t.dtype == DType::Quantized ? ggml_type_name(static_cast<GGMLType>(t.ggml_type)) : dtype_name(t.dtype), ggml_type_name(p->type));
     writer_->write_tensor(p->gguf_name, t.bytes());
     const uint64_t done = ++written_;
-    ctx_.progress("tensors written", done, plan_->tensors.size());
+    ctx_.progress("tensors written", done, plan_.get().tensors.size());
   }
   void finish(Emitter& out) override {
-    for (const auto& pt : plan_->tensors)  // tensors the converter generates (rope_freqs)
+    const CompressPlan& plan = plan_.get();
+    if (!writer_) fail(ExitCode::Runtime, "{}: no recipe reached the writer", ctx_.node_name);
+    for (const auto& pt : plan.tensors)  // tensors the converter generates (rope_freqs)
       if (!pt.generated.empty())
         writer_->write_tensor(pt.gguf_name, std::as_bytes(std::span(pt.generated)));
     writer_->commit();  // fails if any tensor is missing
-    nlohmann::json report = plan_->summary();
+    nlohmann::json report = plan.summary();
     report["output"] = writer_->path();
     report["file_bytes"] = writer_->file_size();
     out.emit(Message::of(Document{"compress_report", std::move(report)}));
@@ -150,7 +211,8 @@ class GGUFWriterNode final : public Node {
 
  private:
   NodeContext ctx_;
-  std::shared_ptr<const CompressPlan> plan_;
+  PlanSlot plan_;
+  std::mutex open_mu_;
   std::unique_ptr<gguf::Writer> writer_;
   std::atomic<uint64_t> written_{0};
 };
@@ -159,12 +221,12 @@ class GGUFWriterNode final : public Node {
 // pipeline, or beside the GGUF for audit.
 class PlanReport final : public Node {
  public:
-  explicit PlanReport(const NodeContext& ctx) : plan_(plan_for(ctx)), output_(ctx.params["output"].get<std::string>()) {}
-  void consume(const Message&, Emitter&) override {}
+  explicit PlanReport(const NodeContext& ctx) : plan_(ctx.node_name), output_(ctx.params["output"].get<std::string>()) {}
+  void consume(const Message& in, Emitter&) override { plan_.take(in); }
   void finish(Emitter&) override;
 
  private:
-  std::shared_ptr<const CompressPlan> plan_;
+  PlanSlot plan_;
   std::string output_;
 };
 
@@ -177,24 +239,28 @@ namespace squish::compress {
 using namespace squish::recipe;
 namespace {
 
-void PlanReport::finish(Emitter&) { write_file_atomic(output_, plan_->summary().dump(1) + "\n"); }
+void PlanReport::finish(Emitter&) {
+  if (!plan_.has()) fail(ExitCode::Usage, "no recipe reached this node: connect a compress.recipe or plan.recipe node to it");
+  write_file_atomic(output_, plan_.get().summary().dump(1) + "\n");
+}
 
 void register_nodes(NodeRegistry& r) {
-  auto with = [](std::vector<ParamSpec> extra) {
-    auto p = plan_params();
-    p.insert(p.end(), extra.begin(), extra.end());
-    return p;
-  };
-  r.add({"compress.prune", "prune heads, KV groups, FFN channels and layers as the plan says; output F32", NodeRole::Transform, true,
-         plan_params(), [](const NodeContext& c) { return std::make_unique<Prune>(c); }});
-  r.add({"compress.quantize", "quantize each tensor to the type the plan gives it", NodeRole::Transform, true,
-         with({{"imatrix", ParamType::String, false, "", "importance matrix (llama.cpp imatrix.dat, e.g. from the score stage)"}}),
+  r.add({"compress.recipe", "a recipe file or a llama.cpp preset, checked against the checkpoint, sent as the recipe document",
+         NodeRole::Source, false,
+         {{"model", ParamType::Path, true, nullptr, "Hugging Face model folder"},
+          {"recipe", ParamType::String, false, "", "CompressionRecipe JSON file (docs/recipe.md)"},
+          {"preset", ParamType::String, false, "", "llama.cpp mixture instead of a recipe: Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_K_S, Q3_K_M, Q3_K_S, Q2_K, ..."}},
+         [](const NodeContext& c) { return std::make_unique<RecipeSource>(c); }});
+  r.add({"compress.prune", "prune heads, KV groups, FFN channels and layers as the recipe says; output F32", NodeRole::Transform, true,
+         {}, [](const NodeContext& c) { return std::make_unique<Prune>(c); }});
+  r.add({"compress.quantize", "quantize each tensor to the type the recipe gives it", NodeRole::Transform, true,
+         {{"imatrix", ParamType::String, false, "", "importance matrix (llama.cpp imatrix.dat, e.g. from the score stage)"}},
          [](const NodeContext& c) { return std::make_unique<Quantize>(c); }});
-  r.add({"compress.gguf_writer", "write the GGUF: layout from the plan, tensors at their offsets as they arrive", NodeRole::Sink, true,
-         with({{"output", ParamType::Path, true, nullptr, "GGUF file to write (atomically)"}}),
+  r.add({"compress.gguf_writer", "write the GGUF: layout from the recipe, tensors at their offsets as they arrive", NodeRole::Sink, true,
+         {{"output", ParamType::Path, true, nullptr, "GGUF file to write (atomically)"}},
          [](const NodeContext& c) { return std::make_unique<GGUFWriterNode>(c); }});
-  r.add({"compress.plan_report", "write the resolved plan (every tensor's type, reason and size) as JSON", NodeRole::Sink, false,
-         with({{"output", ParamType::Path, true, nullptr, "plan JSON file"}}),
+  r.add({"compress.plan_report", "write the resolved plan of the recipe it receives (every tensor's type, reason and size) as JSON",
+         NodeRole::Sink, false, {{"output", ParamType::Path, true, nullptr, "plan JSON file"}},
          [](const NodeContext& c) { return std::make_unique<PlanReport>(c); }});
 }
 

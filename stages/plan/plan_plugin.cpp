@@ -79,7 +79,9 @@ class RecipeNode final : public Node {
     write_file_atomic(std::filesystem::path(output).replace_extension(".svg").string(), summary_svg(r));
     std::fputs(summary_text(r).c_str(), stdout);
     std::fflush(stdout);
+    // The recipe document compress nodes take (stages/compress): model + recipe, and the summary.
     nlohmann::json doc = r.summary;
+    doc["model"] = std::filesystem::absolute(p["model"].get<std::string>()).string();
     doc["recipe"] = r.recipe.to_json();
     out.emit(Message::of(Document{"recipe", std::move(doc)}));
   }

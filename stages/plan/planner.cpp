@@ -113,19 +113,21 @@ PlanResult plan(const Measurements& m, const std::string& model_dir, const Targe
   }
   if (budget <= fixed) fail(ExitCode::InputData, "plan: budget {} bytes ({}) is below the {} bytes of norms and metadata", budget, why, fixed);
   uint64_t weights_budget = budget - fixed;
-  for (int iter = 0; iter < 8; ++iter) {
+  for (int iter = 0; iter < 16; ++iter) {
     Allocation a;
     try {
       a = allocate(items, weights_budget);
     } catch (const Error&) {
-      uint64_t smallest = fixed;
+      // The smallest file: every tensor at its smallest type, with the header that recipe makes.
+      Allocation least;
       for (const auto& it : items) {
-        uint64_t b = it[0].bytes;
-        for (const auto& o : it) b = std::min(b, o.bytes);
-        smallest += b;
+        const auto k = std::min_element(it.begin(), it.end(), [](const Option& x, const Option& y) { return x.bytes < y.bytes; }) - it.begin();
+        least.choice.push_back(static_cast<int>(k));
+        least.bytes += it[k].bytes;
+        least.loss += it[k].loss;
       }
-      fail(ExitCode::InputData, "plan: budget {} bytes ({}) cannot be met: the smallest reachable file is about {} bytes", budget, why,
-           smallest);
+      const uint64_t smallest = recipe::resolve(make_recipe(m, least, t, budget, why), model_dir, false).file_bytes;
+      fail(ExitCode::InputData, "plan: budget {} bytes ({}) cannot be met: the smallest reachable file is {} bytes", budget, why, smallest);
     }
     PlanResult p;
     p.recipe = make_recipe(m, a, t, budget, why);
@@ -143,7 +145,11 @@ PlanResult plan(const Measurements& m, const std::string& model_dir, const Targe
       p.summary = {{"file_bytes", p.file_bytes}, {"budget", budget}, {"budget_from", why}, {"predicted_loss", a.loss}, {"tensors", ts}};
       return p;
     }
-    weights_budget -= std::min(weights_budget, p.file_bytes - budget);
+    // Over by the header (tensor index, metadata, the recipe itself): give the weights what the
+    // file leaves them at this header size, and always strictly less than before.
+    const uint64_t overhead = p.file_bytes - a.bytes;
+    const uint64_t left = budget > overhead ? budget - overhead : 0;
+    weights_budget = std::min(left, weights_budget - std::min(weights_budget, p.file_bytes - budget));
   }
   fail(ExitCode::Runtime, "plan: could not fit the header into {} bytes", budget);
 }

@@ -23,8 +23,16 @@ class Importance final : public Node {
       if (ctx_.is_cancelled()) fail(ExitCode::Runtime, "cancelled");
       ctx_.progress("tokens", d, t);
     };
-    ScoreResult r = score_model(ctx_.params["model"].get<std::string>(), ctx_.params["text"].get<std::string>(), opt);
-    write_scores(r, ctx_.params["output"].get<std::string>());
+    const std::string model = ctx_.params["model"].get<std::string>(), text = ctx_.params["text"].get<std::string>();
+    const std::string dir = ctx_.params["output"].get<std::string>();
+    if (ctx_.params["reuse"].get<bool>())
+      if (auto stored = stored_scores(model, text, opt, dir)) {
+        ctx_.progress("tokens (stored scores)", 1, 1);
+        out = Message::of(Document{"scores", std::move(*stored)});
+        return true;
+      }
+    ScoreResult r = score_model(model, text, opt);
+    write_scores(r, dir);
     out = Message::of(Document{"scores", std::move(r.scores)});
     return true;
   }
@@ -44,7 +52,8 @@ void register_nodes(NodeRegistry& r) {
           {"text", ParamType::Path, true, nullptr, "calibration text file"},
           {"output", ParamType::Path, true, nullptr, "directory for scores.json, channels.bin.zst, imatrix.dat"},
           {"ctx", ParamType::Int, false, 512, "tokens per chunk"},
-          {"max_tokens", ParamType::Int, false, 0, "use at most this many tokens (0 = all)"}},
+          {"max_tokens", ParamType::Int, false, 0, "use at most this many tokens (0 = all)"},
+          {"reuse", ParamType::Bool, false, false, "keep the scores already in 'output' when they were taken from this model, text and settings"}},
          [](const NodeContext& c) { return std::make_unique<Importance>(c); }});
 }
 

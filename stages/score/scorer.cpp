@@ -92,7 +92,8 @@ ScoreResult score_model(const std::string& model_dir, const std::string& text_pa
         {"tokens", n_all},
         {"tokens_used", used},
         {"chunks", chunks},
-        {"ctx", opt.ctx}}},
+        {"ctx", opt.ctx},
+        {"max_tokens", opt.max_tokens}}},
       {"method",
        {{"name", "mask-gradient"},
         {"taylor", "E|m * dL/dm| over chunks (first-order Taylor importance; LLM-Pruner)"},
@@ -148,6 +149,36 @@ void write_scores(const ScoreResult& r, const std::string& dir) {
   write_imatrix((fs::path(dir) / "fisher.dat").string(), fisher_factors_of(r.stats), r.chunks,
                 r.scores["calibration"]["path"].get<std::string>());
   write_file_atomic((fs::path(dir) / "scores.json").string(), r.scores.dump(1) + "\n");
+}
+
+std::optional<nlohmann::json> stored_scores(const std::string& model_dir, const std::string& text_path, const ScoreOptions& opt,
+                                           const std::string& dir) {
+  const fs::path scores = fs::path(dir) / "scores.json";
+  std::error_code ec;
+  for (const char* f : {"scores.json", "channels.bin.zst", "imatrix.dat", "fisher.dat"})
+    if (!fs::is_regular_file(fs::path(dir) / f, ec)) return std::nullopt;
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(read_text_file(scores.string(), "scores"));
+  } catch (const std::exception&) {
+    return std::nullopt;  // unreadable: score again (and overwrite it)
+  }
+  const auto sha_of = [](const std::string& path, const char* what) {
+    const std::string t = read_text_file(path, what);
+    return sha256_hex(std::as_bytes(std::span(t.data(), t.size())));
+  };
+  const auto at = [&](const char* a, const char* b) { return j.contains(a) && j[a].is_object() && j[a].contains(b) ? j[a][b] : nlohmann::json(); };
+  if (j.value("format", "") != "squish.scores/1" || at("model", "path") != fs::absolute(model_dir).string() ||
+      at("model", "config_sha256") != sha_of((fs::path(model_dir) / "config.json").string(), "config.json") ||
+      at("calibration", "sha256") != sha_of(text_path, "calibration text") || at("calibration", "ctx") != opt.ctx ||
+      at("calibration", "max_tokens") != opt.max_tokens)
+    return std::nullopt;
+  // Weights rewritten after the scores were taken make them stale.
+  const auto scored = fs::last_write_time(scores, ec);
+  for (const auto& e : fs::directory_iterator(model_dir, ec))
+    if (e.path().extension() == ".safetensors" && fs::last_write_time(e.path(), ec) > scored) return std::nullopt;
+  if (ec) return std::nullopt;
+  return j;
 }
 
 std::vector<std::pair<std::vector<float>, std::vector<float>>> read_channel_scores(const std::string& path, const std::vector<int>& n_ff) {

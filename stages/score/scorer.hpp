@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include <functional>
+#include <optional>
 #include <string>
 
 namespace squish::score {
@@ -19,6 +20,12 @@ struct ScoreOptions {
   int threads = 0;
   std::function<void(uint64_t done, uint64_t total)> progress;  // tokens
 };
+
+// The scores.json already in `dir` when it was taken from this model (same folder, config.json
+// and weights not newer), this calibration text (same SHA-256) and these options, with all its
+// artifacts beside it; nullopt otherwise.
+std::optional<nlohmann::json> stored_scores(const std::string& model_dir, const std::string& text_path, const ScoreOptions& opt,
+                                           const std::string& dir);
 
 struct ScoreResult {
   nlohmann::json scores;   // the scores.json document

@@ -16,8 +16,14 @@ std::atomic<int64_t> g_live{0}, g_max_live{0};
 // Emits `count` small tensors and tracks how many are alive at once (through their tickets).
 class CounterSource final : public Node {
  public:
-  explicit CounterSource(const NodeContext& c) : count_(c.params["count"].get<int64_t>()), fail_at_(c.params["fail_at"].get<int64_t>()) {}
+  explicit CounterSource(const NodeContext& c)
+      : count_(c.params["count"].get<int64_t>()), fail_at_(c.params["fail_at"].get<int64_t>()), needs_(c.params["needs_documents"].get<int64_t>()) {}
+  // Documents on input edges (a gated source) arrive before the first produce().
+  void consume(const Message& in, Emitter&) override {
+    if (!in.is_tensor()) ++documents_;
+  }
   bool produce(Message& out) override {
+    if (documents_ < needs_) fail(ExitCode::InputData, "counter source: started after {} of {} documents", documents_, needs_);
     if (next_ >= count_) return false;
     if (next_ == fail_at_) fail(ExitCode::InputData, "counter source: planned failure at message {}", next_);
     Tensor t;
@@ -34,25 +40,46 @@ class CounterSource final : public Node {
   uint64_t expected_count() const override { return count_; }
 
  private:
-  int64_t count_, fail_at_, next_ = 0;
+  int64_t count_, fail_at_, needs_, next_ = 0, documents_ = 0;
+};
+
+// Counts what it consumes; when finished, announces the count as a document.
+class Announce final : public Node {
+ public:
+  explicit Announce(const NodeContext&) {}
+  void consume(const Message&, Emitter&) override { ++seen_; }
+  void finish(Emitter& out) override { out.emit(Message::of(Document{"announce", {{"seen", seen_}}})); }
+
+ private:
+  int64_t seen_ = 0;
 };
 
 // Consumes slowly, then writes what it saw: messages received and the maximum alive at once.
 class SlowSink final : public Node {
  public:
   explicit SlowSink(const NodeContext& c) : output_(c.params["output"].get<std::string>()), sleep_us_(c.params["sleep_us"].get<int64_t>()) {}
-  void consume(const Message&, Emitter&) override {
+  void consume(const Message& in, Emitter&) override {
+    if (!in.is_tensor()) {
+      ++documents_;
+      if (received_ > 0) documents_after_tensors_ = true;
+      return;
+    }
     std::this_thread::sleep_for(std::chrono::microseconds(sleep_us_));
     ++received_;
   }
   void finish(Emitter&) override {
-    write_file_atomic(output_, nlohmann::json{{"received", received_.load()}, {"max_live", g_max_live.load()}}.dump());
+    write_file_atomic(output_, nlohmann::json{{"received", received_.load()},
+                                              {"max_live", g_max_live.load()},
+                                              {"documents", documents_.load()},
+                                              {"documents_after_tensors", documents_after_tensors_.load()}}
+                                   .dump());
   }
 
  private:
   std::string output_;
   int64_t sleep_us_;
-  std::atomic<int64_t> received_{0};
+  std::atomic<int64_t> received_{0}, documents_{0};
+  std::atomic<bool> documents_after_tensors_{false};
 };
 
 [[maybe_unused]] void register_nodes(NodeRegistry& r) {
@@ -61,8 +88,12 @@ class SlowSink final : public Node {
          [](const NodeContext&) -> std::unique_ptr<Node> { return nullptr; }});
 #else
   r.add({"testkit.counter_source", "emit N small tensors, tracking how many are alive", NodeRole::Source, false,
-         {{"count", ParamType::Int, false, 100, ""}, {"fail_at", ParamType::Int, false, -1, "throw at this message"}},
+         {{"count", ParamType::Int, false, 100, ""},
+          {"fail_at", ParamType::Int, false, -1, "throw at this message"},
+          {"needs_documents", ParamType::Int, false, 0, "fail unless this many documents arrived before the first message"}},
          [](const NodeContext& c) { return std::make_unique<CounterSource>(c); }});
+  r.add({"testkit.announce", "count messages; emit the count as a document when finished", NodeRole::Transform, false, {},
+         [](const NodeContext& c) { return std::make_unique<Announce>(c); }});
   r.add({"testkit.slow_sink", "consume slowly; write counts at the end", NodeRole::Sink, true,
          {{"output", ParamType::Path, true, nullptr, ""}, {"sleep_us", ParamType::Int, false, 200, ""}},
          [](const NodeContext& c) { return std::make_unique<SlowSink>(c); }});
