@@ -6,7 +6,9 @@
 #include "core/runtime/plugin_host.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -42,6 +44,15 @@ exit codes:
 [[noreturn]] void usage_error(const std::string& msg) {
   fmt::print(stderr, "squish-run: error: {} (see squish-run --help)\n", msg);
   std::exit(static_cast<int>(ExitCode::Usage));
+}
+
+// After a pipeline of several waves (score, plan, compress, verify), a line per wave: where the
+// time and the memory went.
+void print_waves(const std::vector<WaveStats>& waves, bool quiet) {
+  if (quiet || waves.size() < 2 || !::isatty(STDERR_FILENO)) return;
+  for (const auto& w : waves)
+    fmt::print(stderr, "  {:<40} {:8.2f} s  peak {:7.1f} MiB{}\n", fmt::format("{}", fmt::join(w.nodes, ", ")), w.seconds,
+               double(w.peak_rss_bytes) / (1 << 20), w.peak_is_wave_only ? "" : " (since start)");
 }
 
 }  // namespace
@@ -136,6 +147,7 @@ int main(int argc, char** argv) {
 
   int code = 0;
   std::string message;
+  size_t graph_peak = 0;
   try {
     PluginHost host;
     Pipeline p = Pipeline::load(pipeline_file, sets, host);
@@ -146,7 +158,14 @@ int main(int argc, char** argv) {
       fmt::print("pipeline is valid ({} nodes, {} edges)\n", p.nodes.size(), p.edges.size());
     } else {
       GraphRunner runner(p, events);
-      runner.run();
+      try {
+        runner.run();
+      } catch (...) {
+        graph_peak = runner.peak_rss();
+        throw;
+      }
+      graph_peak = runner.peak_rss();
+      print_waves(runner.waves(), no_progress || events_stderr);
     }
   } catch (const Error& e) {
     code = static_cast<int>(e.code());
@@ -163,7 +182,7 @@ int main(int argc, char** argv) {
     events.emit("error", {{"code", code}, {"message", message}});
     if (jsonl != stderr) fmt::print(stderr, "squish-run: error: {}\n", message);
   }
-  events.emit("pipeline_end", {{"ok", code == 0}, {"exit_code", code}, {"seconds", events.seconds()}, {"peak_rss_bytes", peak_rss_bytes()}});
+  events.emit("pipeline_end", {{"ok", code == 0}, {"exit_code", code}, {"seconds", events.seconds()}, {"peak_rss_bytes", std::max(graph_peak, peak_rss_bytes())}});
   if (jsonl && jsonl != stderr) std::fclose(jsonl);
   return code;
 }

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <thread>
 
 namespace squish {
@@ -190,6 +191,15 @@ void ActivationStats::accumulate(const std::string& weight, std::span<const doub
 
 void ActivationStats::accumulate_output_grad(const std::string& weight, std::span<const double> row_sum_sq, int64_t tokens) {
   add_sums(output_grads[weight], weight, row_sum_sq, tokens);
+}
+
+void ActivationStats::accumulate_moment(const std::string& input, const float* x, int tokens, int n) {
+  auto& m = moments[input];
+  if (m.sum.empty()) m.n = n, m.sum.assign(size_t(n) * n, 0.0f);
+  if (m.n != n) fail(ExitCode::Runtime, "second moments of {}: {} columns, had {}", input, n, m.n);
+  // Σ x xᵀ over the chunk's rows, upper triangle (half a GEMM).
+  cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, n, tokens, 1.0f, x, n, 1.0f, m.sum.data(), n);
+  m.count += tokens;
 }
 
 MaskImportance::MaskImportance(const ModelArch& a)
@@ -455,6 +465,16 @@ struct Engine {
     Vec dy, dh, dg, du, dxn, datt, dq, dk, dv;
   };
 
+  // Σ x xᵀ of one input over this chunk's T tokens (statistics are kept in float).
+  void add_moment(ActivationStats& st, const std::string& input, const F* x, int n) {
+    if constexpr (std::is_same_v<F, float>) {
+      st.accumulate_moment(input, x, T, n);
+    } else {
+      const std::vector<float> f(x, x + size_t(T) * n);
+      st.accumulate_moment(input, f.data(), T, n);
+    }
+  }
+
   // Buffers persist across calls: reallocating them per chunk costs page faults and memsets
   // comparable to the attention itself.
   int T = 0;
@@ -550,6 +570,11 @@ struct Engine {
                                                               {Role::FfnDown, col_sum_sq(a.h.data(), T, FF)}};
       for (const auto& k : arch::tensor_kinds())
         if (k.per_layer && k.weight_matrix()) stats->accumulate(arch::hf_name(k, l), inputs.at(k.input_of), T);
+      if (stats->second_moments) {
+        const std::pair<Role, std::pair<const F*, int>> moment_inputs[] = {
+            {Role::AttnQ, {a.xn1.data(), D}}, {Role::AttnOut, {a.att.data(), Q}}, {Role::FfnGate, {a.xn2.data(), D}}, {Role::FfnDown, {a.h.data(), FF}}};
+        for (const auto& [role, in] : moment_inputs) add_moment(*stats, arch::hf_name(arch::kind_of(role), l), in.first, in.second);
+      }
     }
   }
 
@@ -700,8 +725,10 @@ struct Engine {
     Vec xf(x.size());
     rstd.resize(T);
     rmsnorm(x.data(), out_norm, xf.data(), rstd.data(), T, D, A.rms_eps);
-    if (stats)
+    if (stats) {
       stats->accumulate(hf_of(A.tie_embeddings ? Role::TokenEmbd : Role::Output, -1), col_sum_sq(xf.data(), T, D), T);
+      if (stats->second_moments) add_moment(*stats, hf_of(A.tie_embeddings ? Role::TokenEmbd : Role::Output, -1), xf.data(), D);
+    }
     return xf;
   }
 

@@ -141,6 +141,18 @@ struct ActivationStats {
   std::map<std::string, Entry> output_grads;  // output gradients: per row (backward only)
   void accumulate(const std::string& weight, std::span<const double> col_sum_sq, int64_t tokens);
   void accumulate_output_grad(const std::string& weight, std::span<const double> row_sum_sq, int64_t tokens);
+
+  // With `second_moments` set, also the full Σ x xᵀ of every input (GPTQ's H), once per input:
+  // keyed by the HF name of the first weight that reads it (q_proj for q/k/v, gate_proj for
+  // gate/up, o_proj, down_proj, and the output projection). n² floats each.
+  struct SecondMoment {
+    int n = 0;
+    std::vector<float> sum;  // n x n, row-major; the upper triangle (j >= i) is kept
+    int64_t count = 0;       // tokens
+  };
+  bool second_moments = false;
+  std::map<std::string, SecondMoment> moments;
+  void accumulate_moment(const std::string& input, const float* x, int tokens, int n);
 };
 
 // Running first-order Taylor importance E|m dL/dm| and Fisher E[(dL/dm)^2] over chunks.

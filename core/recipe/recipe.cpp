@@ -48,7 +48,7 @@ const std::vector<std::string>& preset_names() {
 CompressionRecipe CompressionRecipe::from_json(const nlohmann::json& j, const std::string& origin) {
   if (!j.is_object()) bad(origin, "not a JSON object");
   static const std::set<std::string> allowed = {"format", "name", "preset", "tensors", "attention", "ffn_channels", "drop_layers",
-                                                "block_fit", "device", "memory_budget_bytes", "source"};
+                                                "block_fit", "device", "memory_budget_bytes", "source", "method", "gptq_damp"};
   for (auto it = j.begin(); it != j.end(); ++it)
     if (!allowed.count(it.key())) bad(origin, fmt::format("unknown key '{}'", it.key()));
   if (j.contains("format") && j["format"] != "squish.recipe/1")
@@ -97,6 +97,15 @@ CompressionRecipe CompressionRecipe::from_json(const nlohmann::json& j, const st
   if (j.contains("drop_layers")) r.drop_layers = int_list(j["drop_layers"], origin, "drop_layers");
   r.block_fit = j.value("block_fit", "fallback");
   if (r.block_fit != "fallback" && r.block_fit != "error") bad(origin, "block_fit must be \"fallback\" or \"error\"");
+  if (j.contains("method")) {
+    if (!j["method"].is_string() || (j["method"] != "rtn" && j["method"] != "gptq")) bad(origin, "method must be \"rtn\" or \"gptq\"");
+    r.method = j["method"].get<std::string>();
+  }
+  if (j.contains("gptq_damp")) {
+    if (!j["gptq_damp"].is_number() || !(j["gptq_damp"].get<double>() >= 0) || !(j["gptq_damp"].get<double>() < 1e6))
+      bad(origin, "gptq_damp must be a number >= 0");
+    r.gptq_damp = j["gptq_damp"].get<double>();
+  }
   r.device = j.value("device", "");
   if (j.contains("memory_budget_bytes")) {
     if (!j["memory_budget_bytes"].is_number_unsigned()) bad(origin, "memory_budget_bytes must be a non-negative integer");
@@ -135,6 +144,7 @@ nlohmann::json CompressionRecipe::to_json() const {
   }
   if (!drop_layers.empty()) j["drop_layers"] = drop_layers;
   j["block_fit"] = block_fit;
+  if (method != "rtn") j["method"] = method, j["gptq_damp"] = gptq_damp;
   if (!device.empty()) j["device"] = device;
   if (memory_budget_bytes) j["memory_budget_bytes"] = memory_budget_bytes;
   if (!source.empty()) j["source"] = source;

@@ -39,6 +39,8 @@ struct CompressionRecipe {
   std::map<int, std::vector<int>> ffn_channels;  // by original layer: intermediate channels kept
   std::vector<int> drop_layers;            // original layer indices removed entirely
   std::string block_fit = "fallback";      // rows not a multiple of the block size: "fallback" | "error"
+  std::string method = "rtn";              // quantizer: "rtn" (ggml's rounding, imatrix-weighted) | "gptq"
+  double gptq_damp = 0.01;                 // GPTQ: H's diagonal damping, fraction of its mean
   std::string device;                      // what it was planned for (free text)
   uint64_t memory_budget_bytes = 0;        // 0 = none; the output file must fit
   nlohmann::json source = nlohmann::json::object();  // provenance: scores, plan settings

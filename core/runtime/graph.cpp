@@ -175,14 +175,19 @@ void GraphRunner::run() {
   };
   for (int wave = 0; !cancelled; ++wave) {
     const double wave_t0 = events_.seconds();
-    const bool peak_reset = reset_peak_rss();
-    std::vector<std::string> started;
+    std::vector<size_t> starting;
     for (size_t i = 0; i < n; ++i)
-      if (sources[i] && !activated[i] && inputs_finished(i)) {
-        activated[i] = 1;
-        started.push_back(p_.nodes[i].name);
-        sources[i]->activate();
-      }
+      if (sources[i] && !activated[i] && inputs_finished(i)) starting.push_back(i);
+    // Per-wave peaks: the high-water mark restarts with each wave (the process peak is kept as
+    // the maximum over waves, since the kernel's own count is what gets reset).
+    peak_rss_ = std::max(peak_rss_, peak_rss_bytes());
+    const bool peak_reset = !starting.empty() && reset_peak_rss();
+    std::vector<std::string> started;
+    for (size_t i : starting) {
+      activated[i] = 1;
+      started.push_back(p_.nodes[i].name);
+      sources[i]->activate();
+    }
     g.wait_for_all();
     std::vector<std::string> done;
     for (size_t i = 0; i < n && !cancelled; ++i) {
@@ -220,6 +225,7 @@ void GraphRunner::run() {
     w.seconds = events_.seconds() - wave_t0;
     w.peak_rss_bytes = peak_rss_bytes();
     w.peak_is_wave_only = peak_reset;
+    peak_rss_ = std::max(peak_rss_, w.peak_rss_bytes);
     waves_.push_back(w);
     if (!cancelled)
       events_.emit("wave_finish", {{"wave", wave},

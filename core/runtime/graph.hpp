@@ -13,6 +13,10 @@
 #include "core/runtime/events.hpp"
 #include "core/runtime/pipeline.hpp"
 
+#include <algorithm>
+#include <string>
+#include <vector>
+
 namespace squish {
 
 struct NodeStats {
@@ -35,12 +39,15 @@ class GraphRunner {
   void run();
   const std::map<std::string, NodeStats>& stats() const { return stats_; }
   const std::vector<WaveStats>& waves() const { return waves_; }
+  // Peak RSS of the process over the run (per-wave resets included).
+  size_t peak_rss() const { return std::max(peak_rss_, peak_rss_bytes()); }
 
  private:
   const Pipeline& p_;
   EventSink& events_;
   std::map<std::string, NodeStats> stats_;
   std::vector<WaveStats> waves_;
+  size_t peak_rss_ = 0;
 };
 
 }  // namespace squish

@@ -10,14 +10,18 @@
 #include "core/gguf/gguf.hpp"
 #include "core/gguf/hf_to_gguf.hpp"
 #include "core/io/imatrix.hpp"
+#include "core/io/moments.hpp"
+#include "core/quant/gptq.hpp"
 #include "core/runtime/error.hpp"
 #include "core/runtime/plugin_api.hpp"
 #include "stages/compress/prune.hpp"
 #include "core/recipe/recipe.hpp"
 
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <mutex>
+#include <optional>
 
 namespace squish::compress {
 using namespace squish::recipe;
@@ -129,13 +133,27 @@ class Prune final : public Node {
   PlanSlot plan_;
 };
 
+// Quantizes each tensor to its planned type. Method "rtn": ggml's rounding (imatrix-weighted when
+// an importance matrix is given); "gptq": error-compensating (core/quant/gptq.hpp) for every
+// weight matrix whose input's second moments the score stage wrote, ggml's rounding for the rest
+// (norms, the embedding lookup, types without integer levels). The method is the recipe's unless
+// the node's parameter overrides it.
 class Quantize final : public Node {
  public:
-  explicit Quantize(const NodeContext& ctx) : plan_(ctx.node_name), imatrix_path_(ctx.params["imatrix"].get<std::string>()) {}
+  explicit Quantize(const NodeContext& ctx)
+      : ctx_(ctx), plan_(ctx.node_name), imatrix_path_(ctx.params["imatrix"].get<std::string>()),
+        stats_(ctx.params["stats"].get<std::string>()), method_(ctx.params["method"].get<std::string>()) {
+    if (!method_.empty() && method_ != "rtn" && method_ != "gptq")
+      fail(ExitCode::Usage, "method must be \"rtn\" or \"gptq\" (got '{}')", method_);
+    damp_ = ctx.params["damp"].get<double>();  // < 0: the recipe's
+    if (std::isnan(damp_) || damp_ > 1e6) fail(ExitCode::Usage, "damp must be a fraction >= 0 (got {})", damp_);
+    if (imatrix_path_.empty() && !stats_.empty()) imatrix_path_ = (std::filesystem::path(stats_) / "imatrix.dat").string();
+  }
   void consume(const Message& in, Emitter& out) override {
     if (plan_.take(in)) {
-      // Read with the recipe, not at construction: in one pipeline the score stage writes it.
-      if (!imatrix_path_.empty() && imatrix_.empty()) imatrix_ = read_imatrix(imatrix_path_);
+      // Read with the recipe, not at construction: in one pipeline the score stage writes them.
+      std::lock_guard lock(setup_mu_);
+      if (!ready_) setup(plan_.get());
       return out.emit(in);
     }
     if (!in.is_tensor()) return out.emit(in);
@@ -145,13 +163,52 @@ class Quantize final : public Node {
     if (t.dtype != DType::F32) fail(ExitCode::Runtime, "tensor '{}' reached quantize as {} (expected F32 from compress.prune)", t.name, dtype_name(t.dtype));
     std::vector<float> f = t.to_f32();
     const std::vector<float> w = importance_for(*p);
-    Tensor o = with_bytes(t, t.name, quantize_tensor(f, *p, w.empty() ? nullptr : w.data()));
+    Tensor o = with_bytes(t, t.name, gptq_applies(*p) ? quantize_gptq(f, *p, w) : quantize_tensor(f, *p, w.empty() ? nullptr : w.data()));
     o.dtype = DType::Quantized;
     o.ggml_type = static_cast<int>(p->type);
     out.emit(in.derive(std::move(o)));
   }
 
  private:
+  void setup(const CompressPlan& plan) {
+    if (method_.empty()) method_ = plan.recipe.method;
+    if (damp_ < 0) damp_ = plan.recipe.gptq_damp;
+    if (!imatrix_path_.empty()) imatrix_ = read_imatrix(imatrix_path_);
+    if (method_ == "gptq") {
+      if (stats_.empty()) fail(ExitCode::Usage, "method gptq needs 'stats': the score stage's output folder (scored with moments=true)");
+      moments_ = Moments::open(stats_);
+      if (!moments_) fail(ExitCode::InputData, "{}: no moments/ (second moments for gptq): score with --set moments=true", stats_);
+    }
+    ready_ = true;
+  }
+
+  // Weight matrices only (per layer, and an untied output projection): a tied embedding is also
+  // the token lookup, whose error GPTQ does not see.
+  bool gptq_applies(const PlannedTensor& p) const {
+    if (method_ != "gptq" || !quant::gptq_supported(p.type) || !p.kind || !p.kind->weight_matrix()) return false;
+    if (!p.kind->per_layer && p.kind->role != arch::Role::Output) return false;
+    const auto src = gguf::hf_to_gguf_name(p.hf_name);
+    return src && moments_->has(*src);
+  }
+
+  std::vector<std::byte> quantize_gptq(const std::vector<float>& f, const PlannedTensor& p, const std::vector<float>& imp) const {
+    int n = 0;
+    std::vector<float> h = moments_->load(*gguf::hf_to_gguf_name(p.hf_name), &n);
+    if (n != p.src_shape.back())
+      fail(ExitCode::InputData, "{}: the moments of '{}' are {} x {}, the tensor has {} columns", moments_->dir(), p.hf_name, n, n, p.src_shape.back());
+    if (!p.keep_cols.empty()) {  // pruned inputs: the kept rows and columns of H
+      const size_t k = p.keep_cols.size();
+      std::vector<float> s(k * k);
+      for (size_t i = 0; i < k; ++i)
+        for (size_t j = 0; j < k; ++j) s[i * k + j] = h[size_t(p.keep_cols[i]) * n + size_t(p.keep_cols[j])];
+      h = std::move(s);
+    }
+    const int64_t cols = p.ne[0], rows = static_cast<int64_t>(f.size()) / cols;
+    quant::GptqOptions opt;
+    opt.damp = damp_;
+    return quant::gptq_quantize(p.type, f.data(), rows, cols, h.data(), imp.empty() ? nullptr : imp.data(), opt);
+  }
+
   // The imatrix is keyed by the source model's GGUF names; pruned columns are sliced out.
   std::vector<float> importance_for(const PlannedTensor& p) const {
     if (imatrix_.empty() || !ggml_type_traits(p.type)->quantized) return {};
@@ -168,9 +225,14 @@ class Quantize final : public Node {
     return out;
   }
 
+  NodeContext ctx_;
   PlanSlot plan_;
-  std::string imatrix_path_;
+  std::string imatrix_path_, stats_, method_;
+  double damp_ = -1;
+  std::mutex setup_mu_;
+  bool ready_ = false;
   Imatrix imatrix_;
+  std::optional<Moments> moments_;
 };
 
 class GGUFWriterNode final : public Node {
@@ -254,7 +316,10 @@ void register_nodes(NodeRegistry& r) {
   r.add({"compress.prune", "prune heads, KV groups, FFN channels and layers as the recipe says; output F32", NodeRole::Transform, true,
          {}, [](const NodeContext& c) { return std::make_unique<Prune>(c); }});
   r.add({"compress.quantize", "quantize each tensor to the type the recipe gives it", NodeRole::Transform, true,
-         {{"imatrix", ParamType::String, false, "", "importance matrix (llama.cpp imatrix.dat, e.g. from the score stage)"}},
+         {{"imatrix", ParamType::String, false, "", "importance matrix (llama.cpp imatrix.dat); \"\" = <stats>/imatrix.dat when stats is set"},
+          {"stats", ParamType::String, false, "", "score stage output folder (imatrix.dat, moments/ for gptq)"},
+          {"method", ParamType::String, false, "", "rtn | gptq; \"\" = the recipe's (rtn unless it says)"},
+          {"damp", ParamType::Float, false, -1.0, "GPTQ dampening, fraction of H's mean diagonal; < 0 = the recipe's (0.01)"}},
          [](const NodeContext& c) { return std::make_unique<Quantize>(c); }});
   r.add({"compress.gguf_writer", "write the GGUF: layout from the recipe, tensors at their offsets as they arrive", NodeRole::Sink, true,
          {{"output", ParamType::Path, true, nullptr, "GGUF file to write (atomically)"}},

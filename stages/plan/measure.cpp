@@ -3,17 +3,21 @@
 #include "core/gguf/gguf.hpp"
 #include "core/io/atomic_file.hpp"
 #include "core/io/imatrix.hpp"
+#include "core/io/moments.hpp"
+#include "core/quant/gptq.hpp"
 #include "core/io/safetensors.hpp"
 #include "core/io/text_file.hpp"
 #include "core/quant/quantize.hpp"
 #include "core/recipe/recipe.hpp"
 #include "core/runtime/error.hpp"
 
+#include <cblas.h>
 #include <oneapi/tbb/parallel_for.h>
 #include <oneapi/tbb/task_arena.h>
 
 #include <filesystem>
 #include <mutex>
+#include <optional>
 
 namespace squish::plan {
 
@@ -69,6 +73,47 @@ Candidate evaluate(GGMLType type, const std::vector<float>& w, int64_t rows, int
   return c;
 }
 
+// GPTQ's result at `type`, with the full second moments in the prediction.
+Candidate evaluate_gptq(GGMLType type, const std::vector<float>& w, int64_t rows, int64_t n, const std::vector<float>& h,
+                        const std::vector<float>& out, const float* imatrix, double damp) {
+  Candidate c{type};
+  c.bytes = aligned(ggml_row_size(type, n) * uint64_t(rows));
+  quant::GptqOptions o;
+  o.damp = damp;
+  const std::vector<std::byte> q = quant::gptq_quantize(type, w.data(), rows, n, h.data(), imatrix, o);
+  std::mutex mu;
+  double pred = 0, err = 0, ref = 0;
+  const int64_t chunk = 32;
+  tbb::parallel_for(int64_t{0}, (rows + chunk - 1) / chunk, [&](int64_t b) {
+    const int64_t r0 = b * chunk, r1 = std::min(rows, r0 + chunk), nr = r1 - r0;
+    std::vector<float> dw(size_t(nr * n)), dwh(size_t(nr * n));
+    const size_t rb = ggml_row_size(type, n);
+    for (int64_t r = r0; r < r1; ++r) {
+      float* d = dw.data() + size_t(r - r0) * n;
+      dequantize_row(type, q.data() + rb * size_t(r), d, n);
+      for (int64_t j = 0; j < n; ++j) d[j] = w[size_t(r * n + j)] - d[j];
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(nr), int(n), int(n), 1.0f, dw.data(), int(n), h.data(), int(n), 0.0f,
+                dwh.data(), int(n));
+    double p = 0, e = 0, s = 0;
+    for (int64_t r = 0; r < nr; ++r) {
+      double row = 0, row_ref = 0;
+      for (int64_t j = 0; j < n; ++j) {
+        row += double(dw[size_t(r * n + j)]) * dwh[size_t(r * n + j)];
+        const double x = w[size_t((r0 + r) * n + j)];
+        row_ref += h[size_t(j * n + j)] * x * x;
+      }
+      p += out[size_t(r0 + r)] * row;
+      e += row, s += row_ref;
+    }
+    std::lock_guard lock(mu);
+    pred += p, err += e, ref += s;
+  });
+  c.predicted = 0.5 * std::max(0.0, pred);
+  c.rel_error = ref > 0 ? std::max(0.0, err) / ref : 0;
+  return c;
+}
+
 }  // namespace
 
 Measurements measure(const std::string& model_dir, const std::string& stats_dir, const MeasureOptions& opt) {
@@ -79,9 +124,17 @@ Measurements measure(const std::string& model_dir, const std::string& stats_dir,
   // The tensors compress would write (names, shapes), from the recipe resolver.
   const auto base = recipe::resolve(recipe::CompressionRecipe::from_preset("F32"), model_dir);
   const auto st = SafetensorsModel::open(model_dir);
+  if (opt.method != "rtn" && opt.method != "gptq") fail(ExitCode::Usage, "method must be \"rtn\" or \"gptq\" (got '{}')", opt.method);
+  std::optional<Moments> moments;
+  if (opt.method == "gptq") {
+    moments = Moments::open(stats_dir);
+    if (!moments) fail(ExitCode::InputData, "{}: no moments/ (second moments for gptq): score with --set moments=true", stats_dir);
+  }
   Measurements m;
   m.model = fs::absolute(model_dir).string();
   m.stats = fs::absolute(stats_dir).string();
+  m.method = opt.method;
+  m.gptq_damp = opt.gptq_damp;
   std::vector<const recipe::PlannedTensor*> weights;
   for (const auto& pt : base.tensors)
     if (pt.kind->weight_matrix()) weights.push_back(&pt);
@@ -95,10 +148,20 @@ Measurements measure(const std::string& model_dir, const std::string& stats_dir,
     auto im = imatrix.find(pt.gguf_name);  // as compress: the imatrix weights the rounding when present
     const float* imp = im != imatrix.end() && im->second.size() == size_t(n) ? im->second.data() : nullptr;
     TensorMeasure tm{pt.gguf_name, pt.ne, {}};
+    // As compress: GPTQ for weight matrices with second moments (not a tied embedding's lookup).
+    const bool gptq = moments && (pt.kind->per_layer || pt.kind->role == arch::Role::Output) && moments->has(pt.gguf_name);
+    std::vector<float> h;
+    if (gptq) {
+      int hn = 0;
+      h = moments->load(pt.gguf_name, &hn);
+      if (hn != n) fail(ExitCode::InputData, "{}: the moments of {} are {} x {}, the tensor has {} columns", moments->dir(), pt.gguf_name, hn, hn, n);
+    }
     arena.execute([&] {
       for (GGMLType t : candidate_types()) {
         if (n % ggml_type_traits(t)->block_size != 0) continue;  // the block does not fit a row
-        tm.candidates.push_back(evaluate(t, w, rows, n, in, out, ggml_type_traits(t)->quantized ? imp : nullptr));
+        const float* tw = ggml_type_traits(t)->quantized ? imp : nullptr;
+        tm.candidates.push_back(gptq && quant::gptq_supported(t) ? evaluate_gptq(t, w, rows, n, h, out, tw, opt.gptq_damp)
+                                                                  : evaluate(t, w, rows, n, in, out, tw));
       }
     });
     if (tm.candidates.empty()) fail(ExitCode::InputData, "{}: no candidate type fits rows of {}", pt.gguf_name, n);
@@ -116,11 +179,16 @@ nlohmann::json Measurements::to_json() const {
       c.push_back({{"type", ggml_type_name(k.type)}, {"bytes", k.bytes}, {"predicted", k.predicted}, {"rel_error", k.rel_error}});
     t.push_back({{"name", tm.name}, {"ne", tm.ne}, {"candidates", c}});
   }
-  return {{"format", "squish.measurements/1"},
-          {"model", model},
-          {"stats", stats},
-          {"predictor", "1/2 sum_ij E[(n dL/dy_i)^2] E[x_j^2] (W_ij - Q(W)_ij)^2 (diagonal Fisher, fisher.dat)"},
-          {"tensors", t}};
+  nlohmann::json j{{"format", "squish.measurements/1"},
+                   {"model", model},
+                   {"stats", stats},
+                   {"method", method},
+                   {"predictor", method == "gptq" ? "1/2 sum_i E[(n dL/dy_i)^2] dW_i H dW_iᵀ, H = E[x xᵀ] (moments/), for GPTQ's dW; "
+                                                    "the diagonal form for tensors without moments"
+                                                  : "1/2 sum_ij E[(n dL/dy_i)^2] E[x_j^2] (W_ij - Q(W)_ij)^2 (diagonal Fisher, fisher.dat)"},
+                   {"tensors", t}};
+  if (method == "gptq") j["gptq_damp"] = gptq_damp;
+  return j;
 }
 
 Measurements Measurements::from_json(const nlohmann::json& j, const std::string& origin) {
@@ -130,6 +198,9 @@ Measurements Measurements::from_json(const nlohmann::json& j, const std::string&
   try {
     m.model = j.at("model").get<std::string>();
     m.stats = j.value("stats", "");
+    m.method = j.value("method", "rtn");
+    if (m.method != "rtn" && m.method != "gptq") bad("method must be rtn or gptq");
+    m.gptq_damp = j.value("gptq_damp", 0.01);
     for (const auto& t : j.at("tensors")) {
       TensorMeasure tm{t.at("name").get<std::string>(), t.at("ne").get<std::vector<int64_t>>(), {}};
       for (const auto& c : t.at("candidates")) {

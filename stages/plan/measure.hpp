@@ -4,7 +4,11 @@
 // diagonal Fisher estimate (fisher.dat):
 //   dL(W, t) ~ 1/2 sum_ij E[(n dL/dy_i)^2] E[x_j^2] (W_ij - Q_t(W)_ij)^2
 // with Q_t the quantize-dequantize round trip compress would apply (importance-weighted with the
-// same imatrix). Computed once (seconds: one quantization per tensor and type) and stored as a
+// same imatrix). For method "gptq" Q_t is GPTQ's result, whose errors are correlated so as to
+// cancel on the layer's inputs; its prediction takes the full input second moments H = E[x xᵀ]
+// (moments/) in place of their diagonal (the Kronecker-factored Fisher, diagonal in the output):
+//   dL(W, t) ~ 1/2 sum_i E[(n dL/dy_i)^2] (W - Q_t(W))_i H (W - Q_t(W))_iᵀ
+// Computed once (seconds: one quantization per tensor and type) and stored as a
 // `squish.measurements/1` JSON document (docs/plan.md); planning for a new budget reads it.
 #include "core/quant/ggml_types.hpp"
 
@@ -33,6 +37,8 @@ struct TensorMeasure {
 struct Measurements {
   std::string model;       // HF folder measured
   std::string stats;       // score output folder (fisher.dat, imatrix.dat)
+  std::string method = "rtn";  // the quantizer measured: "rtn" | "gptq" (recipes planned from it use it)
+  double gptq_damp = 0.01;
   std::vector<TensorMeasure> tensors;
   nlohmann::json to_json() const;
   static Measurements from_json(const nlohmann::json& j, const std::string& origin);
@@ -44,6 +50,8 @@ const std::vector<GGMLType>& candidate_types();
 
 struct MeasureOptions {
   int threads = 0;
+  std::string method = "rtn";  // "gptq" needs <stats>/moments/
+  double gptq_damp = 0.01;
   std::function<void(uint64_t done, uint64_t total)> progress;  // tensors
 };
 

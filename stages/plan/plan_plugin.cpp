@@ -29,13 +29,17 @@ class MeasureNode final : public Node {
                                                                       : p["output"].get<std::string>();
     // Stored measurements of the same model and statistics are reused: a new budget plans in
     // well under a second. They are recomputed when the statistics are newer than the file.
+    const std::string method = p["method"].get<std::string>();
+    const double damp = p["damp"].get<double>();
+    if (method != "rtn" && method != "gptq") fail(ExitCode::Usage, "method must be \"rtn\" or \"gptq\" (got '{}')", method);
+    if (!(damp >= 0)) fail(ExitCode::Usage, "damp must be >= 0 (got {})", damp);
     namespace fs = std::filesystem;
     std::error_code ec;
     const bool fresh = p["reuse"].get<bool>() && fs::exists(output) &&
                        fs::last_write_time(output, ec) >= fs::last_write_time(fs::path(stats) / "fisher.dat", ec) && !ec;
     if (fresh) {
       const Measurements m = Measurements::load(output);
-      if (m.model == model && m.stats == stats) {
+      if (m.model == model && m.stats == stats && m.method == method && (method != "gptq" || m.gptq_damp == damp)) {
         ctx_.progress("tensors measured (stored)", m.tensors.size(), m.tensors.size());
         out = Message::of(Document{"measurements", m.to_json()});
         return true;
@@ -43,6 +47,8 @@ class MeasureNode final : public Node {
     }
     MeasureOptions opt;
     opt.threads = ctx_.threads_param();
+    opt.method = method;
+    opt.gptq_damp = damp;
     opt.progress = [this](uint64_t done, uint64_t total) { ctx_.progress("tensors measured", done, total); };
     const Measurements m = measure(model, stats, opt);
     nlohmann::json j = m.to_json();
@@ -97,6 +103,8 @@ void register_nodes(NodeRegistry& r) {
           {"stats", ParamType::Path, true, nullptr, "score stage output folder (fisher.dat, imatrix.dat)"},
           {"output", ParamType::String, false, "", "measurements JSON to write, reused when already there (\"\" = <stats>/measurements.json)"},
           {"reuse", ParamType::Bool, false, true, "reuse the output file when it holds this model's measurements"},
+          {"method", ParamType::String, false, "rtn", "the quantizer to measure and plan for: rtn | gptq (needs moments/)"},
+          {"damp", ParamType::Float, false, 0.01, "GPTQ dampening, fraction of H's mean diagonal"},
           {"threads", ParamType::Int, false, 0, "worker threads (0 = the pipeline's setting / all cores)"}},
          [](const NodeContext& c) { return std::make_unique<MeasureNode>(c); }});
   r.add({"plan.recipe", "choose one type per tensor: least predicted loss with the whole file within the budget", NodeRole::Transform, false,

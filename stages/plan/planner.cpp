@@ -33,6 +33,8 @@ recipe::CompressionRecipe make_recipe(const Measurements& m, const Allocation& a
   r.origin = "plan";
   r.memory_budget_bytes = budget;
   r.device = t.device;
+  r.method = m.method;  // the quantizer the predictions were measured with
+  r.gptq_damp = m.gptq_damp;
   for (size_t i = 0; i < m.tensors.size(); ++i) {
     const auto& tm = m.tensors[i];
     const Candidate& c = tm.candidates[a.choice[i]];
@@ -47,7 +49,7 @@ recipe::CompressionRecipe make_recipe(const Measurements& m, const Allocation& a
     r.tensors.push_back({tm.name, c.type, reason});
   }
   r.source = {{"planner", "squish.plan/1"},
-              {"measurements", {{"model", m.model}, {"stats", m.stats}}},
+              {"measurements", {{"model", m.model}, {"stats", m.stats}, {"method", m.method}}},
               {"budget_bytes", budget},
               {"budget", why},
               {"predicted_loss", a.loss}};

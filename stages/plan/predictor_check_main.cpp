@@ -3,12 +3,16 @@
 // other weight float), measures the mean KL divergence of the float model's next-token
 // distribution (second half of each chunk, llama.cpp's protocol) against the unmodified model,
 // and prints it beside the measurements' predicted loss, with the Spearman rank correlation.
-//   squish-plan-check MODEL_DIR STATS_DIR EVAL.txt [N_SWAPS=24] [CHUNKS=8]
+//   squish-plan-check MODEL_DIR STATS_DIR EVAL.txt [N_SWAPS=24] [CHUNKS=8] [METHOD=rtn|gptq]
+// With gptq, each swap quantizes its tensor with GPTQ (as compress would) and the predictions are
+// the gptq measurements (full second moments).
 // A measurement program, not a test: figures go in closing notes.
 #include "core/arch/architecture.hpp"
 #include "core/io/imatrix.hpp"
+#include "core/io/moments.hpp"
 #include "core/io/text_file.hpp"
 #include "core/model/transformer.hpp"
+#include "core/quant/gptq.hpp"
 #include "core/quant/quantize.hpp"
 #include "core/runtime/error.hpp"
 #include "core/tokenizer/tokenizer.hpp"
@@ -61,12 +65,15 @@ std::vector<double> log_softmax(const float* z, int V) {
 int main(int argc, char** argv) {
   try {
     if (argc < 4) {
-      fmt::print(stderr, "usage: {} MODEL_DIR STATS_DIR EVAL.txt [N_SWAPS=24] [CHUNKS=8]\n", argv[0]);
+      fmt::print(stderr, "usage: {} MODEL_DIR STATS_DIR EVAL.txt [N_SWAPS=24] [CHUNKS=8] [METHOD=rtn|gptq]\n", argv[0]);
       return 2;
     }
     const std::string model_dir = argv[1], stats_dir = argv[2], eval = argv[3];
     const int n_swaps = argc > 4 ? std::stoi(argv[4]) : 24, max_chunks = argc > 5 ? std::stoi(argv[5]) : 8;
-    const plan::Measurements m = plan::measure(model_dir, stats_dir);
+    plan::MeasureOptions mo;
+    mo.method = argc > 6 ? argv[6] : "rtn";
+    const plan::Measurements m = plan::measure(model_dir, stats_dir, mo);
+    const auto moments = mo.method == "gptq" ? Moments::open(stats_dir) : std::nullopt;
     const auto imatrix = read_imatrix(stats_dir + "/imatrix.dat");
     auto base = SafetensorsWeights::open(model_dir);
     const ModelArch& a = base->arch();
@@ -113,7 +120,10 @@ int main(int argc, char** argv) {
       auto im = imatrix.find(tm.name);
       const float* imp = im != imatrix.end() ? im->second.data() : nullptr;
       std::vector<std::byte> q(ggml_row_size(cand.type, n) * size_t(rows));
-      quantize_rows(cand.type, w->data(), q.data(), rows, n, imp);
+      const bool gptq = moments && (named->layer >= 0 || named->kind->role == arch::Role::Output) && moments->has(tm.name) &&
+                        quant::gptq_supported(cand.type);
+      if (gptq) q = quant::gptq_quantize(cand.type, w->data(), rows, n, moments->load(tm.name).data(), imp);
+      else quantize_rows(cand.type, w->data(), q.data(), rows, n, imp);
       for (int64_t r = 0; r < rows; ++r) dequantize_row(cand.type, q.data() + ggml_row_size(cand.type, n) * size_t(r), w->data() + r * n, n);
       Transformer model(std::make_shared<InMemoryWeights>(a, std::move(g), std::move(layers)), {});
       double kl = 0;

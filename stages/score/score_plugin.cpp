@@ -18,6 +18,7 @@ class Importance final : public Node {
     ScoreOptions opt;
     opt.ctx = static_cast<int>(ctx_.params["ctx"].get<int64_t>());
     opt.max_tokens = ctx_.params["max_tokens"].get<int64_t>();
+    opt.moments = ctx_.params["moments"].get<bool>();
     opt.threads = ctx_.threads;
     opt.progress = [this](uint64_t d, uint64_t t) {
       if (ctx_.is_cancelled()) fail(ExitCode::Runtime, "cancelled");
@@ -53,6 +54,7 @@ void register_nodes(NodeRegistry& r) {
           {"output", ParamType::Path, true, nullptr, "directory for scores.json, channels.bin.zst, imatrix.dat"},
           {"ctx", ParamType::Int, false, 512, "tokens per chunk"},
           {"max_tokens", ParamType::Int, false, 0, "use at most this many tokens (0 = all)"},
+          {"moments", ParamType::Bool, false, false, "also write moments/: E[x xᵀ] of every linear layer input (for method gptq; n² floats each)"},
           {"reuse", ParamType::Bool, false, false, "keep the scores already in 'output' when they were taken from this model, text and settings"}},
          [](const NodeContext& c) { return std::make_unique<Importance>(c); }});
 }

@@ -2,6 +2,7 @@
 
 #include "core/gguf/hf_to_gguf.hpp"
 #include "core/io/atomic_file.hpp"
+#include "core/io/moments.hpp"
 #include "core/io/sha256.hpp"
 #include "core/io/text_file.hpp"
 #include "core/runtime/error.hpp"
@@ -46,6 +47,7 @@ ScoreResult score_model(const std::string& model_dir, const std::string& text_pa
   Transformer model(weights, topt);
   MaskImportance importance(model.arch());
   ScoreResult r;
+  r.stats.second_moments = opt.moments;
   const MaskSet ones = MaskSet::ones(model.arch());
   MaskSet grads;
   LossResult total;
@@ -93,7 +95,8 @@ ScoreResult score_model(const std::string& model_dir, const std::string& text_pa
         {"tokens_used", used},
         {"chunks", chunks},
         {"ctx", opt.ctx},
-        {"max_tokens", opt.max_tokens}}},
+        {"max_tokens", opt.max_tokens},
+        {"moments", opt.moments}}},
       {"method",
        {{"name", "mask-gradient"},
         {"taylor", "E|m * dL/dm| over chunks (first-order Taylor importance; LLM-Pruner)"},
@@ -148,7 +151,28 @@ void write_scores(const ScoreResult& r, const std::string& dir) {
                 r.scores["calibration"]["path"].get<std::string>());
   write_imatrix((fs::path(dir) / "fisher.dat").string(), fisher_factors_of(r.stats), r.chunks,
                 r.scores["calibration"]["path"].get<std::string>());
+  if (r.stats.second_moments) write_moments_of(r.stats, dir);
   write_file_atomic((fs::path(dir) / "scores.json").string(), r.scores.dump(1) + "\n");
+}
+
+void write_moments_of(const ActivationStats& stats, const std::string& dir) {
+  // GGUF names: each input under the first weight that reads it; every weight mapped to its input.
+  std::map<std::string, MomentSum> inputs;
+  int64_t tokens = 0;
+  for (const auto& [hf, m] : stats.moments)
+    if (auto g = gguf::hf_to_gguf_name(hf)) {
+      inputs[*g] = {m.n, m.sum.data()};
+      tokens = m.count;
+    }
+  std::map<std::string, std::string> weights;
+  for (const auto& [hf, e] : stats.entries) {
+    const auto g = gguf::hf_to_gguf_name(hf);
+    const auto named = arch::parse_hf_name(hf);
+    if (!g || !named) continue;
+    const std::string input = named->layer < 0 ? hf : arch::hf_name(arch::kind_of(named->kind->input_of), named->layer);
+    if (auto gi = gguf::hf_to_gguf_name(input); gi && inputs.count(*gi)) weights[*g] = *gi;
+  }
+  write_moments(dir, inputs, weights, tokens);
 }
 
 std::optional<nlohmann::json> stored_scores(const std::string& model_dir, const std::string& text_path, const ScoreOptions& opt,
@@ -173,6 +197,8 @@ std::optional<nlohmann::json> stored_scores(const std::string& model_dir, const 
       at("calibration", "sha256") != sha_of(text_path, "calibration text") || at("calibration", "ctx") != opt.ctx ||
       at("calibration", "max_tokens") != opt.max_tokens)
     return std::nullopt;
+  if (opt.moments && !(at("calibration", "moments") == true && fs::is_regular_file(fs::path(dir) / "moments" / "index.json", ec)))
+    return std::nullopt;  // stored without the second moments this run needs
   // Weights rewritten after the scores were taken make them stale.
   const auto scored = fs::last_write_time(scores, ec);
   for (const auto& e : fs::directory_iterator(model_dir, ec))

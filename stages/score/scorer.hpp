@@ -17,9 +17,13 @@ namespace squish::score {
 struct ScoreOptions {
   int ctx = 512;         // tokens per chunk (next-token cross-entropy over the whole chunk)
   int64_t max_tokens = 0;  // 0 = the whole text
+  bool moments = false;    // also Σ x xᵀ of every linear input (moments/, for GPTQ): n² floats each
   int threads = 0;
   std::function<void(uint64_t done, uint64_t total)> progress;  // tokens
 };
+
+// <dir>/moments/ (core/io/moments.hpp) from statistics collected with second_moments.
+void write_moments_of(const ActivationStats& stats, const std::string& dir);
 
 // The scores.json already in `dir` when it was taken from this model (same folder, config.json
 // and weights not newer), this calibration text (same SHA-256) and these options, with all its

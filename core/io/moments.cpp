@@ -1,0 +1,100 @@
+#include "core/io/moments.hpp"
+
+#include "core/io/atomic_file.hpp"
+#include "core/io/text_file.hpp"
+#include "core/runtime/error.hpp"
+
+#include <nlohmann/json.hpp>
+#include <zstd.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+
+namespace fs = std::filesystem;
+
+namespace squish {
+
+void write_moments(const std::string& dir, const std::map<std::string, MomentSum>& inputs,
+                   const std::map<std::string, std::string>& weights, int64_t tokens) {
+  const fs::path out = fs::path(dir) / "moments";
+  std::error_code ec;
+  fs::create_directories(out, ec);
+  if (!fs::is_directory(out)) fail(ExitCode::Runtime, "{}: cannot create directory", out.string());
+  if (tokens <= 0) fail(ExitCode::Runtime, "{}: second moments of no tokens", out.string());
+  nlohmann::json index{{"format", "squish.moments/1"}, {"tokens", tokens}, {"inputs", nlohmann::json::object()}, {"weights", weights}};
+  for (const auto& [key, m] : inputs) {
+    std::vector<float> upper;
+    upper.reserve(size_t(m.n) * (m.n + 1) / 2);
+    for (int i = 0; i < m.n; ++i)
+      for (int j = i; j < m.n; ++j) upper.push_back(m.sum[size_t(i) * m.n + j] / static_cast<float>(tokens));
+    const size_t bytes = upper.size() * sizeof(float);
+    std::string z(ZSTD_compressBound(bytes), '\0');
+    const size_t zn = ZSTD_compress(z.data(), z.size(), upper.data(), bytes, 3);
+    if (ZSTD_isError(zn)) fail(ExitCode::Runtime, "{}: zstd: {}", out.string(), ZSTD_getErrorName(zn));
+    z.resize(zn);
+    const std::string file = key + ".f32.zst";
+    write_file_atomic((out / file).string(), z);
+    index["inputs"][key] = {{"file", file}, {"n", m.n}};
+  }
+  for (const auto& [w, key] : weights)
+    if (!inputs.count(key)) fail(ExitCode::Runtime, "moments: weight {} refers to no input {}", w, key);
+  write_file_atomic((out / "index.json").string(), index.dump(1) + "\n");
+}
+
+std::optional<Moments> Moments::open(const std::string& stats_dir) {
+  const fs::path index_path = fs::path(stats_dir) / "moments" / "index.json";
+  std::error_code ec;
+  if (!fs::is_regular_file(index_path, ec)) return std::nullopt;
+  const std::string where = index_path.string();
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(read_text_file(where, "moments index"));
+  } catch (const nlohmann::json::exception& e) {
+    fail(ExitCode::InputData, "{}: not valid JSON ({})", where, e.what());
+  }
+  Moments m;
+  m.dir_ = (fs::path(stats_dir) / "moments").string();
+  try {
+    if (j.at("format").get<std::string>() != "squish.moments/1") fail(ExitCode::InputData, "{}: format is not squish.moments/1", where);
+    m.tokens_ = j.at("tokens").get<int64_t>();
+    for (const auto& [key, v] : j.at("inputs").items()) {
+      const int n = v.at("n").get<int>();
+      const std::string file = v.at("file").get<std::string>();
+      if (n <= 0 || n > (1 << 20) || file.find('/') != std::string::npos)
+        fail(ExitCode::InputData, "{}: input '{}' has a bad size or file name", where, key);
+      m.inputs_[key] = {file, n};
+    }
+    for (const auto& [w, key] : j.at("weights").items()) {
+      if (!m.inputs_.count(key.get<std::string>())) fail(ExitCode::InputData, "{}: weight '{}' refers to no input '{}'", where, w, key.get<std::string>());
+      m.weights_[w] = key.get<std::string>();
+    }
+  } catch (const nlohmann::json::exception& e) {
+    fail(ExitCode::InputData, "{}: malformed index ({})", where, e.what());
+  }
+  if (m.tokens_ <= 0) fail(ExitCode::InputData, "{}: tokens must be > 0", where);
+  return m;
+}
+
+std::vector<float> Moments::load(const std::string& gguf_weight, int* n_out) const {
+  auto w = weights_.find(gguf_weight);
+  if (w == weights_.end()) fail(ExitCode::InputData, "{}: no second moments for {}", dir_, gguf_weight);
+  const auto& [file, n] = inputs_.at(w->second);
+  const std::string path = (fs::path(dir_) / file).string();
+  const std::string z = read_text_file(path, "second moments");
+  const size_t count = size_t(n) * (n + 1) / 2;
+  std::vector<float> upper(count);
+  const size_t got = ZSTD_decompress(upper.data(), count * sizeof(float), z.data(), z.size());
+  if (ZSTD_isError(got) || got != count * sizeof(float)) fail(ExitCode::InputData, "{}: corrupt or not {} x {}", path, n, n);
+  std::vector<float> h(size_t(n) * n);
+  size_t k = 0;
+  for (int i = 0; i < n; ++i)
+    for (int j = i; j < n; ++j, ++k) {
+      if (!std::isfinite(upper[k])) fail(ExitCode::InputData, "{}: non-finite value", path);
+      h[size_t(i) * n + j] = h[size_t(j) * n + i] = upper[k];
+    }
+  if (n_out) *n_out = n;
+  return h;
+}
+
+}  // namespace squish

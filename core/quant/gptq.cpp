@@ -1,0 +1,141 @@
+#include "core/quant/gptq.hpp"
+
+#include "core/quant/levels.hpp"
+#include "core/quant/quantize.hpp"
+#include "core/runtime/error.hpp"
+
+#include <cblas.h>
+#include <oneapi/tbb/parallel_for.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <mutex>
+
+// LAPACK from OpenBLAS (Fortran calling convention: trailing hidden string lengths).
+extern "C" {
+void dpotrf_(const char* uplo, const int* n, double* a, const int* lda, int* info, size_t uplo_len);
+void dpotri_(const char* uplo, const int* n, double* a, const int* lda, int* info, size_t uplo_len);
+}
+
+namespace squish::quant {
+
+bool gptq_supported(GGMLType type) { return has_levels(type); }
+
+namespace {
+
+// U, upper triangular with H⁻¹ = Uᵀ U, for H damped by `damp` x mean(diag); row-major floats.
+// A matrix that is not positive definite even so gets 10x the damping, up to 4 times.
+std::vector<float> inverse_cholesky_upper(const float* H, int n, double damp) {
+  double mean_diag = 0;
+  for (int i = 0; i < n; ++i) mean_diag += H[size_t(i) * n + i];
+  mean_diag = n ? mean_diag / n : 0;
+  if (!(mean_diag > 0)) mean_diag = 1;  // no signal at all: plain rounding (U = I up to scale)
+  for (int attempt = 0; attempt < 5; ++attempt, damp *= 10) {
+    // Symmetric, so row- and column-major agree; LAPACK sees column-major below.
+    std::vector<double> a(size_t(n) * n);
+    for (size_t k = 0; k < a.size(); ++k) a[k] = H[k];
+    for (int i = 0; i < n; ++i) {
+      double& d = a[size_t(i) * n + i];
+      if (d <= 0) {  // a dead input: no coupling, unit curvature
+        for (int j = 0; j < n; ++j) a[size_t(i) * n + j] = a[size_t(j) * n + i] = 0;
+        d = mean_diag;
+      }
+      d += damp * mean_diag;
+    }
+    int info = 0;
+    dpotrf_("L", &n, a.data(), &n, &info, 1);  // H = L Lᵀ
+    if (info != 0) continue;
+    dpotri_("L", &n, a.data(), &n, &info, 1);  // H⁻¹, lower triangle
+    if (info != 0) continue;
+    // Column-major (i, j) lives at a[i + j n]: copy the lower triangle into the upper one.
+    for (int j = 0; j < n; ++j)
+      for (int i = j + 1; i < n; ++i) a[size_t(j) + size_t(i) * n] = a[size_t(i) + size_t(j) * n];
+    dpotrf_("U", &n, a.data(), &n, &info, 1);  // H⁻¹ = Uᵀ U, U(i, j) = a[i + j n] for i <= j
+    if (info != 0) continue;
+    std::vector<float> u(size_t(n) * n, 0.0f);
+    for (int i = 0; i < n; ++i)
+      for (int j = i; j < n; ++j) u[size_t(i) * n + j] = static_cast<float>(a[size_t(i) + size_t(j) * n]);
+    return u;
+  }
+  fail(ExitCode::InputData, "GPTQ: the input statistics are not positive definite even with damping");
+}
+
+}  // namespace
+
+std::vector<std::byte> gptq_quantize(GGMLType type, const float* W, int64_t rows, int64_t cols, const float* H,
+                                     const float* imatrix, const GptqOptions& opt) {
+  if (!gptq_supported(type)) fail(ExitCode::Usage, "GPTQ: {} is not supported (Q8_0, Q4_0, Q2_K..Q6_K are)", ggml_type_name(type));
+  const auto* tr = ggml_type_traits(type);
+  const int bs = tr->block_size;
+  if (cols % bs != 0) fail(ExitCode::Runtime, "GPTQ: {} columns are not a multiple of {}'s block of {}", cols, ggml_type_name(type), bs);
+  if (opt.batch < 1 || !(opt.damp >= 0)) fail(ExitCode::Usage, "GPTQ: batch must be >= 1 and damp >= 0");
+  // Parallelism comes from TBB (row blocks here, tensors in compress): OpenBLAS's own threads
+  // would oversubscribe the cores and spin in the kernel (process-wide, as the model library does).
+  static std::once_flag one_blas_thread;
+  std::call_once(one_blas_thread, [] { openblas_set_num_threads(1); });
+  const int n = static_cast<int>(cols);
+  const std::vector<float> U = inverse_cholesky_upper(H, n, opt.damp);
+  std::vector<float> qw(static_cast<size_t>(cols));  // the scale search's weights
+  for (int64_t i = 0; i < cols; ++i) qw[i] = imatrix ? imatrix[i] : std::max(0.0f, H[i * cols + i]);
+
+  const size_t row_bytes = ggml_row_size(type, cols);
+  const size_t block_bytes = tr->type_size;
+  std::vector<std::byte> out(row_bytes * static_cast<size_t>(rows));
+  constexpr int64_t kRowsPerTask = 32;
+  const int B = opt.batch;
+  oneapi::tbb::parallel_for(int64_t(0), (rows + kRowsPerTask - 1) / kRowsPerTask, [&](int64_t task) {
+    const int64_t r0 = task * kRowsPerTask, nr = std::min(kRowsPerTask, rows - r0);
+    std::vector<float> w(W + r0 * cols, W + (r0 + nr) * cols);  // updated in place as columns are fixed
+    std::vector<float> err(size_t(nr) * B);                     // this batch's scaled errors
+    std::vector<Grid> grid(nr);
+    std::vector<uint8_t> levels(size_t(nr) * bs);
+    for (int b0 = 0; b0 < n; b0 += B) {
+      const int b1 = std::min(n, b0 + B);
+      for (int i = b0; i < b1; ++i) {
+        const int e = i % bs;
+        const size_t blk = size_t(i / bs);
+        if (e == 0)  // a new block: ggml's scale search on the weights as they are now
+          for (int64_t r = 0; r < nr; ++r) {
+            std::byte* dst = out.data() + size_t(r0 + r) * row_bytes + blk * block_bytes;
+            quantize_rows(type, w.data() + size_t(r) * n + i, dst, 1, bs, qw.data() + i);
+            read_levels(type, dst, grid[r], levels.data() + size_t(r) * bs);
+          }
+        const float d = U[size_t(i) * n + i];
+        const float* urow = U.data() + size_t(i) * n;
+        for (int64_t r = 0; r < nr; ++r) {
+          float* wr = w.data() + size_t(r) * n;
+          const int l = grid[r].nearest(e, wr[i]);
+          levels[size_t(r) * bs + e] = static_cast<uint8_t>(l);
+          const float q = grid[r].value(e, l);
+          const float ei = (wr[i] - q) / d;
+          err[size_t(r) * B + (i - b0)] = ei;
+          for (int j = i + 1; j < b1; ++j) wr[j] -= ei * urow[j];
+        }
+        if (e == bs - 1)
+          for (int64_t r = 0; r < nr; ++r)
+            write_levels(type, out.data() + size_t(r0 + r) * row_bytes + blk * block_bytes, levels.data() + size_t(r) * bs);
+      }
+      if (b1 < n)  // lazy batch: the columns after it take the whole batch's errors at once
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(nr), n - b1, b1 - b0, -1.0f, err.data(), B,
+                    U.data() + size_t(b0) * n + b1, n, 1.0f, w.data() + b1, n);
+    }
+  });
+  return out;
+}
+
+double output_error(GGMLType type, const float* W, const std::byte* q, int64_t rows, int64_t cols, const float* H) {
+  const size_t row_bytes = ggml_row_size(type, cols);
+  std::vector<float> d(static_cast<size_t>(cols)), hd(static_cast<size_t>(cols));
+  double total = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    dequantize_row(type, q + size_t(r) * row_bytes, d.data(), cols);
+    for (int64_t c = 0; c < cols; ++c) d[c] = W[r * cols + c] - d[c];
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(cols), static_cast<int>(cols), 1.0f, H, static_cast<int>(cols), d.data(), 1, 0.0f,
+                hd.data(), 1);
+    for (int64_t c = 0; c < cols; ++c) total += double(d[c]) * hd[c];
+  }
+  return rows ? total / double(rows) : 0.0;
+}
+
+}  // namespace squish::quant

@@ -1,0 +1,40 @@
+#pragma once
+// Error-compensating quantization (GPTQ: Frantar et al. 2022; the LDLQ view: Chee et al. 2023)
+// into ordinary ggml blocks, so the file still loads in any GGUF runtime.
+//
+// With H = E[x xᵀ] of the layer's input (from calibration), the output error of a quantized
+// weight matrix is tr((W - Q) H (W - Q)ᵀ). GPTQ quantizes the columns left to right; after each
+// column it moves the column's rounding error onto the columns not yet quantized, along the
+// rows of the upper Cholesky factor U of H⁻¹ (damped), which keeps the output error minimal
+// given the columns already fixed. Into ggml's formats: when a column starts a (super-)block,
+// ggml's own scale search (importance-weighted) picks that block's scales from the weights as
+// they are now, error updates included; then each weight of the block takes the level nearest
+// to its updated value on that grid (core/quant/levels.hpp), and the block is re-encoded with
+// those scales. Lazy batches (GPTQ's "lazy batch updates") keep the trailing update a GEMM.
+#include "core/quant/ggml_types.hpp"
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace squish::quant {
+
+struct GptqOptions {
+  double damp = 0.01;  // added to H's diagonal, as a fraction of the mean diagonal
+  int batch = 128;     // columns per lazy batch
+};
+
+// True for the types gptq_quantize handles (those with integer levels: Q8_0, Q4_0, Q2_K..Q6_K).
+bool gptq_supported(GGMLType type);
+
+// Quantizes W (rows x cols, row-major) to `type`, one ggml row per W row (ggml_row_size(type,
+// cols) bytes each). H: cols x cols, symmetric, E[x xᵀ] of the input (a dead column, H_ii = 0,
+// is quantized without spreading its error). imatrix: per-column weights for the scale search
+// (nullptr: diag(H), which is the same statistic). Parallel over row blocks (TBB).
+std::vector<std::byte> gptq_quantize(GGMLType type, const float* W, int64_t rows, int64_t cols, const float* H,
+                                     const float* imatrix, const GptqOptions& opt = {});
+
+// tr((W - Q) H (W - Q)ᵀ) / rows, Q the dequantized `q` (the output error GPTQ minimises).
+double output_error(GGMLType type, const float* W, const std::byte* q, int64_t rows, int64_t cols, const float* H);
+
+}  // namespace squish::quant
