@@ -223,7 +223,7 @@ TEST(SquishPipeline, OneGraphFromTextToVerifiedFile) {
   auto r = run(a, size, a + ".squish");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_LE(std::filesystem::file_size(a), size);
-  for (const char* f : {"scores.json", "imatrix.dat", "fisher.dat", "measurements.json", "recipe.json", "recipe.svg", "verify.json"})
+  for (const char* f : {"scores.json", "imatrix.dat", "fisher.dat", "moments/index.json", "measurements.json", "recipe.json", "recipe.svg", "verify.json"})
     EXPECT_TRUE(std::filesystem::exists(a + ".squish/" + f)) << f;
   EXPECT_TRUE(nlohmann::json::parse(test::read_file(a + ".squish/verify.json"))["ok"].get<bool>());
   std::vector<nlohmann::json> waves;
@@ -243,8 +243,9 @@ TEST(SquishPipeline, OneGraphFromTextToVerifiedFile) {
 
   // The stages one by one from the artifacts: the same file.
   const std::string split = tmp / "split.gguf";
+  EXPECT_EQ(nlohmann::json::parse(test::read_file(a + ".squish/recipe.json"))["method"], "gptq");
   r = test::squish_run(fmt::format("{}/pipelines/compress.yaml --no-progress --set model={} --set recipe={}.squish/recipe.json "
-                                   "--set imatrix={}.squish/imatrix.dat --set output={}",
+                                   "--set stats={}.squish --set output={}",
                                    test::source_dir(), model, a, a, split));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(test::read_file(split), test::read_file(a));
