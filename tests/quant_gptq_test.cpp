@@ -118,6 +118,15 @@ TEST_P(Gptq, LowerOutputErrorThanRoundingValidAndDeterministic) {
     for (float v : a) ASSERT_TRUE(std::isfinite(v));
   }
   EXPECT_EQ(quant::gptq_quantize(t, L.W.data(), L.rows, L.cols, L.H.data(), nullptr), g);
+
+  // Act-order (static blocks, columns by decreasing H_ii): also well below rounding, and the
+  // blocks keep the original column order (decoded errors are measured against W as is).
+  quant::GptqOptions ao;
+  ao.act_order = true;
+  const auto act = quant::gptq_quantize(t, L.W.data(), L.rows, L.cols, L.H.data(), nullptr, ao);
+  const double e_act = quant::output_error(t, L.W.data(), act.data(), L.rows, L.cols, L.H.data());
+  std::printf("%s: act-order %.4g (%.1f%%)\n", ggml_type_name(t), e_act, 100.0 * e_act / e_rtn);
+  EXPECT_LT(e_act, 0.9 * e_rtn);
 }
 
 // Inputs that never fire (H_ii = 0) and a singular H still quantize, without NaNs.

@@ -1,5 +1,6 @@
 #include "core/quant/gptq.hpp"
 
+#include "core/quant/blocks.hpp"
 #include "core/quant/levels.hpp"
 #include "core/quant/quantize.hpp"
 #include "core/runtime/error.hpp"
@@ -61,6 +62,65 @@ std::vector<float> inverse_cholesky_upper(const float* H, int n, double damp) {
   fail(ExitCode::InputData, "GPTQ: the input statistics are not positive definite even with damping");
 }
 
+// Act-order (GPTQ's "desc_act") with static blocks: every block's scales come first, from ggml's
+// search on the original weights, so columns can be fixed in any order; they go by decreasing
+// H_ii (the most active inputs first, while the most columns remain to absorb their error), in
+// a permuted space whose levels are written back at the original positions.
+void act_order_quantize(GGMLType type, const float* W, int64_t rows, int64_t cols, const float* H, const std::vector<float>& qw,
+                        const GptqOptions& opt, std::vector<std::byte>& out) {
+  const auto* tr = ggml_type_traits(type);
+  const int bs = tr->block_size, n = static_cast<int>(cols), B = opt.batch;
+  const size_t row_bytes = ggml_row_size(type, cols), block_bytes = tr->type_size;
+  std::vector<int> perm(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) perm[i] = i;
+  std::stable_sort(perm.begin(), perm.end(), [&](int a, int b) { return H[size_t(a) * n + a] > H[size_t(b) * n + b]; });
+  std::vector<float> hp(size_t(n) * n);
+  for (int i = 0; i < n; ++i)
+    for (int j = 0; j < n; ++j) hp[size_t(i) * n + j] = H[size_t(perm[i]) * n + perm[j]];
+  const std::vector<float> U = inverse_cholesky_upper(hp.data(), n, opt.damp);
+  constexpr int64_t kRowsPerTask = 32;
+  oneapi::tbb::parallel_for(int64_t(0), (rows + kRowsPerTask - 1) / kRowsPerTask, [&](int64_t task) {
+    const int64_t r0 = task * kRowsPerTask, nr = std::min(kRowsPerTask, rows - r0);
+    quantize_rows(type, W + r0 * cols, out.data() + size_t(r0) * row_bytes, nr, cols, qw.data());
+    // Each weight's grid (step, min) and level, at its original position.
+    std::vector<float> step(size_t(nr) * n), mn(size_t(nr) * n);
+    std::vector<uint8_t> lv(size_t(nr) * n);
+    Grid g;
+    for (int64_t r = 0; r < nr; ++r)
+      for (int b = 0; b < n / bs; ++b) {
+        read_levels(type, out.data() + size_t(r0 + r) * row_bytes + size_t(b) * block_bytes, g, lv.data() + size_t(r) * n + size_t(b) * bs);
+        for (int e = 0; e < bs; ++e) step[size_t(r) * n + b * bs + e] = g.step[e], mn[size_t(r) * n + b * bs + e] = g.min[e];
+      }
+    std::vector<float> w(size_t(nr) * n), err(size_t(nr) * B);
+    for (int64_t r = 0; r < nr; ++r)
+      for (int i = 0; i < n; ++i) w[size_t(r) * n + i] = W[(r0 + r) * cols + perm[i]];
+    for (int b0 = 0; b0 < n; b0 += B) {
+      const int b1 = std::min(n, b0 + B);
+      for (int i = b0; i < b1; ++i) {
+        const float d = U[size_t(i) * n + i];
+        const float* urow = U.data() + size_t(i) * n;
+        for (int64_t r = 0; r < nr; ++r) {
+          float* wr = w.data() + size_t(r) * n;
+          const size_t at = size_t(r) * n + perm[i];
+          int l = g.zero;
+          if (step[at] != 0.0f) l = std::clamp(nearest_int((wr[i] + mn[at]) / step[at]) + g.zero, 0, g.level_max);
+          lv[at] = static_cast<uint8_t>(l);
+          const float q = step[at] * static_cast<float>(l - g.zero) - mn[at];
+          const float ei = (wr[i] - q) / d;
+          err[size_t(r) * B + (i - b0)] = ei;
+          for (int j = i + 1; j < b1; ++j) wr[j] -= ei * urow[j];
+        }
+      }
+      if (b1 < n)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(nr), n - b1, b1 - b0, -1.0f, err.data(), B,
+                    U.data() + size_t(b0) * n + b1, n, 1.0f, w.data() + b1, n);
+    }
+    for (int64_t r = 0; r < nr; ++r)
+      for (int b = 0; b < n / bs; ++b)
+        write_levels(type, out.data() + size_t(r0 + r) * row_bytes + size_t(b) * block_bytes, lv.data() + size_t(r) * n + size_t(b) * bs);
+  });
+}
+
 }  // namespace
 
 std::vector<std::byte> gptq_quantize(GGMLType type, const float* W, int64_t rows, int64_t cols, const float* H,
@@ -75,7 +135,6 @@ std::vector<std::byte> gptq_quantize(GGMLType type, const float* W, int64_t rows
   static std::once_flag one_blas_thread;
   std::call_once(one_blas_thread, [] { openblas_set_num_threads(1); });
   const int n = static_cast<int>(cols);
-  const std::vector<float> U = inverse_cholesky_upper(H, n, opt.damp);
   std::vector<float> qw(static_cast<size_t>(cols));  // the scale search's weights
   for (int64_t i = 0; i < cols; ++i) qw[i] = imatrix ? imatrix[i] : std::max(0.0f, H[i * cols + i]);
 
@@ -84,6 +143,11 @@ std::vector<std::byte> gptq_quantize(GGMLType type, const float* W, int64_t rows
   std::vector<std::byte> out(row_bytes * static_cast<size_t>(rows));
   constexpr int64_t kRowsPerTask = 32;
   const int B = opt.batch;
+  if (opt.act_order) {
+    act_order_quantize(type, W, rows, cols, H, qw, opt, out);
+    return out;
+  }
+  const std::vector<float> U = inverse_cholesky_upper(H, n, opt.damp);
   oneapi::tbb::parallel_for(int64_t(0), (rows + kRowsPerTask - 1) / kRowsPerTask, [&](int64_t task) {
     const int64_t r0 = task * kRowsPerTask, nr = std::min(kRowsPerTask, rows - r0);
     std::vector<float> w(W + r0 * cols, W + (r0 + nr) * cols);  // updated in place as columns are fixed

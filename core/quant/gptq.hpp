@@ -22,6 +22,9 @@ namespace squish::quant {
 struct GptqOptions {
   double damp = 0.01;  // added to H's diagonal, as a fraction of the mean diagonal
   int batch = 128;     // columns per lazy batch
+  // Columns by decreasing H_ii, with every block's scales fixed up front from the original
+  // weights ("static groups"); the file keeps the original column order.
+  bool act_order = false;
 };
 
 // True for the types gptq_quantize handles (those with integer levels: Q8_0, Q4_0, Q2_K..Q6_K).

@@ -206,6 +206,7 @@ class Quantize final : public Node {
     const int64_t cols = p.ne[0], rows = static_cast<int64_t>(f.size()) / cols;
     quant::GptqOptions opt;
     opt.damp = damp_;
+    opt.act_order = ctx_.params["act_order"].get<bool>();
     return quant::gptq_quantize(p.type, f.data(), rows, cols, h.data(), imp.empty() ? nullptr : imp.data(), opt);
   }
 
@@ -319,7 +320,8 @@ void register_nodes(NodeRegistry& r) {
          {{"imatrix", ParamType::String, false, "", "importance matrix (llama.cpp imatrix.dat); \"\" = <stats>/imatrix.dat when stats is set"},
           {"stats", ParamType::String, false, "", "score stage output folder (imatrix.dat, moments/ for gptq)"},
           {"method", ParamType::String, false, "", "rtn | gptq; \"\" = the recipe's (rtn unless it says)"},
-          {"damp", ParamType::Float, false, -1.0, "GPTQ dampening, fraction of H's mean diagonal; < 0 = the recipe's (0.01)"}},
+          {"damp", ParamType::Float, false, -1.0, "GPTQ dampening, fraction of H's mean diagonal; < 0 = the recipe's (0.01)"},
+          {"act_order", ParamType::Bool, false, false, "GPTQ columns by decreasing activity, block scales fixed first (static groups)"}},
          [](const NodeContext& c) { return std::make_unique<Quantize>(c); }});
   r.add({"compress.gguf_writer", "write the GGUF: layout from the recipe, tensors at their offsets as they arrive", NodeRole::Sink, true,
          {{"output", ParamType::Path, true, nullptr, "GGUF file to write (atomically)"}},
