@@ -197,8 +197,14 @@ void ActivationStats::accumulate_moment(const std::string& input, const float* x
   auto& m = moments[input];
   if (m.sum.empty()) m.n = n, m.sum.assign(size_t(n) * n, 0.0f);
   if (m.n != n) fail(ExitCode::Runtime, "second moments of {}: {} columns, had {}", input, n, m.n);
-  // Σ x xᵀ over the chunk's rows, upper triangle (half a GEMM).
-  cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, n, tokens, 1.0f, x, n, 1.0f, m.sum.data(), n);
+  // Σ x xᵀ over the chunk's rows, upper triangle only: row blocks [i0, i1) x columns [i0, n) as
+  // GEMMs over TBB (OpenBLAS is single-threaded in this library), about half a full product.
+  constexpr int kBlock = 128;
+  tbb::parallel_for(0, (n + kBlock - 1) / kBlock, [&](int b) {
+    const int i0 = b * kBlock, i1 = std::min(n, i0 + kBlock);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, i1 - i0, n - i0, tokens, 1.0f, x + i0, n, x + i0, n, 1.0f,
+                m.sum.data() + size_t(i0) * n + i0, n);
+  });
   m.count += tokens;
 }
 
