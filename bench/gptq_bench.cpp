@@ -2,7 +2,7 @@
 // A tensor of `rows` x `cols` costs about rows·cols² flops of error propagation (the lazy-batch
 // GEMMs) plus ~4/3·cols³ (double) for the Cholesky factor of H⁻¹; the counters give the rate
 // reached on those flops and its fraction of OpenBLAS's single-core sgemm (~90 GFLOP/s here,
-// ~180 on two cores). Shapes: coder-28m's attention (512 x 512) and down_proj (512 x 1408), and
+// ~180 on two cores). Shapes: coder-28m-sized attention (512 x 512) and a 512 x 1536 FFN matrix, and
 // a 1B-class down_proj (2048 x 5632).
 #include "core/quant/gptq.hpp"
 #include "core/quant/quantize.hpp"
@@ -71,10 +71,10 @@ void BM_Rounding(benchmark::State& st) {
 }
 
 void shapes(benchmark::internal::Benchmark* b, bool threads) {
-  for (auto [r, c] : {std::pair<int64_t, int64_t>{512, 512}, {512, 1408}, {2048, 5632}})
+  for (auto [r, c] : {std::pair<int64_t, int64_t>{512, 512}, {512, 1536}, {2048, 5632}})
     for (int t : threads ? std::vector<int>{1, 2} : std::vector<int>{1}) b->Args({int64_t(GGMLType::Q4_K), r, c, t});
-  b->Args({int64_t(GGMLType::Q3_K), 512, 1408, 1});
-  b->Args({int64_t(GGMLType::Q2_K), 512, 1408, 1});
+  b->Args({int64_t(GGMLType::Q3_K), 512, 1536, 1});
+  b->Args({int64_t(GGMLType::Q2_K), 512, 1536, 1});
 }
 
 }  // namespace
