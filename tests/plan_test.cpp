@@ -132,6 +132,8 @@ TEST(Plan, BudgetDeterminismAndInfeasible) {
   for (const auto& t : m.tensors)
     for (size_t i = 1; i < t.candidates.size(); ++i) EXPECT_GE(t.candidates[i].predicted, 0);
 
+  // Measuring again gives the same bytes (parallel sums are added in a fixed order).
+  EXPECT_EQ(measure(model, tmp / "stats").to_json().dump(), m.to_json().dump());
   // The stored form reads back to the same measurements; a damaged one is refused.
   EXPECT_EQ(Measurements::from_json(m.to_json(), "x").to_json().dump(), m.to_json().dump());
   auto broken = m.to_json();

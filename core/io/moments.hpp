@@ -32,6 +32,11 @@ class Moments {
   // malformed index.
   static std::optional<Moments> open(const std::string& stats_dir);
   bool has(const std::string& gguf_weight) const { return weights_.count(gguf_weight) != 0; }
+  // The key of the weight's input (shared by the weights that read it), if it has moments.
+  std::optional<std::string> input_of(const std::string& gguf_weight) const {
+    auto it = weights_.find(gguf_weight);
+    return it == weights_.end() ? std::nullopt : std::optional<std::string>(it->second);
+  }
   // H of the weight's input: n x n, full symmetric, the mean over tokens. Throws Error(InputData)
   // for a missing or damaged file.
   std::vector<float> load(const std::string& gguf_weight, int* n = nullptr) const;

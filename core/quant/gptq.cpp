@@ -66,18 +66,13 @@ std::vector<float> inverse_cholesky_upper(const float* H, int n, double damp) {
 // search on the original weights, so columns can be fixed in any order; they go by decreasing
 // H_ii (the most active inputs first, while the most columns remain to absorb their error), in
 // a permuted space whose levels are written back at the original positions.
-void act_order_quantize(GGMLType type, const float* W, int64_t rows, int64_t cols, const float* H, const std::vector<float>& qw,
+void act_order_quantize(GGMLType type, const float* W, int64_t rows, int64_t cols, const GptqFactor& f, const std::vector<float>& qw,
                         const GptqOptions& opt, std::vector<std::byte>& out) {
   const auto* tr = ggml_type_traits(type);
   const int bs = tr->block_size, n = static_cast<int>(cols), B = opt.batch;
   const size_t row_bytes = ggml_row_size(type, cols), block_bytes = tr->type_size;
-  std::vector<int> perm(static_cast<size_t>(n));
-  for (int i = 0; i < n; ++i) perm[i] = i;
-  std::stable_sort(perm.begin(), perm.end(), [&](int a, int b) { return H[size_t(a) * n + a] > H[size_t(b) * n + b]; });
-  std::vector<float> hp(size_t(n) * n);
-  for (int i = 0; i < n; ++i)
-    for (int j = 0; j < n; ++j) hp[size_t(i) * n + j] = H[size_t(perm[i]) * n + perm[j]];
-  const std::vector<float> U = inverse_cholesky_upper(hp.data(), n, opt.damp);
+  const std::vector<int>& perm = f.perm;
+  const std::vector<float>& U = f.U;
   constexpr int64_t kRowsPerTask = 32;
   oneapi::tbb::parallel_for(int64_t(0), (rows + kRowsPerTask - 1) / kRowsPerTask, [&](int64_t task) {
     const int64_t r0 = task * kRowsPerTask, nr = std::min(kRowsPerTask, rows - r0);
@@ -123,20 +118,49 @@ void act_order_quantize(GGMLType type, const float* W, int64_t rows, int64_t col
 
 }  // namespace
 
-std::vector<std::byte> gptq_quantize(GGMLType type, const float* W, int64_t rows, int64_t cols, const float* H,
-                                     const float* imatrix, const GptqOptions& opt) {
-  if (!gptq_supported(type)) fail(ExitCode::Usage, "GPTQ: {} is not supported (Q8_0, Q4_0, Q2_K..Q6_K are)", ggml_type_name(type));
-  const auto* tr = ggml_type_traits(type);
-  const int bs = tr->block_size;
-  if (cols % bs != 0) fail(ExitCode::Runtime, "GPTQ: {} columns are not a multiple of {}'s block of {}", cols, ggml_type_name(type), bs);
-  if (opt.batch < 1 || !(opt.damp >= 0)) fail(ExitCode::Usage, "GPTQ: batch must be >= 1 and damp >= 0");
+GptqFactor gptq_factor(const float* H, int64_t cols, const GptqOptions& opt) {
+  if (!(opt.damp >= 0)) fail(ExitCode::Usage, "GPTQ: damp must be >= 0");
   // Parallelism comes from TBB (row blocks here, tensors in compress): OpenBLAS's own threads
   // would oversubscribe the cores and spin in the kernel (process-wide, as the model library does).
   static std::once_flag one_blas_thread;
   std::call_once(one_blas_thread, [] { openblas_set_num_threads(1); });
   const int n = static_cast<int>(cols);
+  GptqFactor f;
+  f.n = n;
+  f.act_order = opt.act_order;
+  f.damp = opt.damp;
+  f.diag.resize(size_t(n));
+  for (int i = 0; i < n; ++i) f.diag[size_t(i)] = std::max(0.0f, H[size_t(i) * n + i]);
+  if (!opt.act_order) {
+    f.U = inverse_cholesky_upper(H, n, opt.damp);
+    return f;
+  }
+  f.perm.resize(size_t(n));
+  for (int i = 0; i < n; ++i) f.perm[size_t(i)] = i;
+  std::stable_sort(f.perm.begin(), f.perm.end(), [&](int a, int b) { return H[size_t(a) * n + a] > H[size_t(b) * n + b]; });
+  std::vector<float> hp(size_t(n) * n);
+  for (int i = 0; i < n; ++i)
+    for (int j = 0; j < n; ++j) hp[size_t(i) * n + j] = H[size_t(f.perm[i]) * n + f.perm[j]];
+  f.U = inverse_cholesky_upper(hp.data(), n, opt.damp);
+  return f;
+}
+
+std::vector<std::byte> gptq_quantize(GGMLType type, const float* W, int64_t rows, int64_t cols, const float* H,
+                                     const float* imatrix, const GptqOptions& opt) {
+  return gptq_quantize(type, W, rows, cols, gptq_factor(H, cols, opt), imatrix, opt);
+}
+
+std::vector<std::byte> gptq_quantize(GGMLType type, const float* W, int64_t rows, int64_t cols, const GptqFactor& f,
+                                     const float* imatrix, const GptqOptions& opt) {
+  if (!gptq_supported(type)) fail(ExitCode::Usage, "GPTQ: {} is not supported (Q8_0, Q4_0, Q2_K..Q6_K are)", ggml_type_name(type));
+  const auto* tr = ggml_type_traits(type);
+  const int bs = tr->block_size;
+  if (cols % bs != 0) fail(ExitCode::Runtime, "GPTQ: {} columns are not a multiple of {}'s block of {}", cols, ggml_type_name(type), bs);
+  if (opt.batch < 1) fail(ExitCode::Usage, "GPTQ: batch must be >= 1");
+  if (f.n != cols || f.act_order != opt.act_order) fail(ExitCode::Runtime, "GPTQ: the factor is for another input or options");
+  const int n = static_cast<int>(cols);
   std::vector<float> qw(static_cast<size_t>(cols));  // the scale search's weights
-  for (int64_t i = 0; i < cols; ++i) qw[i] = imatrix ? imatrix[i] : std::max(0.0f, H[i * cols + i]);
+  for (int64_t i = 0; i < cols; ++i) qw[i] = imatrix ? imatrix[i] : f.diag[size_t(i)];
 
   const size_t row_bytes = ggml_row_size(type, cols);
   const size_t block_bytes = tr->type_size;
@@ -144,10 +168,10 @@ std::vector<std::byte> gptq_quantize(GGMLType type, const float* W, int64_t rows
   constexpr int64_t kRowsPerTask = 32;
   const int B = opt.batch;
   if (opt.act_order) {
-    act_order_quantize(type, W, rows, cols, H, qw, opt, out);
+    act_order_quantize(type, W, rows, cols, f, qw, opt, out);
     return out;
   }
-  const std::vector<float> U = inverse_cholesky_upper(H, n, opt.damp);
+  const std::vector<float>& U = f.U;
   oneapi::tbb::parallel_for(int64_t(0), (rows + kRowsPerTask - 1) / kRowsPerTask, [&](int64_t task) {
     const int64_t r0 = task * kRowsPerTask, nr = std::min(kRowsPerTask, rows - r0);
     std::vector<float> w(W + r0 * cols, W + (r0 + nr) * cols);  // updated in place as columns are fixed

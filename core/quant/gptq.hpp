@@ -27,6 +27,19 @@ struct GptqOptions {
   bool act_order = false;
 };
 
+// What GPTQ needs of H, computed once per layer input (q/k/v share one, as do gate/up, and every
+// candidate type of a measurement): the upper Cholesky factor U of the damped H⁻¹ (n x n,
+// row-major; in act-order's column order when act_order), and H's diagonal.
+struct GptqFactor {
+  int n = 0;
+  bool act_order = false;
+  double damp = 0;
+  std::vector<float> U;
+  std::vector<int> perm;   // act-order: processing position -> column
+  std::vector<float> diag; // H_ii (the scale search's weights without an imatrix)
+};
+GptqFactor gptq_factor(const float* H, int64_t cols, const GptqOptions& opt = {});
+
 // True for the types gptq_quantize handles (those with integer levels: Q8_0, Q4_0, Q2_K..Q6_K).
 bool gptq_supported(GGMLType type);
 
@@ -35,6 +48,9 @@ bool gptq_supported(GGMLType type);
 // is quantized without spreading its error). imatrix: per-column weights for the scale search
 // (nullptr: diag(H), which is the same statistic). Parallel over row blocks (TBB).
 std::vector<std::byte> gptq_quantize(GGMLType type, const float* W, int64_t rows, int64_t cols, const float* H,
+                                     const float* imatrix, const GptqOptions& opt = {});
+// The same with a factor from gptq_factor(H, cols, opt) (same damp and act_order).
+std::vector<std::byte> gptq_quantize(GGMLType type, const float* W, int64_t rows, int64_t cols, const GptqFactor& factor,
                                      const float* imatrix, const GptqOptions& opt = {});
 
 // tr((W - Q) H (W - Q)ᵀ) / rows, Q the dequantized `q` (the output error GPTQ minimises).

@@ -207,7 +207,29 @@ class Quantize final : public Node {
     quant::GptqOptions opt;
     opt.damp = damp_;
     opt.act_order = ctx_.params["act_order"].get<bool>();
-    return quant::gptq_quantize(p.type, f.data(), rows, cols, h.data(), imp.empty() ? nullptr : imp.data(), opt);
+    const auto factor = factor_for(*moments_->input_of(*gguf::hf_to_gguf_name(p.hf_name)), p.keep_cols, h, cols, opt);
+    return quant::gptq_quantize(p.type, f.data(), rows, cols, *factor, imp.empty() ? nullptr : imp.data(), opt);
+  }
+
+  // q/k/v (and gate/up) read one input: its factor is computed once. Tensors arrive in layer
+  // order, so the few most recent inputs are kept (n² floats each).
+  std::shared_ptr<const quant::GptqFactor> factor_for(const std::string& input, const std::vector<int64_t>& keep_cols,
+                                                      const std::vector<float>& h, int64_t cols, const quant::GptqOptions& opt) const {
+    std::string key = input;
+    for (int64_t c : keep_cols) key += ',' + std::to_string(c);
+    std::shared_ptr<FactorSlot> slot;
+    {
+      std::lock_guard lock(factors_mu_);
+      for (auto& [k, s] : factors_)
+        if (k == key) slot = s;
+      if (!slot) {
+        slot = std::make_shared<FactorSlot>();
+        factors_.emplace_back(key, slot);
+        if (factors_.size() > 4) factors_.erase(factors_.begin());
+      }
+    }
+    std::call_once(slot->once, [&] { slot->factor = std::make_shared<const quant::GptqFactor>(quant::gptq_factor(h.data(), cols, opt)); });
+    return slot->factor;
   }
 
   // The imatrix is keyed by the source model's GGUF names; pruned columns are sliced out.
@@ -234,6 +256,12 @@ class Quantize final : public Node {
   bool ready_ = false;
   Imatrix imatrix_;
   std::optional<Moments> moments_;
+  struct FactorSlot {
+    std::once_flag once;
+    std::shared_ptr<const quant::GptqFactor> factor;
+  };
+  mutable std::mutex factors_mu_;
+  mutable std::vector<std::pair<std::string, std::shared_ptr<FactorSlot>>> factors_;
 };
 
 class GGUFWriterNode final : public Node {

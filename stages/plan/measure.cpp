@@ -16,8 +16,8 @@
 #include <oneapi/tbb/task_arena.h>
 
 #include <filesystem>
-#include <mutex>
 #include <optional>
+#include <tuple>
 
 namespace squish::plan {
 
@@ -40,14 +40,23 @@ const std::vector<float>& factor(const Imatrix& f, const std::string& key, size_
   return it->second;
 }
 
+// Sums of row chunks, added in chunk order so the measurements are the same bytes on every run.
+struct Partial {
+  double pred = 0, err = 0, ref = 0;
+};
+std::tuple<double, double, double> sum(const std::vector<Partial>& parts) {
+  double pred = 0, err = 0, ref = 0;
+  for (const auto& p : parts) pred += p.pred, err += p.err, ref += p.ref;
+  return {pred, err, ref};
+}
+
 // Predicted loss and weighted relative error of quantizing W (rows x n) to `type`.
 Candidate evaluate(GGMLType type, const std::vector<float>& w, int64_t rows, int64_t n, const std::vector<float>& in,
                    const std::vector<float>& out, const float* imatrix) {
   Candidate c{type};
   c.bytes = aligned(ggml_row_size(type, n) * uint64_t(rows));
-  std::mutex mu;
-  double pred = 0, err = 0, ref = 0;
   const int64_t chunk = std::max<int64_t>(1, 65536 / n);
+  std::vector<Partial> parts(size_t((rows + chunk - 1) / chunk));
   tbb::parallel_for(int64_t{0}, (rows + chunk - 1) / chunk, [&](int64_t b) {
     const int64_t r0 = b * chunk, r1 = std::min(rows, r0 + chunk);
     std::vector<std::byte> q(ggml_row_size(type, n) * size_t(r1 - r0));
@@ -65,9 +74,9 @@ Candidate evaluate(GGMLType type, const std::vector<float>& w, int64_t rows, int
       p += out[size_t(r)] * row;
       e += row, s += row_ref;
     }
-    std::lock_guard lock(mu);
-    pred += p, err += e, ref += s;
+    parts[size_t(b)] = {p, e, s};
   });
+  const auto [pred, err, ref] = sum(parts);
   c.predicted = 0.5 * pred;
   c.rel_error = ref > 0 ? err / ref : 0;
   return c;
@@ -75,15 +84,14 @@ Candidate evaluate(GGMLType type, const std::vector<float>& w, int64_t rows, int
 
 // GPTQ's result at `type`, with the full second moments in the prediction.
 Candidate evaluate_gptq(GGMLType type, const std::vector<float>& w, int64_t rows, int64_t n, const std::vector<float>& h,
-                        const std::vector<float>& out, const float* imatrix, double damp) {
+                        const quant::GptqFactor& factor, const std::vector<float>& out, const float* imatrix) {
   Candidate c{type};
   c.bytes = aligned(ggml_row_size(type, n) * uint64_t(rows));
   quant::GptqOptions o;
-  o.damp = damp;
-  const std::vector<std::byte> q = quant::gptq_quantize(type, w.data(), rows, n, h.data(), imatrix, o);
-  std::mutex mu;
-  double pred = 0, err = 0, ref = 0;
+  o.damp = factor.damp;
+  const std::vector<std::byte> q = quant::gptq_quantize(type, w.data(), rows, n, factor, imatrix, o);
   const int64_t chunk = 32;
+  std::vector<Partial> parts(size_t((rows + chunk - 1) / chunk));
   tbb::parallel_for(int64_t{0}, (rows + chunk - 1) / chunk, [&](int64_t b) {
     const int64_t r0 = b * chunk, r1 = std::min(rows, r0 + chunk), nr = r1 - r0;
     std::vector<float> dw(size_t(nr * n)), dwh(size_t(nr * n));
@@ -106,9 +114,9 @@ Candidate evaluate_gptq(GGMLType type, const std::vector<float>& w, int64_t rows
       p += out[size_t(r0 + r)] * row;
       e += row, s += row_ref;
     }
-    std::lock_guard lock(mu);
-    pred += p, err += e, ref += s;
+    parts[size_t(b)] = {p, e, s};
   });
+  const auto [pred, err, ref] = sum(parts);
   c.predicted = 0.5 * std::max(0.0, pred);
   c.rel_error = ref > 0 ? std::max(0.0, err) / ref : 0;
   return c;
@@ -151,16 +159,20 @@ Measurements measure(const std::string& model_dir, const std::string& stats_dir,
     // As compress: GPTQ for weight matrices with second moments (not a tied embedding's lookup).
     const bool gptq = moments && (pt.kind->per_layer || pt.kind->role == arch::Role::Output) && moments->has(pt.gguf_name);
     std::vector<float> h;
+    quant::GptqFactor factor;  // once per tensor, for every candidate type
     if (gptq) {
       int hn = 0;
       h = moments->load(pt.gguf_name, &hn);
       if (hn != n) fail(ExitCode::InputData, "{}: the moments of {} are {} x {}, the tensor has {} columns", moments->dir(), pt.gguf_name, hn, hn, n);
+      quant::GptqOptions o;
+      o.damp = opt.gptq_damp;
+      factor = quant::gptq_factor(h.data(), n, o);
     }
     arena.execute([&] {
       for (GGMLType t : candidate_types()) {
         if (n % ggml_type_traits(t)->block_size != 0) continue;  // the block does not fit a row
         const float* tw = ggml_type_traits(t)->quantized ? imp : nullptr;
-        tm.candidates.push_back(gptq && quant::gptq_supported(t) ? evaluate_gptq(t, w, rows, n, h, out, tw, opt.gptq_damp)
+        tm.candidates.push_back(gptq && quant::gptq_supported(t) ? evaluate_gptq(t, w, rows, n, h, factor, out, tw)
                                                                   : evaluate(t, w, rows, n, in, out, tw));
       }
     });
