@@ -62,60 +62,6 @@ std::vector<float> inverse_cholesky_upper(const float* H, int n, double damp) {
   fail(ExitCode::InputData, "GPTQ: the input statistics are not positive definite even with damping");
 }
 
-// Act-order (GPTQ's "desc_act") with static blocks: every block's scales come first, from ggml's
-// search on the original weights, so columns can be fixed in any order; they go by decreasing
-// H_ii (the most active inputs first, while the most columns remain to absorb their error), in
-// a permuted space whose levels are written back at the original positions.
-void act_order_quantize(GGMLType type, const float* W, int64_t rows, int64_t cols, const GptqFactor& f, const std::vector<float>& qw,
-                        const GptqOptions& opt, std::vector<std::byte>& out) {
-  const auto* tr = ggml_type_traits(type);
-  const int bs = tr->block_size, n = static_cast<int>(cols), B = opt.batch;
-  const size_t row_bytes = ggml_row_size(type, cols), block_bytes = tr->type_size;
-  const std::vector<int>& perm = f.perm;
-  const std::vector<float>& U = f.U;
-  constexpr int64_t kRowsPerTask = 32;
-  oneapi::tbb::parallel_for(int64_t(0), (rows + kRowsPerTask - 1) / kRowsPerTask, [&](int64_t task) {
-    const int64_t r0 = task * kRowsPerTask, nr = std::min(kRowsPerTask, rows - r0);
-    quantize_rows(type, W + r0 * cols, out.data() + size_t(r0) * row_bytes, nr, cols, qw.data());
-    // Each weight's grid (step, min) and level, at its original position.
-    std::vector<float> step(size_t(nr) * n), mn(size_t(nr) * n);
-    std::vector<uint8_t> lv(size_t(nr) * n);
-    Grid g;
-    for (int64_t r = 0; r < nr; ++r)
-      for (int b = 0; b < n / bs; ++b) {
-        read_levels(type, out.data() + size_t(r0 + r) * row_bytes + size_t(b) * block_bytes, g, lv.data() + size_t(r) * n + size_t(b) * bs);
-        for (int e = 0; e < bs; ++e) step[size_t(r) * n + b * bs + e] = g.step[e], mn[size_t(r) * n + b * bs + e] = g.min[e];
-      }
-    std::vector<float> w(size_t(nr) * n), err(size_t(nr) * B);
-    for (int64_t r = 0; r < nr; ++r)
-      for (int i = 0; i < n; ++i) w[size_t(r) * n + i] = W[(r0 + r) * cols + perm[i]];
-    for (int b0 = 0; b0 < n; b0 += B) {
-      const int b1 = std::min(n, b0 + B);
-      for (int i = b0; i < b1; ++i) {
-        const float d = U[size_t(i) * n + i];
-        const float* urow = U.data() + size_t(i) * n;
-        for (int64_t r = 0; r < nr; ++r) {
-          float* wr = w.data() + size_t(r) * n;
-          const size_t at = size_t(r) * n + perm[i];
-          int l = g.zero;
-          if (step[at] != 0.0f) l = std::clamp(nearest_int((wr[i] + mn[at]) / step[at]) + g.zero, 0, g.level_max);
-          lv[at] = static_cast<uint8_t>(l);
-          const float q = step[at] * static_cast<float>(l - g.zero) - mn[at];
-          const float ei = (wr[i] - q) / d;
-          err[size_t(r) * B + (i - b0)] = ei;
-          for (int j = i + 1; j < b1; ++j) wr[j] -= ei * urow[j];
-        }
-      }
-      if (b1 < n)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(nr), n - b1, b1 - b0, -1.0f, err.data(), B,
-                    U.data() + size_t(b0) * n + b1, n, 1.0f, w.data() + b1, n);
-    }
-    for (int64_t r = 0; r < nr; ++r)
-      for (int b = 0; b < n / bs; ++b)
-        write_levels(type, out.data() + size_t(r0 + r) * row_bytes + size_t(b) * block_bytes, lv.data() + size_t(r) * n + size_t(b) * bs);
-  });
-}
-
 }  // namespace
 
 GptqFactor gptq_factor(const float* H, int64_t cols, const GptqOptions& opt) {
@@ -164,50 +110,60 @@ std::vector<std::byte> gptq_quantize(GGMLType type, const float* W, int64_t rows
 
   const size_t row_bytes = ggml_row_size(type, cols);
   const size_t block_bytes = tr->type_size;
+  const int B = opt.batch;
+  const std::vector<float>& U = f.U;
+  const bool static_blocks = f.act_order;
+  auto col = [&](int i) { return static_blocks ? f.perm[size_t(i)] : i; };  // processing position -> column
   std::vector<std::byte> out(row_bytes * static_cast<size_t>(rows));
   constexpr int64_t kRowsPerTask = 32;
-  const int B = opt.batch;
-  if (opt.act_order) {
-    act_order_quantize(type, W, rows, cols, f, qw, opt, out);
-    return out;
-  }
-  const std::vector<float>& U = f.U;
   oneapi::tbb::parallel_for(int64_t(0), (rows + kRowsPerTask - 1) / kRowsPerTask, [&](int64_t task) {
     const int64_t r0 = task * kRowsPerTask, nr = std::min(kRowsPerTask, rows - r0);
-    std::vector<float> w(W + r0 * cols, W + (r0 + nr) * cols);  // updated in place as columns are fixed
-    std::vector<float> err(size_t(nr) * B);                     // this batch's scaled errors
-    std::vector<Grid> grid(nr);
-    std::vector<uint8_t> levels(size_t(nr) * bs);
+    std::byte* rows_out = out.data() + size_t(r0) * row_bytes;
+    // Every weight's grid (step, min) and level, at its own column.
+    std::vector<float> step(size_t(nr) * n), mn(size_t(nr) * n);
+    std::vector<uint8_t> lv(size_t(nr) * n);
+    Grid g;
+    auto take_block = [&](int64_t r, int b) {  // the block's scales as its bytes now hold them
+      read_levels(type, rows_out + size_t(r) * row_bytes + size_t(b) * block_bytes, g, lv.data() + size_t(r) * n + size_t(b) * bs);
+      for (int e = 0; e < bs; ++e) step[size_t(r) * n + b * bs + e] = g.step[e], mn[size_t(r) * n + b * bs + e] = g.min[e];
+    };
+    if (static_blocks) {  // act-order: all scales first, from the original weights
+      quantize_rows(type, W + r0 * cols, rows_out, nr, cols, qw.data());
+      for (int64_t r = 0; r < nr; ++r)
+        for (int b = 0; b < n / bs; ++b) take_block(r, b);
+    }
+    std::vector<float> w(size_t(nr) * n), err(size_t(nr) * B);  // w in processing order, updated as columns are fixed
+    for (int64_t r = 0; r < nr; ++r)
+      for (int i = 0; i < n; ++i) w[size_t(r) * n + i] = W[(r0 + r) * cols + col(i)];
     for (int b0 = 0; b0 < n; b0 += B) {
       const int b1 = std::min(n, b0 + B);
       for (int i = b0; i < b1; ++i) {
-        const int e = i % bs;
-        const size_t blk = size_t(i / bs);
-        if (e == 0)  // a new block: ggml's scale search on the weights as they are now
+        if (!static_blocks && i % bs == 0)  // a new block: ggml's scale search on the weights as they are now
           for (int64_t r = 0; r < nr; ++r) {
-            std::byte* dst = out.data() + size_t(r0 + r) * row_bytes + blk * block_bytes;
-            quantize_rows(type, w.data() + size_t(r) * n + i, dst, 1, bs, qw.data() + i);
-            read_levels(type, dst, grid[r], levels.data() + size_t(r) * bs);
+            quantize_rows(type, w.data() + size_t(r) * n + i, rows_out + size_t(r) * row_bytes + size_t(i / bs) * block_bytes, 1, bs,
+                          qw.data() + i);
+            take_block(r, i / bs);
           }
         const float d = U[size_t(i) * n + i];
         const float* urow = U.data() + size_t(i) * n;
         for (int64_t r = 0; r < nr; ++r) {
           float* wr = w.data() + size_t(r) * n;
-          const int l = grid[r].nearest(e, wr[i]);
-          levels[size_t(r) * bs + e] = static_cast<uint8_t>(l);
-          const float q = grid[r].value(e, l);
+          const size_t at = size_t(r) * n + col(i);
+          int l = g.zero;
+          if (step[at] != 0.0f) l = std::clamp(nearest_int((wr[i] + mn[at]) / step[at]) + g.zero, 0, g.level_max);
+          lv[at] = static_cast<uint8_t>(l);
+          const float q = step[at] * static_cast<float>(l - g.zero) - mn[at];
           const float ei = (wr[i] - q) / d;
           err[size_t(r) * B + (i - b0)] = ei;
           for (int j = i + 1; j < b1; ++j) wr[j] -= ei * urow[j];
         }
-        if (e == bs - 1)
-          for (int64_t r = 0; r < nr; ++r)
-            write_levels(type, out.data() + size_t(r0 + r) * row_bytes + blk * block_bytes, levels.data() + size_t(r) * bs);
       }
       if (b1 < n)  // lazy batch: the columns after it take the whole batch's errors at once
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(nr), n - b1, b1 - b0, -1.0f, err.data(), B,
                     U.data() + size_t(b0) * n + b1, n, 1.0f, w.data() + b1, n);
     }
+    for (int64_t r = 0; r < nr; ++r)
+      for (int b = 0; b < n / bs; ++b) write_levels(type, rows_out + size_t(r) * row_bytes + size_t(b) * block_bytes, lv.data() + size_t(r) * n + size_t(b) * bs);
   });
   return out;
 }

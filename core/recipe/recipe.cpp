@@ -1,5 +1,7 @@
 #include "core/recipe/recipe.hpp"
 
+#include "core/quant/gptq.hpp"
+
 #include "core/gguf/hf_to_gguf.hpp"
 #include "core/io/text_file.hpp"
 #include "core/runtime/error.hpp"
@@ -44,6 +46,12 @@ const std::vector<std::string>& preset_names() {
                                                  "Q4_K_M", "Q4_K_S", "Q4_0",   "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K"};
   return names;
 }
+
+bool is_quant_method(const std::string& method) { return method == "rtn" || method == "gptq"; }
+
+bool gptq_kind(const arch::TensorKind& kind) { return kind.weight_matrix() && (kind.per_layer || kind.role == arch::Role::Output); }
+
+bool gptq_applies(const arch::TensorKind& kind, GGMLType type) { return gptq_kind(kind) && quant::gptq_supported(type); }
 
 CompressionRecipe CompressionRecipe::from_json(const nlohmann::json& j, const std::string& origin) {
   if (!j.is_object()) bad(origin, "not a JSON object");
@@ -98,7 +106,7 @@ CompressionRecipe CompressionRecipe::from_json(const nlohmann::json& j, const st
   r.block_fit = j.value("block_fit", "fallback");
   if (r.block_fit != "fallback" && r.block_fit != "error") bad(origin, "block_fit must be \"fallback\" or \"error\"");
   if (j.contains("method")) {
-    if (!j["method"].is_string() || (j["method"] != "rtn" && j["method"] != "gptq")) bad(origin, "method must be \"rtn\" or \"gptq\"");
+    if (!j["method"].is_string() || !is_quant_method(j["method"].get<std::string>())) bad(origin, "method must be \"rtn\" or \"gptq\"");
     r.method = j["method"].get<std::string>();
   }
   if (j.contains("gptq_damp")) {

@@ -51,6 +51,14 @@ struct CompressionRecipe {
   nlohmann::json to_json() const;
 };
 
+// The quantizers a recipe may name: "rtn" and "gptq".
+bool is_quant_method(const std::string& method);
+// Whether compress quantizes this tensor with GPTQ under method "gptq": weight matrices that
+// only multiply an input (per layer, and an untied output projection; a tied embedding is also
+// the token lookup, whose error GPTQ does not see) at a type with integer levels.
+bool gptq_kind(const arch::TensorKind& kind);
+bool gptq_applies(const arch::TensorKind& kind, GGMLType type);
+
 // Names of the presets (llama.cpp mixtures) Squish reproduces.
 const std::vector<std::string>& preset_names();
 

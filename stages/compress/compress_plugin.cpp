@@ -143,7 +143,7 @@ class Quantize final : public Node {
   explicit Quantize(const NodeContext& ctx)
       : ctx_(ctx), plan_(ctx.node_name), imatrix_path_(ctx.params["imatrix"].get<std::string>()),
         stats_(ctx.params["stats"].get<std::string>()), method_(ctx.params["method"].get<std::string>()) {
-    if (!method_.empty() && method_ != "rtn" && method_ != "gptq")
+    if (!method_.empty() && !is_quant_method(method_))
       fail(ExitCode::Usage, "method must be \"rtn\" or \"gptq\" (got '{}')", method_);
     damp_ = ctx.params["damp"].get<double>();  // < 0: the recipe's
     if (std::isnan(damp_) || damp_ > 1e6) fail(ExitCode::Usage, "damp must be a fraction >= 0 (got {})", damp_);
@@ -163,7 +163,7 @@ class Quantize final : public Node {
     if (t.dtype != DType::F32) fail(ExitCode::Runtime, "tensor '{}' reached quantize as {} (expected F32 from compress.prune)", t.name, dtype_name(t.dtype));
     std::vector<float> f = t.to_f32();
     const std::vector<float> w = importance_for(*p);
-    Tensor o = with_bytes(t, t.name, gptq_applies(*p) ? quantize_gptq(f, *p, w) : quantize_tensor(f, *p, w.empty() ? nullptr : w.data()));
+    Tensor o = with_bytes(t, t.name, use_gptq(*p) ? quantize_gptq(f, *p, w) : quantize_tensor(f, *p, w.empty() ? nullptr : w.data()));
     o.dtype = DType::Quantized;
     o.ggml_type = static_cast<int>(p->type);
     out.emit(in.derive(std::move(o)));
@@ -182,11 +182,8 @@ class Quantize final : public Node {
     ready_ = true;
   }
 
-  // Weight matrices only (per layer, and an untied output projection): a tied embedding is also
-  // the token lookup, whose error GPTQ does not see.
-  bool gptq_applies(const PlannedTensor& p) const {
-    if (method_ != "gptq" || !quant::gptq_supported(p.type) || !p.kind || !p.kind->weight_matrix()) return false;
-    if (!p.kind->per_layer && p.kind->role != arch::Role::Output) return false;
+  bool use_gptq(const PlannedTensor& p) const {
+    if (method_ != "gptq" || !p.kind || !gptq_applies(*p.kind, p.type)) return false;
     const auto src = gguf::hf_to_gguf_name(p.hf_name);
     return src && moments_->has(*src);
   }

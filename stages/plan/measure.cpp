@@ -132,7 +132,7 @@ Measurements measure(const std::string& model_dir, const std::string& stats_dir,
   // The tensors compress would write (names, shapes), from the recipe resolver.
   const auto base = recipe::resolve(recipe::CompressionRecipe::from_preset("F32"), model_dir);
   const auto st = SafetensorsModel::open(model_dir);
-  if (opt.method != "rtn" && opt.method != "gptq") fail(ExitCode::Usage, "method must be \"rtn\" or \"gptq\" (got '{}')", opt.method);
+  if (!recipe::is_quant_method(opt.method)) fail(ExitCode::Usage, "method must be \"rtn\" or \"gptq\" (got '{}')", opt.method);
   std::optional<Moments> moments;
   if (opt.method == "gptq") {
     moments = Moments::open(stats_dir);
@@ -157,7 +157,7 @@ Measurements measure(const std::string& model_dir, const std::string& stats_dir,
     const float* imp = im != imatrix.end() && im->second.size() == size_t(n) ? im->second.data() : nullptr;
     TensorMeasure tm{pt.gguf_name, pt.ne, {}};
     // As compress: GPTQ for weight matrices with second moments (not a tied embedding's lookup).
-    const bool gptq = moments && (pt.kind->per_layer || pt.kind->role == arch::Role::Output) && moments->has(pt.gguf_name);
+    const bool gptq = moments && recipe::gptq_kind(*pt.kind) && moments->has(pt.gguf_name);
     std::vector<float> h;
     quant::GptqFactor factor;  // once per tensor, for every candidate type
     if (gptq) {
@@ -172,7 +172,7 @@ Measurements measure(const std::string& model_dir, const std::string& stats_dir,
       for (GGMLType t : candidate_types()) {
         if (n % ggml_type_traits(t)->block_size != 0) continue;  // the block does not fit a row
         const float* tw = ggml_type_traits(t)->quantized ? imp : nullptr;
-        tm.candidates.push_back(gptq && quant::gptq_supported(t) ? evaluate_gptq(t, w, rows, n, h, factor, out, tw)
+        tm.candidates.push_back(gptq && recipe::gptq_applies(*pt.kind, t) ? evaluate_gptq(t, w, rows, n, h, factor, out, tw)
                                                                   : evaluate(t, w, rows, n, in, out, tw));
       }
     });
@@ -211,7 +211,7 @@ Measurements Measurements::from_json(const nlohmann::json& j, const std::string&
     m.model = j.at("model").get<std::string>();
     m.stats = j.value("stats", "");
     m.method = j.value("method", "rtn");
-    if (m.method != "rtn" && m.method != "gptq") bad("method must be rtn or gptq");
+    if (!recipe::is_quant_method(m.method)) bad("method must be rtn or gptq");
     m.gptq_damp = j.value("gptq_damp", 0.01);
     for (const auto& t : j.at("tensors")) {
       TensorMeasure tm{t.at("name").get<std::string>(), t.at("ne").get<std::vector<int64_t>>(), {}};

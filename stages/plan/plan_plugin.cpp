@@ -5,6 +5,7 @@
 #include "core/io/atomic_file.hpp"
 #include "core/runtime/error.hpp"
 #include "core/runtime/plugin_api.hpp"
+#include "core/recipe/recipe.hpp"
 #include "stages/plan/measure.hpp"
 #include "stages/plan/planner.hpp"
 
@@ -31,7 +32,7 @@ class MeasureNode final : public Node {
     // well under a second. They are recomputed when the statistics are newer than the file.
     const std::string method = p["method"].get<std::string>();
     const double damp = p["damp"].get<double>();
-    if (method != "rtn" && method != "gptq") fail(ExitCode::Usage, "method must be \"rtn\" or \"gptq\" (got '{}')", method);
+    if (!recipe::is_quant_method(method)) fail(ExitCode::Usage, "method must be \"rtn\" or \"gptq\" (got '{}')", method);
     if (!(damp >= 0)) fail(ExitCode::Usage, "damp must be >= 0 (got {})", damp);
     namespace fs = std::filesystem;
     std::error_code ec;

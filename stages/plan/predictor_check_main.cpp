@@ -14,6 +14,7 @@
 #include "core/model/transformer.hpp"
 #include "core/quant/gptq.hpp"
 #include "core/quant/quantize.hpp"
+#include "core/recipe/recipe.hpp"
 #include "core/runtime/error.hpp"
 #include "core/tokenizer/tokenizer.hpp"
 #include "stages/plan/measure.hpp"
@@ -120,8 +121,7 @@ int main(int argc, char** argv) {
       auto im = imatrix.find(tm.name);
       const float* imp = im != imatrix.end() ? im->second.data() : nullptr;
       std::vector<std::byte> q(ggml_row_size(cand.type, n) * size_t(rows));
-      const bool gptq = moments && (named->layer >= 0 || named->kind->role == arch::Role::Output) && moments->has(tm.name) &&
-                        quant::gptq_supported(cand.type);
+      const bool gptq = moments && moments->has(tm.name) && recipe::gptq_applies(*named->kind, cand.type);
       if (gptq) q = quant::gptq_quantize(cand.type, w->data(), rows, n, moments->load(tm.name).data(), imp);
       else quantize_rows(cand.type, w->data(), q.data(), rows, n, imp);
       for (int64_t r = 0; r < rows; ++r) dequantize_row(cand.type, q.data() + ggml_row_size(cand.type, n) * size_t(r), w->data() + r * n, n);
