@@ -193,7 +193,7 @@ TEST_F(Verify, ShapeDisagreesWithRecipe) {
   auto c = test::squish_run(fmt::format("--set model={} --set recipe={} --set output={} {}/pipelines/compress.yaml", stories(), recipe,
                                         pruned, test::source_dir()));
   ASSERT_EQ(c.exit_code, 0) << c.err;
-  ASSERT_TRUE(gguf::Reader::open(pruned).at_key("llama.attention.head_count_kv").is_array());
+  ASSERT_TRUE(gguf::Reader::open(pruned).at_key("deci.attention.head_count_kv").is_array());  // per-layer counts: deci
   auto ok = verify(pruned, fmt::format("--set source={}", stories()));
   EXPECT_EQ(ok.exit_code, 0) << ok.err << ok.out;
   EXPECT_EQ(check(read_report(), "shapes")["status"], "pass");

@@ -20,6 +20,11 @@ constexpr Family kFamilies[] = {
     {"llama", "llama", RopeLayout::Interleaved, true, QkvBias::FromConfig, true, false, 1e-6f, 10000.f},
     {"mistral", "llama", RopeLayout::Interleaved, true, QkvBias::Never, true, true, 1e-6f, 10000.f},
     {"qwen2", "qwen2", RopeLayout::HalfSplit, false, QkvBias::Always, false, true, 1e-6f, 10000.f},
+    // GGUF-only alias (no config.json model_type): llama.cpp's "deci" is the llama graph with
+    // per-layer head counts and FFN widths (Nemotron/DeciLM), which is what a pruned model
+    // with differing layers is written as (core/recipe: output architecture). Interleaved rope,
+    // q/k (and their biases) permuted as for llama, optional q/k/v and output biases.
+    {nullptr, "deci", RopeLayout::Interleaved, true, QkvBias::FromConfig, true, false, 1e-6f, 10000.f},
 };
 
 using A = Axis;
@@ -38,15 +43,17 @@ const std::vector<TensorKind> kKinds = {
     {R::AttnV, "attn_v.weight", "self_attn.v_proj.weight", true, A::KvHeads, A::Embd, P::Always, R::AttnQ},
     {R::BiasV, "attn_v.bias", "self_attn.v_proj.bias", true, A::KvHeads, A::One, P::QkvBias, R::BiasV},
     {R::AttnOut, "attn_output.weight", "self_attn.o_proj.weight", true, A::Embd, A::QHeads, P::Always, R::AttnOut},
+    {R::BiasOut, "attn_output.bias", "self_attn.o_proj.bias", true, A::Embd, A::One, P::OutBias, R::BiasOut},
     {R::FfnNorm, "ffn_norm.weight", "post_attention_layernorm.weight", true, A::Embd, A::One, P::Always, R::FfnNorm},
     {R::FfnGate, "ffn_gate.weight", "mlp.gate_proj.weight", true, A::FfnChannels, A::Embd, P::Always, R::FfnGate},
     {R::FfnUp, "ffn_up.weight", "mlp.up_proj.weight", true, A::FfnChannels, A::Embd, P::Always, R::FfnGate},
     {R::FfnDown, "ffn_down.weight", "mlp.down_proj.weight", true, A::Embd, A::FfnChannels, P::Always, R::FfnDown},
+    {R::BiasDown, "ffn_down.bias", "mlp.down_proj.bias", true, A::Embd, A::One, P::DownBias, R::BiasDown},
 };
 
 bool is_attention(Role r) {
   return r == R::AttnNorm || r == R::AttnQ || r == R::AttnK || r == R::AttnV || r == R::AttnOut || r == R::BiasQ ||
-         r == R::BiasK || r == R::BiasV;
+         r == R::BiasK || r == R::BiasV || r == R::BiasOut;
 }
 
 // Splits "<prefix><N>.<rest>"; false unless N is a plain decimal layer index.
@@ -87,7 +94,7 @@ const TensorKind& kind_of(Role role) {
 
 const Family* family_by_model_type(const std::string& t) {
   for (const auto& f : kFamilies)
-    if (t == f.model_type) return &f;
+    if (f.model_type && t == f.model_type) return &f;  // GGUF-only aliases have none
   return nullptr;
 }
 
@@ -99,7 +106,8 @@ const Family* family_by_gguf_arch(const std::string& a) {
 
 std::string supported_model_types() {
   std::string s;
-  for (const auto& f : kFamilies) s += (s.empty() ? "" : ", ") + std::string(f.model_type);
+  for (const auto& f : kFamilies)
+    if (f.model_type) s += (s.empty() ? "" : ", ") + std::string(f.model_type);
   return s;
 }
 
@@ -172,7 +180,11 @@ ModelArch ModelArch::from_gguf(const gguf::Reader& r) {
   else if (const auto* e = r.find("token_embd.weight"); e && e->ne.size() == 2) m.n_vocab = static_cast<int>(e->ne[1]);
   else fail(ExitCode::InputData, "{}: no vocabulary (no tokenizer.ggml.tokens, no token_embd.weight)", path);
   m.tie_embeddings = r.find("output.weight") == nullptr;
-  for (int l = 0; l < n_layer && !m.attn_bias; ++l) m.attn_bias = r.find(fmt::format("blk.{}.attn_q.bias", l)) != nullptr;
+  for (int l = 0; l < n_layer; ++l) {
+    m.attn_bias |= r.find(fmt::format("blk.{}.attn_q.bias", l)) != nullptr;
+    m.out_bias |= r.find(fmt::format("blk.{}.attn_output.bias", l)) != nullptr;
+    m.down_bias |= r.find(fmt::format("blk.{}.ffn_down.bias", l)) != nullptr;
+  }
   if (const auto* f = r.find("rope_freqs.weight")) {
     if (f->type != GGMLType::F32 || f->ne.size() != 1 || f->ne[0] != m.head_dim / 2)
       fail(ExitCode::InputData, "{}: rope_freqs.weight must be F32 [{}]", path, m.head_dim / 2);
@@ -233,6 +245,8 @@ bool ModelArch::has(const TensorKind& k, int l) const {
     case P::Untied: return !tie_embeddings;
     case P::QkvBias: return attn_bias;
     case P::RopeScaled: return !rope_freq_factors.empty();
+    case P::OutBias: return out_bias;
+    case P::DownBias: return down_bias;
   }
   return false;
 }

@@ -37,7 +37,8 @@ enum class Axis { One, Embd, Vocab, QHeads, KvHeads, FfnChannels, RopePairs };
 enum class Role {
   TokenEmbd, OutputNorm, Output, RopeFreqs,                       // model-wide
   AttnNorm, AttnQ, AttnK, AttnV, AttnOut, BiasQ, BiasK, BiasV,    // per layer: attention
-  FfnNorm, FfnGate, FfnUp, FfnDown,                               // per layer: MLP
+  BiasOut,                                                        //   o_proj bias (pruning recovery)
+  FfnNorm, FfnGate, FfnUp, FfnDown, BiasDown,                     // per layer: MLP
 };
 
 // When a tensor of a role is in the model.
@@ -46,6 +47,8 @@ enum class Presence {
   Untied,       // output.weight: absent when the embeddings are tied
   QkvBias,      // q/k/v biases: the family or config.json says so
   RopeScaled,   // rope_freqs: llama3-style per-frequency factors (not in HF checkpoints)
+  OutBias,      // attn_output / ffn_down biases: written by pruning recovery (docs/pruning.md),
+  DownBias,     //   never read from HF checkpoints
 };
 
 struct TensorKind {
@@ -68,7 +71,7 @@ const TensorKind& kind_of(Role role);
 enum class QkvBias { Never, FromConfig, Always };
 
 struct Family {
-  const char* model_type;    // config.json model_type
+  const char* model_type;    // config.json model_type; nullptr: a GGUF architecture only (deci)
   const char* gguf_arch;     // general.architecture written (and read back as this family)
   RopeLayout gguf_rope;      // layout of q/k rows in the GGUF
   bool permute_qk;           // the converter permutes HF q/k rows (rotate-half -> interleaved)
@@ -79,9 +82,10 @@ struct Family {
   float default_rope_theta;
 };
 
-// By config.json model_type ("llama", "mistral", "qwen2"); nullptr when unsupported.
+// By config.json model_type ("llama", "mistral", "qwen2"); nullptr when unsupported ("deci"
+// is read from GGUFs only: no Hugging Face model_type maps to it).
 const Family* family_by_model_type(const std::string& model_type);
-// By GGUF general.architecture; nullptr when unsupported.
+// By GGUF general.architecture ("llama", "qwen2", "deci"); nullptr when unsupported.
 const Family* family_by_gguf_arch(const std::string& gguf_arch);
 // "llama, mistral, qwen2": for error messages.
 std::string supported_model_types();
@@ -98,7 +102,7 @@ struct LayerDims {
 // One concrete model: family, sizes, per-layer widths and the numbers the math needs.
 struct ModelArch {
   const Family* family = nullptr;
-  std::string arch;  // GGUF architecture name ("llama" | "qwen2"), = family->gguf_arch
+  std::string arch;  // GGUF architecture name ("llama" | "qwen2" | "deci"), = family->gguf_arch
   int n_embd = 0;
   int head_dim = 0;
   int n_vocab = 0;
@@ -108,6 +112,8 @@ struct ModelArch {
   std::vector<float> rope_freq_factors;  // per rotary pair, theta_i is divided by it; empty = 1
   int sliding_window = 0;                // > 0: a query sees only the last sliding_window keys
   bool attn_bias = false;                // q/k/v biases
+  bool out_bias = false;                 // attn_output.bias in every layer with attention
+  bool down_bias = false;                // ffn_down.bias in every layer with an MLP
   bool tie_embeddings = false;           // output = token embedding
   std::vector<LayerDims> layers;
 

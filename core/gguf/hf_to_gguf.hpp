@@ -31,8 +31,10 @@ bool llama_tensor_order_less(const std::string& a, const std::string& b);
 
 // ---- q/k permutation -------------------------------------------------------------------------
 
-// Whether a tensor needs the q/k permutation when converting `arch`: llama attn_q/attn_k
-// weights (and biases, for the rare llama with attention_bias). Qwen2 is stored unpermuted.
+// Whether a tensor needs the q/k permutation when writing GGUF architecture `arch`: attn_q /
+// attn_k weights and biases of the interleaved-rope architectures (llama, and deci, which a
+// pruned qwen2 may be written as: its q/k biases are permuted too, as convert_hf_to_gguf.py's
+// LlamaModel/DeciModel.permute does for q_proj/k_proj .weight and .bias). Qwen2 is stored unpermuted.
 bool needs_qk_permute(const std::string& arch, const std::string& gguf_name);
 // Heads that a q or k tensor is split into for the permutation: n_head for attn_q, n_head_kv
 // for attn_k.
@@ -73,8 +75,9 @@ struct MetadataOptions {
 
 // Hyper-parameter keys: general.architecture, general.name, <arch>.context_length,
 // embedding_length, block_count, feed_forward_length, attention.head_count, head_count_kv,
-// key_length, value_length, [llama: rope.dimension_count], rope.freq_base,
-// attention.layer_norm_rms_epsilon.
+// key_length, value_length, [llama, deci: rope.dimension_count], rope.freq_base,
+// attention.layer_norm_rms_epsilon. The architecture is cfg.arch / cfg.family (a pruned model's
+// output architecture may differ from its config.json family: core/recipe).
 std::vector<KeyValue> hparams_metadata(const ModelConfig& cfg, const MetadataOptions& opt);
 
 // Tokenizer keys (tokenizer.ggml.*) from <model_dir>/tokenizer.json (+ tokenizer_config.json,

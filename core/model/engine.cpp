@@ -89,6 +89,8 @@ std::shared_ptr<const Model> Model::load(const std::string& path) {
       case Role::BiasQ: L->bq = vec(d); break;
       case Role::BiasK: L->bk = vec(d); break;
       case Role::BiasV: L->bv = vec(d); break;
+      case Role::BiasOut: L->bo = vec(d); break;
+      case Role::BiasDown: L->b_down = vec(d); break;
       case Role::FfnNorm: L->ffn_norm = vec(d); break;
       case Role::FfnGate: L->w_gate = matrix(d); break;
       case Role::FfnUp: L->w_up = matrix(d); break;
@@ -391,6 +393,7 @@ void Session::attention_block(int il, Products& mm) {
     kernels::attention_apply(P.data(), vc + g * D, HK, &s.att[size_t(t0) * HQ + h * D], HQ, nt, n_kv, D);
   });
   mm.run(s.att.data(), {{&L.wo, s.x.data()}}, true);
+  add_bias(s.x.data(), L.bo, T);
 }
 
 // x += ffn_down(silu(ffn_gate(n)) * ffn_up(n)), n = rmsnorm(x).
@@ -406,6 +409,7 @@ void Session::mlp_block(int il, Products& mm) {
   mm.run(s.xn.data(), {{&L.w_gate, s.gate.data()}, {&L.w_up, s.up.data()}}, false);
   kernels::swiglu(s.gate.data(), s.up.data(), s.gate.data(), nf);
   mm.run(s.gate.data(), {{&L.w_down, s.x.data()}}, true);
+  add_bias(s.x.data(), L.b_down, T);
 }
 
 void Session::eval(std::span<const int32_t> tokens, int logits_from, std::vector<float>& logits) {

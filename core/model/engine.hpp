@@ -42,6 +42,7 @@ struct Weight {
 struct Layer {
   std::vector<float> attn_norm, ffn_norm;  // [n_embd]
   std::vector<float> bq, bk, bv;           // empty when the model has no biases
+  std::vector<float> bo, b_down;           // [n_embd]: written by pruning recovery, else empty
   Weight wq, wk, wv, wo, w_gate, w_up, w_down;
 };
 

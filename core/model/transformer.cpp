@@ -69,10 +69,12 @@ std::vector<float>* layer_field(LayerWeights& w, Role r) {
     case Role::AttnV: return &w.wv;
     case Role::BiasV: return &w.bv;
     case Role::AttnOut: return &w.wo;
+    case Role::BiasOut: return &w.bo;
     case Role::FfnNorm: return &w.ffn_norm;
     case Role::FfnGate: return &w.w_gate;
     case Role::FfnUp: return &w.w_up;
     case Role::FfnDown: return &w.w_down;
+    case Role::BiasDown: return &w.b_down;
     default: return nullptr;
   }
 }
@@ -187,6 +189,10 @@ void add_sums(ActivationStats::Entry& e, const std::string& weight, std::span<co
 
 void ActivationStats::accumulate(const std::string& weight, std::span<const double> col_sum_sq, int64_t tokens) {
   add_sums(entries[weight], weight, col_sum_sq, tokens);
+}
+
+void ActivationStats::accumulate_sum(const std::string& weight, std::span<const double> col_sum, int64_t tokens) {
+  add_sums(input_sums[weight], weight, col_sum, tokens);
 }
 
 void ActivationStats::accumulate_output_grad(const std::string& weight, std::span<const double> row_sum_sq, int64_t tokens) {
@@ -331,8 +337,8 @@ void rope(F* x, int T, int n_heads, int hd, const std::vector<F>& cos_t, const s
 template <class F>
 F sigmoid(F x) { return F(1) / (F(1) + std::exp(-x)); }
 
-// Column sums of x^2 over T rows (imatrix statistics), in double.
-template <class F>
+// Column sums of x (or of x^2: imatrix statistics) over T rows, in double.
+template <class F, bool kSquare = true>
 std::vector<double> col_sum_sq(const F* x, int T, int D) {
   std::vector<double> s(D, 0.0);
   constexpr int kCols = 64;
@@ -340,11 +346,14 @@ std::vector<double> col_sum_sq(const F* x, int T, int D) {
     const int d0 = b * kCols, d1 = std::min(D, d0 + kCols);
     for (int t = 0; t < T; ++t) {
       const F* xr = x + size_t(t) * D;
-      for (int d = d0; d < d1; ++d) s[d] += double(xr[d]) * xr[d];
+      for (int d = d0; d < d1; ++d) s[d] += kSquare ? double(xr[d]) * xr[d] : double(xr[d]);
     }
   });
   return s;
 }
+
+template <class F>
+std::vector<double> col_sum(const F* x, int T, int D) { return col_sum_sq<F, false>(x, T, D); }
 
 // Sum over rows of a[t,c]*b[t,c] per column c (mask gradients of per-channel masks).
 template <class F>
@@ -383,16 +392,16 @@ template <class F>
 struct LayerW {
   std::shared_ptr<const LayerWeights> src;
   View<F> view;
-  const F *attn_norm, *wq, *bq, *wk, *bk, *wv, *bv, *wo, *ffn_norm, *w_gate, *w_up, *w_down;
+  const F *attn_norm, *wq, *bq, *wk, *bk, *wv, *bv, *wo, *bo, *ffn_norm, *w_gate, *w_up, *w_down, *b_down;
   explicit LayerW(std::shared_ptr<const LayerWeights> w) : src(std::move(w)) {
-    view.own.reserve(12);
+    view.own.reserve(14);
     attn_norm = view(src->attn_norm);
     wq = view(src->wq), bq = view(src->bq);
     wk = view(src->wk), bk = view(src->bk);
     wv = view(src->wv), bv = view(src->bv);
-    wo = view(src->wo);
+    wo = view(src->wo), bo = view(src->bo);
     ffn_norm = view(src->ffn_norm);
-    w_gate = view(src->w_gate), w_up = view(src->w_up), w_down = view(src->w_down);
+    w_gate = view(src->w_gate), w_up = view(src->w_up), w_down = view(src->w_down), b_down = view(src->b_down);
   }
 };
 
@@ -549,7 +558,7 @@ struct Engine {
         }
     });
     a.y_attn.resize(TD);
-    linear(a.att.data(), w.wo, (const F*)nullptr, a.y_attn.data(), T, Q, D);
+    linear(a.att.data(), w.wo, w.bo, a.y_attn.data(), T, Q, D);
     a.x_mid.resize(TD);
     for (size_t i = 0; i < TD; ++i) a.x_mid[i] = x_in[i] + lm.attn * a.y_attn[i];
 
@@ -566,7 +575,7 @@ struct Engine {
       for (int c = 0; c < FF; ++c) a.h[row + c] = a.a[row + c] * lm.ffn[c];
     });
     a.y_mlp.resize(TD);
-    linear(a.h.data(), w.w_down, (const F*)nullptr, a.y_mlp.data(), T, FF, D);
+    linear(a.h.data(), w.w_down, w.b_down, a.y_mlp.data(), T, FF, D);
 
     if (stats) {
       // One entry per weight matrix, from the input it reads (the table says which one).
@@ -574,8 +583,15 @@ struct Engine {
                                                               {Role::AttnOut, col_sum_sq(a.att.data(), T, Q)},
                                                               {Role::FfnGate, col_sum_sq(a.xn2.data(), T, D)},
                                                               {Role::FfnDown, col_sum_sq(a.h.data(), T, FF)}};
+      const auto sums = std::map<Role, std::vector<double>>{{Role::AttnQ, col_sum(a.xn1.data(), T, D)},
+                                                            {Role::AttnOut, col_sum(a.att.data(), T, Q)},
+                                                            {Role::FfnGate, col_sum(a.xn2.data(), T, D)},
+                                                            {Role::FfnDown, col_sum(a.h.data(), T, FF)}};
       for (const auto& k : arch::tensor_kinds())
-        if (k.per_layer && k.weight_matrix()) stats->accumulate(arch::hf_name(k, l), inputs.at(k.input_of), T);
+        if (k.per_layer && k.weight_matrix()) {
+          stats->accumulate(arch::hf_name(k, l), inputs.at(k.input_of), T);
+          stats->accumulate_sum(arch::hf_name(k, l), sums.at(k.input_of), T);
+        }
       if (stats->second_moments) {
         const std::pair<Role, std::pair<const F*, int>> moment_inputs[] = {
             {Role::AttnQ, {a.xn1.data(), D}}, {Role::AttnOut, {a.att.data(), Q}}, {Role::FfnGate, {a.xn2.data(), D}}, {Role::FfnDown, {a.h.data(), FF}}};

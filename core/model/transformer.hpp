@@ -40,10 +40,10 @@ struct LayerWeights {
   std::vector<float> wq, bq;           // [n_head*head_dim, n_embd], [n_head*head_dim] (bias empty if none)
   std::vector<float> wk, bk;           // [n_head_kv*head_dim, n_embd]
   std::vector<float> wv, bv;           // [n_head_kv*head_dim, n_embd]
-  std::vector<float> wo;               // [n_embd, n_head*head_dim]
+  std::vector<float> wo, bo;           // [n_embd, n_head*head_dim], [n_embd] (bias: pruning recovery)
   std::vector<float> ffn_norm;         // [n_embd]
   std::vector<float> w_gate, w_up;     // [n_ff, n_embd]
-  std::vector<float> w_down;           // [n_embd, n_ff]
+  std::vector<float> w_down, b_down;   // [n_embd, n_ff], [n_embd]
 };
 
 struct GlobalWeights {
@@ -139,7 +139,11 @@ struct ActivationStats {
   };
   std::map<std::string, Entry> entries;       // inputs: per column
   std::map<std::string, Entry> output_grads;  // output gradients: per row (backward only)
+  // Per-column sums of x (not squared; Entry::mean() is then E[x]) of every per-layer weight's
+  // input, same keys: pruning recovery's calibration means (core/prune/recovery.hpp).
+  std::map<std::string, Entry> input_sums;
   void accumulate(const std::string& weight, std::span<const double> col_sum_sq, int64_t tokens);
+  void accumulate_sum(const std::string& weight, std::span<const double> col_sum, int64_t tokens);
   void accumulate_output_grad(const std::string& weight, std::span<const double> row_sum_sq, int64_t tokens);
 
   // With `second_moments` set, also the full Σ x xᵀ of every input (GPTQ's H), once per input:

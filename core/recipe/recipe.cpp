@@ -53,10 +53,13 @@ bool gptq_kind(const arch::TensorKind& kind) { return kind.weight_matrix() && (k
 
 bool gptq_applies(const arch::TensorKind& kind, GGMLType type) { return gptq_kind(kind) && quant::gptq_supported(type); }
 
+bool is_recovery(const std::string& r) { return r == "none" || r == "bias" || r == "refit"; }
+
 CompressionRecipe CompressionRecipe::from_json(const nlohmann::json& j, const std::string& origin) {
   if (!j.is_object()) bad(origin, "not a JSON object");
   static const std::set<std::string> allowed = {"format", "name", "preset", "tensors", "attention", "ffn_channels", "drop_layers",
-                                                "block_fit", "device", "memory_budget_bytes", "source", "method", "gptq_damp"};
+                                                "block_fit", "device", "memory_budget_bytes", "source", "method", "gptq_damp",
+                                                "recovery", "recovery_damp", "removals"};
   for (auto it = j.begin(); it != j.end(); ++it)
     if (!allowed.count(it.key())) bad(origin, fmt::format("unknown key '{}'", it.key()));
   if (j.contains("format") && j["format"] != "squish.recipe/1")
@@ -114,7 +117,22 @@ CompressionRecipe CompressionRecipe::from_json(const nlohmann::json& j, const st
       bad(origin, "gptq_damp must be a number >= 0");
     r.gptq_damp = j["gptq_damp"].get<double>();
   }
-  r.device = j.value("device", "");
+  if (j.contains("recovery")) {
+    if (!j["recovery"].is_string() || !is_recovery(j["recovery"].get<std::string>()))
+      bad(origin, "recovery must be \"none\", \"bias\" or \"refit\"");
+    r.recovery = j["recovery"].get<std::string>();
+  }
+  if (j.contains("recovery_damp")) {
+    if (!j["recovery_damp"].is_number() || !(j["recovery_damp"].get<double>() >= 0) || !(j["recovery_damp"].get<double>() < 1e6))
+      bad(origin, "recovery_damp must be a number >= 0");
+    r.recovery_damp = j["recovery_damp"].get<double>();
+  }
+  if (j.contains("removals")) {
+    if (!j["removals"].is_array()) bad(origin, "removals must be a list");
+    r.removals = j["removals"];
+  }
+  if (!j.contains("device") || j["device"].is_string()) r.device = j.value("device", "");
+  else bad(origin, "device must be a string");
   if (j.contains("memory_budget_bytes")) {
     if (!j["memory_budget_bytes"].is_number_unsigned()) bad(origin, "memory_budget_bytes must be a non-negative integer");
     r.memory_budget_bytes = j["memory_budget_bytes"].get<uint64_t>();
@@ -153,6 +171,8 @@ nlohmann::json CompressionRecipe::to_json() const {
   if (!drop_layers.empty()) j["drop_layers"] = drop_layers;
   j["block_fit"] = block_fit;
   if (method != "rtn") j["method"] = method, j["gptq_damp"] = gptq_damp;
+  if (recovery != "none") j["recovery"] = recovery, j["recovery_damp"] = recovery_damp;
+  if (!removals.empty()) j["removals"] = removals;
   if (!device.empty()) j["device"] = device;
   if (memory_budget_bytes) j["memory_budget_bytes"] = memory_budget_bytes;
   if (!source.empty()) j["source"] = source;
@@ -250,6 +270,12 @@ std::vector<int> sorted_unique(std::vector<int> v) {
 const PlannedTensor* CompressPlan::find_hf(const std::string& hf_name) const {
   auto it = by_hf_name.find(hf_name);
   return it == by_hf_name.end() ? nullptr : &tensors[it->second];
+}
+
+const PlannedTensor* CompressPlan::recovery_bias_of(const std::string& projection) const {
+  for (const auto& pt : tensors)
+    if (pt.recovers == projection) return &pt;
+  return nullptr;
 }
 
 nlohmann::json CompressPlan::summary() const {
@@ -397,6 +423,37 @@ void plan_tensors(CompressPlan& plan, const SafetensorsModel& st) {
     pt.ne = gguf::gguf_ne_from_hf_shape(pt.shape);
     plan.tensors.push_back(std::move(pt));
   }
+  // Pruning recovery: a bias for every output projection (zeros where nothing was removed, so
+  // every layer has one, as the architecture's presence rule says).
+  if (plan.recipe.recovery != "none") {
+    const auto has_pruned = [&](arch::Role role) {
+      for (const auto& pt : plan.tensors)
+        if (pt.kind->role == role && !pt.keep_cols.empty()) return true;
+      return false;
+    };
+    for (arch::Role proj : {arch::Role::AttnOut, arch::Role::FfnDown}) {
+      if (!has_pruned(proj)) continue;
+      const arch::Role bias = proj == arch::Role::AttnOut ? arch::Role::BiasOut : arch::Role::BiasDown;
+      (proj == arch::Role::AttnOut ? plan.output_arch.out_bias : plan.output_arch.down_bias) = true;
+      std::vector<PlannedTensor> add;
+      for (const auto& w : plan.tensors) {
+        if (w.kind->role != proj) continue;
+        PlannedTensor pt;
+        pt.kind = &arch::kind_of(bias);
+        pt.layer = w.layer;
+        pt.gguf_name = arch::gguf_name(*pt.kind, w.layer);
+        pt.hf_name = arch::hf_name(*pt.kind, plan.layers[w.layer].src_layer);
+        if (st.find(pt.hf_name))
+          fail(ExitCode::InputData, "{}: tensor '{}' exists: pruning recovery of checkpoints with output biases is not supported",
+               plan.model_dir, pt.hf_name);
+        pt.shape = pt.src_shape = {w.shape[0]};
+        pt.ne = pt.shape;
+        pt.recovers = w.hf_name;
+        add.push_back(std::move(pt));
+      }
+      for (auto& pt : add) plan.tensors.push_back(std::move(pt));
+    }
+  }
   // Generated by the converter: Llama 3's rope frequency factors.
   if (!cfg.rope_freq_factors.empty()) {
     PlannedTensor pt;
@@ -482,14 +539,110 @@ std::optional<gguf::LlamaFileType> file_type_of(const CompressPlan& plan) {
   return gguf::llama_file_type_from_name(ft.at(dom));
 }
 
-// Metadata: llama.cpp's keys (per-layer head counts as arrays when they differ), then Squish's;
-// and the file size the writer's layout rule gives (header, then each tensor aligned).
-void plan_metadata_and_size(CompressPlan& plan) {
+// ---- output architecture -------------------------------------------------------------------
+// Which GGUF architecture stock llama.cpp (src/llama-model.cpp, Feb 2025) loads a pruned model
+// as. Its "llama" and "qwen2" loaders read one head count, KV head count and FFN width for all
+// layers (layer 0's) and need attention and an MLP in every layer; "qwen2" also fixes attn_q
+// and attn_output to n_embd x n_embd, requires q/k/v biases and has no attn_output / ffn_down
+// bias. "deci" (the llama graph, NORM rope) reads all three per layer and takes optional q/k/v,
+// attn_output and ffn_down biases, but fixes attn_q.bias to n_embd, derives the head size only
+// when layer 0 has heads, and needs an MLP in every layer.
+
+// Why stock llama.cpp's loader of `gguf_arch` rejects the model; "" when it loads it.
+std::string stock_rejects(const std::string& gguf_arch, const arch::ModelArch& m) {
+  const int E = m.n_embd, D = m.head_dim;
+  const auto& L = m.layers;
+  const bool llama = gguf_arch == "llama", qwen2 = gguf_arch == "qwen2", deci = gguf_arch == "deci";
+  if (!llama && !qwen2 && !deci) return fmt::format("no stock loader is modelled for '{}'", gguf_arch);
+  if (llama || qwen2) {
+    for (size_t l = 1; l < L.size(); ++l)
+      if (L[l].n_head != L[0].n_head || L[l].n_head_kv != L[0].n_head_kv || L[l].n_ff != L[0].n_ff)
+        return fmt::format("{} reads one head count, KV head count and FFN width for all layers, but layer {} has {}/{}/{} "
+                           "and layer 0 {}/{}/{}", gguf_arch, l, L[l].n_head, L[l].n_head_kv, L[l].n_ff, L[0].n_head,
+                           L[0].n_head_kv, L[0].n_ff);
+  }
+  for (size_t l = 0; l < L.size(); ++l) {
+    if (L[l].n_ff == 0) return fmt::format("layer {} has no MLP and {} needs ffn tensors in every layer", l, gguf_arch);
+    if (L[l].n_head == 0 && !deci) return fmt::format("layer {} has no attention and {} needs attention in every layer", l, gguf_arch);
+  }
+  if (L.empty() || L[0].n_head == 0)
+    return fmt::format("layer 0 has no attention heads, and {} derives the head size from layer 0's head count", gguf_arch);
+  for (size_t l = 0; l < L.size(); ++l) {
+    const int64_t q = int64_t{L[l].n_head} * D;
+    if (qwen2 && q != E)
+      return fmt::format("layer {} has {} q heads x {} = {} attn_q rows, and qwen2 fixes attn_q and attn_output to n_embd {}", l,
+                         L[l].n_head, D, q, E);
+    if (m.attn_bias && L[l].n_head > 0 && q != E)
+      return fmt::format("layer {} has an attn_q.bias of {} values, and {} fixes it to n_embd {}", l, q, gguf_arch, E);
+  }
+  if (qwen2 && !m.attn_bias) return "qwen2 requires attn_q/attn_k/attn_v biases";
+  if (qwen2 && m.out_bias) return "qwen2 has no attn_output.bias (pruning recovery)";
+  if (qwen2 && m.down_bias) return "qwen2 has no ffn_down.bias (pruning recovery)";
+  return "";
+}
+
+struct OutputChoice {
+  const arch::Family* family = nullptr;  // what the file is written as
+  std::string compat;                    // squish.compat; "" = not written (unpruned output)
+};
+
+// The family's own architecture when stock llama.cpp loads the file as it (today's files,
+// byte for byte), else "deci" when that loads it, else the family's with the reason recorded:
+// Squish's engine runs every one of them.
+OutputChoice choose_output_arch(const CompressPlan& plan) {
+  const arch::ModelArch& m = plan.output_arch;
+  const arch::Family* own = plan.config.family;
+  const std::string own_arch = own->gguf_arch;
+  bool modified = m.out_bias || m.down_bias || m.n_layer() != plan.config.n_layer;
+  for (const auto& l : m.layers)
+    modified |= l.n_head != plan.config.n_head || l.n_head_kv != plan.config.n_head_kv || l.n_ff != plan.config.n_ff;
+  OutputChoice c;
+  const std::string why_own = stock_rejects(own_arch, m);
+  if (why_own.empty()) {
+    c.family = own;
+    if (modified) c.compat = fmt::format("stock llama.cpp loads this file as {}: every layer has the same head counts and FFN width{}",
+                                         own_arch, m.out_bias || m.down_bias ? ", and its loader takes the recovery biases" : "");
+    return c;
+  }
+  const std::string why_deci = stock_rejects("deci", m);
+  if (why_deci.empty()) {
+    c.family = arch::family_by_gguf_arch("deci");
+    c.compat = fmt::format("stock llama.cpp loads this file as deci (the llama graph with per-layer head counts and FFN "
+                           "widths{}); not as {}: {}",
+                           own->permute_qk ? "" : "; q/k rows and biases permuted to its interleaved rope", own_arch, why_own);
+    return c;
+  }
+  c.family = own;
+  c.compat = fmt::format("stock llama.cpp cannot load this file: as {}, {}; as deci (the llama graph with per-layer head "
+                         "counts), {}", own_arch, why_own, why_deci);
+  return c;
+}
+
+// Applies the choice: the output architecture and the q/k rope permutation it implies
+// (interleaved architectures get HF's rotate-half rows permuted, per layer over its heads).
+void apply_output_arch(CompressPlan& plan, const OutputChoice& c) {
+  plan.output_arch.family = c.family;
+  plan.output_arch.arch = c.family->gguf_arch;
+  for (auto& pt : plan.tensors) {
+    if (pt.layer < 0) continue;
+    const PrunedLayer& ls = plan.layers[pt.layer];
+    pt.permute_heads = gguf::needs_qk_permute(plan.output_arch.arch, pt.gguf_name)
+                           ? gguf::qk_permute_heads(pt.gguf_name, ls.n_head, ls.n_head_kv)
+                           : 0;
+  }
+}
+
+// Metadata: llama.cpp's keys for the output architecture (per-layer head counts as arrays when
+// they differ), then Squish's; and the file size the writer's layout rule gives (header, then
+// each tensor aligned).
+void plan_metadata_and_size(CompressPlan& plan, const std::string& compat) {
   const ModelConfig& cfg = plan.config;
   gguf::MetadataOptions opt;
   opt.file_type = file_type_of(plan);
   ModelConfig out_cfg = cfg;
   out_cfg.n_layer = static_cast<int>(plan.layers.size());
+  out_cfg.family = plan.output_arch.family;  // general.architecture and every "<arch>." key
+  out_cfg.arch = plan.output_arch.arch;
   bool uniform = true;
   for (const auto& l : plan.layers) {
     opt.head_count.push_back(l.n_head);
@@ -501,6 +654,7 @@ void plan_metadata_and_size(CompressPlan& plan) {
   plan.metadata = gguf::build_metadata(out_cfg, plan.model_dir, opt);
   plan.metadata.emplace_back("squish.version", gguf::Value(std::string(SQUISH_VERSION)));
   plan.metadata.emplace_back("squish.recipe", gguf::Value(plan.recipe.to_json().dump()));
+  if (!compat.empty()) plan.metadata.emplace_back("squish.compat", gguf::Value(compat));
 
   std::vector<gguf::TensorInfo> infos;
   uint64_t off = 0;
@@ -532,8 +686,11 @@ CompressPlan resolve(const CompressionRecipe& recipe, const std::string& model_d
   plan.output_arch.layers.clear();
   for (const auto& l : plan.layers) plan.output_arch.layers.push_back({l.n_head, l.n_head_kv, l.n_ff});
   plan_tensors(plan, st);
+  // The GGUF architecture stock llama.cpp loads it as (needs the recovery biases plan_tensors adds).
+  const OutputChoice out = choose_output_arch(plan);
+  apply_output_arch(plan, out);
   assign_types(plan, origin);
-  plan_metadata_and_size(plan);
+  plan_metadata_and_size(plan, out.compat);
   if (enforce_budget && recipe.memory_budget_bytes && plan.file_bytes > recipe.memory_budget_bytes)
     bad(origin, fmt::format("planned output of {} bytes exceeds the memory budget of {} bytes{}", plan.file_bytes,
                             recipe.memory_budget_bytes, recipe.device.empty() ? "" : " (" + recipe.device + ")"));

@@ -41,6 +41,12 @@ struct CompressionRecipe {
   std::string block_fit = "fallback";      // rows not a multiple of the block size: "fallback" | "error"
   std::string method = "rtn";              // quantizer: "rtn" (ggml's rounding, imatrix-weighted) | "gptq"
   double gptq_damp = 0.01;                 // GPTQ: H's diagonal damping, fraction of its mean
+  // Retrain-free repair of the output projections (o_proj, down_proj) whose inputs pruning
+  // removes (core/prune/recovery.hpp): "none", "bias" (FLAP bias compensation) or "refit"
+  // (least-squares refit of the kept columns and a bias). Needs the score stage's statistics.
+  std::string recovery = "none";
+  double recovery_damp = 0.01;             // refit: ridge, fraction of the kept inputs' mean E[x²]
+  nlohmann::json removals = nlohmann::json::array();  // audit: what was removed, its score, why
   std::string device;                      // what it was planned for (free text)
   uint64_t memory_budget_bytes = 0;        // 0 = none; the output file must fit
   nlohmann::json source = nlohmann::json::object();  // provenance: scores, plan settings
@@ -58,6 +64,8 @@ bool is_quant_method(const std::string& method);
 // the token lookup, whose error GPTQ does not see) at a type with integer levels.
 bool gptq_kind(const arch::TensorKind& kind);
 bool gptq_applies(const arch::TensorKind& kind, GGMLType type);
+// The recoveries a recipe may name: "none", "bias", "refit".
+bool is_recovery(const std::string& recovery);
 
 // Names of the presets (llama.cpp mixtures) Squish reproduces.
 const std::vector<std::string>& preset_names();
@@ -86,6 +94,9 @@ struct PlannedTensor {
   int permute_heads = 0;          // > 0: llama q/k rope permutation over this many heads
   size_t nbytes = 0;
   std::vector<float> generated;   // values of a generated tensor (not in the checkpoint)
+  // A bias pruning recovery computes (not in the checkpoint): the HF name of the projection
+  // whose pruning it repairs; compress.prune emits it with that tensor.
+  std::string recovers;
 };
 
 struct CompressPlan {
@@ -101,6 +112,8 @@ struct CompressPlan {
   uint64_t source_params = 0, output_params = 0;
 
   const PlannedTensor* find_hf(const std::string& hf_name) const;
+  // The recovery bias planned for this projection (HF name), or nullptr.
+  const PlannedTensor* recovery_bias_of(const std::string& projection_hf_name) const;
   nlohmann::json summary() const;  // per-tensor types and reasons, sizes: for reports and squish.recipe
 };
 

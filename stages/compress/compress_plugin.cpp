@@ -11,6 +11,7 @@
 #include "core/gguf/hf_to_gguf.hpp"
 #include "core/io/imatrix.hpp"
 #include "core/io/moments.hpp"
+#include "core/prune/recovery.hpp"
 #include "core/quant/gptq.hpp"
 #include "core/runtime/error.hpp"
 #include "core/runtime/plugin_api.hpp"
@@ -109,28 +110,101 @@ Tensor with_bytes(const Tensor& like, std::string name, std::vector<std::byte> b
   return t;
 }
 
+// Slices what the recipe removes; with a recipe `recovery`, repairs the output projections whose
+// inputs were removed (core/prune/recovery.hpp) from the score stage's statistics and emits the
+// bias that repair computes right after the projection.
 class Prune final : public Node {
  public:
-  explicit Prune(const NodeContext& ctx) : plan_(ctx.node_name) {}
+  explicit Prune(const NodeContext& ctx) : plan_(ctx.node_name), stats_(ctx.params["stats"].get<std::string>()) {}
   void consume(const Message& in, Emitter& out) override {
-    plan_.take(in);
-    if (!in.is_tensor()) return out.emit(in);  // the recipe travels on to quantize and write
+    if (plan_.take(in)) {
+      std::lock_guard lock(setup_mu_);
+      if (!ready_) setup(plan_.get());
+      return out.emit(in);  // the recipe travels on to quantize and write
+    }
+    if (!in.is_tensor()) return out.emit(in);
     const Tensor& t = in.tensor();
     const CompressPlan& plan = plan_.get();
     const PlannedTensor* p = plan.find_hf(t.name);
     if (!p) return;  // a dropped layer's tensor, or one with no GGUF counterpart
-    std::vector<float> f = prune_tensor(t, *p, t.meta.value("source", plan.model_dir));
-    std::vector<std::byte> bytes(f.size() * sizeof(float));
-    std::memcpy(bytes.data(), f.data(), bytes.size());
-    Tensor o = with_bytes(t, t.name, std::move(bytes));
-    o.dtype = DType::F32;
-    o.shape = p->shape;
-    o.meta["gguf_name"] = p->gguf_name;
-    out.emit(in.derive(std::move(o)));
+    const std::string origin = t.meta.value("source", plan.model_dir);
+    const PlannedTensor* bias = plan.recovery_bias_of(t.name);
+    std::vector<float> f, b;
+    if (bias && !p->keep_cols.empty()) {
+      std::tie(f, b) = repaired(t, *p, origin);
+    } else {
+      f = prune_tensor(t, *p, origin);
+      if (bias) b.assign(size_t(bias->shape[0]), 0.0f);  // nothing removed: nothing to repair
+    }
+    out.emit(in.derive(f32_tensor(t, *p, f)));
+    if (bias) out.emit(in.derive(f32_tensor(t, *bias, b)));
   }
 
  private:
+  static Tensor f32_tensor(const Tensor& like, const PlannedTensor& p, const std::vector<float>& f) {
+    std::vector<std::byte> bytes(f.size() * sizeof(float));
+    std::memcpy(bytes.data(), f.data(), bytes.size());
+    Tensor o = with_bytes(like, p.hf_name, std::move(bytes));
+    o.dtype = DType::F32;
+    o.shape = p.shape;
+    o.meta["gguf_name"] = p.gguf_name;
+    return o;
+  }
+
+  void setup(const CompressPlan& plan) {
+    ready_ = true;
+    bool repairs = false;
+    for (const auto& pt : plan.tensors) repairs |= !pt.recovers.empty();
+    if (!repairs) return;  // no recovery, or nothing removed that it would repair
+    if (stats_.empty())
+      fail(ExitCode::Usage, "recipe recovery '{}' needs 'stats' on compress.prune: the score stage's output folder", plan.recipe.recovery);
+    const std::string fisher = (std::filesystem::path(stats_) / "fisher.dat").string();
+    stats_file_ = read_imatrix(fisher);
+    if (plan.recipe.recovery == "refit") {
+      moments_ = Moments::open(stats_);
+      if (!moments_) fail(ExitCode::InputData, "{}: no moments/ (recovery refit needs the second moments): score with --set moments=true", stats_);
+    }
+  }
+
+  // The projection's kept columns refit (or kept, with the removed inputs' mean folded into a
+  // bias), and that bias.
+  std::pair<std::vector<float>, std::vector<float>> repaired(const Tensor& t, const PlannedTensor& p, const std::string& origin) const {
+    PlannedTensor whole = p;  // checks (shape, finite values) without slicing
+    whole.keep_cols.clear();
+    whole.keep_rows.clear();
+    whole.shape = p.src_shape;
+    std::vector<float> w = prune_tensor(t, whole, origin);
+    const int64_t rows = p.src_shape[0];
+    const int n = static_cast<int>(p.src_shape[1]);
+    const std::string src = *gguf::hf_to_gguf_name(p.hf_name);
+    const std::string fisher = (std::filesystem::path(stats_) / "fisher.dat").string();
+    prune::InputStats s;
+    s.n = n;
+    auto mean = stats_file_.find(src + ":mean");
+    if (mean == stats_file_.end())
+      fail(ExitCode::InputData, "{}: no entry '{}:mean' (input means for pruning recovery): re-run the score stage", fisher, src);
+    if (mean->second.size() != size_t(n))
+      fail(ExitCode::InputData, "{}: entry '{}:mean' has {} values, the tensor {} columns", fisher, src, mean->second.size(), n);
+    s.mean = mean->second;
+    const auto mode = prune::recovery_from_name(plan_.get().recipe.recovery);
+    if (mode == prune::Recovery::Refit) {
+      int hn = 0;
+      if (!moments_->has(src)) fail(ExitCode::InputData, "{}: no moments for '{}'", moments_->dir(), src);
+      s.h = moments_->load(src, &hn);
+      if (hn != n) fail(ExitCode::InputData, "{}: the moments of '{}' are {} x {}, the tensor has {} columns", moments_->dir(), src, hn, hn, n);
+    } else {
+      s.h.assign(size_t(n) * n, 0.0f);  // unused by bias compensation
+    }
+    prune::Repair r = prune::repair(w.data(), rows, n, p.keep_cols, s, mode, plan_.get().recipe.recovery_damp);
+    return {std::move(r.weight), std::move(r.bias)};
+  }
+
   PlanSlot plan_;
+  std::string stats_;
+  std::mutex setup_mu_;
+  bool ready_ = false;
+  Imatrix stats_file_;
+  std::optional<Moments> moments_;
 };
 
 // Quantizes each tensor to its planned type. Method "rtn": ggml's rounding (imatrix-weighted when
@@ -339,8 +413,10 @@ void register_nodes(NodeRegistry& r) {
           {"recipe", ParamType::String, false, "", "CompressionRecipe JSON file (docs/recipe.md)"},
           {"preset", ParamType::String, false, "", "llama.cpp mixture instead of a recipe: Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_K_S, Q3_K_M, Q3_K_S, Q2_K, ..."}},
          [](const NodeContext& c) { return std::make_unique<RecipeSource>(c); }});
-  r.add({"compress.prune", "prune heads, KV groups, FFN channels and layers as the recipe says; output F32", NodeRole::Transform, true,
-         {}, [](const NodeContext& c) { return std::make_unique<Prune>(c); }});
+  r.add({"compress.prune", "prune heads, KV groups, FFN channels and layers as the recipe says, repair as its recovery says; output F32",
+         NodeRole::Transform, true,
+         {{"stats", ParamType::String, false, "", "score stage output folder (fisher.dat means, moments/): needed by a recipe's recovery"}},
+         [](const NodeContext& c) { return std::make_unique<Prune>(c); }});
   r.add({"compress.quantize", "quantize each tensor to the type the recipe gives it", NodeRole::Transform, true,
          {{"imatrix", ParamType::String, false, "", "importance matrix (llama.cpp imatrix.dat); \"\" = <stats>/imatrix.dat when stats is set"},
           {"stats", ParamType::String, false, "", "score stage output folder (imatrix.dat, moments/ for gptq)"},

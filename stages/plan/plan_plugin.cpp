@@ -8,14 +8,36 @@
 #include "core/recipe/recipe.hpp"
 #include "stages/plan/measure.hpp"
 #include "stages/plan/planner.hpp"
+#include "stages/plan/prune_select.hpp"
 
 #include <fmt/core.h>
+#include <fmt/ranges.h>
+
+#include <map>
 
 #include <cstdio>
 #include <filesystem>
 
 namespace squish::plan {
 namespace {
+
+// Terminal summary of what pruning removed, per layer.
+std::string pruning_text(const recipe::CompressionRecipe& r) {
+  std::map<int, std::vector<std::string>> by_layer;
+  double total = 0;
+  for (const auto& x : r.removals) {
+    const int l = x.value("layer", -1);
+    const std::string kind = x.value("kind", "");
+    total += x.value("score", 0.0);
+    if (kind == "kv_group") by_layer[l].push_back(fmt::format("kv{}", x.value("index", -1)));
+    else if (kind == "q_heads") by_layer[l].push_back(fmt::format("q{}", fmt::join(x.value("q_heads", std::vector<int>{}), ",")));
+    else if (kind == "ffn_channels") by_layer[l].push_back(fmt::format("{} ffn", x.value("count", 0)));
+    else if (kind == "layer") by_layer[l].push_back("whole layer");
+  }
+  std::string s = fmt::format("pruning ({} recovery): {} removals, summed cost {:.4g}\n ", r.recovery, r.removals.size(), total);
+  for (const auto& [l, v] : by_layer) s += fmt::format(" L{}: {};", l, fmt::join(v, " "));
+  return s + "\n";
+}
 
 class MeasureNode final : public Node {
  public:
@@ -80,11 +102,66 @@ class RecipeNode final : public Node {
     t.ctx = static_cast<int>(p["ctx"].get<int64_t>());
     if (!(t.bpw >= 0) || !(t.memory_gb >= 0)) fail(ExitCode::Usage, "bpw and memory must be >= 0");
     const Measurements m = Measurements::from_json(in.document().body, "measurements");
-    const PlanResult r = plan(m, p["model"].get<std::string>(), t);
+    // What to remove (and how compress repairs it), then the types for what is left.
+    PruneTarget pt;
+    pt.kv = p["prune_kv"].get<double>();
+    pt.q = p["prune_q"].get<double>();
+    pt.ffn = p["prune_ffn"].get<double>();
+    pt.drop_layers = static_cast<int>(p["drop_layers"].get<int64_t>());
+    pt.recovery = p["recovery"].get<std::string>();
+    pt.damp = p["recovery_damp"].get<double>();
+    pt.by = p["prune_by"].get<std::string>();
+    pt.ffn_align = static_cast<int>(p["ffn_align"].get<int64_t>());
+    const std::string model = p["model"].get<std::string>();
+    auto plan_with = [&](const PruneTarget& x) {
+      recipe::CompressionRecipe structure = recipe::CompressionRecipe::from_preset("F32");
+      select_pruning(model, m.stats, x, structure, [this](uint64_t d, uint64_t n) { ctx_.progress("pruning units costed", d, n); });
+      double prune_cost = 0;
+      for (const auto& r : structure.removals) prune_cost += r.value("score", 0.0);
+      return std::make_pair(plan(m, model, t, &structure), prune_cost);
+    };
+    PlanResult r;
+    if (p["prune_search"].get<bool>()) {
+      // Pruning as part of the plan: every structure on a ladder of KV and FFN fractions, each
+      // planned for the budget (a device budget keeps the pruned model's smaller KV cache free);
+      // the least predicted loss, quantization and pruning together (both nats per token), wins.
+      nlohmann::json tried = nlohmann::json::array();
+      double best = 0;
+      bool have = false;
+      for (double kv : {0.0, 0.125, 0.25, 0.375, 0.5})
+        for (double ffn : {0.0, 0.1, 0.2, 0.3}) {
+          PruneTarget x = pt;
+          x.kv = kv, x.ffn = ffn;
+          try {
+            auto [res, prune_cost] = plan_with(x);
+            const double total = res.predicted_loss + prune_cost;
+            tried.push_back({{"prune_kv", kv}, {"prune_ffn", ffn}, {"quant_loss", res.predicted_loss}, {"prune_loss", prune_cost},
+                             {"total", total}, {"file_bytes", res.file_bytes}});
+            if (!have || total < best) best = total, r = std::move(res), have = true;
+          } catch (const Error& e) {
+            if (e.code() != ExitCode::InputData && e.code() != ExitCode::Usage) throw;
+            tried.push_back({{"prune_kv", kv}, {"prune_ffn", ffn}, {"infeasible", e.what()}});
+          }
+        }
+      if (!have) fail(ExitCode::InputData, "plan: no pruning level fits the budget: {}", tried.back().value("infeasible", ""));
+      // Not in the recipe: its text is in the file, whose size the plan has already fitted.
+      r.summary["prune_search"] = tried;
+      const auto& src = r.recipe.source;
+      std::fputs(fmt::format("prune search: {} structures planned; chosen prune_kv {} prune_ffn {} (predicted {:.4g} nats/token)\n", tried.size(),
+                             src.contains("pruning") ? src["pruning"].value("prune_kv", 0.0) : 0.0,
+                             src.contains("pruning") ? src["pruning"].value("prune_ffn", 0.0) : 0.0, best)
+                     .c_str(),
+                 stdout);
+    } else {
+      r = plan_with(pt).first;
+    }
     const std::string output = p["output"].get<std::string>();
     write_file_atomic(output, r.recipe.to_json().dump(1) + "\n");
     write_file_atomic(std::filesystem::path(output).replace_extension(".svg").string(), summary_svg(r));
+    if (r.summary.contains("prune_search"))  // every structure tried, beside the recipe
+      write_file_atomic(std::filesystem::path(output).replace_extension(".prune_search.json").string(), r.summary["prune_search"].dump(1) + "\n");
     std::fputs(summary_text(r).c_str(), stdout);
+    if (!r.recipe.removals.empty()) std::fputs(pruning_text(r.recipe).c_str(), stdout);
     std::fflush(stdout);
     // The recipe document compress nodes take (stages/compress): model + recipe, and the summary.
     nlohmann::json doc = r.summary;
@@ -115,7 +192,17 @@ void register_nodes(NodeRegistry& r) {
           {"bpw", ParamType::Float, false, 0.0, "budget in bits per source parameter"},
           {"device", ParamType::String, false, "", "device preset: macbook-air-16gb, macbook-pro-32gb, rtx-5090-24gb"},
           {"memory", ParamType::Float, false, 0.0, "usable memory in GB (instead of a device)"},
-          {"ctx", ParamType::Int, false, 4096, "context whose KV cache a device budget keeps free"}},
+          {"ctx", ParamType::Int, false, 4096, "context whose KV cache a device budget keeps free"},
+          {"prune_kv", ParamType::Float, false, 0.0, "fraction of all KV groups to remove (with their q heads)"},
+          {"prune_q", ParamType::Float, false, 0.0, "fraction of all q heads to remove (one per kept KV group at a time; removed groups' heads count)"},
+          {"prune_ffn", ParamType::Float, false, 0.0, "fraction of all FFN channels to remove"},
+          {"drop_layers", ParamType::Int, false, 0, "whole layers to remove"},
+          {"recovery", ParamType::String, false, "none", "repair of the pruned output projections: none | bias | refit"},
+          {"recovery_damp", ParamType::Float, false, 0.01, "refit's ridge, fraction of the kept inputs' mean E[x^2]"},
+          {"prune_by", ParamType::String, false, "predicted", "unit costs: predicted (after recovery, from the moments) | taylor | fisher"},
+          {"prune_search", ParamType::Bool, false, false,
+           "choose the pruning too: KV 0-50% x FFN 0-30%, each planned for the budget; least predicted loss (quantization + pruning)"},
+          {"ffn_align", ParamType::Int, false, 0, "FFN channels removed per layer in multiples of this (0 = 256 if n_ff allows, else 32)"}},
          [](const NodeContext& c) { return std::make_unique<RecipeNode>(c); }});
 }
 

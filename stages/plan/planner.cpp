@@ -26,17 +26,55 @@ uint64_t kv_cache_bytes(const recipe::CompressPlan& base, int ctx) {
   return 2 * heads * uint64_t(base.config.head_dim) * uint64_t(ctx) * 2;
 }
 
-recipe::CompressionRecipe make_recipe(const Measurements& m, const Allocation& a, const Target& t, uint64_t budget,
-                                      const std::string& why) {
-  recipe::CompressionRecipe r;
+// One weight of the output model with its candidates: the measured ones, for a pruned tensor
+// restricted to the types whose block fits its rows, with its bytes and (scaled by the weights
+// it keeps) its predicted loss.
+struct Item {
+  std::string name;  // output GGUF name (layers renumbered after drop_layers)
+  std::vector<int64_t> ne;
+  std::vector<Candidate> candidates;
+};
+
+uint64_t aligned(uint64_t n) { return (n + gguf::kDefaultAlignment - 1) / gguf::kDefaultAlignment * gguf::kDefaultAlignment; }
+
+std::vector<Item> items_of(const Measurements& m, const recipe::CompressPlan& base) {
+  std::vector<Item> items;
+  for (const auto& tm : m.tensors) {
+    const auto named = arch::parse_gguf_name(tm.name);
+    const recipe::PlannedTensor* p = named ? base.find_hf(arch::hf_name(*named->kind, named->layer)) : nullptr;
+    if (!p) continue;  // in a dropped layer
+    Item it{p->gguf_name, p->ne, {}};
+    double src = 1, out = 1;
+    for (int64_t x : tm.ne) src *= double(x);
+    for (int64_t x : p->ne) out *= double(x);
+    for (Candidate c : tm.candidates) {
+      if (p->ne[0] % ggml_type_traits(c.type)->block_size != 0) continue;
+      int64_t rows = 1;
+      for (size_t i = 1; i < p->ne.size(); ++i) rows *= p->ne[i];
+      c.bytes = aligned(ggml_row_size(c.type, p->ne[0]) * uint64_t(rows));
+      c.predicted *= out / src;
+      it.candidates.push_back(c);
+    }
+    if (it.candidates.empty())
+      fail(ExitCode::InputData, "plan: no measured type fits the pruned rows of {} ({} values)", p->gguf_name, p->ne[0]);
+    items.push_back(std::move(it));
+  }
+  return items;
+}
+
+recipe::CompressionRecipe make_recipe(const Measurements& m, const std::vector<Item>& items, const recipe::CompressionRecipe& structure,
+                                      const Allocation& a, const Target& t, uint64_t budget, const std::string& why) {
+  recipe::CompressionRecipe r = structure;  // what pruning removes and how it repairs
+  r.preset.reset();
+  r.tensors.clear();
   r.name = fmt::format("squish plan {} bytes", budget);
   r.origin = "plan";
   r.memory_budget_bytes = budget;
   r.device = t.device;
   r.method = m.method;  // the quantizer the predictions were measured with
   r.gptq_damp = m.gptq_damp;
-  for (size_t i = 0; i < m.tensors.size(); ++i) {
-    const auto& tm = m.tensors[i];
+  for (size_t i = 0; i < items.size(); ++i) {
+    const auto& tm = items[i];
     const Candidate& c = tm.candidates[a.choice[i]];
     // The next smaller candidate: what this choice buys over it.
     const Candidate* lower = nullptr;
@@ -48,11 +86,13 @@ recipe::CompressionRecipe make_recipe(const Measurements& m, const Allocation& a
     reason += "; least total predicted loss within the budget (knapsack)";
     r.tensors.push_back({tm.name, c.type, reason});
   }
-  r.source = {{"planner", "squish.plan/1"},
-              {"measurements", {{"model", m.model}, {"stats", m.stats}, {"method", m.method}}},
-              {"budget_bytes", budget},
-              {"budget", why},
-              {"predicted_loss", a.loss}};
+  nlohmann::json src = {{"planner", "squish.plan/1"},
+                        {"measurements", {{"model", m.model}, {"stats", m.stats}, {"method", m.method}}},
+                        {"budget_bytes", budget},
+                        {"budget", why},
+                        {"predicted_loss", a.loss}};
+  if (structure.source.contains("pruning")) src["pruning"] = structure.source["pruning"];
+  r.source = src;
   return r;
 }
 
@@ -89,10 +129,15 @@ uint64_t budget_bytes(const Target& t, const recipe::CompressPlan& base, std::st
   return b;
 }
 
-PlanResult plan(const Measurements& m, const std::string& model_dir, const Target& t) {
-  const auto base = recipe::resolve(recipe::CompressionRecipe::from_preset("F32"), model_dir);
+PlanResult plan(const Measurements& m, const std::string& model_dir, const Target& t, const recipe::CompressionRecipe* structure) {
+  recipe::CompressionRecipe shape = structure ? *structure : recipe::CompressionRecipe::from_preset("F32");
+  shape.preset = "F32";
+  shape.tensors.clear();
+  shape.memory_budget_bytes = 0;
+  const auto source = recipe::resolve(recipe::CompressionRecipe::from_preset("F32"), model_dir);
+  const auto base = recipe::resolve(shape, model_dir);  // the output model's tensors, at F32
   std::set<std::string> weights;
-  for (const auto& pt : base.tensors)
+  for (const auto& pt : source.tensors)
     if (pt.kind->weight_matrix()) weights.insert(pt.gguf_name);
   std::set<std::string> measured;
   for (const auto& tm : m.tensors) measured.insert(tm.name);
@@ -107,8 +152,9 @@ PlanResult plan(const Measurements& m, const std::string& model_dir, const Targe
   uint64_t fixed = base.file_bytes;
   for (const auto& pt : base.tensors)
     if (pt.kind->weight_matrix()) fixed -= (pt.nbytes + gguf::kDefaultAlignment - 1) / gguf::kDefaultAlignment * gguf::kDefaultAlignment;
+  const std::vector<Item> chosen = items_of(m, base);
   std::vector<std::vector<Option>> items;
-  for (const auto& tm : m.tensors) {
+  for (const auto& tm : chosen) {
     std::vector<Option> o;
     for (const auto& c : tm.candidates) o.push_back({c.bytes, c.predicted});
     items.push_back(std::move(o));
@@ -128,21 +174,21 @@ PlanResult plan(const Measurements& m, const std::string& model_dir, const Targe
         least.bytes += it[k].bytes;
         least.loss += it[k].loss;
       }
-      const uint64_t smallest = recipe::resolve(make_recipe(m, least, t, budget, why), model_dir, false).file_bytes;
+      const uint64_t smallest = recipe::resolve(make_recipe(m, chosen, shape, least, t, budget, why), model_dir, false).file_bytes;
       fail(ExitCode::InputData, "plan: budget {} bytes ({}) cannot be met: the smallest reachable file is {} bytes", budget, why, smallest);
     }
     PlanResult p;
-    p.recipe = make_recipe(m, a, t, budget, why);
+    p.recipe = make_recipe(m, chosen, shape, a, t, budget, why);
     const auto resolved = recipe::resolve(p.recipe, model_dir, /*enforce_budget=*/false);
     p.file_bytes = resolved.file_bytes;
     p.budget = budget;
     p.predicted_loss = a.loss;
     if (p.file_bytes <= budget) {
       nlohmann::json ts = nlohmann::json::array();
-      for (size_t i = 0; i < m.tensors.size(); ++i) {
-        const auto& c = m.tensors[i].candidates[a.choice[i]];
-        ts.push_back({{"name", m.tensors[i].name}, {"type", ggml_type_name(c.type)}, {"bytes", c.bytes}, {"predicted", c.predicted},
-                      {"ne", m.tensors[i].ne}});
+      for (size_t i = 0; i < chosen.size(); ++i) {
+        const auto& c = chosen[i].candidates[a.choice[i]];
+        ts.push_back({{"name", chosen[i].name}, {"type", ggml_type_name(c.type)}, {"bytes", c.bytes}, {"predicted", c.predicted},
+                      {"ne", chosen[i].ne}});
       }
       p.summary = {{"file_bytes", p.file_bytes}, {"budget", budget}, {"budget_from", why}, {"predicted_loss", a.loss}, {"tensors", ts}};
       return p;

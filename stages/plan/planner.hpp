@@ -35,7 +35,12 @@ struct PlanResult {
 
 // Throws Error(InputData) when the budget cannot be met (naming the smallest reachable size) or
 // the measurements do not belong to the model.
-PlanResult plan(const Measurements& m, const std::string& model_dir, const Target& t);
+// `structure` (optional): what to prune and how to repair it (attention, ffn_channels,
+// drop_layers, recovery, removals: stages/plan/prune_select.hpp); the types are then chosen for
+// the pruned tensors (candidates whose block fits the pruned rows; predicted losses scaled by the
+// weights kept) and the KV cache of a device budget is the pruned one.
+PlanResult plan(const Measurements& m, const std::string& model_dir, const Target& t,
+                const recipe::CompressionRecipe* structure = nullptr);
 
 // Terminal summary: bytes and bits per weight per tensor kind and per layer.
 std::string summary_text(const PlanResult& p);

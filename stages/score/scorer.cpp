@@ -110,7 +110,8 @@ ScoreResult score_model(const std::string& model_dir, const std::string& text_pa
       {"channels", {{"file", "channels.bin.zst"}, {"layout", "for each layer: taylor[n_ff] then fisher[n_ff], float32 little-endian"}, {"n_ff", n_ff}}},
       {"imatrix", {{"file", "imatrix.dat"}, {"format", "llama.cpp imatrix (legacy .dat), GGUF tensor names"}, {"ncall", chunks}}},
       {"fisher", {{"file", "fisher.dat"},
-                  {"format", "llama.cpp imatrix container; '<gguf name>:in' = per HF column E[x^2], '<gguf name>:out' = per HF row E[(n dL/dy)^2] (n = predictions per chunk: the per-token gradient scale); output projection included; an untied token_embd (a lookup of the one-hot token) has per-row token frequencies as ':out' and per-column E[(n dL/dx)^2] of the embedding output as ':in'"}}}};
+                  {"means", true},
+                  {"format", "llama.cpp imatrix container; '<gguf name>:in' = per HF column E[x^2], '<gguf name>:out' = per HF row E[(n dL/dy)^2] (n = predictions per chunk: the per-token gradient scale); '<gguf name>:mean' = per HF column E[x] of a per-layer weight's input (pruning recovery); output projection included; an untied token_embd (a lookup of the one-hot token) has per-row token frequencies as ':out' and per-column E[(n dL/dx)^2] of the embedding output as ':in'"}}}};
   return r;
 }
 
@@ -120,6 +121,8 @@ Imatrix fisher_factors_of(const ActivationStats& stats) {
     if (auto g = gguf::hf_to_gguf_name(hf)) m[*g + ":in"] = e.mean();
   for (const auto& [hf, e] : stats.output_grads)
     if (auto g = gguf::hf_to_gguf_name(hf)) m[*g + ":out"] = e.mean();
+  for (const auto& [hf, e] : stats.input_sums)
+    if (auto g = gguf::hf_to_gguf_name(hf)) m[*g + ":mean"] = e.mean();
   return m;
 }
 
@@ -197,6 +200,7 @@ std::optional<nlohmann::json> stored_scores(const std::string& model_dir, const 
       at("calibration", "sha256") != sha_of(text_path, "calibration text") || at("calibration", "ctx") != opt.ctx ||
       at("calibration", "max_tokens") != opt.max_tokens)
     return std::nullopt;
+  if (at("fisher", "means") != true) return std::nullopt;  // taken before the means were collected
   if (opt.moments && !(at("calibration", "moments") == true && fs::is_regular_file(fs::path(dir) / "moments" / "index.json", ec)))
     return std::nullopt;  // stored without the second moments this run needs
   // Weights rewritten after the scores were taken make them stale.
