@@ -7,6 +7,7 @@
 #include "core/model/engine.hpp"
 #include "core/model/transformer.hpp"
 #include "core/prune/recovery.hpp"
+#include "core/runtime/error.hpp"
 #include "core/recipe/recipe.hpp"
 #include "core/io/text_file.hpp"
 #include "stages/plan/prune_select.hpp"
@@ -360,4 +361,47 @@ TEST(Pruning, PruneSearchPicksTheLeastPredictedTotal) {
   EXPECT_EQ(pr.value("prune_kv", 0.0), best_kv);
   EXPECT_EQ(pr.value("prune_ffn", 0.0), best_ffn);
   EXPECT_LE(std::filesystem::file_size(out), 1200000u);
+}
+
+// Bad requests fail before anything is written, with one line naming the problem.
+TEST(Pruning, BadTargetsAndMissingStatisticsAreRefused) {
+  const std::string stats = stories_stats();
+  auto r = recipe::CompressionRecipe::from_preset("F32");
+  plan::PruneTarget t;
+  t.kv = 0.9;  // more than every layer can lose while keeping one group
+  try {
+    plan::select_pruning(stories(), stats, t, r);
+    FAIL() << "accepted prune_kv 0.9";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ExitCode::Usage);
+    EXPECT_NE(std::string(e.what()).find("every layer keeps one"), std::string::npos) << e.what();
+  }
+  t.kv = 0.25;
+  t.recovery = "magic";
+  EXPECT_THROW(plan::select_pruning(stories(), stats, t, r), Error);
+
+  test::TempDir tmp;
+  nlohmann::json rec{{"preset", "F32"}, {"attention", {{"1", {{"kv_groups", {0, 2, 3}}}}}}, {"recovery", "refit"}};
+  test::write_file(tmp / "r.json", rec.dump());
+  // A recipe that repairs needs the score stage's statistics: refused, and no file is left.
+  auto run = test::squish_run(fmt::format("{}/pipelines/compress.yaml --no-progress --set model={} --set recipe={} --set output={}",
+                                          test::source_dir(), stories(), tmp / "r.json", tmp / "o.gguf"));
+  EXPECT_EQ(run.exit_code, static_cast<int>(ExitCode::Usage)) << run.err;
+  EXPECT_NE(run.err.find("needs 'stats'"), std::string::npos) << run.err;
+  EXPECT_FALSE(fs::exists(tmp / "o.gguf"));
+  // Statistics without moments cannot refit.
+  fs::create_directories(tmp / "nomoments");
+  fs::copy_file(stats + "/fisher.dat", tmp / "nomoments/fisher.dat");
+  run = test::squish_run(fmt::format("{}/pipelines/compress.yaml --no-progress --set model={} --set recipe={} --set output={} --set stats={}",
+                                     test::source_dir(), stories(), tmp / "r.json", tmp / "o.gguf", tmp / "nomoments"));
+  EXPECT_EQ(run.exit_code, static_cast<int>(ExitCode::InputData)) << run.err;
+  EXPECT_NE(run.err.find("moments"), std::string::npos) << run.err;
+  EXPECT_FALSE(fs::exists(tmp / "o.gguf"));
+  nlohmann::json bad = rec;
+  bad["recovery"] = "sometimes";
+  test::write_file(tmp / "b.json", bad.dump());
+  run = test::squish_run(fmt::format("{}/pipelines/compress.yaml --no-progress --set model={} --set recipe={} --set output={}", test::source_dir(),
+                                     stories(), tmp / "b.json", tmp / "o.gguf"));
+  EXPECT_NE(run.exit_code, 0);
+  EXPECT_NE(run.err.find("recovery must be"), std::string::npos) << run.err;
 }

@@ -86,9 +86,9 @@ void select_pruning(const std::string& model_dir, const std::string& stats_dir, 
   if (t.ffn_align < 0) fail(ExitCode::Usage, "ffn_align must be >= 0 (got {})", t.ffn_align);
   const prune::Recovery mode = prune::recovery_from_name(t.recovery);
   if (!(t.damp >= 0)) fail(ExitCode::Usage, "recovery_damp must be >= 0 (got {})", t.damp);
+  if (!t.any()) return;  // nothing removed: nothing to repair (the recipe says no recovery)
   recipe.recovery = t.recovery;
   recipe.recovery_damp = t.damp;
-  if (!t.any()) return;
 
   const ModelConfig cfg = ModelConfig::load(model_dir);
   const auto st = SafetensorsModel::open(model_dir);

@@ -7,7 +7,7 @@
 //
 //   squish-prune-sweep --model DIR --text CALIB.txt --eval A.txt[:CHUNKS][,B.txt[:CHUNKS]] --out DIR
 //       [--kv 0.125,0.25,0.375,0.5] [--ffn 0.1,0.2,0.3] [--recovery none,bias,refit]
-//       [--bpw 16] [--max-tokens 0] [--threads 0] [--pipelines DIR]
+//       [--bpw 16] [--max-tokens 0] [--threads 0] [--pipelines DIR] [--kl true|false]
 //
 // Writes <out>/sweep.json, sweep.md (the table) and sweep.svg; exit code of the first failing
 // run (its log named), 2 for bad arguments. Points already finished in <out> (file, recipe and
@@ -58,7 +58,7 @@ struct Point {
 [[noreturn]] void usage(const std::string& why) {
   std::fprintf(stderr, "squish-prune-sweep: %s\nusage: squish-prune-sweep --model DIR --text CALIB.txt --eval A.txt[:CHUNKS][,B.txt[:CHUNKS]] --out DIR\n"
                "    [--kv 0.125,0.25,0.375,0.5] [--ffn 0.1,0.2,0.3] [--recovery none,bias,refit] [--bpw 16] [--max-tokens 0]\n"
-               "    [--threads 0] [--pipelines DIR]\n", why.c_str());
+               "    [--threads 0] [--pipelines DIR] [--kl true|false]\n", why.c_str());
   std::exit(static_cast<int>(ExitCode::Usage));
 }
 
@@ -155,11 +155,11 @@ int main(int argc, char** argv) {
   try {
     std::map<std::string, std::string> a = {{"--kv", "0.125,0.25,0.375,0.5"}, {"--ffn", "0.1,0.2,0.3"}, {"--recovery", "none,bias,refit"},
                                             {"--bpw", "16"}, {"--max-tokens", "0"}, {"--threads", "0"},
-                                            {"--pipelines", SQUISH_PIPELINE_DIR}};
+                                            {"--pipelines", SQUISH_PIPELINE_DIR}, {"--kl", "true"}};
     for (int i = 1; i < argc; ++i) {
       const std::string k = argv[i];
       if (k == "-h" || k == "--help") usage("help");
-      static const char* known[] = {"--model", "--text", "--eval", "--out", "--kv", "--ffn", "--recovery", "--bpw", "--max-tokens", "--threads", "--pipelines"};
+      static const char* known[] = {"--model", "--text", "--eval", "--out", "--kv", "--ffn", "--recovery", "--bpw", "--max-tokens", "--threads", "--pipelines", "--kl"};
       if (std::find(std::begin(known), std::end(known), k) == std::end(known)) usage(fmt::format("unknown option '{}'", k));
       if (i + 1 >= argc) usage(fmt::format("{} needs a value", k));
       a[k] = argv[++i];
@@ -238,7 +238,7 @@ int main(int argc, char** argv) {
         const std::string report = report_of(e);
         std::vector<std::string> cmd = {run_bin, "--no-progress", ppl_yaml, "--set", "model=" + gguf, "--set", "text=" + evals[e].path, "--set",
                                         fmt::format("chunks={}", evals[e].chunks), "--set", "threads=" + a["--threads"], "--set", "report=" + report};
-        if (e == 0) cmd.insert(cmd.end(), {"--set", "reference=" + a["--model"]});  // KL against the float model on the first text
+        if (e == 0 && a["--kl"] == "true") cmd.insert(cmd.end(), {"--set", "reference=" + a["--model"]});  // KL against the float model on the first text
         rc = run(cmd, log + ".ppl");
         if (rc != 0) {
           std::fprintf(stderr, "\nsquish-prune-sweep: perplexity of %s failed (exit %d): see %s.ppl\n", p.tag.c_str(), rc, log.c_str());
@@ -267,7 +267,7 @@ int main(int argc, char** argv) {
         const double ppl = p.results[e].value("ppl", 0.0), b = pts[0].results[e].value("ppl", 0.0);
         md += fmt::format(" {:.4f} | {:+.4f} |", ppl, ppl - b);
       }
-      md += fmt::format(" {:.4f} |\n", p.results[0].value("kl_mean", 0.0));
+      md += p.results[0].contains("kl_mean") ? fmt::format(" {:.4f} |\n", p.results[0]["kl_mean"].get<double>()) : std::string(" - |\n");
     }
     write_file_atomic((out / "sweep.json").string(), j.dump(1) + "\n");
     write_file_atomic((out / "sweep.md").string(), md);
