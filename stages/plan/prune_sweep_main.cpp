@@ -204,7 +204,8 @@ int main(int argc, char** argv) {
       for (size_t e = 0; e < evals.size(); ++e) done = done && fs::exists(report_of(e)) && fs::last_write_time(report_of(e)) >= fs::last_write_time(gguf);
       if (done) {
         std::fprintf(stderr, "[%zu/%zu] %s: stored", i + 1, pts.size(), p.tag.c_str());
-        for (const auto& t : gguf::Reader::open(gguf).tensors()) {
+        const gguf::Reader stored = gguf::Reader::open(gguf);
+        for (const auto& t : stored.tensors()) {
           uint64_t n = 1;
           for (int64_t x : t.ne) n *= uint64_t(x);
           p.params += n;
