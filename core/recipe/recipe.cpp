@@ -112,21 +112,19 @@ CompressionRecipe CompressionRecipe::from_json(const nlohmann::json& j, const st
     if (!j["method"].is_string() || !is_quant_method(j["method"].get<std::string>())) bad(origin, "method must be \"rtn\" or \"gptq\"");
     r.method = j["method"].get<std::string>();
   }
-  if (j.contains("gptq_damp")) {
-    if (!j["gptq_damp"].is_number() || !(j["gptq_damp"].get<double>() >= 0) || !(j["gptq_damp"].get<double>() < 1e6))
-      bad(origin, "gptq_damp must be a number >= 0");
-    r.gptq_damp = j["gptq_damp"].get<double>();
-  }
+  // Dampening fractions: finite numbers >= 0.
+  const auto damping = [&](const char* key, double& out) {
+    if (!j.contains(key)) return;
+    if (!j[key].is_number() || !(j[key].get<double>() >= 0) || !(j[key].get<double>() < 1e6)) bad(origin, fmt::format("{} must be a number >= 0", key));
+    out = j[key].get<double>();
+  };
+  damping("gptq_damp", r.gptq_damp);
   if (j.contains("recovery")) {
     if (!j["recovery"].is_string() || !is_recovery(j["recovery"].get<std::string>()))
       bad(origin, "recovery must be \"none\", \"bias\" or \"refit\"");
     r.recovery = j["recovery"].get<std::string>();
   }
-  if (j.contains("recovery_damp")) {
-    if (!j["recovery_damp"].is_number() || !(j["recovery_damp"].get<double>() >= 0) || !(j["recovery_damp"].get<double>() < 1e6))
-      bad(origin, "recovery_damp must be a number >= 0");
-    r.recovery_damp = j["recovery_damp"].get<double>();
-  }
+  damping("recovery_damp", r.recovery_damp);
   if (j.contains("removals")) {
     if (!j["removals"].is_array()) bad(origin, "removals must be a list");
     r.removals = j["removals"];

@@ -81,6 +81,18 @@ std::vector<double> fractions(const std::string& s, const char* what) {
   return v;
 }
 
+// The written file's parameters (every tensor's elements) and bytes.
+void size_of(const std::string& gguf, Point& p) {
+  const gguf::Reader r = gguf::Reader::open(gguf);
+  p.params = 0;
+  for (const auto& t : r.tensors()) {
+    uint64_t n = 1;
+    for (int64_t x : t.ne) n *= uint64_t(x);
+    p.params += n;
+  }
+  p.bytes = fs::file_size(gguf);
+}
+
 // Runs argv with stdout and stderr into `log`; returns the exit code.
 int run(const std::vector<std::string>& argv, const std::string& log) {
   posix_spawn_file_actions_t fa;
@@ -204,13 +216,7 @@ int main(int argc, char** argv) {
       for (size_t e = 0; e < evals.size(); ++e) done = done && fs::exists(report_of(e)) && fs::last_write_time(report_of(e)) >= fs::last_write_time(gguf);
       if (done) {
         std::fprintf(stderr, "[%zu/%zu] %s: stored", i + 1, pts.size(), p.tag.c_str());
-        const gguf::Reader stored = gguf::Reader::open(gguf);
-        for (const auto& t : stored.tensors()) {
-          uint64_t n = 1;
-          for (int64_t x : t.ne) n *= uint64_t(x);
-          p.params += n;
-        }
-        p.bytes = fs::file_size(gguf);
+        size_of(gguf, p);
         for (size_t e = 0; e < evals.size(); ++e) p.results.push_back(read_json_file(report_of(e), "perplexity report"));
         std::fprintf(stderr, ": PPL %.4f\n", p.results[0].value("ppl", 0.0));
         continue;
@@ -227,13 +233,7 @@ int main(int argc, char** argv) {
         return rc;
       }
       fs::copy_file(stats / "recipe.json", out / (p.tag + ".recipe.json"), fs::copy_options::overwrite_existing);
-      const gguf::Reader r = gguf::Reader::open(gguf);
-      for (const auto& t : r.tensors()) {
-        uint64_t n = 1;
-        for (int64_t x : t.ne) n *= uint64_t(x);
-        p.params += n;
-      }
-      p.bytes = fs::file_size(gguf);
+      size_of(gguf, p);
       for (size_t e = 0; e < evals.size(); ++e) {
         std::fprintf(stderr, ", %s", evals[e].name.c_str());
         const std::string report = report_of(e);
