@@ -2,6 +2,7 @@
 // (any family core/arch supports), for benchmarks and scale tests without downloads.
 //   squish-synth --config config.json --output DIR [--tokenizer DIR] [--seed N] [--f32] [--shard-mb N]
 #include "core/io/synthetic_checkpoint.hpp"
+#include "core/io/text_file.hpp"
 #include "core/runtime/error.hpp"
 
 #include <fmt/core.h>
@@ -35,14 +36,7 @@ int main(int argc, char** argv) {
       else throw Error(ExitCode::Usage, fmt::format("unknown option '{}'", a));
     }
     if (config.empty() || output.empty()) return usage();
-    std::ifstream in(config);
-    if (!in) throw Error(ExitCode::InputData, fmt::format("{}: cannot open", config));
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(in);
-    } catch (const nlohmann::json::exception& e) {
-      throw Error(ExitCode::InputData, fmt::format("{}: invalid JSON ({})", config, e.what()));
-    }
+    const nlohmann::json j = read_json_file(config, "config");
     write_synthetic_checkpoint(output, j, opt);
     return 0;
   } catch (const Error& e) {

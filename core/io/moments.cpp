@@ -39,7 +39,7 @@ void write_moments(const std::string& dir, const std::map<std::string, MomentSum
   }
   for (const auto& [w, key] : weights)
     if (!inputs.count(key)) fail(ExitCode::Runtime, "moments: weight {} refers to no input {}", w, key);
-  write_file_atomic((out / "index.json").string(), index.dump(1) + "\n");
+  write_json_file((out / "index.json").string(), index);
 }
 
 std::optional<Moments> Moments::open(const std::string& stats_dir) {
@@ -47,12 +47,7 @@ std::optional<Moments> Moments::open(const std::string& stats_dir) {
   std::error_code ec;
   if (!fs::is_regular_file(index_path, ec)) return std::nullopt;
   const std::string where = index_path.string();
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(read_text_file(where, "moments index"));
-  } catch (const nlohmann::json::exception& e) {
-    fail(ExitCode::InputData, "{}: not valid JSON ({})", where, e.what());
-  }
+  const nlohmann::json j = read_json_file(where, "moments index");
   Moments m;
   m.dir_ = (fs::path(stats_dir) / "moments").string();
   try {
@@ -70,7 +65,7 @@ std::optional<Moments> Moments::open(const std::string& stats_dir) {
       m.weights_[w] = key.get<std::string>();
     }
   } catch (const nlohmann::json::exception& e) {
-    fail(ExitCode::InputData, "{}: malformed index ({})", where, e.what());
+    fail(ExitCode::InputData, "{}: malformed moments index: {}", where, json_error_text(e));
   }
   if (m.tokens_ <= 0) fail(ExitCode::InputData, "{}: tokens must be > 0", where);
   return m;

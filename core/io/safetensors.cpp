@@ -1,4 +1,5 @@
 #include "core/io/safetensors.hpp"
+#include "core/io/text_file.hpp"
 
 #include "core/runtime/error.hpp"
 
@@ -31,12 +32,7 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
   if (n > kMaxHeader) bad(path, fmt::format("header length {} exceeds the 100 MB limit", n));
   if (n > bytes.size() - 8) bad(path, fmt::format("header length {} runs past end of file ({} bytes)", n, bytes.size()));
   const char* hp = reinterpret_cast<const char*>(bytes.data() + 8);
-  nlohmann::json header;
-  try {
-    header = nlohmann::json::parse(hp, hp + n);
-  } catch (const nlohmann::json::parse_error& e) {
-    bad(path, fmt::format("header is not valid JSON ({})", e.what()));
-  }
+  const nlohmann::json header = parse_json(std::string_view(hp, n), path, "header");
   if (!header.is_object()) bad(path, "header is not a JSON object");
   const size_t data_start = 8 + n;
   const size_t data_size = bytes.size() - data_start;
@@ -57,14 +53,15 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
     SafetensorsEntry e;
     e.name = name;
     if (!v["dtype"].is_string() || !dtype_from_safetensors(v["dtype"].get<std::string>(), e.dtype))
-      bad(path, fmt::format("tensor '{}' has unknown dtype {}", name, v["dtype"].dump()));
+      bad(path, fmt::format("tensor '{}' has unknown dtype {}", name, json_text(v["dtype"])));
     const auto& shape = v["shape"];
     if (!shape.is_array()) bad(path, fmt::format("tensor '{}' shape is not an array", name));
     uint64_t numel = 1;
     for (const auto& d : shape) {
-      if (!d.is_number_unsigned()) bad(path, fmt::format("tensor '{}' has a bad dimension {}", name, d.dump()));
+      if (!d.is_number_unsigned()) bad(path, fmt::format("tensor '{}' has a bad dimension {}", name, json_text(d)));
       const uint64_t dim = d.get<uint64_t>();
-      if (dim != 0 && numel > std::numeric_limits<uint64_t>::max() / dim)
+      // Bounded so numel * element size fits in 64 bits and every dimension in int64.
+      if (dim > (uint64_t(1) << 48) || (dim != 0 && numel > (uint64_t(1) << 56) / dim))
         bad(path, fmt::format("tensor '{}' shape overflows", name));
       numel *= dim;
       e.shape.push_back(static_cast<int64_t>(dim));
@@ -78,7 +75,7 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
       bad(path, fmt::format("tensor '{}' data_offsets [{}, {}] run past the data section ({} bytes)", name, b, end, data_size));
     const uint64_t expect = numel * dtype_size(e.dtype);
     if (end - b != expect)
-      bad(path, fmt::format("tensor '{}' has {} bytes but shape {} of {} needs {}", name, end - b, shape.dump(),
+      bad(path, fmt::format("tensor '{}' has {} bytes but shape {} of {} needs {}", name, end - b, json_text(shape),
                             dtype_name(e.dtype), expect));
     e.offset = data_start + b;
     e.nbytes = end - b;
@@ -121,14 +118,7 @@ SafetensorsModel SafetensorsModel::open(const std::string& path) {
     shard_paths.push_back(p.string());
   }
   if (!index.empty()) {
-    nlohmann::json j;
-    try {
-      auto map = MappedFile::open(index.string());
-      auto b = map->bytes();
-      j = nlohmann::json::parse(reinterpret_cast<const char*>(b.data()), reinterpret_cast<const char*>(b.data()) + b.size());
-    } catch (const nlohmann::json::exception& e) {
-      fail(ExitCode::InputData, "{}: invalid index JSON ({})", index.string(), e.what());
-    }
+    const nlohmann::json j = read_json_file(index.string(), "index");
     if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
       fail(ExitCode::InputData, "{}: index has no weight_map object", index.string());
     for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {

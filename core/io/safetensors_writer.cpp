@@ -1,4 +1,5 @@
 #include "core/io/safetensors_writer.hpp"
+#include "core/io/text_file.hpp"
 
 #include "core/runtime/error.hpp"
 
@@ -21,7 +22,7 @@ SafetensorsWriter::SafetensorsWriter(const std::string& path, std::vector<Decl> 
     written_[d.name] = false;
     offset += n;
   }
-  std::string h = header.dump();
+  std::string h = json_text(header);
   h.append((8 - h.size() % 8) % 8, ' ');  // keep the data section 8-byte aligned
   const uint64_t hl = h.size();
   file_.write(&hl, 8);

@@ -1,4 +1,5 @@
 #include "core/io/synthetic_checkpoint.hpp"
+#include "core/io/text_file.hpp"
 
 #include "core/arch/architecture.hpp"
 #include "core/io/atomic_file.hpp"
@@ -20,7 +21,7 @@ void write_synthetic_checkpoint(const std::string& dir, const nlohmann::json& co
   const arch::ModelArch a = arch::ModelArch::from_config(cfg);
   if (fs::exists(dir) && !fs::is_empty(dir)) fail(ExitCode::Usage, "{}: exists and is not empty", dir);
   fs::create_directories(dir);
-  write_file_atomic(dir + "/config.json", config.dump(2) + "\n");
+  write_file_atomic(dir + "/config.json", json_text(config, 2) + "\n");
   if (!opt.tokenizer_from.empty())
     for (const char* f : {"tokenizer.json", "tokenizer_config.json"})
       if (fs::exists(fs::path(opt.tokenizer_from) / f))
@@ -74,7 +75,7 @@ void write_synthetic_checkpoint(const std::string& dir, const nlohmann::json& co
     w.commit();
   }
   if (shards.size() > 1)
-    write_file_atomic(dir + "/model.safetensors.index.json", nlohmann::json{{"metadata", nlohmann::json::object()}, {"weight_map", weight_map}}.dump(2) + "\n");
+    write_file_atomic(dir + "/model.safetensors.index.json", json_text(nlohmann::json{{"metadata", nlohmann::json::object()}, {"weight_map", weight_map}}, 2) + "\n");
 }
 
 }  // namespace squish

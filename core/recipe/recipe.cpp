@@ -28,14 +28,14 @@ std::vector<int> int_list(const nlohmann::json& j, const std::string& origin, co
   if (!j.is_array()) bad(origin, what + " must be a list of integers");
   std::vector<int> v;
   for (const auto& x : j) {
-    if (!x.is_number_integer() || x.get<int64_t>() < 0) bad(origin, what + " must hold non-negative integers");
+    if (!x.is_number_integer() || x.get<int64_t>() < 0 || x.get<int64_t>() > (1 << 24)) bad(origin, what + " must hold non-negative integers (indices)");
     v.push_back(x.get<int>());
   }
   return v;
 }
 
 int layer_key(const std::string& k, const std::string& origin, const std::string& what) {
-  if (k.empty() || !std::all_of(k.begin(), k.end(), ::isdigit)) bad(origin, fmt::format("{} key '{}' is not a layer index", what, k));
+  if (k.empty() || k.size() > 6 || !std::all_of(k.begin(), k.end(), ::isdigit)) bad(origin, fmt::format("{} key '{}' is not a layer index", what, k));
   return std::stoi(k);
 }
 
@@ -56,88 +56,98 @@ bool gptq_applies(const arch::TensorKind& kind, GGMLType type) { return gptq_kin
 bool is_recovery(const std::string& r) { return r == "none" || r == "bias" || r == "refit"; }
 
 CompressionRecipe CompressionRecipe::from_json(const nlohmann::json& j, const std::string& origin) {
-  if (!j.is_object()) bad(origin, "not a JSON object");
-  static const std::set<std::string> allowed = {"format", "name", "preset", "tensors", "attention", "ffn_channels", "drop_layers",
-                                                "block_fit", "device", "memory_budget_bytes", "source", "method", "gptq_damp",
-                                                "recovery", "recovery_damp", "removals"};
-  for (auto it = j.begin(); it != j.end(); ++it)
-    if (!allowed.count(it.key())) bad(origin, fmt::format("unknown key '{}'", it.key()));
-  if (j.contains("format") && j["format"] != "squish.recipe/1")
-    bad(origin, fmt::format("format {} is not squish.recipe/1", j["format"].dump()));
-  CompressionRecipe r;
-  r.origin = origin;
-  r.name = j.value("name", "");
-  if (j.contains("preset") && !j["preset"].is_null()) {
-    if (!j["preset"].is_string()) bad(origin, "preset must be a string");
-    std::string p = j["preset"].get<std::string>();
-    std::transform(p.begin(), p.end(), p.begin(), ::toupper);
-    const auto& names = preset_names();
-    if (std::find(names.begin(), names.end(), p) == names.end())
-      bad(origin, fmt::format("unknown preset '{}' (known: {})", p, fmt::join(names, ", ")));
-    r.preset = p;
-  }
-  if (j.contains("tensors")) {
-    if (!j["tensors"].is_array()) bad(origin, "tensors must be a list of {match, type, reason}");
-    for (const auto& t : j["tensors"]) {
-      if (!t.is_object() || !t.contains("match") || !t.contains("type") || !t["match"].is_string() || !t["type"].is_string())
-        bad(origin, "each tensors entry needs string 'match' and 'type'");
-      auto type = ggml_type_from_name(t["type"].get<std::string>());
-      if (!type) bad(origin, fmt::format("unknown tensor type '{}'", t["type"].get<std::string>()));
-      r.tensors.push_back({t["match"].get<std::string>(), *type, t.value("reason", "")});
+  try {
+    if (!j.is_object()) bad(origin, "not a JSON object");
+    static const std::set<std::string> allowed = {"format", "name", "preset", "tensors", "attention", "ffn_channels", "drop_layers",
+                                                  "block_fit", "device", "memory_budget_bytes", "source", "method", "gptq_damp",
+                                                  "recovery", "recovery_damp", "removals"};
+    for (auto it = j.begin(); it != j.end(); ++it)
+      if (!allowed.count(it.key())) bad(origin, fmt::format("unknown key '{}'", it.key()));
+    if (j.contains("format") && j["format"] != "squish.recipe/1")
+      bad(origin, fmt::format("format {} is not squish.recipe/1", json_text(j["format"])));
+    CompressionRecipe r;
+    r.origin = origin;
+    r.name = j.value("name", "");
+    if (j.contains("preset") && !j["preset"].is_null()) {
+      if (!j["preset"].is_string()) bad(origin, "preset must be a string");
+      std::string p = j["preset"].get<std::string>();
+      std::transform(p.begin(), p.end(), p.begin(), ::toupper);
+      const auto& names = preset_names();
+      if (std::find(names.begin(), names.end(), p) == names.end())
+        bad(origin, fmt::format("unknown preset '{}' (known: {})", p, fmt::join(names, ", ")));
+      r.preset = p;
     }
-  }
-  if (j.contains("attention")) {
-    if (!j["attention"].is_object()) bad(origin, "attention must map layer -> {kv_groups, q_heads}");
-    for (auto it = j["attention"].begin(); it != j["attention"].end(); ++it) {
-      const int layer = layer_key(it.key(), origin, "attention");
-      AttentionKeep k;
-      const auto& v = it.value();
-      if (!v.is_object()) bad(origin, fmt::format("attention.{} must be an object", it.key()));
-      for (auto f = v.begin(); f != v.end(); ++f)
-        if (f.key() != "kv_groups" && f.key() != "q_heads") bad(origin, fmt::format("attention.{}: unknown key '{}'", it.key(), f.key()));
-      if (v.contains("kv_groups")) k.kv_groups = int_list(v["kv_groups"], origin, fmt::format("attention.{}.kv_groups", it.key()));
-      if (v.contains("q_heads")) k.q_heads = int_list(v["q_heads"], origin, fmt::format("attention.{}.q_heads", it.key()));
-      r.attention[layer] = k;
+    if (j.contains("tensors")) {
+      if (!j["tensors"].is_array()) bad(origin, "tensors must be a list of {match, type, reason}");
+      for (const auto& t : j["tensors"]) {
+        if (!t.is_object() || !t.contains("match") || !t.contains("type") || !t["match"].is_string() || !t["type"].is_string())
+          bad(origin, "each tensors entry needs string 'match' and 'type'");
+        auto type = ggml_type_from_name(t["type"].get<std::string>());
+        if (!type) bad(origin, fmt::format("unknown tensor type '{}'", t["type"].get<std::string>()));
+        r.tensors.push_back({t["match"].get<std::string>(), *type, t.value("reason", "")});
+      }
     }
+    if (j.contains("attention")) {
+      if (!j["attention"].is_object()) bad(origin, "attention must map layer -> {kv_groups, q_heads}");
+      for (auto it = j["attention"].begin(); it != j["attention"].end(); ++it) {
+        const int layer = layer_key(it.key(), origin, "attention");
+        AttentionKeep k;
+        const auto& v = it.value();
+        if (!v.is_object()) bad(origin, fmt::format("attention.{} must be an object", it.key()));
+        for (auto f = v.begin(); f != v.end(); ++f)
+          if (f.key() != "kv_groups" && f.key() != "q_heads") bad(origin, fmt::format("attention.{}: unknown key '{}'", it.key(), f.key()));
+        // An empty list would remove every head; in memory "empty" means "all", so it is refused here.
+        for (const char* key : {"kv_groups", "q_heads"}) {
+          if (!v.contains(key)) continue;
+          const std::string what = fmt::format("attention.{}.{}", it.key(), key);
+          auto list = int_list(v[key], origin, what);
+          if (list.empty()) bad(origin, what + " keeps nothing (omit the key to keep all; a layer needs at least one)");
+          (std::string_view(key) == "kv_groups" ? k.kv_groups : k.q_heads) = std::move(list);
+        }
+        r.attention[layer] = k;
+      }
+    }
+    if (j.contains("ffn_channels")) {
+      if (!j["ffn_channels"].is_object()) bad(origin, "ffn_channels must map layer -> [channels kept]");
+      for (auto it = j["ffn_channels"].begin(); it != j["ffn_channels"].end(); ++it)
+        r.ffn_channels[layer_key(it.key(), origin, "ffn_channels")] = int_list(it.value(), origin, "ffn_channels." + it.key());
+    }
+    if (j.contains("drop_layers")) r.drop_layers = int_list(j["drop_layers"], origin, "drop_layers");
+    r.block_fit = j.value("block_fit", "fallback");
+    if (r.block_fit != "fallback" && r.block_fit != "error") bad(origin, "block_fit must be \"fallback\" or \"error\"");
+    if (j.contains("method")) {
+      if (!j["method"].is_string() || !is_quant_method(j["method"].get<std::string>())) bad(origin, "method must be \"rtn\" or \"gptq\"");
+      r.method = j["method"].get<std::string>();
+    }
+    // Dampening fractions: finite numbers >= 0.
+    const auto damping = [&](const char* key, double& out) {
+      if (!j.contains(key)) return;
+      if (!j[key].is_number() || !(j[key].get<double>() >= 0) || !(j[key].get<double>() < 1e6)) bad(origin, fmt::format("{} must be a number >= 0", key));
+      out = j[key].get<double>();
+    };
+    damping("gptq_damp", r.gptq_damp);
+    if (j.contains("recovery")) {
+      if (!j["recovery"].is_string() || !is_recovery(j["recovery"].get<std::string>()))
+        bad(origin, "recovery must be \"none\", \"bias\" or \"refit\"");
+      r.recovery = j["recovery"].get<std::string>();
+    }
+    damping("recovery_damp", r.recovery_damp);
+    if (j.contains("removals")) {
+      if (!j["removals"].is_array()) bad(origin, "removals must be a list");
+      r.removals = j["removals"];
+    }
+    if (!j.contains("device") || j["device"].is_string()) r.device = j.value("device", "");
+    else bad(origin, "device must be a string");
+    if (j.contains("memory_budget_bytes")) {
+      if (!j["memory_budget_bytes"].is_number_unsigned()) bad(origin, "memory_budget_bytes must be a non-negative integer");
+      r.memory_budget_bytes = j["memory_budget_bytes"].get<uint64_t>();
+    }
+    if (j.contains("source")) r.source = j["source"];
+    if (!r.preset && r.tensors.empty()) bad(origin, "needs a 'preset' or 'tensors' rules (or both)");
+    return r;
+  } catch (const nlohmann::json::exception& e) {
+    fail_json_shape(origin, "malformed recipe", e);
   }
-  if (j.contains("ffn_channels")) {
-    if (!j["ffn_channels"].is_object()) bad(origin, "ffn_channels must map layer -> [channels kept]");
-    for (auto it = j["ffn_channels"].begin(); it != j["ffn_channels"].end(); ++it)
-      r.ffn_channels[layer_key(it.key(), origin, "ffn_channels")] = int_list(it.value(), origin, "ffn_channels." + it.key());
-  }
-  if (j.contains("drop_layers")) r.drop_layers = int_list(j["drop_layers"], origin, "drop_layers");
-  r.block_fit = j.value("block_fit", "fallback");
-  if (r.block_fit != "fallback" && r.block_fit != "error") bad(origin, "block_fit must be \"fallback\" or \"error\"");
-  if (j.contains("method")) {
-    if (!j["method"].is_string() || !is_quant_method(j["method"].get<std::string>())) bad(origin, "method must be \"rtn\" or \"gptq\"");
-    r.method = j["method"].get<std::string>();
-  }
-  // Dampening fractions: finite numbers >= 0.
-  const auto damping = [&](const char* key, double& out) {
-    if (!j.contains(key)) return;
-    if (!j[key].is_number() || !(j[key].get<double>() >= 0) || !(j[key].get<double>() < 1e6)) bad(origin, fmt::format("{} must be a number >= 0", key));
-    out = j[key].get<double>();
-  };
-  damping("gptq_damp", r.gptq_damp);
-  if (j.contains("recovery")) {
-    if (!j["recovery"].is_string() || !is_recovery(j["recovery"].get<std::string>()))
-      bad(origin, "recovery must be \"none\", \"bias\" or \"refit\"");
-    r.recovery = j["recovery"].get<std::string>();
-  }
-  damping("recovery_damp", r.recovery_damp);
-  if (j.contains("removals")) {
-    if (!j["removals"].is_array()) bad(origin, "removals must be a list");
-    r.removals = j["removals"];
-  }
-  if (!j.contains("device") || j["device"].is_string()) r.device = j.value("device", "");
-  else bad(origin, "device must be a string");
-  if (j.contains("memory_budget_bytes")) {
-    if (!j["memory_budget_bytes"].is_number_unsigned()) bad(origin, "memory_budget_bytes must be a non-negative integer");
-    r.memory_budget_bytes = j["memory_budget_bytes"].get<uint64_t>();
-  }
-  if (j.contains("source")) r.source = j["source"];
-  if (!r.preset && r.tensors.empty()) bad(origin, "needs a 'preset' or 'tensors' rules (or both)");
-  return r;
 }
 
 CompressionRecipe CompressionRecipe::load(const std::string& path) { return from_json(read_json_file(path, "recipe"), path); }
@@ -384,6 +394,7 @@ std::vector<int64_t> kept_indices(arch::Axis axis, const PrunedLayer& ls, const 
 void plan_tensors(CompressPlan& plan, const SafetensorsModel& st) {
   const ModelConfig& cfg = plan.config;
   // The checkpoint must hold every tensor its config.json implies, in the implied shape.
+  // Every stored tensor must be one the architecture knows, of a float dtype, in a layer that exists.
   for (const auto& d : arch::tensors_of(arch::ModelArch::from_config(cfg))) {
     if (d.hf_name.empty()) continue;
     const auto* e = st.find(d.hf_name);
@@ -391,6 +402,15 @@ void plan_tensors(CompressPlan& plan, const SafetensorsModel& st) {
     if (e->shape != d.shape)
       fail(ExitCode::InputData, "{}: tensor '{}' has shape [{}] but config.json implies [{}]", plan.model_dir, d.hf_name,
            fmt::join(e->shape, ", "), fmt::join(d.shape, ", "));
+  }
+  for (const auto& e : st.entries()) {
+    if (e.dtype != DType::F32 && e.dtype != DType::F16 && e.dtype != DType::BF16 && e.name.find("rotary_emb") == std::string::npos)
+      fail(ExitCode::InputData, "{}: tensor '{}' has dtype {}; weights must be F32, F16 or BF16", st.files()[e.file].path(), e.name,
+           dtype_name(e.dtype));
+    const auto named = arch::parse_hf_name(e.name);
+    if (named && named->layer >= cfg.n_layer)
+      fail(ExitCode::InputData, "{}: tensor '{}' is in layer {} but config.json has num_hidden_layers {}", st.files()[e.file].path(),
+           e.name, named->layer, cfg.n_layer);
   }
   std::map<int, int> out_of_src;
   for (size_t i = 0; i < plan.layers.size(); ++i) out_of_src[plan.layers[i].src_layer] = static_cast<int>(i);
@@ -651,7 +671,7 @@ void plan_metadata_and_size(CompressPlan& plan, const std::string& compat) {
   if (uniform) opt.head_count.clear(), opt.head_count_kv.clear(), opt.feed_forward_length.clear();
   plan.metadata = gguf::build_metadata(out_cfg, plan.model_dir, opt);
   plan.metadata.emplace_back("squish.version", gguf::Value(std::string(SQUISH_VERSION)));
-  plan.metadata.emplace_back("squish.recipe", gguf::Value(plan.recipe.to_json().dump()));
+  plan.metadata.emplace_back("squish.recipe", gguf::Value(json_text(plan.recipe.to_json())));
   if (!compat.empty()) plan.metadata.emplace_back("squish.compat", gguf::Value(compat));
 
   std::vector<gguf::TensorInfo> infos;

@@ -204,31 +204,35 @@ nlohmann::json Measurements::to_json() const {
 }
 
 Measurements Measurements::from_json(const nlohmann::json& j, const std::string& origin) {
-  auto bad = [&](const std::string& what) -> void { fail(ExitCode::InputData, "{}: invalid measurements: {}", origin, what); };
-  if (!j.is_object() || j.value("format", "") != "squish.measurements/1") bad("not a squish.measurements/1 document");
-  Measurements m;
   try {
-    m.model = j.at("model").get<std::string>();
-    m.stats = j.value("stats", "");
-    m.method = j.value("method", "rtn");
-    if (!recipe::is_quant_method(m.method)) bad("method must be rtn or gptq");
-    m.gptq_damp = j.value("gptq_damp", 0.01);
-    for (const auto& t : j.at("tensors")) {
-      TensorMeasure tm{t.at("name").get<std::string>(), t.at("ne").get<std::vector<int64_t>>(), {}};
-      for (const auto& c : t.at("candidates")) {
-        auto type = ggml_type_from_name(c.at("type").get<std::string>());
-        if (!type) bad("unknown type " + c.at("type").dump());
-        const double p = c.at("predicted").get<double>();
-        if (!std::isfinite(p) || p < 0) bad(tm.name + ": predicted loss must be finite and >= 0");
-        tm.candidates.push_back({*type, c.at("bytes").get<uint64_t>(), p, c.value("rel_error", 0.0)});
+    auto bad = [&](const std::string& what) -> void { fail(ExitCode::InputData, "{}: invalid measurements: {}", origin, what); };
+    if (!j.is_object() || j.value("format", "") != "squish.measurements/1") bad("not a squish.measurements/1 document");
+    Measurements m;
+    try {
+      m.model = j.at("model").get<std::string>();
+      m.stats = j.value("stats", "");
+      m.method = j.value("method", "rtn");
+      if (!recipe::is_quant_method(m.method)) bad("method must be rtn or gptq");
+      m.gptq_damp = j.value("gptq_damp", 0.01);
+      for (const auto& t : j.at("tensors")) {
+        TensorMeasure tm{t.at("name").get<std::string>(), t.at("ne").get<std::vector<int64_t>>(), {}};
+        for (const auto& c : t.at("candidates")) {
+          auto type = ggml_type_from_name(c.at("type").get<std::string>());
+          if (!type) bad("unknown type " + json_text(c.at("type")));
+          const double p = c.at("predicted").get<double>();
+          if (!std::isfinite(p) || p < 0) bad(tm.name + ": predicted loss must be finite and >= 0");
+          tm.candidates.push_back({*type, c.at("bytes").get<uint64_t>(), p, c.value("rel_error", 0.0)});
+        }
+        if (tm.candidates.empty()) bad(tm.name + ": no candidates");
+        m.tensors.push_back(std::move(tm));
       }
-      if (tm.candidates.empty()) bad(tm.name + ": no candidates");
-      m.tensors.push_back(std::move(tm));
+    } catch (const nlohmann::json::exception& e) {
+      bad(e.what());
     }
+    return m;
   } catch (const nlohmann::json::exception& e) {
-    bad(e.what());
+    fail_json_shape(origin, "malformed measurements", e);
   }
-  return m;
 }
 
 Measurements Measurements::load(const std::string& path) { return from_json(read_json_file(path, "measurements"), path); }

@@ -270,7 +270,7 @@ int main(int argc, char** argv) {
       }
       md += p.results[0].contains("kl_mean") ? fmt::format(" {:.4f} |\n", p.results[0]["kl_mean"].get<double>()) : std::string(" - |\n");
     }
-    write_file_atomic((out / "sweep.json").string(), j.dump(1) + "\n");
+    write_json_file((out / "sweep.json").string(), j);
     write_file_atomic((out / "sweep.md").string(), md);
     write_file_atomic((out / "sweep.svg").string(), svg_plot(pts, evals, base));
     std::fputs(md.c_str(), stdout);

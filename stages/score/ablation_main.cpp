@@ -94,7 +94,7 @@ int main(int argc, char** argv) {
     };
     row("-", "none (baseline)", {{}});
     for (const auto& sf : scores) {
-      auto j = nlohmann::json::parse(read_text_file(sf));
+      auto j = read_json_file(sf, "scores");
       const std::string who = std::filesystem::path(j["calibration"]["path"].get<std::string>()).filename().string();
       std::vector<int> lo, hi;
       for (int l = 0; l < n_layer; ++l) {
