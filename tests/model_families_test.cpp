@@ -221,7 +221,7 @@ TEST(ModelFamilies, UnsupportedConfigsAreRefused) {
   refused(cfg, "rope scaling 'yarn' is not supported");
   cfg = small_config("llama");
   cfg["rms_norm_eps"] = 0;
-  refused(cfg, "rms_norm_eps must be positive");
+  refused(cfg, "rms_norm_eps must be in (0, 1)");
   cfg = small_config("qwen2");
   cfg["use_sliding_window"] = true;
   cfg["sliding_window"] = 64;

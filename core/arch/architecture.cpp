@@ -4,6 +4,7 @@
 #include "core/io/hf_config.hpp"
 #include "core/runtime/error.hpp"
 
+#include <algorithm>
 #include <fmt/format.h>
 
 #include <cctype>
@@ -146,17 +147,19 @@ ModelArch ModelArch::from_gguf(const gguf::Reader& r) {
   if (!m.family)
     fail(ExitCode::InputData, "{}: architecture '{}' is not supported ({})", path, m.arch, supported_gguf_archs());
   const std::string a = m.arch + ".";
-  const auto positive = [&](const std::string& key) {
-    const int64_t v = r.get_int(key, 0);
-    if (v <= 0 || v > (int64_t{1} << 30)) fail(ExitCode::InputData, "{}: metadata key {} missing or invalid", path, key);
+  // The same bounds as config.json's (core/io/hf_config.cpp): far above any released model, and
+  // small enough that no size computed from them overflows or allocates without limit.
+  const auto bounded = [&](const std::string& key, int64_t def, int64_t lo, int64_t hi) {
+    const int64_t v = r.get_int(key, def);
+    if (v < lo || v > hi) fail(ExitCode::InputData, "{}: metadata key {} is {}, outside {}..{}", path, key, v, lo, hi);
     return static_cast<int>(v);
   };
-  const int n_layer = positive(a + "block_count");
-  m.n_embd = positive(a + "embedding_length");
-  m.n_ctx_train = static_cast<int>(r.get_int(a + "context_length", 0));
+  const int n_layer = bounded(a + "block_count", 0, 1, 4096);
+  m.n_embd = bounded(a + "embedding_length", 0, 1, 1 << 20);
+  m.n_ctx_train = bounded(a + "context_length", 0, 0, 1 << 24);
   m.rope_theta = static_cast<float>(r.get_float(a + "rope.freq_base", m.family->default_rope_theta));
   m.rms_eps = static_cast<float>(r.get_float(a + "attention.layer_norm_rms_epsilon", m.family->default_rms_eps));
-  m.sliding_window = static_cast<int>(r.get_int(a + "attention.sliding_window", 0));
+  m.sliding_window = bounded(a + "attention.sliding_window", 0, 0, 1 << 24);
 
   const std::vector<int> heads = gguf::per_layer_values(r, a + "attention.head_count", n_layer, -1);
   const std::vector<int> heads_kv = gguf::per_layer_values(r, a + "attention.head_count_kv", n_layer, -1);
@@ -165,12 +168,14 @@ ModelArch ModelArch::from_gguf(const gguf::Reader& r) {
   for (int l = 0; l < n_layer; ++l) {
     if (heads[l] < 0) fail(ExitCode::InputData, "{}: metadata key {}attention.head_count missing", path, a);
     if (ffs[l] < 0) fail(ExitCode::InputData, "{}: metadata key {}feed_forward_length missing", path, a);
+    if (heads[l] > 8192 || heads_kv[l] > 8192 || ffs[l] > (1 << 22))
+      fail(ExitCode::InputData, "{}: layer {}: {} heads, {} KV heads, FFN {} (limits 8192, 8192, {})", path, l, heads[l], heads_kv[l], ffs[l], 1 << 22);
     // head_count_kv absent: no grouping.
     m.layers.push_back({heads[l], heads_kv[l] < 0 ? heads[l] : heads_kv[l], ffs[l]});
     if (!first_heads) first_heads = heads[l];
   }
   // Head size: key_length when written (always after head pruning), else n_embd / n_head.
-  m.head_dim = static_cast<int>(r.get_int(a + "attention.key_length", first_heads ? m.n_embd / first_heads : 0));
+  m.head_dim = bounded(a + "attention.key_length", first_heads ? m.n_embd / first_heads : 0, 0, 1 << 16);
   const int64_t vlen = r.get_int(a + "attention.value_length", m.head_dim);
   if (vlen != m.head_dim)
     fail(ExitCode::InputData, "{}: value_length {} differs from key_length {} (unsupported)", path, vlen, m.head_dim);
@@ -209,6 +214,10 @@ void ModelArch::validate(const std::string& origin) const {
     for (float f : rope_freq_factors)
       if (!(f > 0) || !std::isfinite(f)) fail(ExitCode::InputData, "{}: rope frequency factor {} is not positive", origin, f);
   }
+  // Layers may lose their attention (or MLP) to pruning, but a model with no attention at all
+  // cannot read its context: a broken file, not a pruned one.
+  if (std::none_of(layers.begin(), layers.end(), [](const LayerDims& s) { return s.n_head > 0; }))
+    fail(ExitCode::InputData, "{}: no layer has attention heads (head_count is 0 everywhere)", origin);
   for (int l = 0; l < n_layer(); ++l) {
     const auto& s = layers[l];
     if (s.n_head < 0 || s.n_head_kv < 0 || s.n_ff < 0) fail(ExitCode::InputData, "{}: layer {} has negative widths", origin, l);

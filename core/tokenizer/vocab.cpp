@@ -1,4 +1,5 @@
 #include "core/tokenizer/vocab.hpp"
+#include "core/io/text_file.hpp"
 
 #include <nlohmann/json.hpp>
 
@@ -36,16 +37,9 @@ constexpr const char* kGpt2PreNames[] = {"gpt-2",      "phi-2",      "jina-es", 
 constexpr const char* kSpmSpace = "\xE2\x96\x81";  // U+2581 '▁'
 
 std::optional<json> read_json(const std::filesystem::path& p, bool required) {
-  std::ifstream in(p, std::ios::binary);
-  if (!in) {
-    if (required) fail(ExitCode::InputData, "{}: cannot open", p.string());
-    return std::nullopt;
-  }
-  try {
-    return json::parse(in);
-  } catch (const json::exception& e) {
-    fail(ExitCode::InputData, "{}: invalid JSON: {}", p.string(), e.what());
-  }
+  std::error_code ec;
+  if (!required && !std::filesystem::exists(p, ec)) return std::nullopt;
+  return read_json_file(p.string(), p.filename().string().c_str());
 }
 
 // Every node of a (possibly nested) Sequence of normalizers / pre-tokenizers / post-processors.
@@ -138,13 +132,29 @@ Vocab Vocab::from_tokenizer_json(const std::string& path, int n_vocab) {
     };
     std::map<int64_t, Added> added;
     std::map<int64_t, std::string> vocab;
-    for (const auto& [text, id] : model.at("vocab").items()) vocab[id.get<int64_t>()] = text;
+    // Ids are integers below 2^24 (config.json's vocab_size bound), so nothing below truncates
+    // or sizes a table from a hostile number.
+    constexpr int64_t kMaxId = int64_t(1) << 24;
+    const auto token_id = [&](const json& id, const std::string& text) {
+      if (!id.is_number_integer() || (id.is_number_unsigned() ? id.get<uint64_t>() >= uint64_t(kMaxId) : id.get<int64_t>() < 0))
+        fail(ExitCode::InputData, "{}: token '{}' has id {}, not an integer in 0..{}", path, text, json_text(id), kMaxId - 1);
+      return id.get<int64_t>();
+    };
+    if (!model.at("vocab").is_object()) fail(ExitCode::InputData, "{}: model.vocab must be an object of token: id", path);
+    for (const auto& [text, id] : model.at("vocab").items()) vocab[token_id(id, text)] = text;
     if (tj.contains("added_tokens") && tj["added_tokens"].is_array())
-      for (const json& a : tj["added_tokens"]) added[a.at("id").get<int64_t>()] = {a.at("content"), a.value("special", false)};
+      for (const json& a : tj["added_tokens"]) {
+        const std::string content = a.at("content");
+        added[token_id(a.at("id"), content)] = {content, a.value("special", false)};
+      }
     int64_t max_id = -1;
     if (!vocab.empty()) max_id = vocab.rbegin()->first;
     if (!added.empty()) max_id = std::max(max_id, added.rbegin()->first);
-    // The model's vocab_size decides the vocabulary size (as the converter's), else the tokenizer's.
+    // The model's vocab_size decides the vocabulary size (as the converter's), else the tokenizer's,
+    // whose ids must then be nearly dense (unlisted ids become padding tokens).
+    const int64_t listed = static_cast<int64_t>(vocab.size() + added.size());
+    if (n_vocab <= 0 && max_id + 1 > 2 * listed + 1024)
+      fail(ExitCode::InputData, "{}: highest token id {} but only {} tokens listed (ids must be nearly contiguous)", path, max_id, listed);
     const int64_t n = n_vocab > 0 ? n_vocab : max_id + 1;
     const auto check = [&](int64_t id, const std::string& text) {
       if (id < 0 || id >= n)
@@ -292,7 +302,7 @@ Vocab Vocab::from_tokenizer_json(const std::string& path, int n_vocab) {
       }
     }
   } catch (const json::exception& e) {
-    fail(ExitCode::InputData, "{}: malformed tokenizer.json: {}", path, e.what());
+    fail_json_shape(path, "malformed tokenizer.json", e);
   }
   v.validate(path);
   return v;
@@ -339,12 +349,25 @@ Vocab Vocab::from_gguf(const gguf::Reader& r) {
     }
     if (!merges) fail(ExitCode::InputData, "{}: tokenizer.ggml.merges missing for a BPE vocabulary", path);
   }
-  // Ids are UINT32 in GGUF; 0xFFFFFFFF (or anything out of range) means "none".
+  // Ids are UINT32 in GGUF; 0xFFFFFFFF means "none" (llama.cpp's LLAMA_TOKEN_NULL). Any other id
+  // outside the vocabulary is a broken file: refused, for the ids Squish uses and the ones it
+  // does not (eot, eom, fim_*), which other runtimes stop or insert at.
+  const auto id_value = [&](const std::string& key, const gguf::Value& x) -> int32_t {
+    uint64_t u = 0;
+    try {
+      u = x.as_uint();
+    } catch (const Error&) {
+      fail(ExitCode::InputData, "{}: {} is not a token id (a non-negative integer)", path, key);
+    }
+    if (u == 0xFFFFFFFFu) return -1;
+    if (u >= n) fail(ExitCode::InputData, "{}: {} is {}, outside the vocabulary of {} tokens", path, key, u, n);
+    return static_cast<int32_t>(u);
+  };
+  for (const auto& kv : r.metadata())
+    if (kv.first.starts_with("tokenizer.ggml.") && kv.first.ends_with("_token_id") && !kv.second.is_array()) id_value(kv.first, kv.second);
   const auto id = [&](const char* key, int32_t def) -> int32_t {
     const gguf::Value* x = r.get(key);
-    if (!x) return def;
-    const uint64_t u = x->as_uint();
-    return u < n ? static_cast<int32_t>(u) : -1;
+    return x ? id_value(key, *x) : def;
   };
   v.bos = id("tokenizer.ggml.bos_token_id", v.bos);
   v.eos = id("tokenizer.ggml.eos_token_id", v.eos);
