@@ -561,28 +561,13 @@ Writer::Writer(std::string path, std::vector<KeyValue> metadata, std::vector<Ten
   file_size_ = data_offset_ + offset;
   written_ = std::make_unique<std::atomic<uint64_t>[]>(tensors_.size());
 
-  // Temporary file beside the destination so the final rename stays on one filesystem.
-  namespace fs = std::filesystem;
-  fs::path dest(path_);
-  fs::path dir = dest.has_parent_path() ? dest.parent_path() : fs::path(".");
-  std::random_device rd;
-  for (int attempt = 0; attempt < 16 && fd_ < 0; ++attempt) {
-    tmp_path_ = (dir / fmt::format(".{}.tmp.{}.{:08x}", dest.filename().string(), ::getpid(), rd())).string();
-    fd_ = ::open(tmp_path_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-    if (fd_ < 0 && errno != EEXIST) fail(ExitCode::Runtime, "{}: {}", path_, std::strerror(errno));
-  }
-  if (fd_ < 0) fail(ExitCode::Runtime, "{}: cannot create a temporary file", path_);
+  // One temporary-file mechanism for every output (core/io/atomic_file.hpp): beside the
+  // destination, unnamed where the filesystem allows, removed on failure and on signals.
+  file_ = std::make_unique<AtomicFile>(path_);
   try {
     // Reserve the space now so a full disk fails here rather than halfway through; filesystems
     // without fallocate get a sparse file (the padding reads back as zeros either way).
-    if (file_size_ > 0) {
-      int rc = ::posix_fallocate(fd_, 0, static_cast<off_t>(file_size_));
-      if (rc == EOPNOTSUPP || rc == EINVAL) {
-        if (::ftruncate(fd_, static_cast<off_t>(file_size_)) != 0) fail(ExitCode::Runtime, "{}: {}", path_, std::strerror(errno));
-      } else if (rc != 0) {
-        fail(ExitCode::Runtime, "{}: {}", path_, std::strerror(rc));
-      }
-    }
+    if (file_size_ > 0) file_->reserve(file_size_);
     pwrite_all(0, header);
   } catch (...) {
     discard();
@@ -594,13 +579,7 @@ Writer::~Writer() {
   if (!committed_) discard();
 }
 
-void Writer::discard() noexcept {
-  if (fd_ >= 0) {
-    ::close(fd_);
-    fd_ = -1;
-  }
-  if (!tmp_path_.empty() && !committed_) ::unlink(tmp_path_.c_str());
-}
+void Writer::discard() noexcept { file_.reset(); }
 
 size_t Writer::index_of(const std::string& name) const {
   auto it = index_.find(name);
@@ -608,18 +587,7 @@ size_t Writer::index_of(const std::string& name) const {
   return it->second;
 }
 
-void Writer::pwrite_all(uint64_t offset, std::span<const std::byte> data) {
-  while (!data.empty()) {
-    ssize_t n = ::pwrite(fd_, data.data(), data.size(), static_cast<off_t>(offset));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      fail(ExitCode::Runtime, "{}: {}", path_, std::strerror(errno));
-    }
-    if (n == 0) fail(ExitCode::Runtime, "{}: {}", path_, std::strerror(ENOSPC));
-    data = data.subspan(static_cast<size_t>(n));
-    offset += static_cast<uint64_t>(n);
-  }
-}
+void Writer::pwrite_all(uint64_t offset, std::span<const std::byte> data) { file_->pwrite(data.data(), data.size(), offset); }
 
 void Writer::write_tensor(size_t index, std::span<const std::byte> data) {
   if (index >= tensors_.size()) fail(ExitCode::Runtime, "{}: tensor index {} out of range", path_, index);
@@ -630,7 +598,7 @@ void Writer::write_tensor(size_t index, std::span<const std::byte> data) {
 }
 
 void Writer::write_tensor_part(size_t index, size_t offset, std::span<const std::byte> data) {
-  if (committed_ || fd_ < 0) fail(ExitCode::Runtime, "{}: write after commit", path_);
+  if (committed_ || !file_) fail(ExitCode::Runtime, "{}: write after commit", path_);
   if (index >= tensors_.size()) fail(ExitCode::Runtime, "{}: tensor index {} out of range", path_, index);
   const auto& t = tensors_[index];
   if (offset > t.nbytes || data.size() > t.nbytes - offset)
@@ -646,27 +614,14 @@ bool Writer::tensor_complete(size_t index) const { return written_[index].load()
 
 void Writer::commit() {
   if (committed_) return;
-  if (fd_ < 0) fail(ExitCode::Runtime, "{}: writer is closed", path_);
+  if (!file_) fail(ExitCode::Runtime, "{}: writer is closed", path_);
   std::vector<std::string> missing;
   for (size_t i = 0; i < tensors_.size(); ++i)
     if (!tensor_complete(i)) missing.push_back(tensors_[i].name);
   if (!missing.empty())
     fail(ExitCode::Runtime, "{}: {} tensor(s) not fully written, first '{}'", path_, missing.size(), missing.front());
-  if (::fsync(fd_) != 0) fail(ExitCode::Runtime, "{}: {}", path_, std::strerror(errno));
-  if (::close(fd_) != 0) {
-    fd_ = -1;
-    fail(ExitCode::Runtime, "{}: {}", path_, std::strerror(errno));
-  }
-  fd_ = -1;
-  if (::rename(tmp_path_.c_str(), path_.c_str()) != 0) fail(ExitCode::Runtime, "{}: {}", path_, std::strerror(errno));
+  file_->commit();
   committed_ = true;
-  // Make the rename itself durable.
-  std::filesystem::path dir = std::filesystem::path(path_).has_parent_path() ? std::filesystem::path(path_).parent_path() : ".";
-  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
 }
 
 }  // namespace squish::gguf

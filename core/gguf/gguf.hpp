@@ -18,6 +18,8 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include "core/io/atomic_file.hpp"
+
 #include <memory>
 #include <span>
 #include <string>
@@ -205,7 +207,8 @@ class Writer {
   Writer& operator=(const Writer&) = delete;
 
   const std::string& path() const { return path_; }            // final destination
-  const std::string& temp_path() const { return tmp_path_; }   // where the bytes go until commit
+  // Where the bytes go until commit: "" while the temporary is an unnamed O_TMPFILE inode.
+  const std::string& temp_path() const { return file_ ? file_->temp_path() : path_; }
   size_t alignment() const { return alignment_; }
   size_t data_offset() const { return data_offset_; }
   uint64_t file_size() const { return file_size_; }
@@ -230,8 +233,8 @@ class Writer {
   void pwrite_all(uint64_t offset, std::span<const std::byte> data);
   void discard() noexcept;
 
-  std::string path_, tmp_path_;
-  int fd_ = -1;
+  std::string path_;
+  std::unique_ptr<AtomicFile> file_;  // the temporary until commit
   bool committed_ = false;
   size_t alignment_ = kDefaultAlignment;
   size_t data_offset_ = 0;

@@ -2,25 +2,96 @@
 
 #include "core/runtime/error.hpp"
 
+#include <array>
+#include <atomic>
 #include <cerrno>
+#include <csignal>
 #include <cstring>
 #include <fcntl.h>
-#include <sys/stat.h>
 #include <filesystem>
+#include <mutex>
+#include <sys/stat.h>
 #include <unistd.h>
 
 namespace fs = std::filesystem;
 
 namespace squish {
 
+namespace {
+
+// Named temporaries still open, for the signal handler: fixed slots written before the file
+// exists and cleared after it is renamed or removed, so the handler needs no locks or allocation.
+constexpr int kSlots = 64;
+struct Slot {
+  std::atomic<bool> used{false};
+  char path[4096];
+};
+std::array<Slot, kSlots> g_slots;
+
+int claim_slot(const std::string& path) {
+  if (path.size() >= sizeof(Slot::path)) return -1;
+  for (int i = 0; i < kSlots; ++i) {
+    bool expected = false;
+    if (g_slots[i].used.load() || !g_slots[i].used.compare_exchange_strong(expected, true)) continue;
+    std::memcpy(g_slots[i].path, path.c_str(), path.size() + 1);
+    return i;
+  }
+  return -1;  // more than 64 outputs at once: a signal may leave this one behind
+}
+
+void release_slot(int i) {
+  if (i >= 0) g_slots[i].used.store(false);
+}
+
+extern "C" void remove_temporaries_and_exit(int sig) {
+  for (auto& s : g_slots)
+    if (s.used.load()) ::unlink(s.path);
+  // Die of the signal itself so the parent sees it (shells report 128 + signal: 130, 143, 129).
+  ::signal(sig, SIG_DFL);
+  ::raise(sig);
+}
+
+void install_handlers() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    for (int sig : {SIGINT, SIGTERM, SIGHUP}) {
+      struct sigaction old {};
+      ::sigaction(sig, nullptr, &old);
+      if (old.sa_handler == SIG_IGN) continue;  // nohup: keep ignoring
+      struct sigaction sa {};
+      sa.sa_handler = remove_temporaries_and_exit;
+      sigemptyset(&sa.sa_mask);
+      ::sigaction(sig, &sa, nullptr);
+    }
+  });
+}
+
+}  // namespace
+
 AtomicFile::AtomicFile(std::string path) : path_(std::move(path)) {
   fs::path p(path_);
   fs::path dir = p.parent_path().empty() ? fs::path(".") : p.parent_path();
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) fail(ExitCode::Runtime, "{}: cannot create output: directory {} does not exist", path_, dir.string());
+  if (fs::is_directory(p, ec)) fail(ExitCode::Runtime, "{}: cannot create output: it is a directory", path_);
+  install_handlers();
+#ifdef O_TMPFILE
+  fd_ = ::open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0644);
+  if (fd_ >= 0) {
+    dir_ = dir.string();
+    return;
+  }
+#endif
+  // Filesystems without O_TMPFILE: a named temporary, removed on failure and on SIGINT, SIGTERM
+  // and SIGHUP; after SIGKILL it stays as .<name>.tmp.XXXXXX (docs: stale temporaries).
   std::string tmpl = (dir / ("." + p.filename().string() + ".tmp.XXXXXX")).string();
+  slot_ = claim_slot(tmpl);  // before the file exists: a signal in between finds no file, harmlessly
   fd_ = ::mkstemp(tmpl.data());
-  if (fd_ < 0) fail(ExitCode::Runtime, "{}: cannot create output: {}", path_, std::strerror(errno));
+  if (fd_ < 0) {
+    release_slot(slot_);
+    fail(ExitCode::Runtime, "{}: cannot create output: {}", path_, std::strerror(errno));
+  }
+  if (slot_ >= 0) std::memcpy(g_slots[slot_].path, tmpl.c_str(), tmpl.size() + 1);
   tmp_ = tmpl;
   ::fchmod(fd_, 0644);
 }
@@ -28,6 +99,7 @@ AtomicFile::AtomicFile(std::string path) : path_(std::move(path)) {
 AtomicFile::~AtomicFile() {
   if (fd_ >= 0) ::close(fd_);
   if (!committed_ && !tmp_.empty()) ::unlink(tmp_.c_str());
+  release_slot(slot_);
 }
 
 void AtomicFile::pwrite(const void* data, size_t n, uint64_t offset) {
@@ -55,8 +127,36 @@ void AtomicFile::truncate(uint64_t size) {
     fail(ExitCode::Runtime, "{}: cannot size output to {} bytes: {}", path_, size, std::strerror(errno));
 }
 
+void AtomicFile::reserve(uint64_t size) {
+  const int rc = ::posix_fallocate(fd_, 0, static_cast<off_t>(size));
+  if (rc == EOPNOTSUPP || rc == EINVAL) return truncate(size);  // no fallocate here: a sparse file
+  if (rc != 0) fail(ExitCode::Runtime, "{}: cannot reserve {} bytes: {}", path_, size, std::strerror(rc));
+}
+
 void AtomicFile::commit() {
   if (::fsync(fd_) != 0) fail(ExitCode::Runtime, "{}: fsync failed: {}", path_, std::strerror(errno));
+  if (!dir_.empty()) {
+    // Give the anonymous inode a name beside the target, then rename it over the target
+    // (linkat cannot replace an existing file). The name lives only between the two calls.
+    std::string tmpl = (fs::path(dir_) / ("." + fs::path(path_).filename().string() + ".tmp.XXXXXX")).string();
+    for (int attempt = 0;; ++attempt) {
+      std::string name = tmpl;
+      const int probe = ::mkstemp(name.data());  // a unique name; removed, then linked to
+      if (probe < 0) fail(ExitCode::Runtime, "{}: cannot name output: {}", path_, std::strerror(errno));
+      ::close(probe);
+      ::unlink(name.c_str());
+      slot_ = claim_slot(name);
+      const std::string proc = "/proc/self/fd/" + std::to_string(fd_);
+      if (::linkat(AT_FDCWD, proc.c_str(), AT_FDCWD, name.c_str(), AT_SYMLINK_FOLLOW) == 0) {
+        tmp_ = name;
+        break;
+      }
+      const int err = errno;
+      release_slot(slot_);
+      slot_ = -1;
+      if (err != EEXIST || attempt > 8) fail(ExitCode::Runtime, "{}: cannot name output: {}", path_, std::strerror(err));
+    }
+  }
   if (::close(fd_) != 0) {
     fd_ = -1;
     fail(ExitCode::Runtime, "{}: close failed: {}", path_, std::strerror(errno));
@@ -64,6 +164,8 @@ void AtomicFile::commit() {
   fd_ = -1;
   if (::rename(tmp_.c_str(), path_.c_str()) != 0) fail(ExitCode::Runtime, "{}: cannot rename into place: {}", path_, std::strerror(errno));
   committed_ = true;
+  release_slot(slot_);
+  slot_ = -1;
   // Make the rename itself durable.
   fs::path dir = fs::path(path_).parent_path();
   int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY);
