@@ -1,5 +1,6 @@
 // squish-run: runs a YAML pipeline of stage plugins. See README.md ("Running pipelines").
 #include "core/runtime/error.hpp"
+#include "core/io/text_file.hpp"
 #include "core/runtime/events.hpp"
 #include "core/runtime/graph.hpp"
 #include "core/runtime/pipeline.hpp"
@@ -134,7 +135,7 @@ int main(int argc, char** argv) {
           for (const auto& ps : nk->params)
             fmt::print("      {} ({}{}){}{}\n", ps.name, param_type_name(ps.type), ps.required ? ", required" : "",
                        ps.help.empty() ? "" : "  " + ps.help,
-                       ps.required || ps.default_value.is_null() ? "" : "  [default " + ps.default_value.dump() + "]");
+                       ps.required || ps.default_value.is_null() ? "" : "  [default " + json_text(ps.default_value) + "]");
         }
       }
       return 0;

@@ -1,4 +1,5 @@
 #include "core/runtime/events.hpp"
+#include "core/io/text_file.hpp"
 #include "core/runtime/error.hpp"
 
 #include "core/runtime/plugin_api.hpp"
@@ -34,7 +35,7 @@ void EventSink::emit(const std::string& event, nlohmann::json fields) {
   j["event"] = event;
   j["t"] = std::round(seconds() * 1000.0) / 1000.0;
   for (auto& [k, v] : fields.items()) j[k] = v;
-  const std::string line = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+  const std::string line = json_text(j) + "\n";
   std::fwrite(line.data(), 1, line.size(), jsonl_);
   std::fflush(jsonl_);
 }
@@ -127,6 +128,7 @@ const char* param_type_name(ParamType t) {
     case ParamType::List: return "list";
     case ParamType::Map: return "map";
     case ParamType::Any: return "any";
+    case ParamType::Output: return "output path";
   }
   return "?";
 }

@@ -1,4 +1,5 @@
 #include "core/runtime/pipeline.hpp"
+#include "core/io/text_file.hpp"
 
 #include "core/runtime/error.hpp"
 
@@ -7,7 +8,9 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cmath>
 #include <filesystem>
+#include <optional>
 #include <regex>
 #include <set>
 
@@ -22,6 +25,51 @@ std::string SourceLoc::str() const {
 
 namespace {
 
+constexpr uint64_t kMaxPipelineBytes = 1 << 20;  // pipelines are hand-written: a few KB
+constexpr int kMaxYamlDepth = 64;                // they nest 4 deep
+
+// yaml-cpp parses recursively: hostile nesting would overflow the stack, so it is bounded first.
+// Flow collections nest by brackets; block collections by indentation, each level at least one
+// column (or a "- "/"? " indicator) further in, so the indentation bounds their depth.
+std::optional<std::string> yaml_too_deep(std::string_view t) {
+  int flow = 0;
+  size_t line_start = 0;
+  bool in_single = false, in_double = false, escaped = false, comment = false, at_line_start = true;
+  for (size_t i = 0; i < t.size(); ++i) {
+    const char c = t[i];
+    if (c == '\n') {
+      line_start = i + 1, at_line_start = true, comment = false;
+      continue;
+    }
+    if (at_line_start) {
+      if (c == ' ' || c == '\t' || c == '-' || c == '?' || c == ':') {
+        if (i - line_start > size_t(4 * kMaxYamlDepth)) return fmt::format("indented deeper than {} columns", 4 * kMaxYamlDepth);
+        continue;
+      }
+      at_line_start = false;
+    }
+    if (comment) continue;
+    if (in_double) {
+      if (escaped) escaped = false;
+      else if (c == '\\') escaped = true;
+      else if (c == '"') in_double = false;
+    } else if (in_single) {
+      if (c == '\'') in_single = false;
+    } else if (c == '"') {
+      in_double = true;
+    } else if (c == '\'') {
+      in_single = true;
+    } else if (c == '#') {
+      comment = true;
+    } else if (c == '[' || c == '{') {
+      if (++flow > kMaxYamlDepth) return fmt::format("nested deeper than {} levels", kMaxYamlDepth);
+    } else if (c == ']' || c == '}') {
+      flow = std::max(0, flow - 1);
+    }
+  }
+  return std::nullopt;
+}
+
 class Loader {
  public:
   Loader(std::string file, const std::vector<std::pair<std::string, std::string>>& overrides, PluginHost& host)
@@ -29,12 +77,19 @@ class Loader {
 
   Pipeline run() {
     YAML::Node root;
+    std::string text;
     try {
-      root = YAML::LoadFile(file_);
-    } catch (const YAML::BadFile&) {
-      fail(ExitCode::Usage, "{}: cannot read pipeline file", file_);
+      text = read_text_file(file_, "pipeline file", kMaxPipelineBytes);
+    } catch (const Error& e) {
+      throw Error(ExitCode::Usage, e.what());
+    }
+    if (const auto why = yaml_too_deep(text)) fail(ExitCode::Usage, "{}: {}", file_, *why);
+    try {
+      root = YAML::Load(text);
     } catch (const YAML::ParserException& e) {
       fail(ExitCode::Usage, "{}: YAML syntax error: {}", loc(e.mark).str(), e.msg);
+    } catch (const YAML::Exception& e) {
+      fail(ExitCode::Usage, "{}: invalid YAML: {}", file_, e.msg);
     }
     p_.file = file_;
     if (!root.IsMap()) err(root, "pipeline file must be a YAML mapping");
@@ -48,6 +103,7 @@ class Loader {
     read_nodes(root["nodes"]);
     read_edges(root["edges"]);
     check_graph();
+    check_outputs();
     return std::move(p_);
   }
 
@@ -56,6 +112,7 @@ class Loader {
   const std::vector<std::pair<std::string, std::string>>& overrides_;
   PluginHost& host_;
   Pipeline p_;
+  mutable size_t converted_ = 0;  // YAML values converted so far (any())
 
   SourceLoc loc(const YAML::Mark& m) const {
     if (m.is_null()) return {file_, 0, 0};
@@ -105,7 +162,7 @@ class Loader {
       const auto name = it->first.Scalar();
       if (!std::regex_match(name, std::regex("[A-Za-z_][A-Za-z0-9_]*"))) err(it->first, "bad variable name '{}'", name);
       PipelineVariable v;
-      const auto& val = it->second;
+      const YAML::Node val = it->second;  // by value: it->second belongs to a temporary proxy
       if (val.IsNull()) {
         v.set = false;  // required
       } else if (val.IsScalar()) {
@@ -160,6 +217,7 @@ class Loader {
           err(at, "variables refer to each other in a cycle: {} -> {}", fmt::join(*expanding, " -> "), name);
         expanding->push_back(name);
         out += substitute(it->second.value, at, expanding);
+        if (out.size() > kMaxPipelineBytes) err(at, "'{}' expands to more than {} bytes", s, kMaxPipelineBytes);
         expanding->pop_back();
         i = end + 1;
       } else {
@@ -215,15 +273,13 @@ class Loader {
     };
     switch (type) {
       case ParamType::String: return text();
-      case ParamType::Path: {
-        auto s = text();
-        if (s.empty()) err(n, "{} must be a non-empty path", what);
-        return s;
-      }
+      case ParamType::Path:
+      case ParamType::Output: return text();
       case ParamType::Int: {
         auto s = text();
         long long v = 0;
         auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+        if (ec == std::errc::result_out_of_range) err(n, "{} is out of range: '{}'", what, s);
         if (ec != std::errc() || ptr != s.data() + s.size()) err(n, "{} must be an integer, got '{}'", what, s);
         return v;
       }
@@ -233,6 +289,7 @@ class Loader {
           size_t used = 0;
           double v = std::stod(s, &used);
           if (used != s.size()) throw std::invalid_argument(s);
+          if (!std::isfinite(v)) throw std::invalid_argument(s);  // nan, inf: never a meaningful setting
           return v;
         } catch (const std::exception&) {
           err(n, "{} must be a number, got '{}'", what, s);
@@ -248,6 +305,7 @@ class Loader {
         if (n.IsScalar()) {  // from --set: a YAML flow sequence such as [a, b]
           auto s = text();
           YAML::Node parsed;
+          if (yaml_too_deep(s)) err(n, "{} is nested too deeply", what);
           try { parsed = YAML::Load(s); } catch (const YAML::Exception&) { err(n, "{} must be a list, got '{}'", what, s); }
           if (!parsed.IsSequence()) err(n, "{} must be a list, got '{}'", what, s);
           return any(parsed);
@@ -263,17 +321,34 @@ class Loader {
     return nullptr;
   }
 
+  // A node parameter: its type, then what its spec requires of the value.
+  nlohmann::json typed_param(const YAML::Node& n, const ParamSpec& ps, const std::string& what) const {
+    nlohmann::json v = typed(n, ps.type, what);
+    if ((ps.type == ParamType::Path || ps.type == ParamType::Output) && ps.required && v.get<std::string>().empty())
+      err(n, "{} must be a non-empty path", what);
+    if ((ps.type == ParamType::Int || ps.type == ParamType::Float) && !(v.get<double>() >= ps.min && v.get<double>() <= ps.max)) {
+      const auto bound = [&](double b) { return ps.type == ParamType::Int ? fmt::format("{}", static_cast<long long>(b)) : fmt::format("{:g}", b); };
+      if (ps.max >= 1e300) err(n, "{} must be >= {}, got {}", what, bound(ps.min), json_text(v));
+      if (ps.min <= -1e300) err(n, "{} must be <= {}, got {}", what, bound(ps.max), json_text(v));
+      err(n, "{} must be in [{}, {}], got {}", what, bound(ps.min), bound(ps.max), json_text(v));
+    }
+    return v;
+  }
+
   // Untyped conversion: scalars become int, float, bool or string, in that order.
-  nlohmann::json any(const YAML::Node& n) const {
+  // Aliases share nodes, so a small file can expand exponentially ("billion laughs"): the
+  // converted size and depth are bounded.
+  nlohmann::json any(const YAML::Node& n, int depth = 0) const {
+    if (++converted_ > 100000 || depth > kMaxYamlDepth) err(n, "value is too large or deep (aliases expand to over 100000 values?)");
     if (n.IsNull()) return nullptr;
     if (n.IsSequence()) {
       auto a = nlohmann::json::array();
-      for (const auto& e : n) a.push_back(any(e));
+      for (const auto& e : n) a.push_back(any(e, depth + 1));
       return a;
     }
     if (n.IsMap()) {
       auto o = nlohmann::json::object();
-      for (auto it = n.begin(); it != n.end(); ++it) o[it->first.Scalar()] = any(it->second);
+      for (auto it = n.begin(); it != n.end(); ++it) o[it->first.Scalar()] = any(it->second, depth + 1);
       return o;
     }
     const auto s = substitute(n.Scalar(), n);
@@ -301,7 +376,7 @@ class Loader {
       pn.loc = loc(it->first);
       if (!std::regex_match(pn.name, std::regex("[A-Za-z_][A-Za-z0-9_-]*"))) err(it->first, "bad node name '{}'", pn.name);
       if (!names.insert(pn.name).second) err(it->first, "duplicate node '{}'", pn.name);
-      const auto& body = it->second;
+      const YAML::Node body = it->second;  // by value: it->second belongs to a temporary proxy
       if (!body.IsMap()) err(body, "node '{}' must be a mapping with 'kind'", pn.name);
       check_keys(body, {"kind", "params", "parallel", "description"});
       pn.kind = scalar(body, "kind", true);
@@ -315,8 +390,8 @@ class Loader {
       if (auto par = body["parallel"]) {
         const auto v = typed(par, ParamType::Any, "'parallel'");
         if (v.is_boolean()) pn.concurrency = v.get<bool>() ? 0 : 1;
-        else if (v.is_number_integer() && v.get<int>() >= 1) pn.concurrency = v.get<int>();
-        else err(par, "'parallel' must be true, false or a positive integer");
+        else if (v.is_number_unsigned() && v.get<uint64_t>() >= 1 && v.get<uint64_t>() <= 4096) pn.concurrency = v.get<int>();
+        else err(par, "'parallel' must be true, false or an integer in 1..4096");
         if (pn.concurrency != 1 && !k.parallel) err(par, "node kind '{}' cannot run in parallel", k.name);
       }
       // Parameters: file values, then --set node.param overrides, then defaults.
@@ -351,13 +426,13 @@ class Loader {
           const YAML::Node& v = g->second;
           if (v.Mark().is_null()) {  // from --set: errors name the option
             try {
-              pn.params[ps.name] = typed(v, ps.type, what);
+              pn.params[ps.name] = typed_param(v, ps, what);
             } catch (const Error& e) {
               std::string m = e.what();
               fail(ExitCode::Usage, "--set {}.{}: {}", pn.name, ps.name, m.substr(m.find(": ") + 2));
             }
           } else {
-            pn.params[ps.name] = typed(v, ps.type, what);
+            pn.params[ps.name] = typed_param(v, ps, what);
           }
         } else if (ps.required) {
           err(body, "node '{}' ({}) is missing required parameter '{}'{}", pn.name, k.name, ps.name,
@@ -407,6 +482,61 @@ class Loader {
       if (!seen.insert({pe.from, pe.to}).second) err(e, "duplicate edge {} -> {}", pe.from, pe.to);
       p_.edges.push_back(std::move(pe));
     }
+  }
+
+  // Nothing a run writes may be one of its inputs: the same file (device and inode, so links and
+  // other spellings count), or an existing file inside an input folder. Inputs that an earlier
+  // node of the same pipeline writes (squish.yaml's artifacts folder) are the pipeline's own.
+  void check_outputs() const {
+    struct Use {
+      fs::path path;
+      const PipelineNode* node;
+      std::string param;
+    };
+    std::vector<Use> inputs, outputs;
+    for (const auto& n : p_.nodes)
+      for (const auto& ps : n.kind_info->params) {
+        if (ps.type != ParamType::Path && ps.type != ParamType::Output) continue;
+        const auto& v = n.params[ps.name];
+        if (!v.is_string() || v.get<std::string>().empty()) continue;
+        (ps.type == ParamType::Path ? inputs : outputs).push_back({fs::absolute(v.get<std::string>()).lexically_normal(), &n, ps.name});
+      }
+    const auto within = [](const fs::path& p, const fs::path& dir) {
+      auto d = dir.begin(), q = p.begin();
+      for (; d != dir.end() && q != p.end(); ++d, ++q)
+        if (*d != *q && !d->empty()) return false;
+      return d == dir.end() || (std::next(d) == dir.end() && d->empty());
+    };
+    std::error_code ec;
+    for (const auto& o : outputs) {
+      if (!fs::exists(o.path, ec)) continue;
+      for (const auto& i : inputs) {
+        const bool own = std::any_of(outputs.begin(), outputs.end(),
+                                     [&](const Use& w) { return upstream(w.node->name, i.node->name) && within(i.path, w.path); });
+        if (own || !fs::exists(i.path, ec)) continue;
+        const auto refuse = [&](const std::string& how) {
+          fail(ExitCode::Usage, "{}: refusing to write {} (parameter '{}' of node '{}'): {} '{}' (parameter '{}' of node '{}')",
+               p_.file, o.path.string(), o.param, o.node->name, how, i.path.string(), i.param, i.node->name);
+        };
+        if (fs::equivalent(o.path, i.path, ec)) refuse("it is the input");
+        if (fs::is_regular_file(o.path, ec) && fs::is_directory(i.path, ec) && within(fs::canonical(o.path, ec), fs::canonical(i.path, ec)))
+          refuse("it is a file inside the input folder");
+      }
+    }
+  }
+
+  // Whether node `a` runs before node `b` with a path of edges between them.
+  bool upstream(const std::string& a, const std::string& b) const {
+    std::vector<std::string> todo = p_.predecessors(b);
+    std::set<std::string> seen;
+    while (!todo.empty()) {
+      const std::string n = todo.back();
+      todo.pop_back();
+      if (n == a) return true;
+      if (seen.insert(n).second)
+        for (auto& q : p_.predecessors(n)) todo.push_back(q);
+    }
+    return false;
   }
 
   void check_graph() {
@@ -481,7 +611,7 @@ std::string Pipeline::describe() const {
   for (const auto& n : nodes) {
     s += fmt::format("    {} [{}{}]  {}\n", n.name, n.kind,
                      n.concurrency == 1 ? "" : n.concurrency == 0 ? ", parallel" : fmt::format(", parallel {}", n.concurrency),
-                     n.params.dump());
+                     json_text(n.params));
     for (const auto& to : successors(n.name)) s += fmt::format("      -> {}\n", to);
   }
   return s;

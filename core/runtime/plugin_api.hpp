@@ -19,7 +19,7 @@
 #include <string>
 #include <vector>
 
-#define SQUISH_PLUGIN_ABI_VERSION 1u
+#define SQUISH_PLUGIN_ABI_VERSION 2u  // 2: ParamType::Output, ParamSpec min/max
 #define SQUISH_PLUGIN_ENTRY_SYMBOL "squish_plugin_entry"
 
 namespace squish {
@@ -30,7 +30,10 @@ enum class NodeRole {
   Sink,       // consumes messages, emits none (but may emit documents when finished)
 };
 
-enum class ParamType { String, Path, Int, Float, Bool, List, Map, Any };
+// Path: a file or folder the node reads; Output: one it writes (file or folder). Both may be ""
+// when the parameter is optional (= none). The loader refuses an output that is the same file as
+// any input of the run, and a number that is not finite or lies outside [min, max].
+enum class ParamType { String, Path, Int, Float, Bool, List, Map, Any, Output };
 const char* param_type_name(ParamType t);
 
 struct ParamSpec {
@@ -39,6 +42,7 @@ struct ParamSpec {
   bool required = false;
   nlohmann::json default_value = nullptr;  // used when not required and not given
   std::string help;
+  double min = -1e300, max = 1e300;  // Int and Float: the accepted range (inclusive)
 };
 
 // Where a node sends what it produces; thread-safe.

@@ -3,6 +3,7 @@
 //   io.passthrough         - forwards tensors; optionally checks they are finite / converts to F32
 //   io.checksum_manifest   - writes a JSON manifest of every tensor's dtype, shape and SHA-256
 #include "core/io/atomic_file.hpp"
+#include "core/io/text_file.hpp"
 #include "core/io/safetensors.hpp"
 #include "core/io/sha256.hpp"
 #include "core/runtime/error.hpp"
@@ -114,7 +115,7 @@ class ChecksumManifest final : public Node {
     for (auto& [name, e] : entries_.items()) tensors.push_back(e);  // sorted by name: deterministic
     nlohmann::json doc{{"format", "squish.checksum_manifest/1"}, {"tensor_count", tensors.size()}, {"total_bytes", total_},
                        {"tensors", tensors}};
-    write_file_atomic(output_, doc.dump(1) + "\n");
+    write_json_file(output_, doc);
   }
 
  private:
@@ -145,7 +146,7 @@ void register_nodes(NodeRegistry& r) {
          "write a JSON manifest (name, dtype, shape, bytes, SHA-256) of every tensor received",
          NodeRole::Sink,
          true,
-         {{"output", ParamType::Path, true, nullptr, "manifest JSON file (written atomically)"}},
+         {{"output", ParamType::Output, true, nullptr, "manifest JSON file (written atomically)"}},
          [](const NodeContext& c) { return std::make_unique<ChecksumManifest>(c); }});
 }
 

@@ -8,6 +8,7 @@
 // The tensor reader has an edge from the recipe's sender, so it starts only after the recipe has
 // reached every compress node (core/runtime/graph.hpp: gated sources).
 #include "core/gguf/gguf.hpp"
+#include "core/io/text_file.hpp"
 #include "core/gguf/hf_to_gguf.hpp"
 #include "core/io/imatrix.hpp"
 #include "core/io/moments.hpp"
@@ -44,7 +45,7 @@ class PlanSlot {
     const auto& body = in.document().body;
     if (!body.is_object() || !body.contains("model") || !body["model"].is_string() || !body.contains("recipe"))
       fail(ExitCode::Runtime, "{}: the recipe document has no 'model' and 'recipe'", node_);
-    const std::string key = body["model"].get<std::string>() + '\n' + body["recipe"].dump();
+    const std::string key = body["model"].get<std::string>() + '\n' + json_text(body["recipe"]);
     std::lock_guard lock(mu_);
     if (plan_) {
       if (key != key_) fail(ExitCode::Usage, "{}: received two different recipes", node_);
@@ -403,32 +404,32 @@ namespace {
 
 void PlanReport::finish(Emitter&) {
   if (!plan_.has()) fail(ExitCode::Usage, "no recipe reached this node: connect a compress.recipe or plan.recipe node to it");
-  write_file_atomic(output_, plan_.get().summary().dump(1) + "\n");
+  write_json_file(output_, plan_.get().summary());
 }
 
 void register_nodes(NodeRegistry& r) {
   r.add({"compress.recipe", "a recipe file or a llama.cpp preset, checked against the checkpoint, sent as the recipe document",
          NodeRole::Source, false,
          {{"model", ParamType::Path, true, nullptr, "Hugging Face model folder"},
-          {"recipe", ParamType::String, false, "", "CompressionRecipe JSON file (docs/recipe.md)"},
+          {"recipe", ParamType::Path, false, "", "CompressionRecipe JSON file (docs/recipe.md)"},
           {"preset", ParamType::String, false, "", "llama.cpp mixture instead of a recipe: Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_K_S, Q3_K_M, Q3_K_S, Q2_K, ..."}},
          [](const NodeContext& c) { return std::make_unique<RecipeSource>(c); }});
   r.add({"compress.prune", "prune heads, KV groups, FFN channels and layers as the recipe says, repair as its recovery says; output F32",
          NodeRole::Transform, true,
-         {{"stats", ParamType::String, false, "", "score stage output folder (fisher.dat means, moments/): needed by a recipe's recovery"}},
+         {{"stats", ParamType::Path, false, "", "score stage output folder (fisher.dat means, moments/): needed by a recipe's recovery"}},
          [](const NodeContext& c) { return std::make_unique<Prune>(c); }});
   r.add({"compress.quantize", "quantize each tensor to the type the recipe gives it", NodeRole::Transform, true,
-         {{"imatrix", ParamType::String, false, "", "importance matrix (llama.cpp imatrix.dat); \"\" = <stats>/imatrix.dat when stats is set"},
-          {"stats", ParamType::String, false, "", "score stage output folder (imatrix.dat, moments/ for gptq)"},
+         {{"imatrix", ParamType::Path, false, "", "importance matrix (llama.cpp imatrix.dat); \"\" = <stats>/imatrix.dat when stats is set"},
+          {"stats", ParamType::Path, false, "", "score stage output folder (imatrix.dat, moments/ for gptq)"},
           {"method", ParamType::String, false, "", "rtn | gptq; \"\" = the recipe's (rtn unless it says)"},
           {"damp", ParamType::Float, false, -1.0, "GPTQ dampening, fraction of H's mean diagonal; < 0 = the recipe's (0.01)"},
           {"act_order", ParamType::Bool, false, false, "GPTQ columns by decreasing activity, block scales fixed first (static groups)"}},
          [](const NodeContext& c) { return std::make_unique<Quantize>(c); }});
   r.add({"compress.gguf_writer", "write the GGUF: layout from the recipe, tensors at their offsets as they arrive", NodeRole::Sink, true,
-         {{"output", ParamType::Path, true, nullptr, "GGUF file to write (atomically)"}},
+         {{"output", ParamType::Output, true, nullptr, "GGUF file to write (atomically)"}},
          [](const NodeContext& c) { return std::make_unique<GGUFWriterNode>(c); }});
   r.add({"compress.plan_report", "write the resolved plan of the recipe it receives (every tensor's type, reason and size) as JSON",
-         NodeRole::Sink, false, {{"output", ParamType::Path, true, nullptr, "plan JSON file"}},
+         NodeRole::Sink, false, {{"output", ParamType::Output, true, nullptr, "plan JSON file"}},
          [](const NodeContext& c) { return std::make_unique<PlanReport>(c); }});
 }
 

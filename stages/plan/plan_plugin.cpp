@@ -3,6 +3,7 @@
 //   plan.recipe  - measurements + a target (size, bpw, device, memory) -> CompressionRecipe JSON,
 //                  with a terminal summary and an SVG of the allocation beside it
 #include "core/io/atomic_file.hpp"
+#include "core/io/text_file.hpp"
 #include "core/runtime/error.hpp"
 #include "core/runtime/plugin_api.hpp"
 #include "core/recipe/recipe.hpp"
@@ -75,7 +76,7 @@ class MeasureNode final : public Node {
     opt.progress = [this](uint64_t done, uint64_t total) { ctx_.progress("tensors measured", done, total); };
     const Measurements m = measure(model, stats, opt);
     nlohmann::json j = m.to_json();
-    write_file_atomic(output, j.dump(1) + "\n");
+    write_json_file(output, j);
     out = Message::of(Document{"measurements", std::move(j)});
     return true;
   }
@@ -156,10 +157,10 @@ class RecipeNode final : public Node {
       r = plan_with(pt).first;
     }
     const std::string output = p["output"].get<std::string>();
-    write_file_atomic(output, r.recipe.to_json().dump(1) + "\n");
+    write_json_file(output, r.recipe.to_json());
     write_file_atomic(std::filesystem::path(output).replace_extension(".svg").string(), summary_svg(r));
     if (r.summary.contains("prune_search"))  // every structure tried, beside the recipe
-      write_file_atomic(std::filesystem::path(output).replace_extension(".prune_search.json").string(), r.summary["prune_search"].dump(1) + "\n");
+      write_json_file(std::filesystem::path(output).replace_extension(".prune_search.json").string(), r.summary["prune_search"]);
     std::fputs(summary_text(r).c_str(), stdout);
     if (!r.recipe.removals.empty()) std::fputs(pruning_text(r.recipe).c_str(), stdout);
     std::fflush(stdout);
@@ -179,30 +180,30 @@ void register_nodes(NodeRegistry& r) {
          NodeRole::Source, false,
          {{"model", ParamType::Path, true, nullptr, "Hugging Face model folder"},
           {"stats", ParamType::Path, true, nullptr, "score stage output folder (fisher.dat, imatrix.dat)"},
-          {"output", ParamType::String, false, "", "measurements JSON to write, reused when already there (\"\" = <stats>/measurements.json)"},
+          {"output", ParamType::Output, false, "", "measurements JSON to write, reused when already there (\"\" = <stats>/measurements.json)"},
           {"reuse", ParamType::Bool, false, true, "reuse the output file when it holds this model's measurements"},
           {"method", ParamType::String, false, "rtn", "the quantizer to measure and plan for: rtn | gptq (needs moments/)"},
-          {"damp", ParamType::Float, false, 0.01, "GPTQ dampening, fraction of H's mean diagonal"},
-          {"threads", ParamType::Int, false, 0, "worker threads (0 = the pipeline's setting / all cores)"}},
+          {"damp", ParamType::Float, false, 0.01, "GPTQ dampening, fraction of H's mean diagonal", 0, 1e6},
+          {"threads", ParamType::Int, false, 0, "worker threads (0 = the pipeline's setting / all cores)", 0, 4096}},
          [](const NodeContext& c) { return std::make_unique<MeasureNode>(c); }});
   r.add({"plan.recipe", "choose one type per tensor: least predicted loss with the whole file within the budget", NodeRole::Transform, false,
          {{"model", ParamType::Path, true, nullptr, "Hugging Face model folder"},
-          {"output", ParamType::Path, true, nullptr, "recipe JSON to write (an .svg of the plan is written beside it)"},
-          {"size", ParamType::Int, false, 0, "file size budget in bytes"},
-          {"bpw", ParamType::Float, false, 0.0, "budget in bits per source parameter"},
+          {"output", ParamType::Output, true, nullptr, "recipe JSON to write (an .svg of the plan is written beside it)"},
+          {"size", ParamType::Int, false, 0, "file size budget in bytes", 0},
+          {"bpw", ParamType::Float, false, 0.0, "budget in bits per source parameter", 0, 64},
           {"device", ParamType::String, false, "", "device preset: macbook-air-16gb, macbook-pro-32gb, rtx-5090-24gb"},
-          {"memory", ParamType::Float, false, 0.0, "usable memory in GB (instead of a device)"},
-          {"ctx", ParamType::Int, false, 4096, "context whose KV cache a device budget keeps free"},
-          {"prune_kv", ParamType::Float, false, 0.0, "fraction of all KV groups to remove (with their q heads)"},
-          {"prune_q", ParamType::Float, false, 0.0, "fraction of all q heads to remove (one per kept KV group at a time; removed groups' heads count)"},
-          {"prune_ffn", ParamType::Float, false, 0.0, "fraction of all FFN channels to remove"},
-          {"drop_layers", ParamType::Int, false, 0, "whole layers to remove"},
+          {"memory", ParamType::Float, false, 0.0, "usable memory in GB (instead of a device)", 0, 1e6},
+          {"ctx", ParamType::Int, false, 4096, "context whose KV cache a device budget keeps free", 0, 1 << 24},
+          {"prune_kv", ParamType::Float, false, 0.0, "fraction of all KV groups to remove (with their q heads)", 0, 0.99},
+          {"prune_q", ParamType::Float, false, 0.0, "fraction of all q heads to remove (one per kept KV group at a time; removed groups' heads count)", 0, 0.99},
+          {"prune_ffn", ParamType::Float, false, 0.0, "fraction of all FFN channels to remove", 0, 0.99},
+          {"drop_layers", ParamType::Int, false, 0, "whole layers to remove", 0, 4096},
           {"recovery", ParamType::String, false, "none", "repair of the pruned output projections: none | bias | refit"},
-          {"recovery_damp", ParamType::Float, false, 0.01, "refit's ridge, fraction of the kept inputs' mean E[x^2]"},
+          {"recovery_damp", ParamType::Float, false, 0.01, "refit's ridge, fraction of the kept inputs' mean E[x^2]", 0, 1e6},
           {"prune_by", ParamType::String, false, "predicted", "unit costs: predicted (after recovery, from the moments) | taylor | fisher"},
           {"prune_search", ParamType::Bool, false, false,
            "choose the pruning too: KV 0-50% x FFN 0-30%, each planned for the budget; least predicted loss (quantization + pruning)"},
-          {"ffn_align", ParamType::Int, false, 0, "FFN channels removed per layer in multiples of this (0 = 256 if n_ff allows, else 32)"}},
+          {"ffn_align", ParamType::Int, false, 0, "FFN channels removed per layer in multiples of this (0 = 256 if n_ff allows, else 32)", 0, 1 << 22}},
          [](const NodeContext& c) { return std::make_unique<RecipeNode>(c); }});
 }
 

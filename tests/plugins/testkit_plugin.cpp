@@ -95,7 +95,7 @@ class SlowSink final : public Node {
   r.add({"testkit.announce", "count messages; emit the count as a document when finished", NodeRole::Transform, false, {},
          [](const NodeContext& c) { return std::make_unique<Announce>(c); }});
   r.add({"testkit.slow_sink", "consume slowly; write counts at the end", NodeRole::Sink, true,
-         {{"output", ParamType::Path, true, nullptr, ""}, {"sleep_us", ParamType::Int, false, 200, ""}},
+         {{"output", ParamType::Output, true, nullptr, ""}, {"sleep_us", ParamType::Int, false, 200, ""}},
          [](const NodeContext& c) { return std::make_unique<SlowSink>(c); }});
 #endif
 }
