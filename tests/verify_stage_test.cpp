@@ -129,7 +129,7 @@ TEST_F(Verify, NaNInF32Weight) {
   poke(bad, tensor_offset(bad, "blk.3.attn_q.weight") + 5 * sizeof(float), &nan, sizeof nan);
   auto r = verify(bad);
   EXPECT_EQ(r.exit_code, 3) << r.err;
-  EXPECT_NE(r.err.find("verify: failed checks: finite (blk.3.attn_q.weight: 1 NaN)"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("failed checks: finite (blk.3.attn_q.weight: 1 NaN)"), std::string::npos) << r.err;
   auto rep = read_report();
   EXPECT_EQ(rep["failed"], nlohmann::json::array({"finite"}));
   EXPECT_EQ(check(rep, "finite")["non_finite"]["blk.3.attn_q.weight"]["nan"], 1);

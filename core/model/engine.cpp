@@ -10,11 +10,13 @@
 #include <cblas.h>
 #include <tbb/blocked_range.h>
 #include <tbb/parallel_for.h>
+#include <tbb/parallel_reduce.h>
 #include <tbb/task_arena.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <initializer_list>
 #include <mutex>
 #include <span>
@@ -58,6 +60,27 @@ std::vector<float> vector_of(const gguf::Reader& r, const std::string& name, int
   return v;
 }
 
+// NaN or Inf weights do not always reach the logits (a max that drops NaN, an activation
+// quantizer that rounds it to 0): they corrupt the output quietly, so a file holding any is
+// refused at load. One pass over the scales (quantized types) or values (float types), in
+// parallel, before anything runs.
+void refuse_non_finite(const gguf::Reader& r) {
+  for (const auto& t : r.tensors()) {
+    const auto* tr = ggml_type_traits(t.type);
+    if (!tr) continue;
+    const size_t step = tr->type_size, blocks = t.data.size() / step, grain = size_t(1) << 16;
+    const uint64_t bad = tbb::parallel_reduce(
+        tbb::blocked_range<size_t>(0, blocks, grain), uint64_t{0},
+        [&](const tbb::blocked_range<size_t>& br, uint64_t acc) {
+          return acc + count_non_finite(t.type, t.data.subspan(br.begin() * step, br.size() * step)).value_or(0);
+        },
+        std::plus<>());
+    if (bad)
+      fail(ExitCode::InputData, "{}: tensor '{}' ({}) holds {} non-finite {} (NaN or Inf): the file is corrupt", r.path(), t.name,
+           tr->name, bad, tr->quantized ? "block scales" : "values");
+  }
+}
+
 }  // namespace
 
 std::shared_ptr<const Model> Model::load(const std::string& path) {
@@ -98,6 +121,7 @@ std::shared_ptr<const Model> Model::load(const std::string& path) {
     }
   }
   if (A.tie_embeddings) m->output_ = m->tok_embd_;
+  refuse_non_finite(r);
   return m;
 }
 

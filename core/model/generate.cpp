@@ -75,7 +75,9 @@ nlohmann::json GenerateResult::to_json() const {
           {"prompt_tokens", prompt_tokens.size()},
           {"generated_tokens", generated.size()},
           {"prefill_tokens_per_s", prefill_tokens_per_s},
-          {"decode_tokens_per_s", decode_tokens_per_s}};
+          {"decode_tokens_per_s", decode_tokens_per_s},
+          {"context", context},
+          {"stopped_at_context", stopped_at_context}};
 }
 
 GenerateResult generate(std::shared_ptr<const Model> model, const Tokenizer& tok, const std::string& prompt,
@@ -84,7 +86,17 @@ GenerateResult generate(std::shared_ptr<const Model> model, const Tokenizer& tok
   res.prompt_tokens = tok.encode(prompt, /*add_special=*/true);
   if (res.prompt_tokens.empty()) fail(ExitCode::Usage, "the prompt is empty");
   const int P = static_cast<int>(res.prompt_tokens.size());
-  Session session(model, P + std::max(opt.n, 1), opt.threads);
+  // The KV cache never grows past the model's context: a longer prompt is refused, and the
+  // generation stops at the context (the result says so) instead of growing without bound.
+  const int ctx = model->architecture().n_ctx_train > 0 ? model->architecture().n_ctx_train : kDefaultContext;
+  if (P >= ctx) fail(ExitCode::Usage, "the prompt is {} tokens, which fills the model's context of {} (nothing left to generate)", P, ctx);
+  int n = opt.n;
+  if (n > ctx - P) {
+    n = ctx - P;
+    res.stopped_at_context = true;
+  }
+  res.context = ctx;
+  Session session(model, P + std::max(n, 1), opt.threads);
   std::mt19937_64 rng(opt.seed);
   std::uniform_real_distribution<double> unif(0.0, 1.0);
 
@@ -97,13 +109,13 @@ GenerateResult generate(std::shared_ptr<const Model> model, const Tokenizer& tok
   std::vector<int32_t> history = res.prompt_tokens;
   double t_decode = 0;
   int n_evals = 0;
-  for (int i = 0; i < opt.n; ++i) {
+  for (int i = 0; i < n; ++i) {
     const int32_t next = sample_token(logits, history, opt, unif(rng));
     if (opt.stop_at_eos && next == tok.eos()) break;
     res.generated.push_back(next);
     history.push_back(next);
     if (opt.on_token) opt.on_token(next);
-    if (i + 1 == opt.n) break;  // the last token needs no logits
+    if (i + 1 == n) break;  // the last token needs no logits
     t0 = now_s();
     const int32_t one[1] = {next};
     session.eval(one, 0, logits);

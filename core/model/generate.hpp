@@ -32,10 +32,15 @@ struct GenerateOptions {
   std::function<void(int32_t token)> on_token;
 };
 
+// Context assumed when a GGUF does not state <arch>.context_length.
+inline constexpr int kDefaultContext = 4096;
+
 struct GenerateResult {
   std::vector<int32_t> prompt_tokens, generated;
   std::string text;  // decoded prompt + generation
   double prefill_tokens_per_s = 0, decode_tokens_per_s = 0;
+  int context = 0;                  // the model's context length (the cap on prompt + generation)
+  bool stopped_at_context = false;  // fewer than n tokens because the context is full
   nlohmann::json to_json() const;
 };
 

@@ -25,7 +25,8 @@ PerplexityResult perplexity(const ChunkNll& model, std::span<const int32_t> toke
   if (opt.n_ctx < 4) fail(ExitCode::Usage, "perplexity: ctx must be at least 4 (got {})", opt.n_ctx);
   int n_chunks = static_cast<int>(tokens.size() / opt.n_ctx);
   if (n_chunks == 0)
-    fail(ExitCode::InputData, "perplexity: the text has {} tokens, fewer than one context of {}", tokens.size(), opt.n_ctx);
+    fail(ExitCode::InputData, "{}: the text has {} tokens, fewer than one context of {}", opt.text_path.empty() ? "perplexity" : opt.text_path,
+         tokens.size(), opt.n_ctx);
   if (opt.max_chunks > 0) n_chunks = std::min(n_chunks, opt.max_chunks);
 
   const int first = opt.n_ctx / 2;
@@ -42,6 +43,10 @@ PerplexityResult perplexity(const ChunkNll& model, std::span<const int32_t> toke
     if (opt.bos_token >= 0) chunk[0] = opt.bos_token;  // as llama-perplexity: every chunk starts with BOS
     model(chunk, first, nll);
     for (double v : nll) sum += v, sum_sq += v * v;
+    // NaN or Inf weights (or an overflow) make every later figure meaningless: stop, naming the model.
+    if (!std::isfinite(sum))
+      fail(ExitCode::InputData, "{}: the model's loss is not finite in chunk {} (NaN or Inf weights or activations)",
+           opt.model_path.empty() ? "perplexity" : opt.model_path, c + 1);
     r.scored += static_cast<int64_t>(nll.size());
     if (opt.progress) opt.progress(c + 1, n_chunks);
   }

@@ -20,6 +20,7 @@
 namespace squish {
 
 struct PerplexityOptions {
+  std::string text_path, model_path;  // what is scored, for error messages
   int n_ctx = 512;
   int bos_token = -1;  // >= 0: overwrite each chunk's first token with it (llama.cpp add_bos)
   int max_chunks = 0;  // 0: every full chunk

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstring>
+#include <vector>
 
 namespace squish {
 
@@ -54,6 +56,63 @@ size_t ggml_row_size(GGMLType t, int64_t n) {
   if (n % tr->block_size != 0)
     fail(ExitCode::Runtime, "row of {} elements is not a multiple of {}'s block size {}", n, tr->name, tr->block_size);
   return static_cast<size_t>(n / tr->block_size) * tr->type_size;
+}
+
+namespace {
+bool f16_non_finite(const std::byte* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return (h & 0x7c00) == 0x7c00;
+}
+bool bf16_non_finite(const std::byte* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return (h & 0x7f80) == 0x7f80;
+}
+bool f32_non_finite(const std::byte* p) {
+  uint32_t u;
+  std::memcpy(&u, p, 4);
+  return (u & 0x7f800000u) == 0x7f800000u;
+}
+}  // namespace
+
+std::optional<uint64_t> count_non_finite(GGMLType t, std::span<const std::byte> data) {
+  const auto* tr = ggml_type_traits(t);
+  if (!tr) return std::nullopt;
+  // Where each block keeps its f16 scales (layouts above); Q8_K's scale is an f32 at 0.
+  std::vector<size_t> f16_scales;
+  switch (t) {
+    case GGMLType::Q4_0: case GGMLType::Q5_0: case GGMLType::Q8_0: f16_scales = {0}; break;
+    case GGMLType::Q4_1: case GGMLType::Q5_1: case GGMLType::Q8_1: case GGMLType::Q4_K: case GGMLType::Q5_K: f16_scales = {0, 2}; break;
+    case GGMLType::Q2_K: f16_scales = {80, 82}; break;
+    case GGMLType::Q3_K: f16_scales = {108}; break;
+    case GGMLType::Q6_K: f16_scales = {208}; break;
+    default: break;
+  }
+  const size_t step = tr->type_size, n = data.size() / step;
+  const std::byte* p = data.data();
+  uint64_t bad = 0;
+  if (!f16_scales.empty()) {
+    for (size_t b = 0; b < n; ++b)
+      for (size_t off : f16_scales) bad += f16_non_finite(p + b * step + off);
+    return bad;
+  }
+  switch (t) {
+    case GGMLType::F32: for (size_t i = 0; i < n; ++i) bad += f32_non_finite(p + 4 * i); return bad;
+    case GGMLType::F16: for (size_t i = 0; i < n; ++i) bad += f16_non_finite(p + 2 * i); return bad;
+    case GGMLType::BF16: for (size_t i = 0; i < n; ++i) bad += bf16_non_finite(p + 2 * i); return bad;
+    case GGMLType::Q8_K: for (size_t b = 0; b < n; ++b) bad += f32_non_finite(p + b * step); return bad;
+    case GGMLType::F64: {
+      for (size_t i = 0; i < n; ++i) {
+        uint64_t u;
+        std::memcpy(&u, p + 8 * i, 8);
+        bad += (u & 0x7ff0000000000000ull) == 0x7ff0000000000000ull;
+      }
+      return bad;
+    }
+    case GGMLType::I8: case GGMLType::I16: case GGMLType::I32: case GGMLType::I64: return 0;
+    default: return std::nullopt;
+  }
 }
 
 }  // namespace squish

@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -51,5 +52,10 @@ const char* ggml_type_name(GGMLType t);
 std::optional<GGMLType> ggml_type_from_name(std::string_view name);
 // Bytes of one row of n elements; n must be a multiple of the block size.
 size_t ggml_row_size(GGMLType t, int64_t n);
+
+// How many values (float types) or block scales (quantized types) in `data` are NaN or Inf,
+// read from their exponent bits without dequantizing: a block can only dequantize to a
+// non-finite value through a non-finite scale. Integer types count 0. nullopt: unknown layout.
+std::optional<uint64_t> count_non_finite(GGMLType t, std::span<const std::byte> data);
 
 }  // namespace squish

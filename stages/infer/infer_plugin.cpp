@@ -20,7 +20,7 @@ namespace squish::infer {
 namespace {
 
 void write_report(const std::string& path, const nlohmann::json& j) {
-  if (!path.empty()) write_file_atomic(path, j.dump(1) + "\n");
+  if (!path.empty()) write_json_file(path, j);
 }
 
 class PerplexityNode final : public Node {
@@ -35,6 +35,8 @@ class PerplexityNode final : public Node {
     const std::string text_path = p["text"].get<std::string>();
     const std::vector<int32_t> tokens = tok.encode(read_text_file(text_path, "text file"), /*add_special=*/true);
     PerplexityOptions opt;
+    opt.text_path = text_path;
+    opt.model_path = p["model"].get<std::string>();
     opt.n_ctx = static_cast<int>(p["ctx"].get<int64_t>());
     opt.threads = ctx_.threads_param();
     opt.max_chunks = static_cast<int>(p["chunks"].get<int64_t>());
@@ -82,7 +84,7 @@ class GenerateNode final : public Node {
     auto model = Model::load(p["model"].get<std::string>());
     const Tokenizer tok = tokenizer_of(*model);
     GenerateOptions opt;
-    opt.n = static_cast<int>(p["n"].get<int64_t>());
+    opt.n = static_cast<int>(std::min<int64_t>(p["n"].get<int64_t>(), 1 << 30));
     if (opt.n < 0) fail(ExitCode::Usage, "n must be >= 0 (got {})", opt.n);
     opt.threads = ctx_.threads_param();
     opt.temperature = static_cast<float>(p["temperature"].get<double>());
@@ -93,6 +95,8 @@ class GenerateNode final : public Node {
     int done = 0;
     opt.on_token = [&](int32_t) { ctx_.progress("tokens", ++done, opt.n); };
     const GenerateResult r = generate(model, tok, p["prompt"].get<std::string>(), opt);
+    if (r.stopped_at_context)
+      ctx_.warn(fmt::format("stopped after {} tokens: prompt and generation fill the model's context of {}", r.generated.size(), r.context));
     nlohmann::json j = r.to_json();
     j["model"] = p["model"];
     write_report(p["report"].get<std::string>(), j);
@@ -112,24 +116,24 @@ void register_nodes(NodeRegistry& r) {
   r.add({"infer.perplexity", "perplexity of a GGUF on a text file (llama-perplexity protocol)", NodeRole::Source, false,
          {{"model", ParamType::Path, true, nullptr, "GGUF file (llama or qwen2 architecture)"},
           {"text", ParamType::Path, true, nullptr, "text file to score"},
-          {"ctx", ParamType::Int, false, 512, "tokens per chunk; the second half of each chunk is scored"},
-          {"chunks", ParamType::Int, false, 0, "score only the first N chunks (0 = all)"},
-          {"threads", ParamType::Int, false, 0, "worker threads (0 = the pipeline's setting / all cores)"},
+          {"ctx", ParamType::Int, false, 512, "tokens per chunk; the second half of each chunk is scored", 2, 1 << 20},
+          {"chunks", ParamType::Int, false, 0, "score only the first N chunks (0 = all)", 0},
+          {"threads", ParamType::Int, false, 0, "worker threads (0 = the pipeline's setting / all cores)", 0, 4096},
           {"exact", ParamType::Bool, false, false, "quantize activations in batched matmuls too (llama.cpp's arithmetic; slower)"},
-          {"reference", ParamType::String, false, "", "HF folder the GGUF came from: also report KL divergence against its float model"},
-          {"report", ParamType::String, false, "", "JSON report to write (ppl, ppl_stderr, tokens, chunks, tokens_per_s)"}},
+          {"reference", ParamType::Path, false, "", "HF folder the GGUF came from: also report KL divergence against its float model"},
+          {"report", ParamType::Output, false, "", "JSON report to write (ppl, ppl_stderr, tokens, chunks, tokens_per_s)"}},
          [](const NodeContext& c) { return std::make_unique<PerplexityNode>(c); }});
   r.add({"infer.generate", "continue a prompt with a GGUF model (greedy or sampled)", NodeRole::Source, false,
          {{"model", ParamType::Path, true, nullptr, "GGUF file (llama or qwen2 architecture)"},
           {"prompt", ParamType::String, true, nullptr, "prompt text"},
-          {"n", ParamType::Int, false, 128, "tokens to generate (stops early at end-of-text)"},
-          {"threads", ParamType::Int, false, 0, "worker threads (0 = the pipeline's setting / all cores)"},
-          {"temperature", ParamType::Float, false, 0.0, "0 = greedy"},
-          {"top_k", ParamType::Int, false, 40, "sample among the k most likely tokens (0 = all)"},
-          {"top_p", ParamType::Float, false, 0.95, "nucleus: smallest set with this much probability (1 = off)"},
-          {"repeat_penalty", ParamType::Float, false, 1.0, "llama.cpp repetition penalty over the last 64 tokens (1 = off)"},
-          {"seed", ParamType::Int, false, 0, "random seed for sampling"},
-          {"report", ParamType::String, false, "", "JSON report to write (text, token counts, speeds)"}},
+          {"n", ParamType::Int, false, 128, "tokens to generate (stops early at end-of-text; at most the context length)", 0},
+          {"threads", ParamType::Int, false, 0, "worker threads (0 = the pipeline's setting / all cores)", 0, 4096},
+          {"temperature", ParamType::Float, false, 0.0, "0 = greedy", 0, 100},
+          {"top_k", ParamType::Int, false, 40, "sample among the k most likely tokens (0 = all)", 0},
+          {"top_p", ParamType::Float, false, 0.95, "nucleus: smallest set with this much probability (1 = off)", 0, 1},
+          {"repeat_penalty", ParamType::Float, false, 1.0, "llama.cpp repetition penalty over the last 64 tokens (1 = off)", 0.001, 1000},
+          {"seed", ParamType::Int, false, 0, "random seed for sampling", 0},
+          {"report", ParamType::Output, false, "", "JSON report to write (text, token counts, speeds)"}},
          [](const NodeContext& c) { return std::make_unique<GenerateNode>(c); }});
 }
 

@@ -75,7 +75,7 @@ std::string VerifyReport::failure_message() const {
   std::vector<std::string> parts;
   for (const auto* c : failed()) parts.push_back(fmt::format("{} ({})", c->name, c->detail));
   if (parts.empty()) return "";
-  return fmt::format("verify: failed checks: {}", fmt::join(parts, ", "));
+  return fmt::format("{}: failed checks: {}", model, fmt::join(parts, ", "));
 }
 
 namespace {
@@ -317,6 +317,8 @@ CheckResult check_perplexity(const std::shared_ptr<const infer::Model>& model, c
     return c;
   }
   PerplexityOptions po;
+  po.text_path = opt.text;
+  po.model_path = opt.model;
   po.n_ctx = opt.ctx;
   po.threads = opt.threads;
   po.bos_token = tok.vocab().add_bos ? tok.bos() : -1;
@@ -415,12 +417,7 @@ VerifyReport verify_gguf(const VerifyOptions& opt) {
         c.data["from"] = opt.recipe;
       } else if (const auto* v = r.get("squish.recipe")) {
         const std::string origin = opt.model + ": squish.recipe";
-        nlohmann::json j;
-        try {
-          j = nlohmann::json::parse(v->as_string());
-        } catch (const nlohmann::json::exception& e) {
-          fail(ExitCode::InputData, "{}: not JSON: {}", origin, e.what());
-        }
+        const nlohmann::json j = parse_json(v->as_string(), opt.model, "its squish.recipe key");
         recipe = recipe::CompressionRecipe::from_json(j, origin);
         c.data["from"] = "squish.recipe";
       }

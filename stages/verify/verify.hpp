@@ -77,7 +77,7 @@ struct VerifyReport {
   nlohmann::json to_json() const;
   // Human summary: one line per check.
   std::string summary() const;
-  // "verify: failed checks: finite (blk.3.attn_q.weight: 12 NaN), budget (...)"; "" when ok.
+  // "<model>: failed checks: finite (blk.3.attn_q.weight: 12 NaN), budget (...)"; "" when ok.
   std::string failure_message() const;
 };
 

@@ -4,6 +4,7 @@
 //                 naming the failed checks.
 // A source node: it needs no input and emits the report as a document for downstream nodes.
 #include "core/io/atomic_file.hpp"
+#include "core/io/text_file.hpp"
 #include "core/runtime/error.hpp"
 #include "core/runtime/plugin_api.hpp"
 #include "stages/verify/verify.hpp"
@@ -42,7 +43,7 @@ class VerifyNode final : public Node {
     opt_.progress = [this](const std::string& unit, uint64_t d, uint64_t t) { ctx_.progress(unit, d, t); };
     const VerifyReport rep = verify_gguf(opt_);
     // The report first: a failing verification must still leave its evidence behind.
-    if (!report_path_.empty()) write_file_atomic(report_path_, rep.to_json().dump(1) + "\n");
+    if (!report_path_.empty()) write_json_file(report_path_, rep.to_json());
     fmt::print("{}", rep.summary());
     std::fflush(stdout);
     if (!rep.ok()) throw Error(ExitCode::InputData, rep.failure_message());
@@ -64,16 +65,16 @@ void register_nodes(NodeRegistry& r) {
          NodeRole::Source,
          false,
          {{"model", ParamType::Path, true, nullptr, "GGUF file to check"},
-          {"report", ParamType::String, false, "", "JSON report to write (atomically, also on failure); \"\" = none"},
-          {"recipe", ParamType::String, false, "", "recipe JSON it was built from; \"\" = the GGUF's squish.recipe key"},
-          {"source", ParamType::String, false, "", "Hugging Face folder it was built from (to compare with the plan); \"\" = none"},
-          {"budget_bytes", ParamType::Int, false, 0, "size budget overriding the recipe's memory_budget_bytes; 0 = the recipe's"},
-          {"text", ParamType::String, false, "", "text file for the perplexity check; \"\" = skipped"},
-          {"ppl_reference", ParamType::Float, false, 0.0, "expected perplexity; 0 = report only"},
-          {"ppl_tolerance", ParamType::Float, false, 0.05, "allowed relative deviation from ppl_reference"},
-          {"ctx", ParamType::Int, false, 128, "context length per perplexity chunk"},
+          {"report", ParamType::Output, false, "", "JSON report to write (atomically, also on failure); \"\" = none"},
+          {"recipe", ParamType::Path, false, "", "recipe JSON it was built from; \"\" = the GGUF's squish.recipe key"},
+          {"source", ParamType::Path, false, "", "Hugging Face folder it was built from (to compare with the plan); \"\" = none"},
+          {"budget_bytes", ParamType::Int, false, 0, "size budget overriding the recipe's memory_budget_bytes; 0 = the recipe's", 0},
+          {"text", ParamType::Path, false, "", "text file for the perplexity check; \"\" = skipped"},
+          {"ppl_reference", ParamType::Float, false, 0.0, "expected perplexity; 0 = report only", 0},
+          {"ppl_tolerance", ParamType::Float, false, 0.05, "allowed relative deviation from ppl_reference", 0},
+          {"ctx", ParamType::Int, false, 128, "context length per perplexity chunk", 2, 1 << 20},
           {"prompt", ParamType::String, false, "", "prompt for the generation check; \"\" = skipped"},
-          {"n", ParamType::Int, false, 32, "tokens to generate"}},
+          {"n", ParamType::Int, false, 32, "tokens to generate", 0}},
          [](const NodeContext& c) { return std::make_unique<VerifyNode>(c); }});
 }
 
