@@ -51,9 +51,9 @@ void register_nodes(NodeRegistry& r) {
          false,
          {{"model", ParamType::Path, true, nullptr, "Hugging Face model folder"},
           {"text", ParamType::Path, true, nullptr, "calibration text file"},
-          {"output", ParamType::Path, true, nullptr, "directory for scores.json, channels.bin.zst, imatrix.dat"},
-          {"ctx", ParamType::Int, false, 512, "tokens per chunk"},
-          {"max_tokens", ParamType::Int, false, 0, "use at most this many tokens (0 = all)"},
+          {"output", ParamType::Output, true, nullptr, "directory for scores.json, channels.bin.zst, imatrix.dat"},
+          {"ctx", ParamType::Int, false, 512, "tokens per chunk", 2, 1 << 20},
+          {"max_tokens", ParamType::Int, false, 0, "use at most this many tokens (0 = all)", 0},
           {"moments", ParamType::Bool, false, false, "also write moments/: E[x xᵀ] of every linear layer input (for method gptq; n² floats each)"},
           {"reuse", ParamType::Bool, false, false, "keep the scores already in 'output' when they were taken from this model, text and settings"}},
          [](const NodeContext& c) { return std::make_unique<Importance>(c); }});

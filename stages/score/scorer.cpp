@@ -4,6 +4,7 @@
 #include "core/io/atomic_file.hpp"
 #include "core/io/moments.hpp"
 #include "core/io/sha256.hpp"
+#include "core/io/staged_dir.hpp"
 #include "core/io/text_file.hpp"
 #include "core/runtime/error.hpp"
 #include "core/tokenizer/tokenizer.hpp"
@@ -135,10 +136,11 @@ Imatrix imatrix_of(const ActivationStats& stats) {
   return m;
 }
 
-void write_scores(const ScoreResult& r, const std::string& dir) {
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (!fs::is_directory(dir)) fail(ExitCode::Runtime, "{}: cannot create output directory", dir);
+void write_scores(const ScoreResult& r, const std::string& out_dir) {
+  // The set appears together (core/io/staged_dir.hpp); scores.json, which stored_scores trusts
+  // the folder by, moves last.
+  StagedDir staged(out_dir);
+  const std::string& dir = staged.path();
   std::vector<float> flat;
   for (size_t l = 0; l < r.taylor.ffn.size(); ++l) {
     for (double v : r.taylor.ffn[l]) flat.push_back(static_cast<float>(v));
@@ -155,7 +157,8 @@ void write_scores(const ScoreResult& r, const std::string& dir) {
   write_imatrix((fs::path(dir) / "fisher.dat").string(), fisher_factors_of(r.stats), r.chunks,
                 r.scores["calibration"]["path"].get<std::string>());
   if (r.stats.second_moments) write_moments_of(r.stats, dir);
-  write_file_atomic((fs::path(dir) / "scores.json").string(), r.scores.dump(1) + "\n");
+  write_json_file((fs::path(dir) / "scores.json").string(), r.scores);
+  staged.commit({"scores.json"});
 }
 
 void write_moments_of(const ActivationStats& stats, const std::string& dir) {
@@ -186,8 +189,8 @@ std::optional<nlohmann::json> stored_scores(const std::string& model_dir, const 
     if (!fs::is_regular_file(fs::path(dir) / f, ec)) return std::nullopt;
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(read_text_file(scores.string(), "scores"));
-  } catch (const std::exception&) {
+    j = read_json_file(scores.string(), "scores");
+  } catch (const Error&) {
     return std::nullopt;  // unreadable: score again (and overwrite it)
   }
   const auto sha_of = [](const std::string& path, const char* what) {
