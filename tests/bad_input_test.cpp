@@ -634,6 +634,21 @@ TEST(BadInputResources, GenerationStopsAtTheContext) {
   EXPECT_NE(r.err.find("context"), std::string::npos) << "no warning about the cap: " << r.err;
 }
 
+TEST(BadInputResources, MemoryNeedsAreCheckedUpFront) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  GTEST_SKIP() << "sanitizers reserve terabytes of address space: an address-space limit cannot stand in for memory";
+#endif
+  // A model whose context allows a 10 GiB KV cache, under a 3 GB address-space limit: refused
+  // before anything is allocated, naming the file and what needs the memory.
+  Scratch s;
+  patch_gguf(s / "long.gguf", [](auto& kv) { set_key(kv, "llama.context_length", uint32_t(1) << 24); });
+  s.freeze();
+  expect_refused(run("ulimit -v 3000000 && " + binary_dir() + "/bin/squish-run " + pipeline("generate") + " --set model=" +
+                     q(s / "long.gguf") + " --set prompt=Once --set n=16000000 --set report=" + q(s / "g.json")),
+                 5, {"long.gguf", "KV cache", "GiB"});
+  s.expect_unchanged();
+}
+
 TEST(BadInputResources, PromptLongerThanTheContextIsRefused) {
   Scratch s;
   std::string prompt;

@@ -6,6 +6,7 @@
 #include "core/quant/vec_dot.hpp"
 #include "core/model/kernels.hpp"
 #include "core/runtime/error.hpp"
+#include "core/runtime/memory.hpp"
 
 #include <cblas.h>
 #include <tbb/blocked_range.h>
@@ -321,6 +322,9 @@ Session::Session(std::shared_ptr<const Model> model, int n_ctx, int threads)
   static std::once_flag once;
   std::call_once(once, [] { openblas_set_num_threads(1); });
   const int D = model_->head_dim();
+  uint64_t kv_bytes = 0;
+  for (const auto& L : model_->architecture().layers) kv_bytes += 2ull * sizeof(float) * uint64_t(n_ctx) * L.n_head_kv * D;
+  require_memory(kv_bytes, fmt::format("{}: a KV cache of {} tokens", model_->reader().path(), n_ctx));
   for (const auto& L : model_->architecture().layers) {
     impl_->k_cache.emplace_back(size_t(n_ctx) * L.n_head_kv * D);
     impl_->v_cache.emplace_back(size_t(n_ctx) * L.n_head_kv * D);

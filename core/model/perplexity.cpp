@@ -1,6 +1,7 @@
 #include "core/model/perplexity.hpp"
 
 #include "core/runtime/error.hpp"
+#include "core/runtime/memory.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -68,6 +69,9 @@ PerplexityResult perplexity(Transformer& model, std::span<const int32_t> tokens,
 }
 
 PerplexityResult perplexity(std::shared_ptr<const infer::Model> model, std::span<const int32_t> tokens, const PerplexityOptions& opt) {
+  // A chunk's logits (half of it is scored) on top of the KV cache the session checks.
+  require_memory(uint64_t(opt.n_ctx) * uint64_t(model->n_vocab()) * sizeof(float),
+                 fmt::format("{}: the logits of {}-token chunks", model->reader().path(), opt.n_ctx));
   infer::Session session(model, opt.n_ctx, opt.threads);
   session.set_quantized_batches(opt.quantized_batches);
   const int n_vocab = model->n_vocab();
@@ -103,6 +107,9 @@ KlResult kl_divergence(std::shared_ptr<const infer::Model> model, Transformer& r
                        const PerplexityOptions& opt) {
   if (reference.arch().n_vocab != model->n_vocab())
     fail(ExitCode::InputData, "kl divergence: the reference has {} tokens, the GGUF {}", reference.arch().n_vocab, model->n_vocab());
+  // This chunk's logits and the float reference's (its activations are counted by its own model).
+  require_memory(2 * uint64_t(opt.n_ctx) * uint64_t(model->n_vocab()) * sizeof(float),
+                 fmt::format("{}: the logits of {}-token chunks", model->reader().path(), opt.n_ctx));
   infer::Session session(model, opt.n_ctx, opt.threads);
   session.set_quantized_batches(opt.quantized_batches);
   const int V = model->n_vocab();
