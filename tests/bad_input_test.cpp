@@ -355,6 +355,8 @@ TEST(BadInputOutputs, OutputNamingAnInputIsRefused) {
       {pipeline("verify") + " --set model=" + q(s / "m.gguf") + " --set text=" + q(s / "text.txt") + " --set report=" + q(s / "text.txt"),
        "text.txt"},
       {pipeline("score") + " --set model=" + q(m) + " --set text=" + q(s / "text.txt") + " --set output=" + q(m), "model"},
+      {"--events-file " + q(s / "link-to-model.gguf") + " " + pipeline("generate") + " --set model=" + q(s / "m.gguf") + " --set prompt=Once",
+       "link-to-model.gguf"},
   };
   for (const auto& [cmd, what] : cases) {
     SCOPED_TRACE(cmd);

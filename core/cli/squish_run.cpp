@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <string>
 #include <unistd.h>
 #include <vector>
@@ -112,6 +113,16 @@ int main(int argc, char** argv) {
 
   std::FILE* jsonl = nullptr;
   if (!events_file.empty()) {
+    // The events file is a stream (orchestrators tail it), so it is opened before the pipeline
+    // is read; it must not be one of the run's inputs that the command line names.
+    std::error_code ec;
+    if (std::filesystem::is_directory(events_file, ec))
+      usage_error(fmt::format("--events-file {}: is a directory", events_file));
+    std::vector<std::string> inputs = {pipeline_file};
+    for (const auto& kv : sets) inputs.push_back(kv.second);
+    for (const auto& in : inputs)
+      if (!in.empty() && std::filesystem::exists(events_file, ec) && std::filesystem::equivalent(events_file, in, ec))
+        usage_error(fmt::format("--events-file {}: is the input '{}'; it would be overwritten", events_file, in));
     jsonl = std::fopen(events_file.c_str(), "w");
     if (!jsonl) {
       fmt::print(stderr, "squish-run: {}: cannot open events file: {}\n", events_file, std::strerror(errno));
