@@ -44,7 +44,7 @@ declare -A DICT=([safetensors]=json [safetensors_index]=json [config]=json [toke
 
 if [[ $DO_BUILD == 1 ]]; then
   if [[ ! -f "$BUILD/CMakeCache.txt" ]]; then
-    CC=clang CXX=clang++ nice -n 10 cmake -S "$SRC" -B "$BUILD" -G Ninja -DSQUISH_FUZZ=ON -DSQUISH_BUILD_TESTS=OFF \
+    CC=clang CXX=clang++ nice -n 10 cmake -S "$SRC" -B "$BUILD" -DSQUISH_FUZZ=ON -DSQUISH_BUILD_TESTS=OFF \
       -DSQUISH_BUILD_BENCH=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
   fi
   nice -n 10 cmake --build "$BUILD" --target squish_fuzz_all -j"$JOBS"

@@ -637,9 +637,7 @@ TEST(BadInputResources, GenerationStopsAtTheContext) {
 }
 
 TEST(BadInputResources, MemoryNeedsAreCheckedUpFront) {
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-  GTEST_SKIP() << "sanitizers reserve terabytes of address space: an address-space limit cannot stand in for memory";
-#endif
+  SQUISH_SKIP_UNDER_SANITIZERS("an address-space limit cannot stand in for memory");
   // A model whose context allows a 10 GiB KV cache, under a 3 GB address-space limit: refused
   // before anything is allocated, naming the file and what needs the memory.
   Scratch s;

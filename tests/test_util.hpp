@@ -48,3 +48,13 @@ void write_file(const std::string& path, const std::string& data);
       GTEST_SKIP() << "../shared is missing";                                \
     }                                                                        \
   } while (0)
+
+// Sanitizers shadow every mapped byte and keep their own allocator: memory figures (RSS, address
+// space limits) mean nothing under them, so tests of those skip there.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define SQUISH_SKIP_UNDER_SANITIZERS(why) GTEST_SKIP() << "under a sanitizer: " << why
+#else
+#define SQUISH_SKIP_UNDER_SANITIZERS(why) \
+  do {                                    \
+  } while (0)
+#endif

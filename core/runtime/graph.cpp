@@ -47,6 +47,22 @@ void GraphRunner::run() {
     limit_threads.emplace(oneapi::tbb::global_control::max_allowed_parallelism, static_cast<size_t>(p_.threads));
 
   std::atomic<bool> cancelled{false};
+  // TBB's scheduler orders node bodies before wait_for_all() returns, and the main thread's work
+  // before the bodies it then starts, but it does so inside libtbb.so, which ThreadSanitizer
+  // cannot see. These two counters state the same ordering in instrumented code (one relaxed-cost
+  // atomic per message): every body ends with a release on `bodies_done`, acquired after each
+  // wait; `epoch` is released before sources start and before every message is handed on, and
+  // every body acquires it.
+  std::atomic<uint64_t> bodies_done{0}, epoch{0};
+  struct BodyScope {
+    std::atomic<uint64_t>& done;
+    BodyScope(std::atomic<uint64_t>& e, std::atomic<uint64_t>& d) : done(d) { (void)e.load(std::memory_order_acquire); }
+    ~BodyScope() { done.fetch_add(1, std::memory_order_release); }
+  };
+  auto wait_all = [&](flow::graph& gr) {
+    gr.wait_for_all();
+    (void)bodies_done.load(std::memory_order_acquire);
+  };
   std::mutex error_mu;
   std::exception_ptr first_error;
   std::string error_node;
@@ -107,6 +123,7 @@ void GraphRunner::run() {
       auto* limiter = limiters[i].get();
       const uint64_t total = impl->expected_count();
       sources[i] = std::make_unique<flow::input_node<Message>>(g, [&, i, impl, limiter, total](oneapi::tbb::flow_control& fc) {
+        BodyScope scope(epoch, bodies_done);
         Message m;
         try {
           if (cancelled || !impl->produce(m)) {
@@ -127,11 +144,13 @@ void GraphRunner::run() {
           inner.reset();
           limiter->decrementer().try_put(flow::continue_msg());
         });
+        epoch.fetch_add(1, std::memory_order_release);
         return m;
       });
       flow::make_edge(*sources[i], *limiters[i]);
       if (!preds[i].empty())
         gates[i] = std::make_unique<Multi>(g, 1, [&, i, impl](const Message& m, Multi::output_ports_type&) {
+          BodyScope scope(epoch, bodies_done);
           if (cancelled) return;
           c.in.fetch_add(1, std::memory_order_relaxed);
           PortEmitter em(c, [&, i](Message) { fail(ExitCode::Runtime, "source node '{}' emitted a message from consume()", p_.nodes[i].name); });
@@ -144,10 +163,14 @@ void GraphRunner::run() {
     } else {
       const size_t conc = pn.concurrency == 0 ? static_cast<size_t>(flow::unlimited) : static_cast<size_t>(pn.concurrency);
       multis[i] = std::make_unique<Multi>(g, conc, [&, i, impl](const Message& m, Multi::output_ports_type& ports) {
+        BodyScope scope(epoch, bodies_done);
         if (cancelled) return;
         c.in.fetch_add(1, std::memory_order_relaxed);
         c.bytes_in.fetch_add(message_bytes(m), std::memory_order_relaxed);
-        PortEmitter em(c, [&ports](Message out) { std::get<0>(ports).try_put(std::move(out)); });
+        PortEmitter em(c, [&ports, &epoch](Message out) {
+          epoch.fetch_add(1, std::memory_order_release);  // the message's contents, for the body that takes it
+          std::get<0>(ports).try_put(std::move(out));
+        });
         try {
           impl->consume(m, em);
         } catch (...) {
@@ -186,14 +209,16 @@ void GraphRunner::run() {
     for (size_t i : starting) {
       activated[i] = 1;
       started.push_back(p_.nodes[i].name);
+      epoch.fetch_add(1, std::memory_order_release);
       sources[i]->activate();
     }
-    g.wait_for_all();
+    wait_all(g);
     std::vector<std::string> done;
     for (size_t i = 0; i < n && !cancelled; ++i) {
       if (finished[i] || !inputs_finished(i) || (sources[i] && !activated[i])) continue;
       Counters& c = counters[i];
       PortEmitter em(c, [&, i](Message out) {
+        epoch.fetch_add(1, std::memory_order_release);
         if (multis[i]) flow::output_port<0>(*multis[i]).try_put(std::move(out));
         else fail(ExitCode::Runtime, "source node '{}' emitted a message from finish()", p_.nodes[i].name);
       });
@@ -202,7 +227,7 @@ void GraphRunner::run() {
       } catch (...) {
         record_error(i, std::current_exception());
       }
-      g.wait_for_all();
+      wait_all(g);
       finished[i] = 1;
       done.push_back(p_.nodes[i].name);
       auto& st = stats_[p_.nodes[i].name];

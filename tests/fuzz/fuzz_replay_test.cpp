@@ -49,8 +49,11 @@ std::string run_one(squish::fuzz::TargetFn fn, const std::string& file) {
   if (pid < 0) return "fork failed";
   if (pid == 0) {
     ::close(pipefd[0]);
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+    // (sanitizers reserve terabytes of shadow address space: no limit under them)
     rlimit as{4ull << 30, 4ull << 30};
     ::setrlimit(RLIMIT_AS, &as);
+#endif
     ::alarm(60);
     std::string msg;
     try {
