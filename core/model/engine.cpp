@@ -334,6 +334,11 @@ Session::Session(std::shared_ptr<const Model> model, int n_ctx, int threads)
 
 Session::~Session() = default;
 
+void Session::rewind(int n) {
+  if (n < 0 || n > n_past_) fail(ExitCode::Runtime, "rewind to {} outside [0, {}]", n, n_past_);
+  n_past_ = n;
+}
+
 namespace {
 
 void add_bias(float* y, const std::vector<float>& b, int T) {

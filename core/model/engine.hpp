@@ -99,6 +99,8 @@ class Session {
   void eval(std::span<const int32_t> tokens, int logits_from, std::vector<float>& logits);
   // Forget the cache (positions restart at 0).
   void reset() { n_past_ = 0; }
+  // Keep the first n cached tokens and forget the rest (0 <= n <= n_past()).
+  void rewind(int n);
   int n_past() const { return n_past_; }
   int n_ctx() const { return n_ctx_; }
   const Model& model() const { return *model_; }
