@@ -3,24 +3,37 @@
 
 #include "core/runtime/error.hpp"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
 namespace squish {
 
-bool quant_simd_enabled() {
-  static const bool enabled = [] {
+SimdLevel simd_level() {
+  static const SimdLevel level = [] {
+    SimdLevel cap = SimdLevel::Avx512;
     const char* off = std::getenv("SQUISH_NO_SIMD");
-    if (off && *off && std::strcmp(off, "0") != 0) return false;
+    if (off && *off && std::strcmp(off, "0") != 0) cap = SimdLevel::Scalar;
+    if (const char* s = std::getenv("SQUISH_SIMD")) {
+      if (std::strcmp(s, "scalar") == 0) cap = std::min(cap, SimdLevel::Scalar);
+      else if (std::strcmp(s, "avx2") == 0) cap = std::min(cap, SimdLevel::Avx2);
+    }
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")))
+      return SimdLevel::Scalar;
+    const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                        __builtin_cpu_supports("avx512vnni");
+    return std::min(cap, avx512 ? SimdLevel::Avx512 : SimdLevel::Avx2);
 #else
-    return false;
+    return SimdLevel::Scalar;
 #endif
   }();
-  return enabled;
+  return level;
 }
+
+bool quant_simd_enabled() { return simd_level() >= SimdLevel::Avx2; }
 
 void quantize_rows(GGMLType type, const float* src, void* dst, int64_t nrows, int64_t n_per_row, const float* imatrix) {
   if (!quantize_supported(type)) fail(ExitCode::Runtime, "quantization to {} is not supported", ggml_type_name(type));

@@ -5,6 +5,8 @@
 
 #include <immintrin.h>
 
+#include <cstring>
+
 #define SQUISH_AVX2 __attribute__((target("avx2,fma,f16c")))
 
 namespace squish::quant::detail {
@@ -13,6 +15,23 @@ namespace squish::quant::detail {
 
 SQUISH_AVX2 inline void store(uint8_t* p, __m256i v) { _mm256_store_si256(reinterpret_cast<__m256i*>(p), v); }
 SQUISH_AVX2 inline __m256i load(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+
+// The 16 scales of a Q3_K block minus 32 as int8 lanes (unpack_q3_k_scales in registers): low
+// nibbles of bytes 0-7 then their high nibbles, each joined with 2 bits of byte 8 + j % 4
+// taken at bit 2 * (j / 4).
+SQUISH_AVX2 inline __m128i q3_k_scales(const uint8_t* packed) {
+  uint64_t lo8;
+  uint32_t hi4;
+  std::memcpy(&lo8, packed, 8);
+  std::memcpy(&hi4, packed + 8, 4);
+  const __m128i m4 = _mm_set1_epi8(0xF), m3 = _mm_set1_epi8(3);
+  const __m128i x = _mm_cvtsi64_si128(static_cast<long long>(lo8));
+  const __m128i low = _mm_unpacklo_epi64(_mm_and_si128(x, m4), _mm_and_si128(_mm_srli_epi16(x, 4), m4));
+  const __m128i h = _mm_set1_epi32(static_cast<int>(hi4));
+  const __m128i high = _mm_and_si128(_mm_unpacklo_epi64(_mm_unpacklo_epi32(h, _mm_srli_epi16(h, 2)),
+                                                        _mm_unpacklo_epi32(_mm_srli_epi16(h, 4), _mm_srli_epi16(h, 6))), m3);
+  return _mm_sub_epi8(_mm_or_si128(low, _mm_slli_epi16(high, 4)), _mm_set1_epi8(32));
+}
 
 // Byte mask: bit `bit` of each byte of v set -> `val`, else 0.
 SQUISH_AVX2 inline __m256i bit_to(__m256i v, int bit, int val) {

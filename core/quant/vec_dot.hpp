@@ -4,9 +4,10 @@
 // (Q8_0 for Q8_0/Q4_0 weights, Q8_K for the K-quants, kept F32 for F32/F16/BF16 weights), then
 // each block is an integer dot product scaled by the block's float factors.
 //
-// The AVX2 path (chosen at run time like the quantizers, see quant_simd_enabled()) gives results
-// bit-identical to the scalar reference: per-block integer sums are exact, and the float
-// accumulation runs in the same order in both (the float dots emulate the 32-lane FMA order).
+// The SIMD paths (AVX2, AVX-512 VNNI; chosen at run time, see simd_level()) compute the same
+// exact per-block integer sums as the scalar reference and accumulate the scaled blocks in float
+// vectors: their results differ from the reference's only by float summation order. The float
+// weights' AVX2 dots emulate the reference's 32-lane FMA order exactly.
 #include "core/quant/ggml_types.hpp"
 
 #include <cstddef>
@@ -30,9 +31,12 @@ namespace ref {
 void quantize_activations(GGMLType weight_type, const float* x, void* xq, int64_t n);
 float vec_dot(GGMLType weight_type, int64_t n, const void* wrow, const void* xq);
 }  // namespace ref
-namespace avx2 {  // only when quant_simd_enabled()
+namespace avx2 {  // only when simd_level() >= Avx2
 void quantize_activations(GGMLType weight_type, const float* x, void* xq, int64_t n);
 float vec_dot(GGMLType weight_type, int64_t n, const void* wrow, const void* xq);
 }  // namespace avx2
+namespace avx512 {  // only when simd_level() == Avx512; activations as avx2's
+float vec_dot(GGMLType weight_type, int64_t n, const void* wrow, const void* xq);
+}  // namespace avx512
 
 }  // namespace squish

@@ -76,160 +76,203 @@ SQUISH_AVX2 void quantize_q8_K(const float* x, BlockQ8_K* y, int64_t nb) {
   }
 }
 
-// sum_g sc[g] * sum_{16} L*q: unsigned levels times signed activations in pairs (maddubs, no
-// overflow: 2*63*127 < 2^15), then weighted by the group scale (madd).
-SQUISH_AVX2 int32_t scaled_dot(const KInts& k, const BlockQ8_K& y) {
-  __m256i acc = _mm256_setzero_si256();
-  for (int p = 0; p < 8; ++p) {
-    const __m256i l = _mm256_load_si256(reinterpret_cast<const __m256i*>(k.L + 32 * p));
-    const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y.qs + 32 * p));
-    const __m256i prod = _mm256_maddubs_epi16(l, q);
-    const __m256i sc = _mm256_set_m128i(_mm_set1_epi16(k.sc[2 * p + 1]), _mm_set1_epi16(k.sc[2 * p]));
-    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(prod, sc));
-  }
-  return hsum_i32(acc);
+// ---- quantized dots ------------------------------------------------------------------------
+// Per block the integer sums are exact (as the reference's); the block's float factors are then
+// applied to a vector of 8 partial sums and accumulated in float vectors across blocks, so the
+// float result differs from the reference only by summation order (quant_simd_test bounds it).
+
+SQUISH_AVX2 inline float hsum_ps(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
 }
 
-template <class Block>
-SQUISH_AVX2 float k_dot(int64_t nb, const Block* x, const BlockQ8_K* y) {
-  KInts k;
-  float sumf = 0;
-  for (int64_t i = 0; i < nb; ++i) {
-    unpack(x[i], k);
-    const int32_t isum = scaled_dot(k, y[i]);
-    if constexpr (std::is_same_v<Block, BlockQ3_K>) {
-      sumf += h2f(x[i].d) * y[i].d * static_cast<float>(isum - 4 * offset_bsum_term(k, y[i]));
-    } else if constexpr (std::is_same_v<Block, BlockQ6_K>) {
-      sumf += h2f(x[i].d) * y[i].d * static_cast<float>(isum - 32 * offset_bsum_term(k, y[i]));
-    } else {
-      const float dall = y[i].d * h2f(x[i].d);
-      const float dmin = y[i].d * h2f(x[i].dmin);
-      sumf += dall * static_cast<float>(isum) - dmin * static_cast<float>(min_bsum_term(k, y[i]));
-    }
-  }
-  return sumf;
+SQUISH_AVX2 inline __m256i loadu(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+
+// Group scales for 16-weight groups: for the p-th 32-byte run of levels (groups 2p and 2p+1),
+// 16 int16 lanes holding sc[2p] (low half) and sc[2p+1] (high half), from 16 int8 scales.
+SQUISH_AVX2 inline __m256i pair_scales(__m128i sc8, int p) {
+  const __m128i idx = _mm_set_epi64x(0x0101010101010101LL * (2 * p + 1), 0x0101010101010101LL * (2 * p));
+  return _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, idx));
 }
 
-// Q4_K and Q6_K (the bulk of a Q4_K_M model) get fused kernels: the 4/6-bit levels are built
-// in registers and dotted straight away instead of going through KInts in memory. The integer
-// sums are the same exact values as k_dot's, and the float arithmetic is k_dot's, unchanged.
-SQUISH_AVX2 float dot_q4_K(int64_t nb, const BlockQ4_K* x, const BlockQ8_K* y) {
-  const __m256i m4 = _mm256_set1_epi8(0xF), ones = _mm256_set1_epi16(1);
-  float sumf = 0;
+// sum over the 32 weights of one run: levels (unsigned) x activations, weighted per group.
+SQUISH_AVX2 inline __m256i scaled_run(__m256i levels, const int8_t* q8, __m256i scales16) {
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(levels, loadu(q8)), scales16);
+}
+
+// Q2_K, Q3_K, Q6_K: 16 groups of 16, levels unsigned with an offset folded into the bsums term.
+SQUISH_AVX2 float dot_q2_K(int64_t nb, const BlockQ2_K* x, const BlockQ8_K* y) {
+  const __m256i m3 = _mm256_set1_epi8(3);
+  const __m128i m4 = _mm_set1_epi8(0xF);
+  __m256 acc = _mm256_setzero_ps(), acc_m = _mm256_setzero_ps();
   for (int64_t i = 0; i < nb; ++i) {
-    // The 8 six-bit scales and mins (get_scale_min_k4, four bytes at a time): bytes 0-3 hold
-    // sc[0..3] and bits 4-5 of sc[4..7], bytes 4-7 the same for the mins, bytes 8-11 the low
-    // nibbles of sc[4..7] (low) and m[4..7] (high).
-    uint32_t a[3];
-    std::memcpy(a, x[i].scales, sizeof(a));
-    const uint32_t sc4[2] = {a[0] & 0x3f3f3f3fu, (a[2] & 0x0f0f0f0fu) | ((a[0] >> 2) & 0x30303030u)};
-    const uint32_t mn4[2] = {a[1] & 0x3f3f3f3fu, ((a[2] >> 4) & 0x0f0f0f0fu) | ((a[1] >> 2) & 0x30303030u)};
-    uint8_t sc[8];
-    std::memcpy(sc, sc4, sizeof(sc));
-    __m256i acc = _mm256_setzero_si256();
-    for (int c = 0; c < 4; ++c) {  // 64 weights: low nibbles are group 2c, high nibbles 2c+1
-      const __m256i v = load(x[i].qs + 32 * c);
-      const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-      const __m256i plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[i].qs + 64 * c)));
-      const __m256i phi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[i].qs + 64 * c + 32)));
-      acc = _mm256_add_epi32(acc, _mm256_madd_epi16(plo, _mm256_set1_epi16(sc[2 * c])));
-      acc = _mm256_add_epi32(acc, _mm256_madd_epi16(phi, _mm256_set1_epi16(sc[2 * c + 1])));
+    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x[i].scales));
+    const __m128i sc8 = _mm_and_si128(packed, m4);
+    const __m256i mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(packed, 4), m4));
+    const __m256i summs = _mm256_madd_epi16(mins, loadu(y[i].bsums));
+    __m256i sumi = _mm256_setzero_si256();
+    for (int n = 0; n < 2; ++n) {
+      const __m256i v = loadu(x[i].qs + 32 * n);
+      for (int s = 0; s < 4; ++s) {
+        const __m256i L = _mm256_and_si256(_mm256_srli_epi16(v, 2 * s), m3);
+        sumi = _mm256_add_epi32(sumi, scaled_run(L, y[i].qs + 128 * n + 32 * s, pair_scales(sc8, 4 * n + s)));
+      }
     }
-    const int32_t isum = hsum_i32(acc);
-    // sum_j m[j] * (bsums[2j] + bsums[2j+1])
-    const __m256i bs = _mm256_madd_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[i].bsums)), ones);
-    const __m256i mv = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(mn4)));
-    const int32_t summs = hsum_i32(_mm256_mullo_epi32(bs, mv));
-    const float dall = y[i].d * h2f(x[i].d);
-    const float dmin = y[i].d * h2f(x[i].dmin);
-    sumf += dall * static_cast<float>(isum) - dmin * static_cast<float>(summs);
+    const float dy = y[i].d;
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(dy * h2f(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
+    acc_m = _mm256_fmadd_ps(_mm256_set1_ps(dy * h2f(x[i].dmin)), _mm256_cvtepi32_ps(summs), acc_m);
   }
-  return sumf;
+  return hsum_ps(_mm256_sub_ps(acc, acc_m));
+}
+
+SQUISH_AVX2 float dot_q3_K(int64_t nb, const BlockQ3_K* x, const BlockQ8_K* y) {
+  const __m256i m3 = _mm256_set1_epi8(3), four = _mm256_set1_epi8(4);
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i) {
+    const __m128i sc8 = q3_k_scales(x[i].scales);
+    // The -4 of every level: sum_g sc[g] * bsums[g].
+    const __m256i off = _mm256_madd_epi16(_mm256_cvtepi8_epi16(sc8), loadu(y[i].bsums));
+    __m256i sumi = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(off, 2));
+    __m256i h = loadu(x[i].hmask);  // bit 4n+s of byte l: the high bit of weight 128n + 32s + l
+    for (int n = 0; n < 2; ++n) {
+      const __m256i v = loadu(x[i].qs + 32 * n);
+      for (int s = 0; s < 4; ++s) {
+        // high bit moved to bit 2: (h << 2) & 4, h shifted right once per run.
+        const __m256i L = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 2 * s), m3),
+                                          _mm256_and_si256(_mm256_slli_epi16(h, 2), four));
+        h = _mm256_srli_epi16(h, 1);
+        sumi = _mm256_add_epi32(sumi, scaled_run(L, y[i].qs + 128 * n + 32 * s, pair_scales(sc8, 4 * n + s)));
+      }
+    }
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * h2f(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
+  }
+  return hsum_ps(acc);
 }
 
 SQUISH_AVX2 float dot_q6_K(int64_t nb, const BlockQ6_K* x, const BlockQ8_K* y) {
   const __m256i m4 = _mm256_set1_epi8(0xF), m30 = _mm256_set1_epi8(0x30);
-  float sumf = 0;
+  __m256 acc = _mm256_setzero_ps();
   for (int64_t i = 0; i < nb; ++i) {
-    const int8_t* sc = x[i].scales;
-    __m256i acc = _mm256_setzero_si256();
-    for (int n = 0; n < 2; ++n) {  // 128 weights: 4 runs of 32 = groups of 16 weights 8n..8n+7
-      const __m256i q0 = load(x[i].ql + 64 * n), q1 = load(x[i].ql + 64 * n + 32), h = load(x[i].qh + 32 * n);
+    const __m128i sc8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x[i].scales));
+    // The -32 of every level: sum_g sc[g] * bsums[g].
+    const __m256i off = _mm256_madd_epi16(_mm256_cvtepi8_epi16(sc8), loadu(y[i].bsums));
+    __m256i sumi = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(off, 5));
+    for (int n = 0; n < 2; ++n) {  // 128 weights: 4 runs of 32 = groups 8n..8n+7
+      const __m256i q0 = loadu(x[i].ql + 64 * n), q1 = loadu(x[i].ql + 64 * n + 32), h = loadu(x[i].qh + 32 * n);
       const __m256i L[4] = {
           _mm256_or_si256(_mm256_and_si256(q0, m4), _mm256_and_si256(_mm256_slli_epi16(h, 4), m30)),
           _mm256_or_si256(_mm256_and_si256(q1, m4), _mm256_and_si256(_mm256_slli_epi16(h, 2), m30)),
           _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q0, 4), m4), _mm256_and_si256(h, m30)),
           _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(h, 2), m30))};
-      for (int p = 0; p < 4; ++p) {
-        const int g = 8 * n + 2 * p;
-        const __m256i prod = _mm256_maddubs_epi16(L[p], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[i].qs + 128 * n + 32 * p)));
-        const __m256i s = _mm256_set_m128i(_mm_set1_epi16(sc[g + 1]), _mm_set1_epi16(sc[g]));
-        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(prod, s));
-      }
+      for (int p = 0; p < 4; ++p)
+        sumi = _mm256_add_epi32(sumi, scaled_run(L[p], y[i].qs + 128 * n + 32 * p, pair_scales(sc8, 4 * n + p)));
     }
-    const int32_t isum = hsum_i32(acc);
-    // sum_g sc[g] * bsums[g] (the -32 offset of every level)
-    const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc)));
-    const int32_t off = hsum_i32(_mm256_madd_epi16(sc16, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[i].bsums))));
-    sumf += h2f(x[i].d) * y[i].d * static_cast<float>(isum - 32 * off);
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * h2f(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
   }
-  return sumf;
+  return hsum_ps(acc);
 }
 
-// Signed x signed bytes via |x| * (y with x's sign), the usual maddubs trick.
-SQUISH_AVX2 inline int32_t dot_i8(__m256i x, __m256i y) {
-  const __m256i ax = _mm256_sign_epi8(x, x);
-  const __m256i sy = _mm256_sign_epi8(y, x);
-  return hsum_i32(_mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), _mm256_set1_epi16(1)));
+// Q4_K, Q5_K: 8 groups of 32 with 6-bit scales and mins packed in 12 bytes (get_scale_min_k4):
+// bytes 0-3 hold sc[0..3] and bits 4-5 of sc[4..7], bytes 4-7 the same for the mins, bytes
+// 8-11 the low nibbles of sc[4..7] (low) and m[4..7] (high). Out: sc[0..7] and m[0..7] bytes.
+inline void k4_scales_mins(const uint8_t* packed, uint32_t sc[2], uint32_t mn[2]) {
+  uint32_t a[3];
+  std::memcpy(a, packed, sizeof(a));
+  sc[0] = a[0] & 0x3f3f3f3fu;
+  sc[1] = (a[2] & 0x0f0f0f0fu) | ((a[0] >> 2) & 0x30303030u);
+  mn[0] = a[1] & 0x3f3f3f3fu;
+  mn[1] = ((a[2] >> 4) & 0x0f0f0f0fu) | ((a[1] >> 2) & 0x30303030u);
 }
 
-// Lane k of the result = the sum of the 8 lanes of v[k] (one reduction for 8 vectors).
-SQUISH_AVX2 inline __m256i hsum8_i32(const __m256i v[8]) {
-  const __m256i ab = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
-  const __m256i cd = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
-  // ab: per 128-bit half, the partial sums of v[0..3]; cd: of v[4..7]. Add the halves.
-  return _mm256_add_epi32(_mm256_permute2x128_si256(ab, cd, 0x20), _mm256_permute2x128_si256(ab, cd, 0x31));
+// The shared part of Q4_K and Q5_K: `levels(c, lo, hi)` gives the 64 levels of run c.
+template <class Block, class Levels>
+SQUISH_AVX2 inline float k4_dot(int64_t nb, const Block* x, const BlockQ8_K* y, Levels levels) {
+  __m256 acc = _mm256_setzero_ps();
+  __m128 acc_m = _mm_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i) {
+    uint32_t sc4[2], mn4[2];
+    k4_scales_mins(x[i].scales, sc4, mn4);
+    // mins: sum_j m[j] * (bsums[2j] + bsums[2j+1])
+    const __m256i bs = loadu(y[i].bsums);
+    const __m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+    const __m128i mins = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(mn4)));
+    const __m128i summs = _mm_madd_epi16(mins, pairs);
+    // each scale as an int16 pair in an int32: one broadcast from memory per run
+    const uint8_t* sc = reinterpret_cast<const uint8_t*>(sc4);
+    alignas(32) int32_t s2[8];
+    for (int j = 0; j < 8; ++j) s2[j] = sc[j] * 0x10001;
+    __m256i sumi = _mm256_setzero_si256();
+    for (int c = 0; c < 4; ++c) {
+      __m256i lo, hi;
+      levels(x[i], c, lo, hi);
+      sumi = _mm256_add_epi32(sumi, scaled_run(lo, y[i].qs + 64 * c, _mm256_set1_epi32(s2[2 * c])));
+      sumi = _mm256_add_epi32(sumi, scaled_run(hi, y[i].qs + 64 * c + 32, _mm256_set1_epi32(s2[2 * c + 1])));
+    }
+    const float dy = y[i].d;
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(dy * h2f(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
+    acc_m = _mm_fmadd_ps(_mm_set1_ps(dy * h2f(x[i].dmin)), _mm_cvtepi32_ps(summs), acc_m);
+  }
+  __m128 m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
+  m = _mm_add_ss(m, _mm_movehdup_ps(m));
+  return hsum_ps(acc) - _mm_cvtss_f32(m);
+}
+
+SQUISH_AVX2 float dot_q4_K(int64_t nb, const BlockQ4_K* x, const BlockQ8_K* y) {
+  const __m256i m4 = _mm256_set1_epi8(0xF);
+  return k4_dot(nb, x, y, [&](const BlockQ4_K& b, int c, __m256i& lo, __m256i& hi) SQUISH_AVX2 {
+    const __m256i v = loadu(b.qs + 32 * c);
+    lo = _mm256_and_si256(v, m4);
+    hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+  });
+}
+
+SQUISH_AVX2 float dot_q5_K(int64_t nb, const BlockQ5_K* x, const BlockQ8_K* y) {
+  const __m256i m4 = _mm256_set1_epi8(0xF), bit4 = _mm256_set1_epi8(0x10);
+  return k4_dot(nb, x, y, [&](const BlockQ5_K& b, int c, __m256i& lo, __m256i& hi) SQUISH_AVX2 {
+    // bit 2c of qh[l] is the 5th bit of weight 64c + l, bit 2c+1 that of weight 64c + 32 + l
+    const __m256i v = loadu(b.qs + 32 * c), h = _mm256_srl_epi16(loadu(b.qh), _mm_cvtsi32_si128(2 * c));
+    lo = _mm256_or_si256(_mm256_and_si256(v, m4), _mm256_and_si256(_mm256_slli_epi16(h, 4), bit4));
+    hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), _mm256_and_si256(_mm256_slli_epi16(h, 3), bit4));
+  });
+}
+
+// Signed x signed bytes, 8 int32 lanes of partial sums: |x| * (y with x's sign) (maddubs).
+SQUISH_AVX2 inline __m256i dot_i8_lanes(__m256i x, __m256i y) {
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x)), _mm256_set1_epi16(1));
 }
 
 SQUISH_AVX2 float dot_q8_0(int64_t nb, const BlockQ8_0* x, const BlockQ8_0* y) {
-  float sumf = 0;
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
   int64_t i = 0;
-  // Eight blocks at a time: the integer sums are reduced together (a horizontal sum per block
-  // costs as much as its dot), then accumulated one by one in the reference's order.
-  const __m256i ones = _mm256_set1_epi16(1);
-  for (; i + 8 <= nb; i += 8) {
-    __m256i p[8];
-    for (int k = 0; k < 8; ++k) {
-      const __m256i xv = load(reinterpret_cast<const uint8_t*>(x[i + k].qs));
-      const __m256i yv = load(reinterpret_cast<const uint8_t*>(y[i + k].qs));
-      p[k] = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(xv, xv), _mm256_sign_epi8(yv, xv)), ones);
-    }
-    alignas(32) int32_t isum[8];
-    _mm256_store_si256(reinterpret_cast<__m256i*>(isum), hsum8_i32(p));
-    for (int k = 0; k < 8; ++k) sumf += static_cast<float>(isum[k]) * (h2f(x[i + k].d) * h2f(y[i + k].d));
+  for (; i + 2 <= nb; i += 2) {
+    const __m256i p0 = dot_i8_lanes(loadu(x[i].qs), loadu(y[i].qs));
+    const __m256i p1 = dot_i8_lanes(loadu(x[i + 1].qs), loadu(y[i + 1].qs));
+    acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * h2f(y[i].d)), _mm256_cvtepi32_ps(p0), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i + 1].d) * h2f(y[i + 1].d)), _mm256_cvtepi32_ps(p1), acc1);
   }
-  for (; i < nb; ++i) {
-    const int32_t isum = dot_i8(load(reinterpret_cast<const uint8_t*>(x[i].qs)), load(reinterpret_cast<const uint8_t*>(y[i].qs)));
-    sumf += static_cast<float>(isum) * (h2f(x[i].d) * h2f(y[i].d));
-  }
-  return sumf;
+  for (; i < nb; ++i)
+    acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * h2f(y[i].d)), _mm256_cvtepi32_ps(dot_i8_lanes(loadu(x[i].qs), loadu(y[i].qs))), acc0);
+  return hsum_ps(_mm256_add_ps(acc0, acc1));
 }
 
 SQUISH_AVX2 float dot_q4_0(int64_t nb, const BlockQ4_0* x, const BlockQ8_0* y) {
-  float sumf = 0;
   const __m128i m4 = _mm_set1_epi8(0xF);
-  const __m256i ones = _mm256_set1_epi16(1);
-  for (int64_t i = 0; i < nb; ++i) {
+  const __m256i eight = _mm256_set1_epi8(8);
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  auto block = [&](int64_t i) SQUISH_AVX2 {
     const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x[i].qs));
-    const __m256i q = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m4), _mm_and_si128(v, m4));  // 0..15
-    const __m256i yq = load(reinterpret_cast<const uint8_t*>(y[i].qs));
-    // sum (q - 8) * y = sum q*y - 8 * sum y
-    const int32_t qy = hsum_i32(_mm256_madd_epi16(_mm256_maddubs_epi16(q, yq), ones));
-    const int32_t sy = hsum_i32(_mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), yq), ones));
-    const int32_t isum = qy - 8 * sy;
-    sumf += static_cast<float>(isum) * (h2f(x[i].d) * h2f(y[i].d));
+    const __m256i q = _mm256_sub_epi8(_mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m4), _mm_and_si128(v, m4)), eight);
+    return _mm256_mul_ps(_mm256_set1_ps(h2f(x[i].d) * h2f(y[i].d)), _mm256_cvtepi32_ps(dot_i8_lanes(q, loadu(y[i].qs))));
+  };
+  int64_t i = 0;
+  for (; i + 2 <= nb; i += 2) {
+    acc0 = _mm256_add_ps(acc0, block(i));
+    acc1 = _mm256_add_ps(acc1, block(i + 1));
   }
-  return sumf;
+  for (; i < nb; ++i) acc0 = _mm256_add_ps(acc0, block(i));
+  return hsum_ps(_mm256_add_ps(acc0, acc1));
 }
 
 SQUISH_AVX2 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
@@ -292,10 +335,10 @@ float vec_dot(GGMLType t, int64_t n, const void* w, const void* xq) {
     case GGMLType::BF16: return float_dot(n, static_cast<const uint16_t*>(w), xf, LoadBF16{}, ScalarBF16{});
     case GGMLType::Q8_0: return dot_q8_0(nb0, static_cast<const BlockQ8_0*>(w), static_cast<const BlockQ8_0*>(xq));
     case GGMLType::Q4_0: return dot_q4_0(nb0, static_cast<const BlockQ4_0*>(w), static_cast<const BlockQ8_0*>(xq));
-    case GGMLType::Q2_K: return k_dot(nbk, static_cast<const BlockQ2_K*>(w), q8k);
-    case GGMLType::Q3_K: return k_dot(nbk, static_cast<const BlockQ3_K*>(w), q8k);
+    case GGMLType::Q2_K: return dot_q2_K(nbk, static_cast<const BlockQ2_K*>(w), q8k);
+    case GGMLType::Q3_K: return dot_q3_K(nbk, static_cast<const BlockQ3_K*>(w), q8k);
     case GGMLType::Q4_K: return dot_q4_K(nbk, static_cast<const BlockQ4_K*>(w), q8k);
-    case GGMLType::Q5_K: return k_dot(nbk, static_cast<const BlockQ5_K*>(w), q8k);
+    case GGMLType::Q5_K: return dot_q5_K(nbk, static_cast<const BlockQ5_K*>(w), q8k);
     case GGMLType::Q6_K: return dot_q6_K(nbk, static_cast<const BlockQ6_K*>(w), q8k);
     default: fail(ExitCode::Runtime, "no dot kernel for {} weights", ggml_type_name(t));
   }
