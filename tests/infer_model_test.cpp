@@ -93,7 +93,8 @@ TEST(InferGenerate, Stories260KGreedyMatchesRunC) {
 }
 
 // The KV cache: decoding one token at a time gives the logits of one batched prefill (F32
-// weights: activations stay F32 on both paths, so only summation order differs).
+// weights and an F32 cache: activations stay F32 on both paths, so only summation order
+// differs; an F16 cache can round a key one way on one path and the other way on the other).
 TEST(InferModel, DecodeMatchesBatchedPrefill) {
   SQUISH_REQUIRE_SHARED();
   auto model = Model::load(test::shared("reference/stories260K/stories260K-f32.gguf"));
@@ -102,7 +103,7 @@ TEST(InferModel, DecodeMatchesBatchedPrefill) {
                                   "his friend Sam. One day they found a big red ball under a tree.", true);
   const int T = static_cast<int>(tokens.size()), V = model->n_vocab();
   ASSERT_GE(T, kBatchThreshold);  // the prefill takes the batched (sgemm) path
-  Session batched(model, T, 2), stepwise(model, T, 1);
+  Session batched(model, T, 2, KVType::F32), stepwise(model, T, 1, KVType::F32);
   std::vector<float> all, one;
   batched.eval(tokens, 0, all);
   double max_diff = 0, max_abs = 0;

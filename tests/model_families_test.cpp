@@ -41,10 +41,11 @@ double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
   return m;
 }
 
-// Logits of the engine for `tokens`, batched (one eval) or one token at a time.
+// Logits of the engine for `tokens`, batched (one eval) or one token at a time (F32 KV cache:
+// the comparisons here are with float math).
 std::vector<float> engine_logits(const std::string& gguf, const std::vector<int32_t>& tokens, bool one_at_a_time) {
   auto model = infer::Model::load(gguf);
-  infer::Session s(model, static_cast<int>(tokens.size()), 2);
+  infer::Session s(model, static_cast<int>(tokens.size()), 2, infer::KVType::F32);
   std::vector<float> all, row;
   if (!one_at_a_time) {
     s.eval(tokens, 0, all);

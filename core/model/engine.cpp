@@ -5,6 +5,7 @@
 #include "core/quant/quantize.hpp"
 #include "core/quant/vec_dot.hpp"
 #include "core/model/kernels.hpp"
+#include "core/model/parallel.hpp"
 #include "core/runtime/error.hpp"
 #include "core/runtime/memory.hpp"
 
@@ -306,29 +307,30 @@ static void run_matvecs(std::span<const MatvecJob> jobs, std::vector<RowChunk>& 
 
 struct Session::Impl {
   tbb::task_arena arena;
-  std::vector<std::vector<float>> k_cache, v_cache;  // per layer: [n_ctx][n_head_kv * head_dim]
+  KVCache cache;
   std::vector<float> x, xn, q, k, v, att, gate, up;
   std::vector<float> rope_inv_freq;                  // per rotary pair (arch: base, rope_freqs)
   std::vector<float> rope_cos, rope_sin;             // this chunk's positions
   PreparedInput act;                                 // decode: the current matvec input, quantized
   std::vector<RowChunk> chunks;                      // decode: run_matvecs' work list
-  explicit Impl(int threads) : arena(threads > 0 ? threads : tbb::task_arena::automatic) {}
+  Impl(const arch::ModelArch& a, int n_ctx, int threads, KVType kv)
+      : arena(threads > 0 ? threads : tbb::task_arena::automatic), cache(a, n_ctx, kv) {}
 };
 
-Session::Session(std::shared_ptr<const Model> model, int n_ctx, int threads)
-    : model_(std::move(model)), n_ctx_(n_ctx), impl_(std::make_unique<Impl>(threads)) {
+// The cache's memory is checked before it is allocated.
+static int checked_context(const Model& m, int n_ctx, KVType kv) {
   if (n_ctx <= 0) fail(ExitCode::Usage, "context size must be positive (got {})", n_ctx);
+  require_memory(KVCache::bytes_needed(m.architecture(), n_ctx, kv), fmt::format("{}: a KV cache of {} tokens", m.reader().path(), n_ctx));
+  return n_ctx;
+}
+
+Session::Session(std::shared_ptr<const Model> model, int n_ctx, int threads, KVType kv)
+    : model_(std::move(model)),
+      n_ctx_(checked_context(*model_, n_ctx, kv)),
+      impl_(std::make_unique<Impl>(model_->architecture(), n_ctx, threads, kv)) {
   // Parallelism comes from TBB; each sgemm call runs on the calling thread.
   static std::once_flag once;
   std::call_once(once, [] { openblas_set_num_threads(1); });
-  const int D = model_->head_dim();
-  uint64_t kv_bytes = 0;
-  for (const auto& L : model_->architecture().layers) kv_bytes += 2ull * sizeof(float) * uint64_t(n_ctx) * L.n_head_kv * D;
-  require_memory(kv_bytes, fmt::format("{}: a KV cache of {} tokens", model_->reader().path(), n_ctx));
-  for (const auto& L : model_->architecture().layers) {
-    impl_->k_cache.emplace_back(size_t(n_ctx) * L.n_head_kv * D);
-    impl_->v_cache.emplace_back(size_t(n_ctx) * L.n_head_kv * D);
-  }
   impl_->rope_inv_freq = model_->architecture().rope_inv_freq();
 }
 
@@ -346,16 +348,6 @@ void add_bias(float* y, const std::vector<float>& b, int T) {
   const size_t n = b.size();
   for (int t = 0; t < T; ++t)
     for (size_t i = 0; i < n; ++i) y[t * n + i] += b[i];
-}
-
-// Loops over [0, n) in the arena; serial when it has one thread (no scheduling cost at all).
-template <class Fn>
-void par_for(int n, Fn&& f) {
-  if (tbb::this_task_arena::max_concurrency() == 1) {
-    for (int i = 0; i < n; ++i) f(i);
-  } else {
-    tbb::parallel_for(0, n, f, tbb::static_partitioner());
-  }
 }
 
 }  // namespace
@@ -406,25 +398,9 @@ void Session::attention_block(int il, Products& mm) {
     kernels::rope(&s.q[size_t(t) * HQ], dims.n_head, D, layout, &s.rope_cos[t * half], &s.rope_sin[t * half]);
     kernels::rope(&s.k[size_t(t) * HK], dims.n_head_kv, D, layout, &s.rope_cos[t * half], &s.rope_sin[t * half]);
   }
-  float* kc = s.k_cache[il].data();
-  float* vc = s.v_cache[il].data();
-  std::memcpy(kc + size_t(p0) * HK, s.k.data(), sizeof(float) * T * HK);
-  std::memcpy(vc + size_t(p0) * HK, s.v.data(), sizeof(float) * T * HK);
-
-  // One task per (query head, block of queries), over the keys the block can see.
+  s.cache.store(il, p0, T, s.k.data(), s.v.data());
   s.att.resize(size_t(T) * HQ);
-  const int group = dims.n_head / dims.n_head_kv, qb = 64, n_qb = (T + qb - 1) / qb;
-  const float scale = 1.f / std::sqrt(static_cast<float>(D));
-  const int window = m.architecture().sliding_window;
-  par_for(dims.n_head * n_qb, [&](int task) {
-    const int h = task / n_qb, t0 = (task % n_qb) * qb, nt = std::min(qb, T - t0);
-    const int n_kv = p0 + t0 + nt;  // keys visible to the last query of the block
-    thread_local std::vector<float> P;
-    P.resize(size_t(nt) * n_kv);
-    const int g = h / group;
-    kernels::attention_probs(P.data(), &s.q[size_t(t0) * HQ + h * D], HQ, kc + g * D, HK, nt, p0 + t0, n_kv, D, scale, window);
-    kernels::attention_apply(P.data(), vc + g * D, HK, &s.att[size_t(t0) * HQ + h * D], HQ, nt, n_kv, D);
-  });
+  s.cache.attend(il, p0, T, s.q.data(), s.att.data(), 1.f / std::sqrt(static_cast<float>(D)), m.architecture().sliding_window);
   mm.run(s.att.data(), {{&L.wo, s.x.data()}}, true);
   add_bias(s.x.data(), L.bo, T);
 }

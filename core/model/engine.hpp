@@ -16,9 +16,11 @@
 //    Q8_K, as ggml does) and each thread runs integer vec_dot over its range of output rows;
 //    products sharing an input (q/k/v, gate/up) share that quantization and one parallel region,
 //    split by weight bytes into one contiguous range per thread (serial in a 1-thread arena).
-// Attention is F32. Parallel work runs in a tbb::task_arena of the requested thread count.
+// Attention reads the KV cache (attention.hpp: F16 by default). Parallel work runs in a
+// tbb::task_arena of the requested thread count.
 #include "core/arch/architecture.hpp"
 #include "core/gguf/gguf.hpp"
+#include "core/model/attention.hpp"
 
 #include <cstdint>
 #include <memory>
@@ -89,8 +91,9 @@ void matmul_quantized(const Weight& w, const float* x, int T, float* y, bool acc
 
 class Session {
  public:
-  // n_ctx: KV cache capacity in tokens; threads: 0 = all cores.
-  Session(std::shared_ptr<const Model> model, int n_ctx, int threads);
+  // n_ctx: KV cache capacity in tokens; threads: 0 = all cores; kv: the cache's element type
+  // (F16 as llama.cpp's default; F32 where results must match float math to the last bits).
+  Session(std::shared_ptr<const Model> model, int n_ctx, int threads, KVType kv = KVType::F16);
   ~Session();
 
   // Runs `tokens` at positions n_past()..n_past()+T-1 (appending to the cache). Logits for the
