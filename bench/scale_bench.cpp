@@ -127,11 +127,8 @@ std::vector<int32_t> tokens_for(const Model& m, int n) {
   return t;
 }
 
-size_t kv_bytes_per_token(const Model& m) {
-  size_t b = 0;
-  for (const auto& L : m.architecture().layers) b += 2 * sizeof(float) * size_t(L.n_head_kv) * m.head_dim();
-  return b;
-}
+// The default (F16) cache's bytes per cached token.
+size_t kv_bytes_per_token(const Model& m) { return size_t(KVCache::bytes_needed(m.architecture(), 1024, KVType::F16) / 1024); }
 
 void BM_Decode(benchmark::State& state, const std::string& path, int n) {
   const int threads = static_cast<int>(state.range(0)), depth = static_cast<int>(state.range(1));

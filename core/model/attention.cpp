@@ -14,11 +14,12 @@
 #include <limits>
 
 #define SQUISH_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define SQUISH_AVX512 __attribute__((target("avx512f,avx512vl,avx2,fma,f16c")))
 
 namespace squish::infer {
 namespace {
 
-constexpr int kB = 8;          // keys per transposed block
+constexpr int kB = 16;         // keys per transposed block: one AVX-512 vector, two AVX2 vectors
 constexpr int kMinSpan = 256;  // keys per decode task at least (smaller spans cost more to merge than they save)
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
@@ -95,8 +96,8 @@ SQUISH_AVX2 void exp_avx2(float* x, int n, float m) {
   }
 }
 
-// Scores of the keys of blocks [b0, b1) for G query heads, 4 heads per pass (each block of 8
-// keys is read once per pass, from L1 after the first).
+// Scores of the keys of blocks [b0, b1) for G query heads, up to four heads per pass (a block
+// of 16 keys is read from memory once per group, from L1 in later passes).
 template <class E>
 SQUISH_AVX2 void scores_avx2(const E* K, int D, const float* const* q, int G, int b0, int b1, float scale, float* s, int span) {
   const __m256 vs = _mm256_set1_ps(scale);
@@ -104,36 +105,97 @@ SQUISH_AVX2 void scores_avx2(const E* K, int D, const float* const* q, int G, in
     const int nh = std::min(4, G - h0);
     for (int b = b0; b < b1; ++b) {
       const E* kb = K + size_t(b) * D * kB;
-      __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-      if (nh == 4) {
-        for (int e = 0; e < D; ++e) {
-          const __m256 k = load8(kb + e * kB);
-          for (int h = 0; h < 4; ++h) acc[h] = _mm256_fmadd_ps(_mm256_broadcast_ss(q[h0 + h] + e), k, acc[h]);
-        }
-      } else {
-        for (int e = 0; e < D; ++e) {
-          const __m256 k = load8(kb + e * kB);
-          for (int h = 0; h < nh; ++h) acc[h] = _mm256_fmadd_ps(_mm256_broadcast_ss(q[h0 + h] + e), k, acc[h]);
+      __m256 a0[4], a1[4];
+      for (int h = 0; h < 4; ++h) a0[h] = a1[h] = _mm256_setzero_ps();
+      for (int e = 0; e < D; ++e) {
+        const __m256 x0 = load8(kb + e * kB), x1 = load8(kb + e * kB + 8);
+        for (int h = 0; h < nh; ++h) {
+          const __m256 qv = _mm256_broadcast_ss(q[h0 + h] + e);
+          a0[h] = _mm256_fmadd_ps(qv, x0, a0[h]);
+          a1[h] = _mm256_fmadd_ps(qv, x1, a1[h]);
         }
       }
-      for (int h = 0; h < nh; ++h) _mm256_storeu_ps(s + (h0 + h) * span + (b - b0) * kB, _mm256_mul_ps(acc[h], vs));
+      for (int h = 0; h < nh; ++h) {
+        float* out = s + (h0 + h) * span + (b - b0) * kB;
+        _mm256_storeu_ps(out, _mm256_mul_ps(a0[h], vs));
+        _mm256_storeu_ps(out + 8, _mm256_mul_ps(a1[h], vs));
+      }
     }
   }
 }
 
-// o[h] += sum_j p[h][j] v_j over keys [j0, j1), 8 dimensions and 4 heads at a time in registers.
+// o[h] += sum_j p[h][j] v_j over keys [j0, j1): 16 dimensions and up to four heads per pass in
+// eight accumulators.
 template <class E>
 SQUISH_AVX2 void values_avx2(const E* V, int D, const float* p, int G, int j0, int j1, int span, float* o) {
   for (int h0 = 0; h0 < G; h0 += 4) {
     const int nh = std::min(4, G - h0);
-    for (int e = 0; e < D; e += 8) {
-      __m256 acc[4];
-      for (int h = 0; h < nh; ++h) acc[h] = _mm256_loadu_ps(o + (h0 + h) * D + e);
+    for (int e = 0; e < D; e += 16) {
+      const int e1 = e + 8 < D ? e + 8 : e;  // D % 16 == 8: the last pass does one chunk twice
+      __m256 a0[4], a1[4];
+      for (int h = 0; h < nh; ++h) a0[h] = _mm256_loadu_ps(o + (h0 + h) * D + e), a1[h] = _mm256_setzero_ps();
       for (int j = j0; j < j1; ++j) {
-        const __m256 v = load8(V + size_t(j) * D + e);
-        for (int h = 0; h < nh; ++h) acc[h] = _mm256_fmadd_ps(_mm256_broadcast_ss(p + (h0 + h) * span + (j - j0)), v, acc[h]);
+        const E* vj = V + size_t(j) * D;
+        const __m256 v0 = load8(vj + e), v1 = load8(vj + e1);
+        for (int h = 0; h < nh; ++h) {
+          const __m256 w = _mm256_broadcast_ss(p + (h0 + h) * span + (j - j0));
+          a0[h] = _mm256_fmadd_ps(w, v0, a0[h]);
+          a1[h] = _mm256_fmadd_ps(w, v1, a1[h]);
+        }
       }
-      for (int h = 0; h < nh; ++h) _mm256_storeu_ps(o + (h0 + h) * D + e, acc[h]);
+      for (int h = 0; h < nh; ++h) {
+        _mm256_storeu_ps(o + (h0 + h) * D + e, a0[h]);
+        if (e1 != e) _mm256_storeu_ps(o + (h0 + h) * D + e1, _mm256_add_ps(_mm256_loadu_ps(o + (h0 + h) * D + e1), a1[h]));
+      }
+    }
+  }
+}
+
+// ---- AVX-512 -----------------------------------------------------------------------------------
+// The same loops with 16 lanes: a key block per vector; 32 value dimensions per pass.
+
+SQUISH_AVX512 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+SQUISH_AVX512 inline __m512 load16(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+
+template <class E>
+SQUISH_AVX512 void scores_avx512(const E* K, int D, const float* const* q, int G, int b0, int b1, float scale, float* s, int span) {
+  const __m512 vs = _mm512_set1_ps(scale);
+  for (int h0 = 0; h0 < G; h0 += 8) {
+    const int nh = std::min(8, G - h0);
+    for (int b = b0; b < b1; ++b) {
+      const E* kb = K + size_t(b) * D * kB;
+      __m512 acc[8];
+      for (int h = 0; h < 8; ++h) acc[h] = _mm512_setzero_ps();
+      for (int e = 0; e < D; ++e) {
+        const __m512 x = load16(kb + e * kB);
+        for (int h = 0; h < nh; ++h) acc[h] = _mm512_fmadd_ps(_mm512_set1_ps(q[h0 + h][e]), x, acc[h]);
+      }
+      for (int h = 0; h < nh; ++h) _mm512_storeu_ps(s + (h0 + h) * span + (b - b0) * kB, _mm512_mul_ps(acc[h], vs));
+    }
+  }
+}
+
+template <class E>
+SQUISH_AVX512 void values_avx512(const E* V, int D, const float* p, int G, int j0, int j1, int span, float* o) {
+  for (int h0 = 0; h0 < G; h0 += 4) {
+    const int nh = std::min(4, G - h0);
+    for (int e = 0; e < D; e += 32) {
+      const int e1 = e + 16 < D ? e + 16 : e;  // D % 32 == 16: the last pass does one chunk twice
+      __m512 a0[4], a1[4];
+      for (int h = 0; h < nh; ++h) a0[h] = _mm512_loadu_ps(o + (h0 + h) * D + e), a1[h] = _mm512_setzero_ps();
+      for (int j = j0; j < j1; ++j) {
+        const E* vj = V + size_t(j) * D;
+        const __m512 v0 = load16(vj + e), v1 = load16(vj + e1);
+        for (int h = 0; h < nh; ++h) {
+          const __m512 w = _mm512_set1_ps(p[(h0 + h) * span + (j - j0)]);
+          a0[h] = _mm512_fmadd_ps(w, v0, a0[h]);
+          a1[h] = _mm512_fmadd_ps(w, v1, a1[h]);
+        }
+      }
+      for (int h = 0; h < nh; ++h) {
+        _mm512_storeu_ps(o + (h0 + h) * D + e, a0[h]);
+        if (e1 != e) _mm512_storeu_ps(o + (h0 + h) * D + e1, _mm512_add_ps(_mm512_loadu_ps(o + (h0 + h) * D + e1), a1[h]));
+      }
     }
   }
 }
@@ -143,7 +205,9 @@ SQUISH_AVX2 void values_avx2(const E* V, int D, const float* p, int G, int j0, i
 template <class E>
 void decode_span(const E* K, const E* V, int D, int G, const float* q, int ldq, int T, int p0, int window, float scale,
                  int j0, int j1, SpanResult* res, float* o) {
-  const bool simd = quant_simd_enabled() && D % 8 == 0;
+  // SIMD kernels need whole vectors of dimensions: 8 (AVX2) or 16 (AVX-512) per chunk.
+  const SimdLevel level = simd_level();
+  const bool avx512 = level == SimdLevel::Avx512 && D % 16 == 0, simd = avx512 || (level >= SimdLevel::Avx2 && D % 8 == 0);
   const int span = (j1 - j0 + kB - 1) / kB * kB;
   thread_local std::vector<float> s;
   s.resize(size_t(G) * span);
@@ -161,7 +225,8 @@ void decode_span(const E* K, const E* V, int D, int G, const float* q, int ldq, 
     // Whole blocks covering [lo, hi); keys outside are masked below.
     const int b0 = lo / kB, b1 = (hi + kB - 1) / kB, base = b0 * kB - j0, n = (b1 - b0) * kB;
     float* sb = s.data() + base;
-    if (simd) scores_avx2(K, D, qh.data(), G, b0, b1, scale, sb, span);
+    if (avx512) scores_avx512(K, D, qh.data(), G, b0, b1, scale, sb, span);
+    else if (simd) scores_avx2(K, D, qh.data(), G, b0, b1, scale, sb, span);
     else scores_ref(K, D, qh.data(), G, b0 * kB, b1 * kB, scale, sb, span);
     for (int h = 0; h < G; ++h) {
       float* sh = sb + size_t(h) * span;
@@ -175,7 +240,8 @@ void decode_span(const E* K, const E* V, int D, int G, const float* q, int ldq, 
       for (int i = 0; i < n; ++i) l += sh[i];
       r[h] = {m, float(l)};
     }
-    if (simd) values_avx2(V, D, sb + (lo - b0 * kB), G, lo, hi, span, ot);
+    if (avx512) values_avx512(V, D, sb + (lo - b0 * kB), G, lo, hi, span, ot);
+    else if (simd) values_avx2(V, D, sb + (lo - b0 * kB), G, lo, hi, span, ot);
     else values_ref(V, D, sb + (lo - b0 * kB), G, lo, hi, span, ot);
   }
 }
@@ -242,9 +308,11 @@ void KVCache::attend_decode(int layer, int p0, int T, const float* q, float* out
   const Layer& L = layers_[layer];
   const int D = head_dim_, G = L.n_head / L.n_head_kv, HQ = L.n_head * D;
   const int lo = kernels::first_visible_key(p0, window) / kB * kB, hi = p0 + T;
-  // Spans: enough tasks for every thread, none shorter than kMinSpan keys, block-aligned.
+  // Spans: the same number per KV head, a multiple of the thread count so every thread gets as
+  // many keys (a pruned layer's 3 heads on 2 threads would otherwise leave one thread idle a
+  // sixth of the time); none shorter than kMinSpan keys; block-aligned.
   const int threads = tbb::this_task_arena::max_concurrency();
-  const int want = (4 * threads + L.n_head_kv - 1) / L.n_head_kv;
+  const int want = threads * (L.n_head_kv >= 2 ? 1 : 2);
   const int S = std::max(1, std::min(want, (hi - lo) / kMinSpan));
   const int step = ((hi - lo + S - 1) / S + kB - 1) / kB * kB;
   const int tasks = L.n_head_kv * S;

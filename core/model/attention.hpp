@@ -3,8 +3,8 @@
 //
 // Layout: per layer and KV head, keys and values of head_dim elements for n_ctx positions, in
 // F16 (llama.cpp's default cache type: half the bytes a deep context reads per token) or F32.
-// Keys are stored transposed in blocks of 8 positions (block b holds keys 8b..8b+7 one
-// dimension after another), so decode scores 8 keys per vector FMA with no horizontal sums;
+// Keys are stored transposed in blocks of 16 positions (block b holds keys 16b..16b+15 one
+// dimension after another), so decode scores 16 keys per vector FMA with no horizontal sums;
 // values are row-major. Each KV head's keys and values are contiguous (they stream).
 //
 // Few queries (decode): flash-decoding. The keys each KV head makes visible are cut into spans,

@@ -96,7 +96,7 @@ GenerateResult generate(std::shared_ptr<const Model> model, const Tokenizer& tok
     res.stopped_at_context = true;
   }
   res.context = ctx;
-  Session session(model, P + std::max(n, 1), opt.threads);
+  Session session(model, P + std::max(n, 1), opt.threads, opt.kv_type);
   std::mt19937_64 rng(opt.seed);
   std::uniform_real_distribution<double> unif(0.0, 1.0);
 

@@ -22,6 +22,7 @@ PerplexityOptions with_bos(PerplexityOptions opt, const Tokenizer& tok);
 struct GenerateOptions {
   int n = 128;              // tokens to generate
   int threads = 0;
+  KVType kv_type = KVType::F16;  // KV cache element type
   float temperature = 0.f;  // 0 = greedy
   int top_k = 40;           // 0 = off
   float top_p = 0.95f;      // 1 = off

@@ -72,7 +72,7 @@ PerplexityResult perplexity(std::shared_ptr<const infer::Model> model, std::span
   // A chunk's logits (half of it is scored) on top of the KV cache the session checks.
   require_memory(uint64_t(opt.n_ctx) * uint64_t(model->n_vocab()) * sizeof(float),
                  fmt::format("{}: the logits of {}-token chunks", model->reader().path(), opt.n_ctx));
-  infer::Session session(model, opt.n_ctx, opt.threads);
+  infer::Session session(model, opt.n_ctx, opt.threads, opt.kv_type);
   session.set_quantized_batches(opt.quantized_batches);
   const int n_vocab = model->n_vocab();
   std::vector<float> logits;
@@ -110,7 +110,7 @@ KlResult kl_divergence(std::shared_ptr<const infer::Model> model, Transformer& r
   // This chunk's logits and the float reference's (its activations are counted by its own model).
   require_memory(2 * uint64_t(opt.n_ctx) * uint64_t(model->n_vocab()) * sizeof(float),
                  fmt::format("{}: the logits of {}-token chunks", model->reader().path(), opt.n_ctx));
-  infer::Session session(model, opt.n_ctx, opt.threads);
+  infer::Session session(model, opt.n_ctx, opt.threads, opt.kv_type);
   session.set_quantized_batches(opt.quantized_batches);
   const int V = model->n_vocab();
   std::vector<float> logits;

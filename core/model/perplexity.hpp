@@ -26,6 +26,7 @@ struct PerplexityOptions {
   int max_chunks = 0;  // 0: every full chunk
   int threads = 0;     // engine: threads (0 = all cores)
   bool quantized_batches = false;  // engine: llama.cpp's activation quantization for batches too
+  infer::KVType kv_type = infer::KVType::F16;  // engine: KV cache element type
   std::function<void(int done, int total)> progress;
   std::function<bool()> cancelled;
 };

@@ -23,6 +23,16 @@ void write_report(const std::string& path, const nlohmann::json& j) {
   if (!path.empty()) write_json_file(path, j);
 }
 
+// The KV cache's element type (llama.cpp's -ctk/-ctv): f16 (its default) or f32.
+const ParamSpec kKvCacheParam{"kv_cache", ParamType::String, false, "f16", "KV cache element type: f16 (half the memory a long context reads) or f32"};
+
+KVType kv_type_param(const nlohmann::json& p) {
+  const std::string v = p["kv_cache"].get<std::string>();
+  if (v == "f16") return KVType::F16;
+  if (v == "f32") return KVType::F32;
+  fail(ExitCode::Usage, "kv_cache must be f16 or f32 (got '{}')", v);
+}
+
 class PerplexityNode final : public Node {
  public:
   explicit PerplexityNode(const NodeContext& ctx) : ctx_(ctx) {}
@@ -41,6 +51,7 @@ class PerplexityNode final : public Node {
     opt.threads = ctx_.threads_param();
     opt.max_chunks = static_cast<int>(p["chunks"].get<int64_t>());
     opt.quantized_batches = p["exact"].get<bool>();
+    opt.kv_type = kv_type_param(p);
     opt.progress = [this](int done, int total) { ctx_.progress("chunks", done, total); };
     opt.cancelled = [this] { return ctx_.is_cancelled(); };
     const std::string reference = p["reference"].get<std::string>();
@@ -87,6 +98,7 @@ class GenerateNode final : public Node {
     opt.n = static_cast<int>(std::min<int64_t>(p["n"].get<int64_t>(), 1 << 30));
     if (opt.n < 0) fail(ExitCode::Usage, "n must be >= 0 (got {})", opt.n);
     opt.threads = ctx_.threads_param();
+    opt.kv_type = kv_type_param(p);
     opt.temperature = static_cast<float>(p["temperature"].get<double>());
     opt.top_k = static_cast<int>(p["top_k"].get<int64_t>());
     opt.top_p = static_cast<float>(p["top_p"].get<double>());
@@ -120,6 +132,7 @@ void register_nodes(NodeRegistry& r) {
           {"chunks", ParamType::Int, false, 0, "score only the first N chunks (0 = all)", 0},
           {"threads", ParamType::Int, false, 0, "worker threads (0 = the pipeline's setting / all cores)", 0, 4096},
           {"exact", ParamType::Bool, false, false, "quantize activations in batched matmuls too (llama.cpp's arithmetic; slower)"},
+          kKvCacheParam,
           {"reference", ParamType::Path, false, "", "HF folder the GGUF came from: also report KL divergence against its float model"},
           {"report", ParamType::Output, false, "", "JSON report to write (ppl, ppl_stderr, tokens, chunks, tokens_per_s)"}},
          [](const NodeContext& c) { return std::make_unique<PerplexityNode>(c); }});
@@ -133,6 +146,7 @@ void register_nodes(NodeRegistry& r) {
           {"top_p", ParamType::Float, false, 0.95, "nucleus: smallest set with this much probability (1 = off)", 0, 1},
           {"repeat_penalty", ParamType::Float, false, 1.0, "llama.cpp repetition penalty over the last 64 tokens (1 = off)", 0.001, 1000},
           {"seed", ParamType::Int, false, 0, "random seed for sampling", 0},
+          kKvCacheParam,
           {"report", ParamType::Output, false, "", "JSON report to write (text, token counts, speeds)"}},
          [](const NodeContext& c) { return std::make_unique<GenerateNode>(c); }});
 }
