@@ -72,7 +72,7 @@ void BM_Prefill512(benchmark::State& state, std::string type, bool quantized) {
   const int threads = static_cast<int>(state.range(0));
   const Loaded& l = loaded(type);
   Session s(l.model, 512, threads);
-  s.set_quantized_batches(quantized);
+  s.set_batch_path(quantized ? BatchPath::Integer : BatchPath::Float);
   std::vector<float> logits;
   const std::span<const int32_t> chunk(l.tokens.data(), 512);
   for (auto _ : state) {

@@ -299,7 +299,7 @@ TEST(InferModel, PerLayerHeadCountsMatchScalarReference) {
   EXPECT_EQ(res.scored, count);
   EXPECT_NEAR(res.ppl, ref_ppl, ref_ppl * 1e-3) << "reference " << ref_ppl;
   // llama.cpp's arithmetic (activations quantized in every matmul; F32 weights keep F32 dots).
-  opt.quantized_batches = true;
+  opt.batch_path = BatchPath::Integer;
   EXPECT_NEAR(perplexity(model, tokens, with_bos(opt, tok)).ppl, ref_ppl, ref_ppl * 1e-3);
 }
 

@@ -2,6 +2,7 @@
 // bit-identical floats), and the dot kernels with the exact dot, on random data shaped like
 // weights (including outliers, zero groups and tiny values that exercise the searches' edges).
 #include "core/quant/blocks.hpp"
+#include "core/quant/qgemm.hpp"
 #include "core/quant/quantize.hpp"
 #include "core/quant/vec_dot.hpp"
 
@@ -128,6 +129,47 @@ TEST_P(QuantSimd, VecDotAgreesWithDequantizedDot) {
 
 INSTANTIATE_TEST_SUITE_P(Types, QuantSimd, ::testing::ValuesIn(kTypes),
                          [](const auto& info) { return std::string(ggml_type_name(info.param)); });
+
+}  // namespace
+}  // namespace squish
+
+namespace squish {
+namespace {
+
+// The integer GEMM (prefill) computes, for every token and row, the sum vec_dot computes for
+// that pair: the same integers, scaled in another order. 37 tokens (a partial tile of 32) by 10
+// rows (a partial tile of 4), accumulating into existing values too.
+TEST_P(QuantSimd, IntegerGemmMatchesVecDot) {
+  const GGMLType t = GetParam();
+  if (!quant::qgemm_supported(t)) GTEST_SKIP() << ggml_type_name(t) << ": no integer GEMM (type or CPU)";
+  const int64_t K = 512, rows = 10;
+  const int T = 37;
+  const auto w = weights_like(K * rows, 21);
+  std::mt19937 rng(8);
+  std::normal_distribution<float> g(0.f, 1.f);
+  std::vector<float> x(size_t(T) * K);
+  for (auto& v : x) v = g(rng);
+  const size_t rs = ggml_row_size(t, K);
+  std::vector<uint8_t> wq(rs * rows);
+  quantize_rows(t, w.data(), wq.data(), rows, K);
+  quant::QActivations qa;
+  qa.prepare(t, x.data(), T, K);
+  std::vector<float> y(size_t(T) * rows, 1.5f);
+  quant::qgemm(t, wq.data(), static_cast<int64_t>(rs), 0, 4, qa, y.data(), rows, true);
+  quant::qgemm(t, wq.data(), static_cast<int64_t>(rs), 4, rows, qa, y.data(), rows, true);
+  std::vector<uint8_t> xq(activation_row_size(t, K));
+  std::vector<float> wd(K);
+  for (int tok = 0; tok < T; ++tok) {
+    quantize_activations(t, x.data() + size_t(tok) * K, xq.data(), K);
+    for (int64_t r = 0; r < rows; ++r) {
+      const float want = 1.5f + ref::vec_dot(t, K, wq.data() + r * rs, xq.data());
+      dequantize_row(t, wq.data() + r * rs, wd.data(), K);
+      double abs_sum = 0;
+      for (int64_t k = 0; k < K; ++k) abs_sum += std::fabs(double(wd[k]) * x[size_t(tok) * K + k]);
+      EXPECT_NEAR(y[size_t(tok) * rows + r], want, 1e-5 * abs_sum + 1e-5) << ggml_type_name(t) << " token " << tok << " row " << r;
+    }
+  }
+}
 
 }  // namespace
 }  // namespace squish

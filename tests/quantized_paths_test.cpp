@@ -1,8 +1,8 @@
 // The engine's three ways to multiply by quantized weights give the same model, for every type a
 // recipe can choose: one token at a time (activations quantized to the weight's dot type,
 // integer SIMD dots: llama.cpp's arithmetic), a batch through the same integer dots
-// (set_quantized_batches), and a batch through dequantized weights times the rounded
-// activations (sgemm). And all of them agree with dequantize-then-float: the same weights
+// (BatchPath::Integer: the AVX-512 integer GEMM, or per-token dots), and a batch through
+// dequantized weights times the rounded activations (BatchPath::Float: sgemm). And all of them agree with dequantize-then-float: the same weights
 // expanded to F32 in a GGUF of their own, run with float activations. Agreement is stated as
 // the mean KL divergence of the next-token distributions (see the test for why not max |diff|).
 //
@@ -56,7 +56,7 @@ std::vector<float> logits(const std::string& gguf, const std::vector<int32_t>& t
       all.insert(all.end(), row.begin(), row.end());
     }
   } else {
-    s.set_quantized_batches(mode == 2);
+    s.set_batch_path(mode == 2 ? BatchPath::Integer : BatchPath::Float);
     s.eval(tokens, 0, all);
   }
   return all;

@@ -2,6 +2,7 @@
 
 #include "core/gguf/hf_to_gguf.hpp"
 #include "core/quant/blocks.hpp"
+#include "core/quant/qgemm.hpp"
 #include "core/quant/quantize.hpp"
 #include "core/quant/vec_dot.hpp"
 #include "core/model/kernels.hpp"
@@ -308,6 +309,22 @@ static void run_matvecs(std::span<const MatvecJob> jobs, std::vector<RowChunk>& 
                     tbb::static_partitioner());
 }
 
+// Batches of at least this many tokens use the integer GEMM where it runs (below, its padding to
+// tiles of 32 tokens costs more than per-token dots save).
+constexpr int kQgemmMinTokens = 8;
+
+// y (+)= W x for the prepared batch, rows split between the arena's threads (each decodes its
+// weight rows once and multiplies every token tile by them).
+static void qgemm_rows(const Weight& w, const quant::QActivations& x, float* y, bool accumulate) {
+  const int64_t threads = tbb::this_task_arena::max_concurrency();
+  const int64_t chunk = std::max<int64_t>(4, (w.n_out + 4 * threads - 1) / (4 * threads) + 3) / 4 * 4;
+  const int64_t n_chunks = (w.n_out + chunk - 1) / chunk;
+  tbb::parallel_for(int64_t(0), n_chunks, [&](int64_t c) {
+    quant::qgemm(w.type, w.data, static_cast<int64_t>(w.row_bytes), c * chunk, std::min(w.n_out, (c + 1) * chunk), x, y, w.n_out,
+                 accumulate);
+  }, tbb::static_partitioner());
+}
+
 // ---- session ---------------------------------------------------------------------------------
 
 struct Session::Impl {
@@ -317,6 +334,7 @@ struct Session::Impl {
   std::vector<float> rope_inv_freq;                  // per rotary pair (arch: base, rope_freqs)
   std::vector<float> rope_cos, rope_sin;             // this chunk's positions
   PreparedInput act;                                 // decode: the current matvec input, quantized
+  quant::QActivations qact;                          // batches: the current input, quantized and tiled
   std::vector<RowChunk> chunks;                      // decode: run_matvecs' work list
   Impl(const arch::ModelArch& a, int n_ctx, int threads, KVType kv)
       : arena(threads > 0 ? threads : tbb::task_arena::automatic), cache(a, n_ctx, kv) {}
@@ -362,7 +380,7 @@ void add_bias(float* y, const std::vector<float>& b, int T) {
 struct Session::Products {
   Impl& s;
   int T;
-  bool quantized_batches;
+  BatchPath path;
   bool decode() const { return T == 1; }
   // y (+)= W x for every (W, y) pair; all read the same input x.
   void run(const float* x, std::initializer_list<std::pair<const Weight*, float*>> outs, bool acc) {
@@ -374,9 +392,19 @@ struct Session::Products {
       run_matvecs(std::span(jobs, n), s.chunks);
       return;
     }
+    // Integer GEMM where the CPU has it (llama.cpp's arithmetic, the activations quantized once
+    // per dot type for all weights that share them), else sgemm or per-token integer dots.
+    GGMLType prepared = GGMLType::F32;
     for (auto [w, y] : outs) {
-      if (quantized_batches) matmul_quantized(*w, x, T, y, acc);
-      else matmul(*w, x, T, y, acc);
+      if (path != BatchPath::Float && T >= kQgemmMinTokens && quant::qgemm_supported(w->type)) {
+        const GGMLType dt = vec_dot_type(w->type);
+        if (prepared != dt) s.qact.prepare(w->type, x, T, w->n_in), prepared = dt;
+        qgemm_rows(*w, s.qact, y, acc);
+      } else if (path == BatchPath::Integer) {
+        matmul_quantized(*w, x, T, y, acc);
+      } else {
+        matmul(*w, x, T, y, acc);
+      }
     }
   }
 };
@@ -434,7 +462,7 @@ void Session::eval(std::span<const int32_t> tokens, int logits_from, std::vector
   if (logits_from < 0 || logits_from > T) fail(ExitCode::Runtime, "logits_from {} outside [0, {}]", logits_from, T);
   const int E = m.n_embd();
   Impl& s = *impl_;
-  Products mm{s, T, quantized_batches_};
+  Products mm{s, T, batch_path_};
   s.arena.execute([&] {
     s.x.resize(size_t(T) * E);
     s.xn.resize(size_t(T) * E);
@@ -450,7 +478,7 @@ void Session::eval(std::span<const int32_t> tokens, int logits_from, std::vector
       for (int t = logits_from; t < T; ++t)
         kernels::rms_norm(&s.x[size_t(t) * E], m.output_norm().data(), &s.xn[size_t(t - logits_from) * E], E, m.rms_eps());
       logits.resize(size_t(n_out) * m.n_vocab());
-      Products head{s, n_out, quantized_batches_};
+      Products head{s, n_out, batch_path_};
       head.run(s.xn.data(), {{&m.output(), logits.data()}}, false);
     }
   });

@@ -8,10 +8,10 @@
 // float reference transformer.
 //
 // Session: one sequence with a KV cache. eval() runs a chunk of tokens at their positions:
-//  - batched (>= kBatchThreshold tokens): the activations are rounded through the weight's dot
-//    type (quantized to Q8_0 / Q8_K and expanded back, so the result is ggml's integer-dot
-//    arithmetic up to float rounding); each thread dequantizes a block of weight rows and
-//    multiplies the whole chunk by it with a single-threaded sgemm (weights read once per chunk);
+//  - batched: see BatchPath. The float path rounds the activations through the weight's dot type
+//    (quantized to Q8_0 / Q8_K and expanded back, so the result is ggml's integer-dot arithmetic
+//    up to float rounding); each thread dequantizes a block of weight rows and multiplies the
+//    whole chunk by it with a single-threaded sgemm (weights read once per chunk);
 //  - single-token decode: activations are quantized once to the weight type's dot type (Q8_0 /
 //    Q8_K, as ggml does) and each thread runs integer vec_dot over its range of output rows;
 //    products sharing an input (q/k/v, gate/up) share that quantization and one parallel region,
@@ -89,6 +89,16 @@ void matmul(const Weight& w, const float* x, int T, float* y, bool accumulate);
 // The quantized-activation path for any T (llama.cpp's arithmetic); used by matmul for small T.
 void matmul_quantized(const Weight& w, const float* x, int T, float* y, bool accumulate);
 
+// Batches (prefill, perplexity chunks) multiply quantized weights either with integer dots on
+// activations quantized to the weight's dot type (llama.cpp's arithmetic, as single tokens do:
+// the AVX-512 integer GEMM, quant/qgemm.hpp, or per-token dots) or in float (dequantized weights
+// times activations rounded through the same quantization; sgemm).
+enum class BatchPath {
+  Auto,     // the integer GEMM where the CPU runs it, else float
+  Integer,  // integer dots everywhere (the integer GEMM, else per-token dots: slower)
+  Float,    // sgemm
+};
+
 class Session {
  public:
   // n_ctx: KV cache capacity in tokens; threads: 0 = all cores; kv: the cache's element type
@@ -107,8 +117,8 @@ class Session {
   int n_past() const { return n_past_; }
   int n_ctx() const { return n_ctx_; }
   const Model& model() const { return *model_; }
-  // Forces the quantized-activation path even for batches (llama.cpp's exact arithmetic).
-  void set_quantized_batches(bool on) { quantized_batches_ = on; }
+  // How batches multiply by quantized weights (single tokens always use integer dots).
+  void set_batch_path(BatchPath p) { batch_path_ = p; }
 
  private:
   struct Impl;
@@ -117,7 +127,7 @@ class Session {
   void mlp_block(int layer, Products& mm);
   std::shared_ptr<const Model> model_;
   int n_ctx_, n_past_ = 0;
-  bool quantized_batches_ = false;
+  BatchPath batch_path_ = BatchPath::Auto;
   std::unique_ptr<Impl> impl_;
 };
 

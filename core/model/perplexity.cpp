@@ -73,7 +73,7 @@ PerplexityResult perplexity(std::shared_ptr<const infer::Model> model, std::span
   require_memory(uint64_t(opt.n_ctx) * uint64_t(model->n_vocab()) * sizeof(float),
                  fmt::format("{}: the logits of {}-token chunks", model->reader().path(), opt.n_ctx));
   infer::Session session(model, opt.n_ctx, opt.threads, opt.kv_type);
-  session.set_quantized_batches(opt.quantized_batches);
+  session.set_batch_path(opt.batch_path);
   const int n_vocab = model->n_vocab();
   std::vector<float> logits;
   return perplexity(
@@ -111,7 +111,7 @@ KlResult kl_divergence(std::shared_ptr<const infer::Model> model, Transformer& r
   require_memory(2 * uint64_t(opt.n_ctx) * uint64_t(model->n_vocab()) * sizeof(float),
                  fmt::format("{}: the logits of {}-token chunks", model->reader().path(), opt.n_ctx));
   infer::Session session(model, opt.n_ctx, opt.threads, opt.kv_type);
-  session.set_quantized_batches(opt.quantized_batches);
+  session.set_batch_path(opt.batch_path);
   const int V = model->n_vocab();
   std::vector<float> logits;
   std::vector<double> kls;

@@ -25,7 +25,7 @@ struct PerplexityOptions {
   int bos_token = -1;  // >= 0: overwrite each chunk's first token with it (llama.cpp add_bos)
   int max_chunks = 0;  // 0: every full chunk
   int threads = 0;     // engine: threads (0 = all cores)
-  bool quantized_batches = false;  // engine: llama.cpp's activation quantization for batches too
+  infer::BatchPath batch_path = infer::BatchPath::Auto;  // engine: how batches multiply
   infer::KVType kv_type = infer::KVType::F16;  // engine: KV cache element type
   std::function<void(int done, int total)> progress;
   std::function<bool()> cancelled;

@@ -50,7 +50,7 @@ class PerplexityNode final : public Node {
     opt.n_ctx = static_cast<int>(p["ctx"].get<int64_t>());
     opt.threads = ctx_.threads_param();
     opt.max_chunks = static_cast<int>(p["chunks"].get<int64_t>());
-    opt.quantized_batches = p["exact"].get<bool>();
+    if (p["exact"].get<bool>()) opt.batch_path = BatchPath::Integer;
     opt.kv_type = kv_type_param(p);
     opt.progress = [this](int done, int total) { ctx_.progress("chunks", done, total); };
     opt.cancelled = [this] { return ctx_.is_cancelled(); };
@@ -131,7 +131,7 @@ void register_nodes(NodeRegistry& r) {
           {"ctx", ParamType::Int, false, 512, "tokens per chunk; the second half of each chunk is scored", 2, 1 << 20},
           {"chunks", ParamType::Int, false, 0, "score only the first N chunks (0 = all)", 0},
           {"threads", ParamType::Int, false, 0, "worker threads (0 = the pipeline's setting / all cores)", 0, 4096},
-          {"exact", ParamType::Bool, false, false, "quantize activations in batched matmuls too (llama.cpp's arithmetic; slower)"},
+          {"exact", ParamType::Bool, false, false, "integer dots in batches too (llama.cpp's arithmetic; the default where the CPU has AVX-512 VNNI, slower without)"},
           kKvCacheParam,
           {"reference", ParamType::Path, false, "", "HF folder the GGUF came from: also report KL divergence against its float model"},
           {"report", ParamType::Output, false, "", "JSON report to write (ppl, ppl_stderr, tokens, chunks, tokens_per_s)"}},
