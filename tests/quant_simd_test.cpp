@@ -3,6 +3,7 @@
 // weights (including outliers, zero groups and tiny values that exercise the searches' edges).
 #include "core/quant/blocks.hpp"
 #include "core/quant/qgemm.hpp"
+#include "core/quant/row_panels.hpp"
 #include "core/quant/quantize.hpp"
 #include "core/quant/vec_dot.hpp"
 
@@ -168,6 +169,39 @@ TEST_P(QuantSimd, IntegerGemmMatchesVecDot) {
       for (int64_t k = 0; k < K; ++k) abs_sum += std::fabs(double(wd[k]) * x[size_t(tok) * K + k]);
       EXPECT_NEAR(y[size_t(tok) * rows + r], want, 1e-5 * abs_sum + 1e-5) << ggml_type_name(t) << " token " << tok << " row " << r;
     }
+  }
+}
+
+// Decode's 16-row panels (Q8_0): the scalar reference equals ref::vec_dot row by row (same block
+// order and arithmetic); the dispatched kernel agrees within float summation order.
+TEST(RowPanels, PanelMatvecMatchesVecDot) {
+  const GGMLType t = GGMLType::Q8_0;
+  const int64_t K = 1024, rows = quant::kPanelRows;
+  const auto w = weights_like(K * rows, 33);
+  std::mt19937 rng(9);
+  std::normal_distribution<float> g(0.f, 1.f);
+  std::vector<float> x(K);
+  for (auto& v : x) v = g(rng);
+  x[5] = 40.f;  // an outlier: the activation block reaches the int8 extremes
+  const size_t rs = ggml_row_size(t, K);
+  std::vector<uint8_t> wq(rs * rows);
+  quantize_rows(t, w.data(), wq.data(), rows, K);
+  std::vector<uint8_t> panel(quant::panel_bytes(t, K));
+  EXPECT_EQ(panel.size(), wq.size());  // the same bytes, rearranged
+  quant::pack_panel(t, K, wq.data(), rs, panel.data());
+  std::vector<uint8_t> xq(activation_row_size(t, K));
+  quantize_activations(t, x.data(), xq.data(), K);
+  float ref_out[quant::kPanelRows], out[quant::kPanelRows];
+  quant::ref::panel_matvec(t, K, panel.data(), xq.data(), ref_out);
+  quant::panel_matvec(t, K, panel.data(), xq.data(), out);
+  std::vector<float> wd(K);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float want = ref::vec_dot(t, K, wq.data() + r * rs, xq.data());
+    EXPECT_EQ(ref_out[r], want) << "row " << r;
+    dequantize_row(t, wq.data() + r * rs, wd.data(), K);
+    double abs_sum = 0;
+    for (int64_t k = 0; k < K; ++k) abs_sum += std::fabs(double(wd[k]) * x[k]);
+    EXPECT_NEAR(out[r], want, 1e-5 * abs_sum + 1e-5) << "row " << r;
   }
 }
 

@@ -4,6 +4,7 @@
 #include "core/quant/blocks.hpp"
 #include "core/quant/qgemm.hpp"
 #include "core/quant/quantize.hpp"
+#include "core/quant/row_panels.hpp"
 #include "core/quant/vec_dot.hpp"
 #include "core/model/kernels.hpp"
 #include "core/model/parallel.hpp"
@@ -135,12 +136,51 @@ size_t Model::weight_bytes_per_token() const {
   return b;
 }
 
+// Q8_0 matrices are rearranged into 16-row panels (quant/row_panels.hpp) the first time a session
+// decodes; perplexity and scoring never pay for it. Each matrix's file pages are released once its
+// panels exist, so the peak is the weights plus one matrix, not twice the weights (batches fault
+// the pages back in from the page cache when they read them).
+void Model::prepare_decode() const {
+  std::call_once(decode_once_, [this] {
+    // The Model was made non-const by load(); only the panel pointers change, once, here.
+    auto* self = const_cast<Model*>(this);
+    auto build = [&](Weight& w) {
+      const int64_t n_panels = w.n_out / quant::kPanelRows;
+      if (!quant::panels_supported(w.type) || n_panels == 0) return;
+      const size_t pb = quant::panel_bytes(w.type, w.n_in);
+      require_memory(pb * size_t(n_panels), fmt::format("{}: decode layout of a {} x {} matrix", reader_.path(), w.n_out, w.n_in));
+      auto buf = std::make_unique<std::byte[]>(pb * size_t(n_panels));
+      tbb::parallel_for(int64_t(0), n_panels, [&](int64_t i) {
+        quant::pack_panel(w.type, w.n_in, w.row(i * quant::kPanelRows), w.row_bytes, buf.get() + pb * size_t(i));
+      });
+      w.panels = buf.get();
+      self->panel_store_.push_back(std::move(buf));
+      if (const auto& map = reader_.mapping())
+        map->release(static_cast<size_t>(w.data - map->bytes().data()), w.row_bytes * size_t(n_panels * quant::kPanelRows));
+    };
+    for (auto& L : self->layers_)
+      for (Weight* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) build(*w);
+    build(self->output_);  // tok_embd_ keeps its rows: decode reads one per token
+  });
+}
+
 void embedding_row(const Weight& w, int32_t token, float* out) {
   if (token < 0 || token >= w.n_out) fail(ExitCode::InputData, "token id {} is outside the vocabulary ({})", token, w.n_out);
   dequantize_row(w.type, w.row(token), out, w.n_in);
 }
 
 // ---- matrix products -------------------------------------------------------------------------
+
+// y[0, rows) = rows [r0, r0 + rows) of W times the prepared activations; panels where W has them.
+static void weight_matvec(const Weight& w, int64_t r0, int64_t rows, const void* xq, float* y) {
+  if (w.panels && r0 % quant::kPanelRows == 0) {
+    const size_t pb = quant::panel_bytes(w.type, w.n_in);
+    const int64_t panelled = w.n_out / quant::kPanelRows * quant::kPanelRows;
+    for (; rows >= quant::kPanelRows && r0 < panelled; r0 += quant::kPanelRows, rows -= quant::kPanelRows, y += quant::kPanelRows)
+      quant::panel_matvec(w.type, w.n_in, w.panels + pb * size_t(r0 / quant::kPanelRows), xq, y);
+  }
+  if (rows > 0) matvec(w.type, rows, w.n_in, w.row(r0), xq, y);
+}
 
 void matmul_quantized(const Weight& w, const float* x, int T, float* y, bool accumulate) {
   const size_t act = activation_row_size(w.type, w.n_in);
@@ -155,9 +195,9 @@ void matmul_quantized(const Weight& w, const float* x, int T, float* y, bool acc
       for (int t = 0; t < T; ++t) {
         float* yt = y + size_t(t) * w.n_out + r0;
         if (!accumulate) {
-          matvec(w.type, rows, w.n_in, w.row(r0), xq.data() + act * t, yt);
+          weight_matvec(w, r0, rows, xq.data() + act * t, yt);
         } else {
-          matvec(w.type, rows, w.n_in, w.row(r0), xq.data() + act * t, tmp);
+          weight_matvec(w, r0, rows, xq.data() + act * t, tmp);
           for (int64_t i = 0; i < rows; ++i) yt[i] += tmp[i];
         }
       }
@@ -290,9 +330,9 @@ static void run_matvecs(std::span<const MatvecJob> jobs, std::vector<RowChunk>& 
       const Weight& w = *jb.w;
       float* y = jb.y + ch.r0;
       if (!jb.accumulate) {
-        matvec(w.type, ch.rows, w.n_in, w.row(ch.r0), jb.xq, y);
+        weight_matvec(w, ch.r0, ch.rows, jb.xq, y);
       } else {
-        matvec(w.type, ch.rows, w.n_in, w.row(ch.r0), jb.xq, tmp);
+        weight_matvec(w, ch.r0, ch.rows, jb.xq, tmp);
         for (int64_t i = 0; i < ch.rows; ++i) y[i] += tmp[i];
       }
     }
@@ -462,6 +502,7 @@ void Session::eval(std::span<const int32_t> tokens, int logits_from, std::vector
   if (logits_from < 0 || logits_from > T) fail(ExitCode::Runtime, "logits_from {} outside [0, {}]", logits_from, T);
   const int E = m.n_embd();
   Impl& s = *impl_;
+  if (T == 1 || T - logits_from == 1) m.prepare_decode();  // single-token products follow
   Products mm{s, T, batch_path_};
   s.arena.execute([&] {
     s.x.resize(size_t(T) * E);

@@ -24,6 +24,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <vector>
@@ -36,6 +37,9 @@ struct Weight {
   int64_t n_in = 0, n_out = 0;
   const std::byte* data = nullptr;
   size_t row_bytes = 0;
+  // Decode layout of rows [0, n_out / 16 * 16) (quant/row_panels.hpp) once Model::prepare_decode
+  // has built it for this type, else null.
+  const std::byte* panels = nullptr;
   const std::byte* row(int64_t r) const { return data + static_cast<size_t>(r) * row_bytes; }
   size_t nbytes() const { return row_bytes * static_cast<size_t>(n_out); }
 };
@@ -70,6 +74,9 @@ class Model {
   bool tied_output() const { return arch_.tie_embeddings; }
   // Bytes of weights one decoded token reads (every matrix once; one embedding row).
   size_t weight_bytes_per_token() const;
+  // Builds the decode layout of every matrix whose type has one on this CPU (once; thread-safe;
+  // sessions call it before their first single-token product). Batches keep reading the file.
+  void prepare_decode() const;
 
  private:
   gguf::Reader reader_;
@@ -77,6 +84,8 @@ class Model {
   std::vector<Layer> layers_;
   Weight tok_embd_, output_;
   std::vector<float> output_norm_;
+  mutable std::once_flag decode_once_;
+  mutable std::vector<std::unique_ptr<std::byte[]>> panel_store_;
 };
 
 // Rows of the embedding / output matrix as float.
