@@ -30,8 +30,7 @@ SQUISH_FUZZ_TARGET(overrides) {
   static const char* const known[] = {"checksum", "compress", "generate", "perplexity", "plan", "score", "squish", "verify"};
   if (std::find(std::begin(known), std::end(known), pipeline) == std::end(known)) pipeline = "squish";
   const std::string path = std::string(SQUISH_SOURCE_DIR) + "/pipelines/" + pipeline + ".yaml";
-  PluginHost host = fuzz::make_host();
-  const Pipeline p = Pipeline::load(path, sets, host);
+  const Pipeline p = Pipeline::load(path, sets, fuzz::host());
   fuzz::check_pipeline(p);
   // Every --set that was accepted took effect.
   for (const auto& [k, v] : sets) {

@@ -9,8 +9,7 @@ SQUISH_FUZZ_TARGET(pipeline) {
   if (!fuzz::pipeline_is_safe(text)) return 0;
   const std::string path = fuzz::scratch_dir("pipeline") + "/pipeline.yaml";
   fuzz::write_bytes(path, text);
-  PluginHost host = fuzz::make_host();
-  const Pipeline p = Pipeline::load(path, {}, host);
+  const Pipeline p = Pipeline::load(path, {}, fuzz::host());
   fuzz::check_pipeline(p);
   return 0;
 }

@@ -15,13 +15,15 @@
 
 namespace squish::fuzz {
 
-inline PluginHost make_host() {
-  static const bool once = [] {
+// One host for the whole run: loading a plugin is a dlopen and a registration (most of an
+// execution's time when done per input), and loading it again is a no-op. Inputs cannot change
+// the host otherwise: pipeline_is_safe refuses plugin_paths and plugins named by path.
+inline PluginHost& host() {
+  static PluginHost* h = [] {
     ::unsetenv("SQUISH_PLUGIN_PATH");
-    return true;
+    return new PluginHost({SQUISH_FUZZ_PLUGIN_DIR});
   }();
-  (void)once;
-  return PluginHost({SQUISH_FUZZ_PLUGIN_DIR});
+  return *h;
 }
 
 inline bool safe_plugin_name(const std::string& n) {
