@@ -101,4 +101,16 @@ SQUISH_AVX2 inline void unpack(const BlockQ6_K& b, KInts& k) {
   for (int g = 0; g < 16; ++g) k.sc[g] = b.scales[g];
 }
 
+// Q4_K, Q5_K: 8 groups of 32 with 6-bit scales and mins packed in 12 bytes (get_scale_min_k4):
+// bytes 0-3 hold sc[0..3] and bits 4-5 of sc[4..7], bytes 4-7 the same for the mins, bytes
+// 8-11 the low nibbles of sc[4..7] (low) and m[4..7] (high). Out: sc[0..7] and m[0..7] bytes.
+inline void k4_scales_mins(const uint8_t* packed, uint32_t sc[2], uint32_t mn[2]) {
+  uint32_t a[3];
+  std::memcpy(a, packed, sizeof(a));
+  sc[0] = a[0] & 0x3f3f3f3fu;
+  sc[1] = (a[2] & 0x0f0f0f0fu) | ((a[0] >> 2) & 0x30303030u);
+  mn[0] = a[1] & 0x3f3f3f3fu;
+  mn[1] = ((a[2] >> 4) & 0x0f0f0f0fu) | ((a[1] >> 2) & 0x30303030u);
+}
+
 }  // namespace squish::quant::detail

@@ -174,18 +174,6 @@ SQUISH_AVX2 float dot_q6_K(int64_t nb, const BlockQ6_K* x, const BlockQ8_K* y) {
   return hsum_ps(acc);
 }
 
-// Q4_K, Q5_K: 8 groups of 32 with 6-bit scales and mins packed in 12 bytes (get_scale_min_k4):
-// bytes 0-3 hold sc[0..3] and bits 4-5 of sc[4..7], bytes 4-7 the same for the mins, bytes
-// 8-11 the low nibbles of sc[4..7] (low) and m[4..7] (high). Out: sc[0..7] and m[0..7] bytes.
-inline void k4_scales_mins(const uint8_t* packed, uint32_t sc[2], uint32_t mn[2]) {
-  uint32_t a[3];
-  std::memcpy(a, packed, sizeof(a));
-  sc[0] = a[0] & 0x3f3f3f3fu;
-  sc[1] = (a[2] & 0x0f0f0f0fu) | ((a[0] >> 2) & 0x30303030u);
-  mn[0] = a[1] & 0x3f3f3f3fu;
-  mn[1] = ((a[2] >> 4) & 0x0f0f0f0fu) | ((a[1] >> 2) & 0x30303030u);
-}
-
 // The shared part of Q4_K and Q5_K: `levels(c, lo, hi)` gives the 64 levels of run c.
 template <class Block, class Levels>
 SQUISH_AVX2 inline float k4_dot(int64_t nb, const Block* x, const BlockQ8_K* y, Levels levels) {

@@ -18,6 +18,7 @@
 namespace squish {
 namespace {
 using namespace quant;
+using detail::k4_scales_mins;
 
 SQUISH_AVX512 inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
 SQUISH_AVX512 inline __m512i load512(const void* p) { return _mm512_loadu_si512(p); }
@@ -129,16 +130,6 @@ SQUISH_AVX512 float dot_q2_K(int64_t nb, const BlockQ2_K* x, const BlockQ8_K* y)
 }
 
 // ---- groups of 32 ---------------------------------------------------------------------------
-
-// Q4_K, Q5_K scales and mins: 8 six-bit values each, packed in 12 bytes (get_scale_min_k4).
-inline void k4_scales_mins(const uint8_t* packed, uint32_t sc[2], uint32_t mn[2]) {
-  uint32_t a[3];
-  std::memcpy(a, packed, sizeof(a));
-  sc[0] = a[0] & 0x3f3f3f3fu;
-  sc[1] = (a[2] & 0x0f0f0f0fu) | ((a[0] >> 2) & 0x30303030u);
-  mn[0] = a[1] & 0x3f3f3f3fu;
-  mn[1] = ((a[2] >> 4) & 0x0f0f0f0fu) | ((a[1] >> 2) & 0x30303030u);
-}
 
 // w = d * sc * L - dmin * m; `levels(block, c)` gives run c's 64 levels: group 2c in the low
 // 256 bits, group 2c+1 in the high 256 bits (the low and high nibbles of qs[32c..32c+31]).
