@@ -171,17 +171,6 @@ void embedding_row(const Weight& w, int32_t token, float* out) {
 
 // ---- matrix products -------------------------------------------------------------------------
 
-// y[0, rows) = rows [r0, r0 + rows) of W times the prepared activations; panels where W has them.
-static void weight_matvec(const Weight& w, int64_t r0, int64_t rows, const void* xq, float* y) {
-  if (w.panels && r0 % quant::kPanelRows == 0) {
-    const size_t pb = quant::panel_bytes(w.type, w.n_in);
-    const int64_t panelled = w.n_out / quant::kPanelRows * quant::kPanelRows;
-    for (; rows >= quant::kPanelRows && r0 < panelled; r0 += quant::kPanelRows, rows -= quant::kPanelRows, y += quant::kPanelRows)
-      quant::panel_matvec(w.type, w.n_in, w.panels + pb * size_t(r0 / quant::kPanelRows), xq, y);
-  }
-  if (rows > 0) matvec(w.type, rows, w.n_in, w.row(r0), xq, y);
-}
-
 void matmul_quantized(const Weight& w, const float* x, int T, float* y, bool accumulate) {
   const size_t act = activation_row_size(w.type, w.n_in);
   std::vector<std::byte> xq(act * T);
@@ -195,9 +184,9 @@ void matmul_quantized(const Weight& w, const float* x, int T, float* y, bool acc
       for (int t = 0; t < T; ++t) {
         float* yt = y + size_t(t) * w.n_out + r0;
         if (!accumulate) {
-          weight_matvec(w, r0, rows, xq.data() + act * t, yt);
+          matvec(w.type, rows, w.n_in, w.row(r0), xq.data() + act * t, yt);
         } else {
-          weight_matvec(w, r0, rows, xq.data() + act * t, tmp);
+          matvec(w.type, rows, w.n_in, w.row(r0), xq.data() + act * t, tmp);
           for (int64_t i = 0; i < rows; ++i) yt[i] += tmp[i];
         }
       }
@@ -308,6 +297,18 @@ struct PreparedInput {
 };
 
 }  // namespace
+
+// y[0, rows) = rows [r0, r0 + rows) of W times the prepared activations; panels where W has them
+// (only single-token products get here, after eval() has called Model::prepare_decode).
+static void weight_matvec(const Weight& w, int64_t r0, int64_t rows, const void* xq, float* y) {
+  if (w.panels && r0 % quant::kPanelRows == 0) {
+    const size_t pb = quant::panel_bytes(w.type, w.n_in);
+    const int64_t panelled = w.n_out / quant::kPanelRows * quant::kPanelRows;
+    for (; rows >= quant::kPanelRows && r0 < panelled; r0 += quant::kPanelRows, rows -= quant::kPanelRows, y += quant::kPanelRows)
+      quant::panel_matvec(w.type, w.n_in, w.panels + pb * size_t(r0 / quant::kPanelRows), xq, y);
+  }
+  if (rows > 0) matvec(w.type, rows, w.n_in, w.row(r0), xq, y);
+}
 
 // Runs `jobs` (independent matvecs) in one parallel region of the current arena.
 static void run_matvecs(std::span<const MatvecJob> jobs, std::vector<RowChunk>& chunks) {
