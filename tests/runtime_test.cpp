@@ -224,6 +224,16 @@ TEST(Runtime, PipelineValidationErrors) {
       {"no_input", "name: x\nplugins: [io]\nnodes:\n  a: {kind: io.passthrough}\n", 2, "has no input edge"},
       {"undefined_variable", "name: x\nplugins: [io]\nnodes:\n  a: {kind: io.safetensors_source, params: {model: '${nope}'}}\n", 2,
        "reference to undefined variable 'nope'"},
+      {"variable_name_digit", "name: x\nplugins: [io]\nvariables: {9a: m}\nnodes:\n  a: {kind: io.safetensors_source, params: {model: m}}\n", 2,
+       "bad variable name '9a'"},
+      {"variable_name_dash", "name: x\nplugins: [io]\nvariables: {a-b: m}\nnodes:\n  a: {kind: io.safetensors_source, params: {model: m}}\n", 2,
+       "bad variable name 'a-b'"},
+      {"variable_name_utf8", "name: x\nplugins: [io]\nvariables: {\"\u00e9\": m}\nnodes:\n  a: {kind: io.safetensors_source, params: {model: m}}\n", 2,
+       "bad variable name"},
+      {"node_name_dash_first", "name: x\nplugins: [io]\nnodes:\n  -a: {kind: io.safetensors_source, params: {model: m}}\n", 2,
+       "bad node name '-a'"},
+      {"node_name_dot", "name: x\nplugins: [io]\nnodes:\n  a.b: {kind: io.safetensors_source, params: {model: m}}\n", 2,
+       "bad node name 'a.b'"},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.name);

@@ -25,6 +25,16 @@ std::string SourceLoc::str() const {
 
 namespace {
 
+// [A-Za-z_][A-Za-z0-9_]* (with '-' after the first character when allow_dash): ASCII only. Checked
+// by hand: a std::regex built per name was most of a pipeline load's time.
+bool is_identifier(std::string_view s, bool allow_dash) {
+  auto alpha = [](char c) { return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_'; };
+  if (s.empty() || !alpha(s[0])) return false;
+  for (char c : s.substr(1))
+    if (!alpha(c) && !(c >= '0' && c <= '9') && !(allow_dash && c == '-')) return false;
+  return true;
+}
+
 constexpr uint64_t kMaxPipelineBytes = 1 << 20;  // pipelines are hand-written: a few KB
 constexpr int kMaxYamlDepth = 64;                // they nest 4 deep
 
@@ -160,7 +170,7 @@ class Loader {
     if (!vars.IsMap()) err(vars, "'variables' must be a mapping of name: default");
     for (auto it = vars.begin(); it != vars.end(); ++it) {
       const auto name = it->first.Scalar();
-      if (!std::regex_match(name, std::regex("[A-Za-z_][A-Za-z0-9_]*"))) err(it->first, "bad variable name '{}'", name);
+      if (!is_identifier(name, false)) err(it->first, "bad variable name '{}'", name);
       PipelineVariable v;
       const YAML::Node val = it->second;  // by value: it->second belongs to a temporary proxy
       if (val.IsNull()) {
@@ -374,7 +384,7 @@ class Loader {
       PipelineNode pn;
       pn.name = it->first.Scalar();
       pn.loc = loc(it->first);
-      if (!std::regex_match(pn.name, std::regex("[A-Za-z_][A-Za-z0-9_-]*"))) err(it->first, "bad node name '{}'", pn.name);
+      if (!is_identifier(pn.name, true)) err(it->first, "bad node name '{}'", pn.name);
       if (!names.insert(pn.name).second) err(it->first, "duplicate node '{}'", pn.name);
       const YAML::Node body = it->second;  // by value: it->second belongs to a temporary proxy
       if (!body.IsMap()) err(body, "node '{}' must be a mapping with 'kind'", pn.name);
