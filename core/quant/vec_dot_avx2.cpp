@@ -26,13 +26,6 @@ using namespace quant::detail;
 // scalar conversion (every fp16 value is representable in fp32).
 SQUISH_AVX2 inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
 
-SQUISH_AVX2 inline int32_t hsum_i32(__m256i v) {
-  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
-  return _mm_cvtsi128_si32(s);
-}
-
 SQUISH_AVX2 inline float hmax_abs(const float* x, int n) {  // n a multiple of 8
   const __m256 sign = _mm256_set1_ps(-0.0f);
   __m256 m = _mm256_setzero_ps();
@@ -263,7 +256,6 @@ SQUISH_AVX2 float dot_q4_0(int64_t nb, const BlockQ4_0* x, const BlockQ8_0* y) {
   return hsum_ps(_mm256_add_ps(acc0, acc1));
 }
 
-SQUISH_AVX2 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
 SQUISH_AVX2 inline __m256 load8(const uint16_t* p, std::false_type /*f16*/) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
