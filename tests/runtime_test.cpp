@@ -265,8 +265,8 @@ TEST(Runtime, PluginHostErrors) {
   };
   const std::vector<Case> cases = {
       {"noentry", "not a Squish plugin: no 'squish_plugin_entry' entry point"},
-      {"badabi", fmt::format("plugin ABI version {} is incompatible with this squish-run (ABI {})", SQUISH_PLUGIN_ABI_VERSION + 41,
-                             SQUISH_PLUGIN_ABI_VERSION)},
+      {"badabi", fmt::format("plugin ABI {}.0 is incompatible with this squish-run (ABI {}.{})", SQUISH_ABI_MAJOR + 41,
+                             SQUISH_ABI_MAJOR, SQUISH_ABI_MINOR)},
       {"dupkind", "node kind 'io.passthrough' is already provided by"},
   };
   for (const auto& c : cases) {

@@ -4,6 +4,7 @@
 #include "core/runtime/events.hpp"
 #include "core/runtime/graph.hpp"
 #include "core/runtime/pipeline.hpp"
+#include "core/quant/type_registry.hpp"
 #include "core/runtime/plugin_host.hpp"
 
 #include <fmt/format.h>
@@ -29,12 +30,13 @@ executed as a streaming TBB flow graph.
 options:
   --set NAME=VALUE       set a pipeline variable (e.g. --set model=path/to/hf-folder)
   --set NODE.PARAM=VALUE override one node parameter (e.g. --set quant.threads=2)
+  --plugin NAME|PATH     also load this plugin (e.g. one whose tensor types a recipe or GGUF uses)
   --threads N            worker threads (default: the pipeline's setting, else all cores)
   --dry-run              validate the pipeline, print the graph, run nothing
   --events jsonl         machine-readable progress: one JSON object per line on stderr
   --events-file PATH     the same JSON lines, written to PATH instead
   --no-progress          no progress line on the terminal
-  --list-nodes           list the node kinds of every plugin in the search path
+  --list-nodes           list the node kinds and tensor types of every plugin in the search path
   --version              print the version and plugin ABI
   -h, --help             this help
 
@@ -61,6 +63,7 @@ void print_waves(const std::vector<WaveStats>& waves, bool quiet) {
 
 int main(int argc, char** argv) {
   std::vector<std::pair<std::string, std::string>> sets;
+  std::vector<std::string> extra_plugins;
   std::string pipeline_file, events_file;
   bool dry_run = false, events_stderr = false, no_progress = false, list_nodes = false;
   int threads = -1;
@@ -75,13 +78,15 @@ int main(int argc, char** argv) {
       fmt::print("{}", kUsage);
       return 0;
     } else if (a == "--version") {
-      fmt::print("squish-run {} (plugin ABI {})\n", SQUISH_VERSION, SQUISH_PLUGIN_ABI_VERSION);
+      fmt::print("squish-run {} (plugin ABI {}.{}; nodes: {})\n", SQUISH_VERSION, SQUISH_ABI_MAJOR, SQUISH_ABI_MINOR, host_cxx_build());
       return 0;
     } else if (a == "--set" || a.starts_with("--set=")) {
       std::string kv = a == "--set" ? value("--set") : a.substr(6);
       auto eq = kv.find('=');
       if (eq == std::string::npos || eq == 0) usage_error(fmt::format("--set expects NAME=VALUE, got '{}'", kv));
       sets.emplace_back(kv.substr(0, eq), kv.substr(eq + 1));
+    } else if (a == "--plugin") {
+      extra_plugins.push_back(value("--plugin"));
     } else if (a == "--dry-run") {
       dry_run = true;
     } else if (a == "--events") {
@@ -139,7 +144,13 @@ int main(int argc, char** argv) {
       PluginHost host;
       host.load_all();
       for (const auto& p : host.plugins()) {
-        fmt::print("{} {} ({})\n  {}\n", p.name, p.version, p.path, p.summary);
+        fmt::print("{} {} (ABI {}.{}, {})\n  {}\n", p.name, p.version, p.abi_major, p.abi_minor, p.path, p.summary);
+        for (const auto& t : p.types) {
+          const auto* pt = plugin_type_by_name(t);
+          fmt::print("  type {} (id {}): blocks of {} values in {} bytes ({:.4g} bits/weight){}\n", t, pt->ops.id, pt->ops.block_size,
+                     pt->ops.block_bytes, 8.0 * pt->ops.block_bytes / pt->ops.block_size,
+                     pt->has_dot() ? "" : ", no dot kernel (dequantized)");
+        }
         for (const auto& k : p.kinds) {
           const auto* nk = host.find(k);
           fmt::print("  {}{}: {}\n", k, nk->parallel ? " [parallel]" : "", nk->summary);
@@ -162,6 +173,7 @@ int main(int argc, char** argv) {
   size_t graph_peak = 0;
   try {
     PluginHost host;
+    for (const auto& name : extra_plugins) host.load(name);
     Pipeline p = Pipeline::load(pipeline_file, sets, host);
     if (threads >= 0) p.threads = threads;
     events.emit("pipeline_start", {{"pipeline", p.name}, {"file", pipeline_file}, {"nodes", p.nodes.size()}, {"dry_run", dry_run}});

@@ -2,8 +2,11 @@
 
 #include "core/runtime/error.hpp"
 
+#include <squish/plugin_abi.h>
+
 #include <algorithm>
 #include <bit>
+#include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
@@ -383,7 +386,22 @@ Reader Reader::open(const std::string& path) {
     if (n_dims == 0 || n_dims > 4) c.bad(fmt::format("tensor '{}': {} dimensions (must be 1..4)", t.name, n_dims));
     for (uint32_t d = 0; d < n_dims; ++d) t.ne.push_back(c.read<int64_t>("tensor dimension"));
     uint32_t type = c.read<uint32_t>("tensor type");
-    if (!ggml_type_traits(type)) c.bad(fmt::format("tensor '{}': unknown ggml type {}", t.name, type));
+    if (!ggml_type_traits(type)) {
+      // A plugin's type: the file says which plugin provides it (written with the type).
+      auto word = [](const Value* v) {  // shown in a one-line message: a short identifier only
+        if (!v || !v->is_string() || v->as_string().empty() || v->as_string().size() > 64) return false;
+        return std::all_of(v->as_string().begin(), v->as_string().end(),
+                           [](char ch) { return std::isalnum(static_cast<unsigned char>(ch)) || ch == '_' || ch == '-'; });
+      };
+      const Value* plugin = r.get(fmt::format("squish.type.{}.plugin", type));
+      const Value* tname = r.get(fmt::format("squish.type.{}.name", type));
+      if (word(plugin))
+        fail(ExitCode::Plugin, "{}: tensor '{}' has type {} (id {}) from plugin '{}', which is not loaded (load it: squish-run --plugin {})",
+             path, t.name, word(tname) ? tname->as_string() : "?", type, plugin->as_string(), plugin->as_string());
+      if (type >= SQUISH_TYPE_ID_PRIVATE_FIRST && type <= SQUISH_TYPE_ID_PRIVATE_LAST)
+        c.bad(fmt::format("tensor '{}': type {} is a plugin type, but the file does not say which plugin provides it", t.name, type));
+      c.bad(fmt::format("tensor '{}': unknown ggml type {}", t.name, type));
+    }
     t.type = static_cast<GGMLType>(type);
     t.offset = c.read<uint64_t>("tensor offset");
     std::string problem;

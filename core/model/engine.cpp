@@ -3,6 +3,7 @@
 #include "core/gguf/hf_to_gguf.hpp"
 #include "core/quant/blocks.hpp"
 #include "core/quant/qgemm.hpp"
+#include "core/quant/type_registry.hpp"
 #include "core/quant/quantize.hpp"
 #include "core/quant/row_panels.hpp"
 #include "core/quant/vec_dot.hpp"
@@ -72,6 +73,25 @@ void refuse_non_finite(const gguf::Reader& r) {
   for (const auto& t : r.tensors()) {
     const auto* tr = ggml_type_traits(t.type);
     if (!tr) continue;
+    if (plugin_type(t.type)) {  // a plugin's layout: whole rows dequantized and looked at
+      const int64_t n = t.ne[0];
+      const size_t row_bytes = ggml_row_size(t.type, n);
+      const uint64_t bad = tbb::parallel_reduce(
+          tbb::blocked_range<int64_t>(0, t.n_rows(), 16), uint64_t{0},
+          [&](const tbb::blocked_range<int64_t>& br, uint64_t acc) {
+            std::vector<float> row(static_cast<size_t>(n));
+            for (int64_t i = br.begin(); i < br.end(); ++i) {
+              dequantize_row(t.type, t.data.data() + size_t(i) * row_bytes, row.data(), n);
+              for (float v : row) acc += !std::isfinite(v);
+            }
+            return acc;
+          },
+          std::plus<>());
+      if (bad)
+        fail(ExitCode::InputData, "{}: tensor '{}' ({}) dequantizes to {} non-finite values (NaN or Inf): the file is corrupt", r.path(),
+             t.name, tr->name, bad);
+      continue;
+    }
     const size_t step = tr->type_size, blocks = t.data.size() / step, grain = size_t(1) << 16;
     const uint64_t bad = tbb::parallel_reduce(
         tbb::blocked_range<size_t>(0, blocks, grain), uint64_t{0},

@@ -1,5 +1,6 @@
 #include "core/quant/ggml_types.hpp"
 
+#include "core/quant/type_registry.hpp"
 #include "core/runtime/error.hpp"
 
 #include <algorithm>
@@ -32,7 +33,8 @@ constexpr GGMLTypeTraits kTraits[] = {
 const GGMLTypeTraits* ggml_type_traits(uint32_t id) {
   for (const auto& t : kTraits)
     if (static_cast<uint32_t>(t.type) == id) return &t;
-  return nullptr;
+  const PluginType* p = plugin_type(id);
+  return p ? &p->traits : nullptr;
 }
 
 const char* ggml_type_name(GGMLType t) {
@@ -41,6 +43,12 @@ const char* ggml_type_name(GGMLType t) {
 }
 
 std::optional<GGMLType> ggml_type_from_name(std::string_view name) {
+  if (auto t = ggml_builtin_type_from_name(name)) return t;
+  if (const PluginType* p = plugin_type_by_name(name)) return p->traits.type;
+  return std::nullopt;
+}
+
+std::optional<GGMLType> ggml_builtin_type_from_name(std::string_view name) {
   for (const auto& t : kTraits) {
     std::string_view n = t.name;
     if (n.size() == name.size() &&

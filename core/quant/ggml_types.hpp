@@ -44,18 +44,22 @@ struct GGMLTypeTraits {
   bool quantized;
 };
 
-// Traits of a type known to Squish; nullptr for ids Squish does not handle.
+// Traits of a type known to Squish (built in, or registered by a loaded plugin: type_registry.hpp);
+// nullptr for ids Squish does not handle.
 const GGMLTypeTraits* ggml_type_traits(uint32_t id);
 inline const GGMLTypeTraits* ggml_type_traits(GGMLType t) { return ggml_type_traits(static_cast<uint32_t>(t)); }
 const char* ggml_type_name(GGMLType t);
-// Case-insensitive lookup by name ("q4_k", "F16"); nullopt if unknown.
+// Case-insensitive lookup by name ("q4_k", "F16", or a plugin type's); nullopt if unknown.
 std::optional<GGMLType> ggml_type_from_name(std::string_view name);
+// The same among ggml's built-in types only.
+std::optional<GGMLType> ggml_builtin_type_from_name(std::string_view name);
 // Bytes of one row of n elements; n must be a multiple of the block size.
 size_t ggml_row_size(GGMLType t, int64_t n);
 
 // How many values (float types) or block scales (quantized types) in `data` are NaN or Inf,
 // read from their exponent bits without dequantizing: a block can only dequantize to a
-// non-finite value through a non-finite scale. Integer types count 0. nullopt: unknown layout.
+// non-finite value through a non-finite scale. Integer types count 0. nullopt: unknown layout
+// (plugin types: dequantize whole rows to check them).
 std::optional<uint64_t> count_non_finite(GGMLType t, std::span<const std::byte> data);
 
 }  // namespace squish

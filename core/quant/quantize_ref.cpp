@@ -7,6 +7,7 @@
 // arithmetic, and do not build this file with -ffast-math or FMA contraction.
 #include "core/quant/quant_internal.hpp"
 #include "core/quant/quantize.hpp"
+#include "core/quant/type_registry.hpp"
 #include "core/runtime/error.hpp"
 #include "core/runtime/tensor.hpp"
 
@@ -870,7 +871,7 @@ bool quantize_supported(GGMLType type) {
     case GGMLType::Q2_K: case GGMLType::Q3_K: case GGMLType::Q4_K: case GGMLType::Q5_K: case GGMLType::Q6_K:
       return true;
     default:
-      return false;
+      return plugin_type(type) != nullptr;
   }
 }
 

@@ -2,12 +2,14 @@
 #include "core/quant/vec_dot.hpp"
 
 #include "core/quant/quantize.hpp"
+#include "core/quant/type_registry.hpp"
 #include "core/quant/vec_dot_internal.hpp"
 #include "core/runtime/error.hpp"
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 // Byte/bit exactness needs every a*b+c rounded twice, as written: forbid FMA contraction here
 // (GCC contracts by default whenever FMA is available, e.g. in the AVX2 target functions).
@@ -157,7 +159,27 @@ float float_dot(int64_t n, Load w, const float* x) {
 
 }  // namespace
 
+// ---- plugin types (type_registry.hpp): their own dot kernel, or dequantized rows in float -------
+
+namespace {
+float plugin_dot(const PluginType& p, int64_t n, const void* w, const void* xa) {
+  if (p.has_dot()) return p.ops.vec_dot(p.ops.self, n, w, xa);
+  thread_local std::vector<float> row;
+  row.resize(static_cast<size_t>(n));
+  p.ops.dequantize_row(p.ops.self, w, row.data(), n);
+  const auto* x = static_cast<const float*>(xa);
+  float acc[8] = {};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) acc[j] += row[i + j] * x[i + j];
+  for (; i < n; ++i) acc[0] += row[i] * x[i];
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+}  // namespace
+
 GGMLType vec_dot_type(GGMLType t) {
+  // A plugin type's prepared activations are its own format: only its rows read them.
+  if (const PluginType* p = plugin_type(t)) return p->has_dot() ? t : GGMLType::F32;
   switch (t) {
     case GGMLType::F32: case GGMLType::F16: case GGMLType::BF16: return GGMLType::F32;
     case GGMLType::Q8_0: case GGMLType::Q4_0: return GGMLType::Q8_0;
@@ -167,7 +189,11 @@ GGMLType vec_dot_type(GGMLType t) {
   }
 }
 
-size_t activation_row_size(GGMLType weight_type, int64_t n) { return ggml_row_size(vec_dot_type(weight_type), n); }
+size_t activation_row_size(GGMLType weight_type, int64_t n) {
+  if (const PluginType* p = plugin_type(weight_type))
+    return p->has_dot() ? p->ops.activation_bytes(p->ops.self, n) : size_t(n) * sizeof(float);
+  return ggml_row_size(vec_dot_type(weight_type), n);
+}
 
 namespace ref {
 
@@ -210,6 +236,11 @@ float vec_dot(GGMLType t, int64_t n, const void* w, const void* xq) {
 }  // namespace ref
 
 void quantize_activations(GGMLType weight_type, const float* x, void* xq, int64_t n) {
+  if (const PluginType* p = plugin_type(weight_type)) {
+    if (p->has_dot()) p->ops.prepare_activation(p->ops.self, x, xq, n);
+    else std::memcpy(xq, x, size_t(n) * sizeof(float));
+    return;
+  }
   if (quant_simd_enabled())
     avx2::quantize_activations(weight_type, x, xq, n);
   else
@@ -230,7 +261,10 @@ DotFn dot_kernels() {
 }
 }  // namespace
 
-float vec_dot(GGMLType weight_type, int64_t n, const void* wrow, const void* xq) { return dot_kernels()(weight_type, n, wrow, xq); }
+float vec_dot(GGMLType weight_type, int64_t n, const void* wrow, const void* xq) {
+  if (const PluginType* p = plugin_type(weight_type)) return plugin_dot(*p, n, wrow, xq);
+  return dot_kernels()(weight_type, n, wrow, xq);
+}
 
 // Decode reads every weight once per token from memory. The hardware prefetchers alone leave a
 // core waiting on each new page of weights (measured: ~45% of the read bandwidth on a 1B model);
@@ -241,6 +275,10 @@ constexpr size_t kPrefetchAhead = 8192;
 void matvec(GGMLType weight_type, int64_t rows, int64_t n, const void* w, const void* xq, float* out) {
   const size_t row_size = ggml_row_size(weight_type, n);
   const auto* p = static_cast<const char*>(w);
+  if (const PluginType* pt = plugin_type(weight_type)) {
+    for (int64_t r = 0; r < rows; ++r, p += row_size) out[r] = plugin_dot(*pt, n, p, xq);
+    return;
+  }
   const DotFn dot = dot_kernels();
   for (int64_t r = 0; r < rows; ++r, p += row_size) {
     for (size_t o = 0; o < row_size; o += 64) __builtin_prefetch(p + kPrefetchAhead + o, 0, 2);

@@ -1,6 +1,7 @@
 #include "core/recipe/recipe.hpp"
 
 #include "core/quant/gptq.hpp"
+#include "core/quant/type_registry.hpp"
 
 #include "core/gguf/hf_to_gguf.hpp"
 #include "core/io/text_file.hpp"
@@ -83,7 +84,9 @@ CompressionRecipe CompressionRecipe::from_json(const nlohmann::json& j, const st
         if (!t.is_object() || !t.contains("match") || !t.contains("type") || !t["match"].is_string() || !t["type"].is_string())
           bad(origin, "each tensors entry needs string 'match' and 'type'");
         auto type = ggml_type_from_name(t["type"].get<std::string>());
-        if (!type) bad(origin, fmt::format("unknown tensor type '{}'", t["type"].get<std::string>()));
+        if (!type)
+          bad(origin, fmt::format("unknown tensor type '{}' (a plugin's type needs its plugin loaded: squish-run --plugin NAME)",
+                                  t["type"].get<std::string>()));
         r.tensors.push_back({t["match"].get<std::string>(), *type, t.value("reason", "")});
       }
     }
@@ -529,11 +532,13 @@ void assign_types(CompressPlan& plan, const std::string& origin) {
       if (!typed) bad(origin, fmt::format("no type for tensor '{}' (add a preset or a rule that matches it)", pt.hf_name));
       const int64_t row = pt.ne[0];
       const auto* tr = ggml_type_traits(pt.type);
-      if (row % tr->block_size != 0) {
-        if (recipe.block_fit == "error")
-          bad(origin, fmt::format("tensor '{}' rows of {} are not a multiple of {}'s block size {}", pt.hf_name, row, tr->name, tr->block_size));
+      const PluginType* plug = plugin_type(pt.type);
+      if (row % tr->block_size != 0 || (plug && !plug->supports_row(row))) {
+        const std::string why = row % tr->block_size != 0 ? fmt::format("not a multiple of {}'s block size {}", tr->name, tr->block_size)
+                                                           : fmt::format("not storable as {} (plugin '{}')", tr->name, plug->plugin);
+        if (recipe.block_fit == "error") bad(origin, fmt::format("tensor '{}' rows of {} are {}", pt.hf_name, row, why));
         const GGMLType f = fallback_type(pt.type, row);
-        pt.reason += fmt::format("; rows of {} not a multiple of {}'s block {}: fallback to {}", row, tr->name, tr->block_size, ggml_type_name(f));
+        pt.reason += fmt::format("; rows of {} {}: fallback to {}", row, why, ggml_type_name(f));
         pt.type = f;
       }
     }
@@ -549,7 +554,13 @@ std::optional<gguf::LlamaFileType> file_type_of(const CompressPlan& plan) {
   if (plan.recipe.preset) return gguf::llama_file_type_from_name(*plan.recipe.preset);
   std::map<GGMLType, uint64_t> by;
   for (const auto& pt : plan.tensors) by[pt.type] += pt.nbytes;
-  const GGMLType dom = std::max_element(by.begin(), by.end(), [](auto& a, auto& b) { return a.second < b.second; })->first;
+  GGMLType dom = std::max_element(by.begin(), by.end(), [](auto& a, auto& b) { return a.second < b.second; })->first;
+  // A plugin type is named in squish.type.* keys; general.file_type says what the rest is closest to.
+  if (plugin_type(dom)) {
+    by.erase(dom);
+    if (by.empty()) return std::nullopt;
+    dom = std::max_element(by.begin(), by.end(), [](auto& a, auto& b) { return a.second < b.second; })->first;
+  }
   static const std::map<GGMLType, std::string> ft = {{GGMLType::F32, "F32"},   {GGMLType::F16, "F16"},   {GGMLType::BF16, "BF16"},
                                                      {GGMLType::Q8_0, "Q8_0"}, {GGMLType::Q4_0, "Q4_0"}, {GGMLType::Q6_K, "Q6_K"},
                                                      {GGMLType::Q5_K, "Q5_K_M"}, {GGMLType::Q4_K, "Q4_K_M"}, {GGMLType::Q3_K, "Q3_K_M"},
@@ -673,6 +684,16 @@ void plan_metadata_and_size(CompressPlan& plan, const std::string& compat) {
   plan.metadata.emplace_back("squish.version", gguf::Value(std::string(SQUISH_VERSION)));
   plan.metadata.emplace_back("squish.recipe", gguf::Value(json_text(plan.recipe.to_json())));
   if (!compat.empty()) plan.metadata.emplace_back("squish.compat", gguf::Value(compat));
+  // Plugin types: which plugin reads them, so a reader without it can say what to load.
+  std::set<uint32_t> plugin_ids;
+  for (const auto& pt : plan.tensors)
+    if (plugin_type(pt.type)) plugin_ids.insert(static_cast<uint32_t>(pt.type));
+  for (uint32_t id : plugin_ids) {
+    const PluginType* p = plugin_type(id);
+    plan.metadata.emplace_back(fmt::format("squish.type.{}.name", id), gguf::Value(p->name));
+    plan.metadata.emplace_back(fmt::format("squish.type.{}.plugin", id), gguf::Value(p->plugin));
+    plan.metadata.emplace_back(fmt::format("squish.type.{}.plugin_version", id), gguf::Value(p->plugin_version));
+  }
 
   std::vector<gguf::TensorInfo> infos;
   uint64_t off = 0;

@@ -1,15 +1,18 @@
 #pragma once
-// The stage plugin ABI. A plugin is a shared object exporting one extern "C" entry point,
-// `squish_plugin_entry`, that returns a PluginInfo. The host checks `abi_version` before it
-// touches anything else, then calls `register_nodes` to add the node kinds the plugin provides.
+// The stage plugin API: pipeline node kinds. A plugin is a shared object exporting
+// `squish_plugin_entry` (the C boundary in <squish/plugin_abi.h>, which also carries tensor
+// types); SQUISH_PLUGIN below defines it for a C++ plugin that adds node kinds.
 //
-// Plugins are C++ and share libsquish_core with the host, so the types below cross the
-// boundary. Any change to them (or to the types they reference) bumps SQUISH_PLUGIN_ABI_VERSION;
-// a plugin built against another version is refused with a clear error instead of crashing.
+// Node kinds are C++ objects (std::function, nlohmann::json, the classes below) shared with
+// libsquish_core, so the host only calls a plugin's register_nodes when the plugin was built
+// exactly as the host was: SQUISH_CXX_BUILD names the Squish version, this API's revision, the
+// compiler, the C++ standard library and nlohmann-json. Any change to the types below bumps
+// SQUISH_NODE_API_REVISION. docs/plugins.md says why this is safe and what it costs.
 #include "core/runtime/events.hpp"
 #include "core/runtime/tensor.hpp"
 
 #include <nlohmann/json.hpp>
+#include <squish/plugin_abi.h>
 
 #include <atomic>
 #include <cstdint>
@@ -19,8 +22,28 @@
 #include <string>
 #include <vector>
 
-#define SQUISH_PLUGIN_ABI_VERSION 2u  // 2: ParamType::Output, ParamSpec min/max
-#define SQUISH_PLUGIN_ENTRY_SYMBOL "squish_plugin_entry"
+// 3: node registration behind the C entry point (was ABI 2: ParamType::Output, ParamSpec min/max).
+#define SQUISH_NODE_API_REVISION 3
+
+#define SQUISH_STRINGIFY2(x) #x
+#define SQUISH_STRINGIFY(x) SQUISH_STRINGIFY2(x)
+#if defined(__clang__)
+#define SQUISH_CXX_COMPILER "clang " __clang_version__
+#elif defined(__GNUC__)
+#define SQUISH_CXX_COMPILER "gcc " __VERSION__
+#else
+#define SQUISH_CXX_COMPILER "unknown compiler"
+#endif
+#if defined(__GLIBCXX__)
+#define SQUISH_CXX_STDLIB "libstdc++ " SQUISH_STRINGIFY(__GLIBCXX__) " abi" SQUISH_STRINGIFY(_GLIBCXX_USE_CXX11_ABI)
+#elif defined(_LIBCPP_VERSION)
+#define SQUISH_CXX_STDLIB "libc++ " SQUISH_STRINGIFY(_LIBCPP_VERSION)
+#else
+#define SQUISH_CXX_STDLIB "unknown stdlib"
+#endif
+#define SQUISH_CXX_BUILD                                                                             \
+  "squish " SQUISH_VERSION " nodes r" SQUISH_STRINGIFY(SQUISH_NODE_API_REVISION) "; " SQUISH_CXX_COMPILER "; " \
+  SQUISH_CXX_STDLIB "; nlohmann-json " SQUISH_STRINGIFY(NLOHMANN_JSON_VERSION_MAJOR) "." SQUISH_STRINGIFY(NLOHMANN_JSON_VERSION_MINOR)
 
 namespace squish {
 
@@ -99,21 +122,17 @@ class NodeRegistry {
   virtual void add(NodeKind kind) = 0;
 };
 
-struct PluginInfo {
-  uint32_t abi_version;  // must equal SQUISH_PLUGIN_ABI_VERSION of the host
-  const char* name;      // "compress"
-  const char* version;   // plugin's own version string
-  const char* summary;
-  void (*register_nodes)(NodeRegistry& registry);
-};
-
-using PluginEntryFn = const PluginInfo* (*)();
+// The host's own build string (compiled into libsquish_core), compared with a plugin's cxx_build.
+const char* host_cxx_build();
 
 }  // namespace squish
 
-// Defines the plugin's entry point. Use once per plugin, at namespace scope.
-#define SQUISH_PLUGIN(NAME, VERSION, SUMMARY, REGISTER_FN)                                     \
-  extern "C" __attribute__((visibility("default"))) const ::squish::PluginInfo* squish_plugin_entry() { \
-    static const ::squish::PluginInfo info{SQUISH_PLUGIN_ABI_VERSION, NAME, VERSION, SUMMARY, REGISTER_FN}; \
-    return &info;                                                                              \
+// Defines the entry point of a C++ plugin that adds node kinds. Use once per plugin, at namespace
+// scope. REGISTER_FN: void(squish::NodeRegistry&).
+#define SQUISH_PLUGIN(NAME, VERSION, SUMMARY, REGISTER_FN)                                             \
+  extern "C" SQUISH_PLUGIN_EXPORT const squish_plugin_info* squish_plugin_entry() {                    \
+    static const squish_plugin_info info{                                                              \
+        SQUISH_ABI_MAJOR, SQUISH_ABI_MINOR, sizeof(squish_plugin_info), NAME, VERSION, SUMMARY, nullptr, \
+        SQUISH_CXX_BUILD, [](void* registry) { REGISTER_FN(*static_cast<::squish::NodeRegistry*>(registry)); }}; \
+    return &info;                                                                                      \
   }

@@ -1,12 +1,15 @@
 #include "core/runtime/plugin_host.hpp"
 
+#include "core/quant/type_registry.hpp"
 #include "core/runtime/error.hpp"
 
 #include <dlfcn.h>
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <cstddef>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <sstream>
 
@@ -24,7 +27,33 @@ std::string build_plugin_dir() {
   }
   return SQUISH_DEFAULT_PLUGIN_DIR;
 }
+// The host side of squish_host while one plugin registers its types.
+struct TypeRegistration {
+  std::string plugin, version, error;
+  std::vector<std::string>* names;
+};
+
+int host_register_type(void* ctx, const squish_type* t) {
+  auto* reg = static_cast<TypeRegistration*>(ctx);
+  std::string problem = register_plugin_type(t, reg->plugin, reg->version);
+  if (!problem.empty()) {
+    if (reg->error.empty()) reg->error = std::move(problem);
+    return 1;
+  }
+  reg->names->push_back(t->name);
+  return 0;
+}
+
+const squish_type* host_find_type(void*, uint32_t id) {
+  if (const PluginType* p = plugin_type(id)) return &p->ops;
+  return builtin_type_ops(id);
+}
+
+const char* host_last_error(void* ctx) { return static_cast<TypeRegistration*>(ctx)->error.c_str(); }
+
 }  // namespace
+
+const char* host_cxx_build() { return SQUISH_CXX_BUILD; }
 
 size_t edit_distance(const std::string& a, const std::string& b) {
   std::vector<size_t> row(b.size() + 1);
@@ -84,27 +113,55 @@ void PluginHost::load(const std::string& name_or_path) {
     ::dlclose(handle);
     fail(ExitCode::Plugin, "{}: not a Squish plugin: no '{}' entry point", path, SQUISH_PLUGIN_ENTRY_SYMBOL);
   }
-  const PluginInfo* info = reinterpret_cast<PluginEntryFn>(sym)();
-  if (!info) fail(ExitCode::Plugin, "{}: entry point returned no plugin info", path);
-  // Check the ABI before reading anything else: other fields may not mean what we think.
-  if (info->abi_version != SQUISH_PLUGIN_ABI_VERSION)
-    fail(ExitCode::Plugin, "{}: plugin ABI version {} is incompatible with this squish-run (ABI {}); rebuild the plugin",
-         path, info->abi_version, SQUISH_PLUGIN_ABI_VERSION);
-  if (!info->name || !info->register_nodes) fail(ExitCode::Plugin, "{}: plugin info lacks a name or register function", path);
-  for (const auto& p : plugins_)
-    if (p.name == info->name) fail(ExitCode::Plugin, "{}: a plugin named '{}' is already loaded from {}", path, p.name, p.path);
-
-  // The handle stays open for the life of the process: node objects' code lives there.
-  LoadedPlugin lp{info->name, info->version ? info->version : "", info->summary ? info->summary : "", path, {}};
-  plugins_.push_back(std::move(lp));
-  registering_ = &plugins_.back();
-  try {
-    info->register_nodes(*this);
-  } catch (...) {
-    registering_ = nullptr;
-    throw;
+  const squish_plugin_info* raw = reinterpret_cast<squish_plugin_entry_fn>(sym)();
+  if (!raw) fail(ExitCode::Plugin, "{}: entry point returned no plugin info", path);
+  // The major version first: before ABI 3 the rest of the struct meant something else.
+  if (raw->abi_major != SQUISH_ABI_MAJOR) {
+    const std::string theirs = raw->abi_major < 3 ? fmt::format("{}", raw->abi_major) : fmt::format("{}.{}", raw->abi_major, raw->abi_minor);
+    fail(ExitCode::Plugin, "{}: plugin ABI {} is incompatible with this squish-run (ABI {}.{}); rebuild the plugin", path, theirs,
+         SQUISH_ABI_MAJOR, SQUISH_ABI_MINOR);
   }
-  registering_ = nullptr;
+  if (raw->abi_minor > SQUISH_ABI_MINOR)
+    fail(ExitCode::Plugin, "{}: plugin needs ABI {}.{}, newer than this squish-run's {}.{}; update squish-run", path, raw->abi_major,
+         raw->abi_minor, SQUISH_ABI_MAJOR, SQUISH_ABI_MINOR);
+  constexpr size_t kMinInfo = offsetof(squish_plugin_info, register_types) + sizeof(raw->register_types);
+  if (raw->struct_size < kMinInfo)
+    fail(ExitCode::Plugin, "{}: plugin info of {} bytes is smaller than ABI {}.0's", path, raw->struct_size, SQUISH_ABI_MAJOR);
+  // Only the fields the plugin compiled; what a later minor appended stays zero.
+  squish_plugin_info info{};
+  std::memcpy(&info, raw, std::min<size_t>(raw->struct_size, sizeof(info)));
+  if (!info.name || !*info.name) fail(ExitCode::Plugin, "{}: plugin info lacks a name", path);
+  if (!info.register_types && !info.register_nodes) fail(ExitCode::Plugin, "{}: plugin '{}' registers neither types nor nodes", path, info.name);
+  if (info.register_nodes && (!info.cxx_build || std::strcmp(info.cxx_build, host_cxx_build()) != 0))
+    fail(ExitCode::Plugin,
+         "{}: plugin '{}' adds pipeline nodes, which need the build of this squish-run ({}) but it was built as ({}); rebuild it",
+         path, info.name, host_cxx_build(), info.cxx_build ? info.cxx_build : "unknown");
+  for (const auto& p : plugins_)
+    if (p.name == info.name) fail(ExitCode::Plugin, "{}: a plugin named '{}' is already loaded from {}", path, p.name, p.path);
+
+  // The handle stays open for the life of the process: node objects' and types' code lives there.
+  LoadedPlugin lp{info.name, info.version ? info.version : "", info.summary ? info.summary : "", path,
+                  info.abi_major, info.abi_minor, {}, {}};
+  plugins_.push_back(std::move(lp));
+  LoadedPlugin& loaded = plugins_.back();
+  if (info.register_types) {
+    TypeRegistration reg{loaded.name, loaded.version, "", &loaded.types};
+    const squish_host host{SQUISH_ABI_MAJOR, SQUISH_ABI_MINOR, sizeof(squish_host), &reg, host_register_type, host_find_type, host_last_error};
+    const int rc = info.register_types(&host);
+    if (rc != 0 || !reg.error.empty())
+      fail(ExitCode::Plugin, "{}: plugin '{}' failed to register its types: {}", path, loaded.name,
+           reg.error.empty() ? fmt::format("register_types returned {}", rc) : reg.error);
+  }
+  if (info.register_nodes) {
+    registering_ = &loaded;
+    try {
+      info.register_nodes(static_cast<NodeRegistry*>(this));
+    } catch (...) {
+      registering_ = nullptr;
+      throw;
+    }
+    registering_ = nullptr;
+  }
 }
 
 void PluginHost::load_all() {

@@ -1,5 +1,6 @@
 #pragma once
-// Loads stage plugins (dlopen) and keeps the registry of the node kinds they provide.
+// Loads plugins (dlopen): keeps the registry of the node kinds they provide and enters the tensor
+// types they provide into the process-wide type registry (core/quant/type_registry.hpp).
 #include "core/runtime/plugin_api.hpp"
 
 #include <map>
@@ -13,7 +14,9 @@ struct LoadedPlugin {
   std::string version;
   std::string summary;
   std::string path;
+  uint32_t abi_major = 0, abi_minor = 0;
   std::vector<std::string> kinds;
+  std::vector<std::string> types;
 };
 
 class PluginHost final : public NodeRegistry {
@@ -24,7 +27,8 @@ class PluginHost final : public NodeRegistry {
 
   // `name_or_path`: a plugin name ("compress" -> squish_compress.so) or a path to a .so file.
   // Throws Error(Plugin) for: not found (lists where it looked), not loadable, missing entry
-  // symbol, ABI version mismatch, duplicate node kind. Loading the same plugin twice is a no-op.
+  // symbol, ABI major mismatch or newer minor, node plugin built differently from the host,
+  // duplicate node kind or type. Loading the same plugin twice is a no-op.
   void load(const std::string& name_or_path);
   // Every squish_*.so in the search path (for `squish-run --list-plugins`).
   void load_all();

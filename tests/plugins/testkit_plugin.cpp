@@ -106,8 +106,10 @@ class SlowSink final : public Node {
 #if defined(TESTKIT_NO_ENTRY)
 extern "C" int not_the_entry_point() { return 0; }
 #elif defined(TESTKIT_BAD_ABI)
-extern "C" __attribute__((visibility("default"))) const squish::PluginInfo* squish_plugin_entry() {
-  static const squish::PluginInfo info{SQUISH_PLUGIN_ABI_VERSION + 41, "badabi", "0", "wrong ABI", squish::register_nodes};
+// A plugin from a future major ABI: the host must refuse it before reading past abi_minor.
+extern "C" SQUISH_PLUGIN_EXPORT const squish_plugin_info* squish_plugin_entry() {
+  static const squish_plugin_info info{SQUISH_ABI_MAJOR + 41, 0, sizeof(squish_plugin_info), "badabi", "0", "wrong ABI", nullptr,
+                                       SQUISH_CXX_BUILD, nullptr};
   return &info;
 }
 #elif defined(TESTKIT_DUPLICATE_KIND)
