@@ -22,8 +22,11 @@ std::string build_plugin_dir() {
   std::error_code ec;
   auto exe = fs::read_symlink("/proc/self/exe", ec);
   if (!ec) {
-    auto candidate = exe.parent_path().parent_path() / "plugins";
-    if (fs::is_directory(candidate, ec)) return candidate.string();
+    // A build tree keeps plugins in <build>/plugins, an installation in <prefix>/lib/squish/plugins.
+    for (const char* rel : {"plugins", SQUISH_INSTALL_PLUGIN_RELDIR}) {
+      auto candidate = exe.parent_path().parent_path() / rel;
+      if (fs::is_directory(candidate, ec)) return candidate.string();
+    }
   }
   return SQUISH_DEFAULT_PLUGIN_DIR;
 }

@@ -21,7 +21,8 @@ struct LoadedPlugin {
 
 class PluginHost final : public NodeRegistry {
  public:
-  // Search order: the build's plugin directory (beside the squish-run binary), then each entry
+  // Search order: the plugin directory beside the squish-run binary (<build>/plugins, or
+  // <prefix>/lib/squish/plugins when installed), then each entry
   // of $SQUISH_PLUGIN_PATH (colon-separated), then `extra` (paths listed in the pipeline).
   explicit PluginHost(std::vector<std::string> extra_paths = {});
 
