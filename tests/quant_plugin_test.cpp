@@ -289,3 +289,41 @@ TEST(QuantPluginsEndToEnd, RecipeCompressVerifyPerplexity) {
       << r.err;
   EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
 }
+
+// A GGUF naming a type nobody registered: the reader says which plugin would provide it when the
+// file records one (exit 4), and otherwise refuses it as bad data (exit 3), one line either way.
+TEST(PluginTypesInGguf, UnknownTypesAreRefusedNamingThePlugin) {
+  TempDir tmp;
+  struct Case {
+    uint32_t id;
+    std::vector<gguf::KeyValue> kv;
+    ExitCode code;
+    std::string expect;
+  } cases[] = {
+      {1999, {{"squish.type.1999.name", gguf::Value(std::string("ZZ"))}, {"squish.type.1999.plugin", gguf::Value(std::string("nosuch"))}},
+       ExitCode::Plugin, "tensor 't' has type ZZ (id 1999) from plugin 'nosuch', which is not loaded (load it: squish-run --plugin nosuch)"},
+      {1999, {}, ExitCode::InputData, "tensor 't': type 1999 is a plugin type, but the file does not say which plugin provides it"},
+      {1999, {{"squish.type.1999.plugin", gguf::Value(std::string("two\nlines"))}}, ExitCode::InputData, "does not say which plugin"},
+      {1999, {{"squish.type.1999.plugin", gguf::Value(int32_t(7))}}, ExitCode::InputData, "does not say which plugin"},
+      {5000, {}, ExitCode::InputData, "tensor 't': unknown ggml type 5000"},
+  };
+  for (const auto& c : cases) {
+    gguf::TensorInfo t;
+    t.name = "t";
+    t.ne = {256};
+    t.type = static_cast<GGMLType>(c.id);
+    t.offset = 0;
+    const auto bytes = gguf::serialize_header(c.kv, {t}, 32);
+    write_file(tmp / "x.gguf", std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size()) + std::string(1024, '\0'));
+    try {
+      gguf::Reader::open(tmp / "x.gguf");
+      ADD_FAILURE() << "accepted type " << c.id;
+    } catch (const Error& e) {
+      const std::string msg = e.what();
+      EXPECT_EQ(e.code(), c.code) << msg;
+      EXPECT_NE(msg.find(tmp / "x.gguf"), std::string::npos) << msg;
+      EXPECT_NE(msg.find(c.expect), std::string::npos) << msg;
+      EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+    }
+  }
+}

@@ -276,7 +276,10 @@ void matvec(GGMLType weight_type, int64_t rows, int64_t n, const void* w, const 
   const size_t row_size = ggml_row_size(weight_type, n);
   const auto* p = static_cast<const char*>(w);
   if (const PluginType* pt = plugin_type(weight_type)) {
-    for (int64_t r = 0; r < rows; ++r, p += row_size) out[r] = plugin_dot(*pt, n, p, xq);
+    for (int64_t r = 0; r < rows; ++r, p += row_size) {
+      for (size_t o = 0; o < row_size; o += 64) __builtin_prefetch(p + kPrefetchAhead + o, 0, 2);
+      out[r] = plugin_dot(*pt, n, p, xq);
+    }
     return;
   }
   const DotFn dot = dot_kernels();

@@ -1,5 +1,7 @@
 #include "stages/plan/measure.hpp"
 
+#include "core/quant/type_registry.hpp"
+
 #include "core/gguf/gguf.hpp"
 #include "core/io/atomic_file.hpp"
 #include "core/io/imatrix.hpp"
@@ -8,6 +10,7 @@
 #include "core/io/safetensors.hpp"
 #include "core/io/text_file.hpp"
 #include "core/quant/quantize.hpp"
+#include "core/quant/type_registry.hpp"
 #include "core/recipe/recipe.hpp"
 #include "core/runtime/error.hpp"
 
@@ -23,9 +26,15 @@ namespace squish::plan {
 
 namespace fs = std::filesystem;
 
-const std::vector<GGMLType>& candidate_types() {
-  static const std::vector<GGMLType> t = {GGMLType::Q2_K, GGMLType::Q3_K, GGMLType::Q4_K, GGMLType::Q5_K,
-                                          GGMLType::Q6_K, GGMLType::Q8_0, GGMLType::F16};
+std::vector<std::string> candidate_type_names() {
+  std::vector<std::string> v;
+  for (GGMLType t : candidate_types()) v.push_back(ggml_type_name(t));
+  return v;
+}
+
+std::vector<GGMLType> candidate_types() {
+  std::vector<GGMLType> t = {GGMLType::Q2_K, GGMLType::Q3_K, GGMLType::Q4_K, GGMLType::Q5_K, GGMLType::Q6_K, GGMLType::Q8_0, GGMLType::F16};
+  for (const PluginType* p : plugin_types()) t.push_back(p->traits.type);  // types of loaded plugins compete too
   return t;
 }
 
@@ -171,6 +180,7 @@ Measurements measure(const std::string& model_dir, const std::string& stats_dir,
     arena.execute([&] {
       for (GGMLType t : candidate_types()) {
         if (n % ggml_type_traits(t)->block_size != 0) continue;  // the block does not fit a row
+        if (const PluginType* p = plugin_type(t); p && !p->supports_row(n)) continue;
         const float* tw = ggml_type_traits(t)->quantized ? imp : nullptr;
         tm.candidates.push_back(gptq && recipe::gptq_applies(*pt.kind, t) ? evaluate_gptq(t, w, rows, n, h, factor, out, tw)
                                                                   : evaluate(t, w, rows, n, in, out, tw));
@@ -193,6 +203,7 @@ nlohmann::json Measurements::to_json() const {
   }
   nlohmann::json j{{"format", "squish.measurements/1"},
                    {"model", model},
+                   {"types", candidate_type_names()},
                    {"stats", stats},
                    {"method", method},
                    {"predictor", method == "gptq" ? "1/2 sum_i E[(n dL/dy_i)^2] dW_i H dW_iᵀ, H = E[x xᵀ] (moments/), for GPTQ's dW; "
@@ -218,7 +229,7 @@ Measurements Measurements::from_json(const nlohmann::json& j, const std::string&
         TensorMeasure tm{t.at("name").get<std::string>(), t.at("ne").get<std::vector<int64_t>>(), {}};
         for (const auto& c : t.at("candidates")) {
           auto type = ggml_type_from_name(c.at("type").get<std::string>());
-          if (!type) bad("unknown type " + json_text(c.at("type")));
+          if (!type) bad("unknown type " + json_text(c.at("type")) + " (a plugin's type needs its plugin loaded: squish-run --plugin NAME)");
           const double p = c.at("predicted").get<double>();
           if (!std::isfinite(p) || p < 0) bad(tm.name + ": predicted loss must be finite and >= 0");
           tm.candidates.push_back({*type, c.at("bytes").get<uint64_t>(), p, c.value("rel_error", 0.0)});

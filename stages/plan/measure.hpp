@@ -45,8 +45,11 @@ struct Measurements {
   static Measurements load(const std::string& path);
 };
 
-// Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_0, F16.
-const std::vector<GGMLType>& candidate_types();
+// Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_0, F16, and every type of a loaded plugin (squish-run --plugin).
+std::vector<GGMLType> candidate_types();
+// Their names, as a measurements file records them ("types"): a stored file measured with another
+// set (a plugin loaded or not) is measured again.
+std::vector<std::string> candidate_type_names();
 
 struct MeasureOptions {
   int threads = 0;

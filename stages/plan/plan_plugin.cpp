@@ -61,7 +61,7 @@ class MeasureNode final : public Node {
     std::error_code ec;
     const bool fresh = p["reuse"].get<bool>() && fs::exists(output) &&
                        fs::last_write_time(output, ec) >= fs::last_write_time(fs::path(stats) / "fisher.dat", ec) && !ec;
-    if (fresh) {
+    if (fresh && read_json_file(output, "measurements").value("types", nlohmann::json::array()) == nlohmann::json(candidate_type_names())) {
       const Measurements m = Measurements::load(output);
       if (m.model == model && m.stats == stats && m.method == method && (method != "gptq" || m.gptq_damp == damp)) {
         ctx_.progress("tensors measured (stored)", m.tensors.size(), m.tensors.size());
