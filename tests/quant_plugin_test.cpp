@@ -48,15 +48,18 @@ std::vector<float> weights(int rows, int n, uint32_t seed, bool outliers) {
   return w;
 }
 
-// Mean squared error of quantize -> dequantize with `type`.
-double roundtrip_mse(GGMLType type, const std::vector<float>& w, int rows, int n, const float* importance = nullptr) {
+// Mean squared error of quantize -> dequantize with `type` (each column's error times
+// col_weight[column] when given).
+double roundtrip_mse(GGMLType type, const std::vector<float>& w, int rows, int n, const float* importance = nullptr,
+                     const float* col_weight = nullptr) {
   std::vector<std::byte> q(ggml_row_size(type, n) * rows);
   quantize_rows(type, w.data(), q.data(), rows, n, importance);
   std::vector<float> back(n);
   double se = 0;
   for (int r = 0; r < rows; ++r) {
     dequantize_row(type, q.data() + ggml_row_size(type, n) * r, back.data(), n);
-    for (int i = 0; i < n; ++i) se += (back[i] - w[size_t(r) * n + i]) * double(back[i] - w[size_t(r) * n + i]);
+    for (int i = 0; i < n; ++i)
+      se += (col_weight ? col_weight[i] : 1.0) * (back[i] - w[size_t(r) * n + i]) * double(back[i] - w[size_t(r) * n + i]);
   }
   return se / (double(rows) * n);
 }
@@ -223,18 +226,7 @@ TEST(Pi3Plugin, Q3KSizeAndComparableError) {
   // Importance shifts the error to the columns it does not weight.
   std::vector<float> imp(n, 1.f);
   for (int i = 0; i < n; i += 2) imp[i] = 50.f;
-  auto weighted = [&](const float* importance) {
-    std::vector<std::byte> q(ggml_row_size(pi3, n) * rows);
-    quantize_rows(pi3, w.data(), q.data(), rows, n, importance);
-    std::vector<float> back(n);
-    double se = 0;
-    for (int r = 0; r < rows; ++r) {
-      dequantize_row(pi3, q.data() + ggml_row_size(pi3, n) * r, back.data(), n);
-      for (int i = 0; i < n; ++i) se += imp[i] * std::pow(back[i] - w[size_t(r) * n + i], 2);
-    }
-    return se;
-  };
-  EXPECT_LT(weighted(imp.data()), 0.97 * weighted(nullptr));
+  EXPECT_LT(roundtrip_mse(pi3, w, rows, n, imp.data(), imp.data()), 0.97 * roundtrip_mse(pi3, w, rows, n, nullptr, imp.data()));
   expect_dots_match_dequantized(pi3, 16, 512, 0.01);
 }
 
