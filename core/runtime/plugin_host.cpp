@@ -30,6 +30,7 @@ std::string build_plugin_dir() {
   }
   return SQUISH_DEFAULT_PLUGIN_DIR;
 }
+
 // The host side of squish_host while one plugin registers its types.
 struct TypeRegistration {
   std::string plugin, version, error;
@@ -147,23 +148,26 @@ void PluginHost::load(const std::string& name_or_path) {
                   info.abi_major, info.abi_minor, {}, {}};
   plugins_.push_back(std::move(lp));
   LoadedPlugin& loaded = plugins_.back();
-  if (info.register_types) {
-    TypeRegistration reg{loaded.name, loaded.version, "", &loaded.types};
-    const squish_host host{SQUISH_ABI_MAJOR, SQUISH_ABI_MINOR, sizeof(squish_host), &reg, host_register_type, host_find_type, host_last_error};
-    const int rc = info.register_types(&host);
-    if (rc != 0 || !reg.error.empty())
-      fail(ExitCode::Plugin, "{}: plugin '{}' failed to register its types: {}", path, loaded.name,
-           reg.error.empty() ? fmt::format("register_types returned {}", rc) : reg.error);
-  }
-  if (info.register_nodes) {
-    registering_ = &loaded;
-    try {
-      info.register_nodes(static_cast<NodeRegistry*>(this));
-    } catch (...) {
-      registering_ = nullptr;
-      throw;
+  try {
+    if (info.register_types) {
+      TypeRegistration reg{loaded.name, loaded.version, "", &loaded.types};
+      const squish_host host{SQUISH_ABI_MAJOR, SQUISH_ABI_MINOR, sizeof(squish_host), &reg, host_register_type, host_find_type, host_last_error};
+      const int rc = info.register_types(&host);
+      if (rc != 0 || !reg.error.empty())
+        fail(ExitCode::Plugin, "{}: plugin '{}' failed to register its types: {}", path, loaded.name,
+             reg.error.empty() ? fmt::format("register_types returned {}", rc) : reg.error);
     }
+    if (info.register_nodes) {
+      registering_ = &loaded;
+      info.register_nodes(static_cast<NodeRegistry*>(this));
+      registering_ = nullptr;
+    }
+  } catch (...) {
+    // Not listed as loaded. Types it registered before failing stay in the process-wide registry
+    // (their code stays mapped: plugins are never unloaded); the run stops here anyway.
     registering_ = nullptr;
+    plugins_.pop_back();
+    throw;
   }
 }
 
