@@ -227,7 +227,7 @@ TEST(Pi3Plugin, Q3KSizeAndComparableError) {
   std::vector<float> imp(n, 1.f);
   for (int i = 0; i < n; i += 2) imp[i] = 50.f;
   EXPECT_LT(roundtrip_mse(pi3, w, rows, n, imp.data(), imp.data()), 0.97 * roundtrip_mse(pi3, w, rows, n, nullptr, imp.data()));
-  expect_dots_match_dequantized(pi3, 16, 512, 0.01);
+  for (const char* t : {"PI3", "PI3_k3", "PI3_k5", "PI3_k6"}) expect_dots_match_dequantized(type_named(t), 16, 512, 0.01);
 }
 
 // The whole path through squish-run with no change to core: a recipe naming a plugin type,

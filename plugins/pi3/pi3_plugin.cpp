@@ -5,9 +5,11 @@
 //   f16 d | 16 x 6-bit alpha codes a_j (12 bytes) | 256 x 3-bit levels q (96 bytes)
 //   w = alpha_j * (pi / k) * (q - 3.5),  alpha_j = d * a_j,  q in 0..7
 // The grid is symmetric and mid-rise (+-0.5, +-1.5, +-2.5, +-3.5 steps; Q3_K's is -4..3 with a
-// zero). k = 4 is fixed by the type (another k would be another type id): with alpha near the
-// sub-block's RMS the outer levels then sit at +-2.75 alpha, close to the Lloyd-Max 8-level
-// quantizer of a Gaussian. Since alpha is learned and stored, k only fixes that starting point.
+// zero). k is part of the type (the bytes mean alpha * pi / k): PI3 is k = 4, PI3_k3, PI3_k5 and
+// PI3_k6 the others. With alpha near the sub-block's RMS, k = 4 puts the outer levels at +-2.75
+// alpha, close to the Lloyd-Max 8-level quantizer of a Gaussian. Since alpha is learned (searched
+// from 0.5 to 1.7 x RMS) and stored, k sets where that search looks, and the 6-bit alpha codes'
+// resolution relative to the step.
 //
 // alpha is learned per sub-block: for each candidate alpha on a grid around the RMS, the levels
 // are rounded, alpha is refitted by weighted least squares for those levels, and the best
@@ -16,7 +18,8 @@
 // sqrt(sigma^2 + w^2) as ggml's K-quants use.
 //
 // Dot kernel: activations quantized to int8 per 256 with one float scale; per sub-block an
-// integer sum of (2q - 7) * x8 (a scalar reference and an AVX2 path giving the same sums). Only the C ABI is used; this plugin does not link libsquish_core.
+// integer sum of (2q - 7) * x8 (a scalar reference and an AVX2 path giving the same sums).
+// Only the C ABI is used; this plugin does not link libsquish_core.
 #include <squish/plugin_abi.h>
 
 #include <algorithm>
@@ -31,8 +34,6 @@ namespace {
 
 constexpr int kQK = 256, kSub = 16, kNSub = kQK / kSub;
 constexpr float kPi = 3.14159265358979f;
-constexpr float kK = 4.f;
-constexpr float kUnit = kPi / kK;  // grid step per unit of alpha
 
 struct Block {
   uint16_t d;        // f16
@@ -113,7 +114,7 @@ float fit(const float* w, const float* c, float s, float* refit) {
 }
 
 // The learned step (alpha * pi / k) of one sub-block.
-float learn_step(const float* w, const float* c) {
+float learn_step(const float* w, const float* c, float unit) {
   double s2 = 0, cw = 0;
   float amax = 0;
   for (int i = 0; i < kSub; ++i) s2 += c[i] * w[i] * w[i], cw += c[i], amax = std::max(amax, std::fabs(w[i]));
@@ -121,7 +122,7 @@ float learn_step(const float* w, const float* c) {
   const float rms = cw > 0 ? static_cast<float>(std::sqrt(s2 / cw)) : amax;
   float best_s = amax / 3.5f, best_e = INFINITY;
   for (int t = 0; t <= 24; ++t) {  // alpha from 0.5 to 1.7 x RMS, and the max-fitting step
-    float s = t < 24 ? rms * kUnit * (0.5f + 0.05f * t) : amax / 3.5f;
+    float s = t < 24 ? rms * unit * (0.5f + 0.05f * t) : amax / 3.5f;
     for (int it = 0; it < 2; ++it) {
       float r;
       const float e = fit(w, c, s, &r);
@@ -132,7 +133,7 @@ float learn_step(const float* w, const float* c) {
   return best_s;
 }
 
-void quantize_block(const float* x, const float* importance, Block* y) {
+void quantize_block(const float* x, const float* importance, Block* y, float unit) {
   std::memset(y, 0, sizeof(Block));
   double sum2 = 0;
   for (int i = 0; i < kQK; ++i) sum2 += x[i] * x[i];
@@ -140,25 +141,29 @@ void quantize_block(const float* x, const float* importance, Block* y) {
   float c[kQK], step[kNSub];
   for (int i = 0; i < kQK; ++i) c[i] = (importance ? importance[i] : 1.f) * std::sqrt(sigma2 + x[i] * x[i]);
   float smax = 0;
-  for (int j = 0; j < kNSub; ++j) smax = std::max(smax, step[j] = learn_step(x + j * kSub, c + j * kSub));
+  for (int j = 0; j < kNSub; ++j) smax = std::max(smax, step[j] = learn_step(x + j * kSub, c + j * kSub, unit));
   if (smax == 0) return;
   // Steps as d * a_j * unit with a_j in 1..63.
-  const float d = smax / kUnit / 63.f;
+  const float d = smax / unit / 63.f;
   y->d = to_f16(d);
   const float dq = from_f16(y->d);
   for (int j = 0; j < kNSub; ++j) {
-    const int a = dq > 0 ? std::clamp(static_cast<int>(std::lround(step[j] / kUnit / dq)), 1, 63) : 1;
+    const int a = dq > 0 ? std::clamp(static_cast<int>(std::lround(step[j] / unit / dq)), 1, 63) : 1;
     put6(y->a, j, a);
-    const float s = dq * a * kUnit;
+    const float s = dq * a * unit;
     for (int i = 0; i < kSub; ++i) put3(y->q, j * kSub + i, s > 0 ? level_of(x[j * kSub + i], s) : 4);
   }
 }
 
-void quantize_rows(void*, const float* src, void* dst, int64_t n_rows, int64_t n, const float* importance) {
+// self: the type's grid unit pi / k.
+float unit_of(void* self) { return *static_cast<const float*>(self); }
+
+void quantize_rows(void* self, const float* src, void* dst, int64_t n_rows, int64_t n, const float* importance) {
   auto* out = static_cast<Block*>(dst);
   const int64_t nb = n / kQK;
   for (int64_t r = 0; r < n_rows; ++r)
-    for (int64_t b = 0; b < nb; ++b) quantize_block(src + r * n + b * kQK, importance ? importance + b * kQK : nullptr, out + r * nb + b);
+    for (int64_t b = 0; b < nb; ++b) quantize_block(src + r * n + b * kQK, importance ? importance + b * kQK : nullptr, out + r * nb + b,
+                                         unit_of(self));
 }
 
 // Four 3-bit levels (12 bits) -> their odd integers 2q - 7 (-7..7) as 4 bytes: a 16 KiB table.
@@ -189,13 +194,13 @@ inline void unpack(const Block& b, int8_t* lv, int* a) {
   }
 }
 
-void dequantize_row(void*, const void* src, float* dst, int64_t n) {
+void dequantize_row(void* self, const void* src, float* dst, int64_t n) {
   const auto* b = static_cast<const Block*>(src);
   int8_t lv[kQK];
   int a[kNSub];
   for (int64_t k = 0; k < n / kQK; ++k, ++b) {
     unpack(*b, lv, a);
-    const float d = from_f16(b->d) * kUnit * 0.5f;
+    const float d = from_f16(b->d) * unit_of(self) * 0.5f;
     for (int j = 0; j < kNSub; ++j) {
       const float s = d * a[j];
       for (int i = 0; i < kSub; ++i) dst[k * kQK + j * kSub + i] = s * lv[j * kSub + i];
@@ -217,7 +222,7 @@ void prepare_activation(void*, const float* x, void* xa, int64_t n) {
 }
 
 // The scalar reference of the dot.
-float vec_dot_ref(int64_t n, const Block* b, const ActBlock* act) {
+float vec_dot_ref(int64_t n, const Block* b, const ActBlock* act, float unit) {
   int8_t lv[kQK];
   int a[kNSub];
   float sum = 0;
@@ -229,7 +234,7 @@ float vec_dot_ref(int64_t n, const Block* b, const ActBlock* act) {
       for (int i = 0; i < kSub; ++i) s += lv[j * kSub + i] * act[k].x[j * kSub + i];
       acc += s * a[j];
     }
-    sum += from_f16(b[k].d) * kUnit * 0.5f * act[k].d * static_cast<float>(acc);
+    sum += from_f16(b[k].d) * unit * 0.5f * act[k].d * static_cast<float>(acc);
   }
   return sum;
 }
@@ -238,7 +243,7 @@ float vec_dot_ref(int64_t n, const Block* b, const ActBlock* act) {
 // AVX2: 32 levels (two sub-blocks) per step. maddubs needs an unsigned operand: |level| times
 // the activation carrying the level's sign; pairs sum to int16 (|7 * 127| * 2 fits), then to
 // int32 per 4, scaled by each sub-block's alpha code. The same exact integer sums as the reference.
-__attribute__((target("avx2"))) float vec_dot_avx2(int64_t n, const Block* b, const ActBlock* act) {
+__attribute__((target("avx2"))) float vec_dot_avx2(int64_t n, const Block* b, const ActBlock* act, float unit) {
   alignas(32) int8_t lv[kQK];
   int a[kNSub];
   const __m256i ones = _mm256_set1_epi16(1);
@@ -257,35 +262,47 @@ __attribute__((target("avx2"))) float vec_dot_avx2(int64_t n, const Block* b, co
     __m128i h = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
     h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4e));
     h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0xb1));
-    sum += from_f16(b[k].d) * kUnit * 0.5f * act[k].d * static_cast<float>(_mm_cvtsi128_si32(h));
+    sum += from_f16(b[k].d) * unit * 0.5f * act[k].d * static_cast<float>(_mm_cvtsi128_si32(h));
   }
   return sum;
 }
 const bool kAvx2 = __builtin_cpu_supports("avx2");
 #else
 const bool kAvx2 = false;
-float vec_dot_avx2(int64_t n, const Block* b, const ActBlock* act) { return vec_dot_ref(n, b, act); }
+float vec_dot_avx2(int64_t n, const Block* b, const ActBlock* act, float unit) { return vec_dot_ref(n, b, act, unit); }
 #endif
 
-float vec_dot(void*, int64_t n, const void* w, const void* xa) {
+float vec_dot(void* self, int64_t n, const void* w, const void* xa) {
   const auto* b = static_cast<const Block*>(w);
   const auto* act = static_cast<const ActBlock*>(xa);
-  return kAvx2 ? vec_dot_avx2(n, b, act) : vec_dot_ref(n, b, act);
+  return kAvx2 ? vec_dot_avx2(n, b, act, unit_of(self)) : vec_dot_ref(n, b, act, unit_of(self));
 }
 
+// k per type: the grid unit pi / k is part of what the bytes mean, so each k is its own type id.
+struct KVariant {
+  uint32_t id;
+  const char* name;
+  float unit;
+};
+KVariant g_variants[] = {{1056, "PI3", kPi / 4}, {1057, "PI3_k3", kPi / 3}, {1058, "PI3_k5", kPi / 5}, {1059, "PI3_k6", kPi / 6}};
+
 int register_types(const squish_host* host) {
-  squish_type t{};
-  t.struct_size = sizeof(squish_type);
-  t.id = 1056;
-  t.name = "PI3";
-  t.block_size = kQK;
-  t.block_bytes = sizeof(Block);
-  t.quantize_rows = quantize_rows;
-  t.dequantize_row = dequantize_row;
-  t.activation_bytes = activation_bytes;
-  t.prepare_activation = prepare_activation;
-  t.vec_dot = vec_dot;
-  return host->register_type(host->ctx, &t);
+  for (KVariant& v : g_variants) {
+    squish_type t{};
+    t.struct_size = sizeof(squish_type);
+    t.id = v.id;
+    t.name = v.name;
+    t.block_size = kQK;
+    t.block_bytes = sizeof(Block);
+    t.self = &v.unit;
+    t.quantize_rows = quantize_rows;
+    t.dequantize_row = dequantize_row;
+    t.activation_bytes = activation_bytes;
+    t.prepare_activation = prepare_activation;
+    t.vec_dot = vec_dot;
+    if (host->register_type(host->ctx, &t) != 0) return 1;
+  }
+  return 0;
 }
 
 }  // namespace
