@@ -36,6 +36,14 @@ uint64_t splitmix64(uint64_t x) {
 // Sign of input i (the same for every row and every matrix: D depends on the position only).
 inline float sign_of(int64_t i) { return (splitmix64(kSeed ^ static_cast<uint64_t>(i)) >> 63) ? -1.f : 1.f; }
 
+// The first n signs, hashed once per thread (rotations run per activation vector and per
+// dequantized row: the hash per element would cost as much as the transform).
+const float* signs(int64_t n) {
+  thread_local std::vector<float> d;
+  for (int64_t i = static_cast<int64_t>(d.size()); i < n; ++i) d.push_back(sign_of(i));
+  return d.data();
+}
+
 int64_t chunk_of(int64_t n) { return n & -n; }  // largest power of two dividing n
 
 // In-place unnormalized Walsh-Hadamard transform of m = 2^k values (Sylvester order).
@@ -53,7 +61,8 @@ void fwht(float* v, int64_t m) {
 void rotate(float* v, int64_t n) {
   const int64_t m = chunk_of(n);
   const float s = 1.f / std::sqrt(static_cast<float>(m));
-  for (int64_t i = 0; i < n; ++i) v[i] *= sign_of(i);
+  const float* d = signs(n);
+  for (int64_t i = 0; i < n; ++i) v[i] *= d[i];
   for (int64_t c = 0; c < n; c += m) {
     fwht(v + c, m);
     for (int64_t i = 0; i < m; ++i) v[c + i] *= s;
@@ -65,7 +74,8 @@ void unrotate(float* v, int64_t n) {
   const int64_t m = chunk_of(n);
   const float s = 1.f / std::sqrt(static_cast<float>(m));
   for (int64_t c = 0; c < n; c += m) fwht(v + c, m);
-  for (int64_t i = 0; i < n; ++i) v[i] *= s * sign_of(i);
+  const float* d = signs(n);
+  for (int64_t i = 0; i < n; ++i) v[i] *= s * d[i];
 }
 
 struct Rotated {
