@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <string>
@@ -116,6 +117,15 @@ int main(int argc, char** argv) {
     }
   }
 
+  // Under mpirun every rank runs this same command line; rank 0 speaks for the run (events,
+  // progress), the others only report errors.
+  const char* rank = std::getenv("OMPI_COMM_WORLD_RANK");
+  if (!rank) rank = std::getenv("PMI_RANK");
+  if (rank && std::string_view(rank) != "0") {
+    events_file.clear();
+    events_stderr = false;
+    no_progress = true;
+  }
   std::FILE* jsonl = nullptr;
   if (!events_file.empty()) {
     // The events file is a stream (orchestrators tail it), so it is opened before the pipeline

@@ -1,18 +1,19 @@
 #include "core/model/transformer.hpp"
 
+#include "core/io/spill_store.hpp"
 #include "core/runtime/error.hpp"
 
 #include "core/model/kernels.hpp"
 
 #include <cblas.h>
 #include <tbb/blocked_range.h>
+#include <tbb/info.h>
 #include <tbb/parallel_for.h>
 #include <tbb/task_arena.h>
 
 #include <algorithm>
 #include <cmath>
 #include <type_traits>
-#include <thread>
 
 namespace squish {
 
@@ -111,6 +112,8 @@ std::shared_ptr<SafetensorsWeights> SafetensorsWeights::open(const std::string& 
   w->globals_.out_norm = w->st_.load(hf_of(Role::OutputNorm, -1)).to_f32();
   // A tied checkpoint may still carry a copy of lm_head; the tie decides what is used.
   if (!w->arch_.tie_embeddings) w->globals_.lm_head = w->st_.load(hf_of(Role::Output, -1)).to_f32();
+  for (Role r : {Role::TokenEmbd, Role::OutputNorm, Role::Output})  // converted: the source pages are not needed
+    if (const SafetensorsEntry* e = w->st_.find(hf_of(r, -1))) w->st_.release(*e);
   check_globals(w->arch_, w->globals_, w->st_.root());
   w->cache_.resize(w->arch_.n_layer());
   return w;
@@ -119,7 +122,11 @@ std::shared_ptr<SafetensorsWeights> SafetensorsWeights::open(const std::string& 
 std::shared_ptr<const LayerWeights> SafetensorsWeights::read_layer(int l) const {
   auto w = std::make_shared<LayerWeights>();
   for (const auto& k : arch::tensor_kinds())
-    if (k.per_layer && arch_.has(k, l)) *layer_field(*w, k.role) = st_.load(arch::hf_name(k, l)).to_f32();
+    if (k.per_layer && arch_.has(k, l)) {
+      const SafetensorsEntry& e = st_.at(arch::hf_name(k, l));
+      *layer_field(*w, k.role) = st_.load(e).to_f32();
+      if (!keep_) st_.release(e);  // streaming: the source pages leave the process with the layer
+    }
   check_layer(arch_, l, *w, st_.root());
   return w;
 }
@@ -226,6 +233,36 @@ void MaskImportance::add(const MaskSet& masks, const MaskSet& grads) {
   i = 0;
   sum_fisher_.for_each([&](double& v) { v += g[i] * g[i]; ++i; });
   ++n_;
+}
+
+void MaskImportance::add_layer(int l, const MaskSet& m, const MaskSet& g) {
+  if (l < 0 || size_t(l) >= sum_taylor_.head.size() || m.head.size() != sum_taylor_.head.size() || g.head.size() != m.head.size())
+    fail(ExitCode::Runtime, "mask importance: masks/gradients do not match the architecture");
+  const auto add = [](std::vector<double>& t, std::vector<double>& f, const std::vector<double>& mm, const std::vector<double>& gg) {
+    if (mm.size() != t.size() || gg.size() != t.size()) fail(ExitCode::Runtime, "mask importance: layer shape mismatch");
+    for (size_t i = 0; i < t.size(); ++i) t[i] += std::fabs(mm[i] * gg[i]);
+    for (size_t i = 0; i < t.size(); ++i) f[i] += gg[i] * gg[i];
+  };
+  add(sum_taylor_.head[l], sum_fisher_.head[l], m.head[l], g.head[l]);
+  add(sum_taylor_.kv[l], sum_fisher_.kv[l], m.kv[l], g.kv[l]);
+  add(sum_taylor_.ffn[l], sum_fisher_.ffn[l], m.ffn[l], g.ffn[l]);
+  sum_taylor_.attn[l] += std::fabs(m.attn[l] * g.attn[l]), sum_fisher_.attn[l] += g.attn[l] * g.attn[l];
+  sum_taylor_.mlp[l] += std::fabs(m.mlp[l] * g.mlp[l]), sum_fisher_.mlp[l] += g.mlp[l] * g.mlp[l];
+}
+
+std::vector<double> MaskImportance::sums() const {
+  std::vector<double> v = sum_taylor_.flatten(), f = sum_fisher_.flatten();
+  v.insert(v.end(), f.begin(), f.end());
+  return v;
+}
+
+void MaskImportance::set_sums(std::span<const double> v, int chunks) {
+  const size_t n = sum_taylor_.count();
+  if (v.size() != 2 * n) fail(ExitCode::Runtime, "mask importance: {} sums for {} masks", v.size(), n);
+  size_t i = 0;
+  sum_taylor_.for_each([&](double& x) { x = v[i++]; });
+  sum_fisher_.for_each([&](double& x) { x = v[i++]; });
+  n_ = chunks;
 }
 
 MaskSet MaskImportance::taylor() const {
@@ -847,6 +884,91 @@ struct Engine {
     return r;
   }
 
+  // Transformer::mask_importance_by_layer. Blocks: checkpoint (l, c) is the input of layer l
+  // of chunk c (l = L: the last residual), and each chunk's dL/dx while the backward walks
+  // down the layers. Gradients are kept first when memory is short: each is read and written
+  // once per layer, a checkpoint only twice in all.
+  LossResult grads_by_layer(std::span<const int32_t> tokens, int n_ctx, int c0, int c1, const MaskSet& masks,
+                            MaskImportance& importance, ActivationStats* stats, const LayerMajorOptions& o, LayerMajorReport* rep) {
+    setup(n_ctx);
+    const int L = A.n_layer(), n = c1 - c0, D = A.n_embd;
+    const size_t TD = size_t(T) * D;
+    const uint64_t dx_memory = std::min<uint64_t>(o.activation_memory, uint64_t(n) * TD * sizeof(F));
+    SpillStore dxs(TD * sizeof(F) / sizeof(float), n, dx_memory, o.scratch_dir);
+    SpillStore cks(TD * sizeof(F) / sizeof(float), size_t(L + 1) * n, o.activation_memory - dx_memory, o.scratch_dir);
+    const auto ck = [&](int l, int c) { return size_t(l) * n + c; };
+    const auto chunk = [&](int c) { return tokens.subspan(size_t(c0 + c) * n_ctx, n_ctx); };
+    const auto put = [](SpillStore& s, size_t id, const Vec& v) { s.put(id, reinterpret_cast<const float*>(v.data())); };
+    const auto get = [](const SpillStore& s, size_t id, Vec& v) { s.get(id, reinterpret_cast<float*>(v.data())); };
+    const uint64_t steps = uint64_t(n) * (2 * L + 1);
+    uint64_t done = 0;
+    const auto step = [&] { if (o.progress) o.progress(++done, steps); };
+
+    Vec x(TD), dx(TD);
+    for (int c = 0; c < n; ++c) put(cks, ck(0, c), embed(chunk(c)));
+    Acts& a = acts;
+    for (int l = 0; l < L; ++l) {
+      const auto held = layer(l);  // this layer's weights, for every chunk
+      const F m_mlp = layer_masks(&masks, l).mlp;
+      for (int c = 0; c < n; ++c) {
+        get(cks, ck(l, c), x);
+        forward_layer(l, *held, x.data(), &masks, a, stats);
+        residual_out(a, m_mlp, x.data());
+        put(cks, ck(l + 1, c), x);
+        step();
+      }
+    }
+    grad_scale2 = double(T - 1) * double(T - 1);
+    LossResult r;
+    Vec rstd, dxf;
+    for (int c = 0; c < n; ++c) {
+      get(cks, ck(L, c), x);
+      cks.drop(ck(L, c));
+      const Vec xf = final_norm(x, rstd, stats);
+      const LossResult lr = head_loss(xf, chunk(c), 0, nullptr, &dxf, stats);
+      r.nll_sum += lr.nll_sum, r.count += lr.count;
+      std::fill(dx.begin(), dx.end(), F(0));
+      rmsnorm_back(x.data(), out_norm, rstd.data(), dxf.data(), dx.data(), T, D);
+      put(dxs, c, dx);
+      step();
+    }
+    MaskSet grads = MaskSet::filled(A, 0.0);
+    for (int l = L - 1; l >= 0; --l) {
+      const auto held = layer(l);
+      for (int c = 0; c < n; ++c) {
+        get(cks, ck(l, c), x);
+        get(dxs, c, dx);
+        std::fill(grads.head[l].begin(), grads.head[l].end(), 0.0);
+        std::fill(grads.kv[l].begin(), grads.kv[l].end(), 0.0);
+        std::fill(grads.ffn[l].begin(), grads.ffn[l].end(), 0.0);
+        grads.attn[l] = grads.mlp[l] = 0.0;
+        forward_layer(l, *held, x.data(), &masks, a, nullptr);  // recompute from the checkpoint
+        backward_layer(l, *held, x.data(), &masks, a, dx, grads, stats);
+        importance.add_layer(l, masks, grads);
+        put(dxs, c, dx);
+        cks.drop(ck(l, c));
+        step();
+      }
+    }
+    if (stats && !A.tie_embeddings)  // as loss_and_grads: the lookup's Fisher factors
+      for (int c = 0; c < n; ++c) {
+        get(dxs, c, dx);
+        std::vector<double> counts(A.n_vocab, 0.0);
+        for (int32_t t : chunk(c)) counts[t] += 1;
+        const std::string name = hf_of(Role::TokenEmbd, -1);
+        stats->accumulate_output_grad(name, counts, T);
+        stats->accumulate(name, scaled(col_sum_sq(dx.data(), T, D)), T);
+      }
+    importance.add_chunks(n);
+    if (rep) {
+      rep->activation_memory_bytes = dxs.memory_bytes() + cks.memory_bytes();
+      rep->scratch_bytes_peak = dxs.scratch_bytes_peak() + cks.scratch_bytes_peak();
+      rep->scratch_bytes_written = dxs.scratch_bytes_written() + cks.scratch_bytes_written();
+      rep->scratch_bytes_read = dxs.scratch_bytes_read() + cks.scratch_bytes_read();
+    }
+    return r;
+  }
+
   // Output gradients at the per-token scale: the loss is a mean over the n predictions of a
   // chunk, so n dL/dy is what one token's loss sends back (n^2 on squares).
   double grad_scale2 = 1;
@@ -877,7 +999,8 @@ Transformer::Transformer(std::shared_ptr<const WeightLoader> weights, Transforme
   for (int l = 0; l < weights_->arch().n_layer(); ++l)  // the float model has no empty layers
     if (weights_->arch().layers[l].n_head <= 0 || weights_->arch().layers[l].n_ff <= 0)
       fail(ExitCode::InputData, "transformer: layer {} has no attention or no MLP", l);
-  int n = opt_.threads > 0 ? opt_.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  // All the cores this process may run on (its affinity mask: one per rank under mpirun).
+  int n = opt_.threads > 0 ? opt_.threads : std::max(1, tbb::info::default_concurrency());
   impl_ = std::make_unique<Impl>(*weights_, n);
   if (opt_.precision == Precision::F64) impl_->f64 = std::make_unique<Engine<double>>(*weights_);
 }
@@ -923,6 +1046,37 @@ LossResult Transformer::loss_and_mask_grads(std::span<const int32_t> tokens, int
     return impl_->f64 ? impl_->f64->loss_and_grads(tokens, first, masks, grads, stats)
                       : impl_->f32.loss_and_grads(tokens, first, masks, grads, stats);
   });
+}
+
+LossResult Transformer::mask_importance_by_layer(std::span<const int32_t> tokens, int n_ctx, int c0, int c1,
+                                                 MaskImportance& importance, ActivationStats* stats, const LayerMajorOptions& opt,
+                                                 LayerMajorReport* report) {
+  if (n_ctx < 2) fail(ExitCode::Usage, "mask importance: context {} is too short", n_ctx);
+  if (c0 < 0 || c1 < c0 || size_t(c1) * size_t(n_ctx) > tokens.size())
+    fail(ExitCode::Runtime, "mask importance: chunks [{}, {}) of {} tokens are outside the {} tokens", c0, c1, n_ctx, tokens.size());
+  if (c1 == c0) return {};
+  check_tokens(tokens.subspan(size_t(c0) * n_ctx, size_t(c1 - c0) * n_ctx), 0);
+  const MaskSet ones = MaskSet::ones(arch());
+  return impl_->run([&] {
+    return impl_->f64 ? impl_->f64->grads_by_layer(tokens, n_ctx, c0, c1, ones, importance, stats, opt, report)
+                      : impl_->f32.grads_by_layer(tokens, n_ctx, c0, c1, ones, importance, stats, opt, report);
+  });
+}
+
+uint64_t Transformer::work_bytes(int n_ctx) const {
+  const ModelArch& a = arch();
+  const uint64_t T = uint64_t(n_ctx), D = a.n_embd;
+  uint64_t per_token = 0;
+  for (const auto& s : a.layers) {
+    const uint64_t Q = uint64_t(s.n_head) * a.head_dim, KV = uint64_t(s.n_head_kv) * a.head_dim, FF = s.n_ff;
+    // Acts: xn1 q k v o att y_attn x_mid xn2 g u a h y_mlp; Grads: dy dh dg du dxn datt dq dk dv.
+    per_token = std::max(per_token, (5 * D + 3 * Q + 2 * KV + 4 * FF + 2) + (2 * D + 3 * FF + 2 * Q + 2 * KV));
+  }
+  const uint64_t threads = uint64_t(impl_->threads);
+  const uint64_t attention = threads * 2 * uint64_t(std::min<int>(n_ctx, 128)) * T;
+  const uint64_t head = 64 * uint64_t(a.n_vocab) + 4 * T * D;  // logit rows; x, dx, xf, dxf
+  const uint64_t rope = T * a.head_dim;
+  return (per_token * T + attention + head + rope) * sizeof(float);
 }
 
 LossResult accumulate_mask_importance(Transformer& model, std::span<const int32_t> tokens, int n_ctx,

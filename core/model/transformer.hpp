@@ -18,6 +18,7 @@
 #include "core/io/safetensors.hpp"
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -164,6 +165,13 @@ class MaskImportance {
  public:
   explicit MaskImportance(const ModelArch& a);
   void add(const MaskSet& masks, const MaskSet& grads);  // one chunk
+  // Layer-major accumulation: layer l's masks of one chunk (add_layer for every layer of the
+  // chunk, then add_chunks once for all of them). Same sums, same order as add().
+  void add_layer(int l, const MaskSet& masks, const MaskSet& grads);
+  void add_chunks(int n) { n_ += n; }
+  // Sums (Taylor then Fisher, MaskSet::for_each order) and chunk count, to combine processes.
+  std::vector<double> sums() const;
+  void set_sums(std::span<const double> sums, int chunks);
   MaskSet taylor() const;
   MaskSet fisher() const;
   int chunks() const { return n_; }
@@ -171,6 +179,18 @@ class MaskImportance {
  private:
   MaskSet sum_taylor_, sum_fisher_;
   int n_ = 0;
+};
+
+// The layer-major score pass (Transformer::mask_importance_by_layer).
+struct LayerMajorOptions {
+  uint64_t activation_memory = 0;  // bytes of activation blocks kept in memory; the rest spill
+  std::string scratch_dir;         // where the unnamed scratch file goes
+  std::function<void(uint64_t done, uint64_t total)> progress;  // steps: (layer or head) x chunk
+};
+struct LayerMajorReport {
+  uint64_t activation_memory_bytes = 0;  // activation blocks allocated in memory
+  uint64_t scratch_bytes_peak = 0;       // largest the scratch file got
+  uint64_t scratch_bytes_written = 0, scratch_bytes_read = 0;
 };
 
 enum class Precision { F32, F64 };  // F64: slow exact path for gradient checks
@@ -213,6 +233,20 @@ class Transformer {
   // The forward keeps each layer's input; the backward recomputes the layer from it.
   LossResult loss_and_mask_grads(std::span<const int32_t> tokens, int first, const MaskSet& masks,
                                  MaskSet& grads, ActivationStats* stats = nullptr);
+
+  // Chunks [c0, c1) of n_ctx tokens, scored as loss_and_mask_grads would score each (first = 0,
+  // masks all 1) and added to `importance` and `stats` in the same order, so the results are
+  // the same; but computed layer by layer over all the chunks: each layer's weights are
+  // requested twice in all (forward, then backward), and every chunk's layer inputs
+  // (checkpoints) and output gradients are kept within opt.activation_memory, the rest in a
+  // scratch file. With a streaming loader only one layer is resident: memory is bounded by
+  // the globals, one layer, the work buffers and activation_memory, whatever the depth.
+  LossResult mask_importance_by_layer(std::span<const int32_t> tokens, int n_ctx, int c0, int c1, MaskImportance& importance,
+                                      ActivationStats* stats, const LayerMajorOptions& opt, LayerMajorReport* report = nullptr);
+
+  // Bytes of the work buffers one call with chunks of n_ctx tokens allocates (estimate: the
+  // layer activations, their gradients, attention and logit scratch), for memory budgets.
+  uint64_t work_bytes(int n_ctx) const;
 
   struct Impl;
 

@@ -97,6 +97,14 @@ size_t peak_rss_bytes() {
   return 0;
 }
 
+size_t current_rss_bytes() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
+  return 0;
+}
+
 bool reset_peak_rss() {
   std::ofstream out("/proc/self/clear_refs");
   if (!out) return false;

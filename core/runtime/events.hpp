@@ -45,5 +45,7 @@ size_t peak_rss_bytes();
 // Restarts the VmHWM count (Linux clear_refs "5"), so the next peak_rss_bytes() is the peak
 // since now. Returns false where the kernel does not allow it (the peak then stays cumulative).
 bool reset_peak_rss();
+// Resident set size now (VmRSS), 0 where /proc is not available.
+size_t current_rss_bytes();
 
 }  // namespace squish

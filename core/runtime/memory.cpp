@@ -3,6 +3,9 @@
 #include "core/runtime/error.hpp"
 
 #include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -57,6 +60,29 @@ void require_memory(uint64_t bytes, std::string_view what) {
   if (bytes <= avail) return;
   constexpr double GiB = 1024.0 * 1024.0 * 1024.0;
   fail(ExitCode::Runtime, "{} needs {:.2f} GiB of memory, {:.2f} GiB are available", what, double(bytes) / GiB, double(avail) / GiB);
+}
+
+std::optional<uint64_t> parse_byte_size(std::string_view s) {
+  size_t i = 0;
+  while (i < s.size() && ((s[i] >= '0' && s[i] <= '9') || s[i] == '.')) ++i;
+  const std::string number(s.substr(0, i));
+  std::string unit(s.substr(i));
+  if (number.empty() || number == "." || std::count(number.begin(), number.end(), '.') > 1) return std::nullopt;
+  for (char& c : unit) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  if (!unit.empty() && unit.back() == 'B' && unit != "B") unit.pop_back();  // "GB" -> "G" (decimal below), "GIB" -> "GI"
+  const bool binary = unit.size() == 2 && unit[1] == 'I';
+  const bool decimal_suffix = s.size() >= 2 && (s.back() == 'B' || s.back() == 'b') && !binary && unit != "B";
+  if (binary) unit.pop_back();
+  double scale = 1;
+  if (unit.empty() || unit == "B") scale = 1;
+  else if (unit.size() == 1 && std::string_view("KMGT").find(unit[0]) != std::string_view::npos) {
+    const int power = static_cast<int>(std::string_view("KMGT").find(unit[0])) + 1;
+    scale = std::pow(decimal_suffix ? 1000.0 : 1024.0, power);
+  } else
+    return std::nullopt;
+  const double v = std::strtod(number.c_str(), nullptr) * scale;
+  if (!(v >= 0) || v >= 1.8e19) return std::nullopt;
+  return static_cast<uint64_t>(v);
 }
 
 }  // namespace squish

@@ -2,7 +2,13 @@
 // and writes scores.json, channels.bin.zst and imatrix.dat into a directory.
 #include "core/runtime/error.hpp"
 #include "core/runtime/plugin_api.hpp"
+#include "core/runtime/memory.hpp"
+#include "stages/score/ranks.hpp"
 #include "stages/score/scorer.hpp"
+
+#include <filesystem>
+
+namespace fs = std::filesystem;
 
 namespace squish::score {
 namespace {
@@ -15,28 +21,51 @@ class Importance final : public Node {
   bool produce(Message& out) override {
     if (done_) return false;
     done_ = true;
+    const Ranks& ranks = Ranks::world();
+    try {
+      out = Message::of(Document{"scores", score(ranks)});
+    } catch (const Error& e) {
+      if (ranks.distributed()) ranks.abort(static_cast<int>(e.code()), e.what());  // no rank left waiting
+      throw;
+    }
+    return true;
+  }
+
+  nlohmann::json score(const Ranks& ranks) {
     ScoreOptions opt;
     opt.ctx = static_cast<int>(ctx_.params["ctx"].get<int64_t>());
     opt.max_tokens = ctx_.params["max_tokens"].get<int64_t>();
     opt.moments = ctx_.params["moments"].get<bool>();
     opt.threads = ctx_.threads;
+    const std::string memory = ctx_.params["memory"].get<std::string>();
+    if (!memory.empty()) {
+      const auto bytes = parse_byte_size(memory);
+      if (!bytes) fail(ExitCode::Usage, "score: memory '{}' is not a size (bytes, or e.g. 8G, 512MiB, 4GB)", memory);
+      opt.memory = *bytes;
+    }
     opt.progress = [this](uint64_t d, uint64_t t) {
       if (ctx_.is_cancelled()) fail(ExitCode::Runtime, "cancelled");
       ctx_.progress("tokens", d, t);
     };
     const std::string model = ctx_.params["model"].get<std::string>(), text = ctx_.params["text"].get<std::string>();
     const std::string dir = ctx_.params["output"].get<std::string>();
-    if (ctx_.params["reuse"].get<bool>())
-      if (auto stored = stored_scores(model, text, opt, dir)) {
+    const std::string scratch = ctx_.params["scratch"].get<std::string>();
+    // The scratch file goes beside the output unless told otherwise (not /tmp, often in memory).
+    opt.scratch_dir = !scratch.empty() ? scratch : fs::absolute(fs::path(dir)).parent_path().string();
+    if (ctx_.params["reuse"].get<bool>()) {
+      // Rank 0 decides for every rank: nodes need not see the same files.
+      auto stored = ranks.rank() == 0 ? stored_scores(model, text, opt, dir) : std::nullopt;
+      const std::string shared = ranks.broadcast(stored ? stored->dump() : std::string());
+      if (!shared.empty()) {
         ctx_.progress("tokens (stored scores)", 1, 1);
-        out = Message::of(Document{"scores", std::move(*stored)});
-        return true;
+        return nlohmann::json::parse(shared);
       }
+    }
     ScoreResult r = score_model(model, text, opt);
-    write_scores(r, dir);
-    out = Message::of(Document{"scores", std::move(r.scores)});
-    return true;
+    if (ranks.rank() == 0) write_scores(r, dir);  // every rank holds the sums; one writes them
+    return std::move(r.scores);
   }
+
   uint64_t expected_count() const override { return 1; }
 
  private:
@@ -55,6 +84,8 @@ void register_nodes(NodeRegistry& r) {
           {"ctx", ParamType::Int, false, 512, "tokens per chunk", 2, 1 << 20},
           {"max_tokens", ParamType::Int, false, 0, "use at most this many tokens (0 = all)", 0},
           {"moments", ParamType::Bool, false, false, "also write moments/: E[x xᵀ] of every linear layer input (for method gptq; n² floats each)"},
+          {"memory", ParamType::String, false, "", "bound on scoring's memory (e.g. 8G): layer by layer, checkpoints beyond it in a scratch file; empty = whole model in memory"},
+          {"scratch", ParamType::String, false, "", "folder for the scratch file (default: the output's parent folder)"},
           {"reuse", ParamType::Bool, false, false, "keep the scores already in 'output' when they were taken from this model, text and settings"}},
          [](const NodeContext& c) { return std::make_unique<Importance>(c); }});
 }

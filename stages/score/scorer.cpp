@@ -7,7 +7,10 @@
 #include "core/io/staged_dir.hpp"
 #include "core/io/text_file.hpp"
 #include "core/runtime/error.hpp"
+#include "core/runtime/events.hpp"
+#include "core/runtime/memory.hpp"
 #include "core/tokenizer/tokenizer.hpp"
+#include "stages/score/ranks.hpp"
 
 #include <zstd.h>
 
@@ -29,11 +32,72 @@ nlohmann::json pair_json(const std::vector<double>& t, const std::vector<double>
 
 }  // namespace
 
+namespace {
+
+constexpr double kMiB = 1024.0 * 1024.0;
+
+// Float32 bytes of layer l's weights (norms, projections, biases).
+uint64_t layer_bytes(const ModelArch& a, int l) {
+  const auto& s = a.layers[l];
+  const uint64_t D = a.n_embd, Q = uint64_t(s.n_head) * a.head_dim, KV = uint64_t(s.n_head_kv) * a.head_dim, FF = s.n_ff;
+  return (2 * D + (Q + 2 * KV) * (D + 1) + D * (Q + 1) + FF * D * 3 + D) * sizeof(float);
+}
+
+// Bytes of the statistics a run accumulates: importance sums, activation and gradient sums,
+// and the second moments when asked for.
+uint64_t statistics_bytes(const ModelArch& a, bool moments) {
+  uint64_t doubles = 4 * MaskSet::filled(a, 0.0).count(), floats = 0;
+  for (int l = 0; l < a.n_layer(); ++l) {
+    const auto& s = a.layers[l];
+    const uint64_t D = a.n_embd, Q = uint64_t(s.n_head) * a.head_dim, KV = uint64_t(s.n_head_kv) * a.head_dim, FF = s.n_ff;
+    doubles += 2 * (5 * D + Q + FF) + (Q + 2 * KV + 2 * D + 2 * FF);
+    if (moments) floats += 2 * D * D + Q * Q + FF * FF;
+  }
+  doubles += 3 * uint64_t(a.n_embd) + a.n_vocab;
+  if (moments) floats += uint64_t(a.n_embd) * a.n_embd;
+  return doubles * sizeof(double) + floats * sizeof(float);
+}
+
+std::string mib(uint64_t b) { return fmt::format("{:.1f} MiB", double(b) / kMiB); }
+
+// Every statistic summed over the ranks (maps walked in key order, the same keys everywhere).
+void sum_over_ranks(const Ranks& ranks, MaskImportance& importance, ActivationStats& stats, LossResult& loss, int chunks) {
+  std::vector<double> sums = importance.sums();
+  sums.push_back(loss.nll_sum);
+  ranks.sum(sums);
+  loss.nll_sum = sums.back();
+  sums.pop_back();
+  std::vector<int64_t> counts = {loss.count, chunks};
+  std::string keys;
+  const auto walk = [&](auto&& fn) {
+    for (auto* m : {&stats.entries, &stats.output_grads, &stats.input_sums})
+      for (auto& [k, e] : *m) fn(k, e.sum_sq.size(), e.count);
+    for (auto& [k, m] : stats.moments) fn(k, m.sum.size(), m.count);
+  };
+  walk([&](const std::string& k, size_t n, int64_t& c) {
+    keys += fmt::format("{}:{};", k, n);
+    counts.push_back(c);
+  });
+  if (ranks.broadcast(keys) != keys)
+    fail(ExitCode::Runtime, "score: rank {} collected other statistics than rank 0 (different model or settings)", ranks.rank());
+  ranks.sum(counts);
+  loss.count = counts[0];
+  importance.set_sums(sums, static_cast<int>(counts[1]));
+  size_t i = 2;
+  walk([&](const std::string&, size_t, int64_t& c) { c = counts[i++]; });
+  for (auto* m : {&stats.entries, &stats.output_grads, &stats.input_sums})
+    for (auto& [k, e] : *m) ranks.sum(std::span(e.sum_sq));
+  for (auto& [k, m] : stats.moments) ranks.sum(std::span(m.sum));
+}
+
+}  // namespace
+
 ScoreResult score_model(const std::string& model_dir, const std::string& text_path, const ScoreOptions& opt) {
   if (opt.ctx < 8) fail(ExitCode::Usage, "score: ctx {} is too short", opt.ctx);
   const auto t0 = std::chrono::steady_clock::now();
-  auto weights = SafetensorsWeights::open(model_dir);
-  const ModelConfig& cfg = weights->config();
+  const Ranks& ranks = Ranks::world();
+  const bool streaming = opt.memory > 0;
+  const ModelConfig cfg = ModelConfig::load(model_dir);
   const std::string text = read_text_file(text_path, "calibration text");
   Tokenizer tok(Vocab::from_tokenizer_json((fs::path(model_dir) / "tokenizer.json").string(), cfg.vocab_size));
   std::vector<int32_t> tokens = tok.encode(text, true);
@@ -42,31 +106,99 @@ ScoreResult score_model(const std::string& model_dir, const std::string& text_pa
   const int chunks = static_cast<int>(tokens.size() / opt.ctx);
   if (chunks == 0)
     fail(ExitCode::InputData, "{}: {} tokens is less than one chunk of {}", text_path, tokens.size(), opt.ctx);
+  if (ranks.size() > chunks)
+    fail(ExitCode::Usage, "{}: {} chunks of {} tokens cannot be shared by {} ranks; use at most {} ranks", text_path, chunks,
+         opt.ctx, ranks.size(), chunks);
+  // Every rank must score the same thing: per-node copies of the model or text could differ.
+  const std::string config_text = read_text_file((fs::path(model_dir) / "config.json").string(), "config.json");
+  const std::string fingerprint = fmt::format(
+      "config {} text {} tokens {} ctx {} moments {}", sha256_hex(std::as_bytes(std::span(config_text.data(), config_text.size()))),
+      sha256_hex(std::as_bytes(std::span(text.data(), text.size()))), tokens.size(), opt.ctx, opt.moments);
+  if (const std::string root = ranks.broadcast(fingerprint); root != fingerprint)
+    fail(ExitCode::InputData, "rank {}: {} or {}/config.json differs from rank 0's ({} here, {} there)", ranks.rank(), text_path,
+         model_dir, fingerprint, root);
+  // What the process holds before the model (code, libraries, the text and its tokens): inside
+  // the bound, so the bound is on the whole process.
+  const uint64_t baseline = current_rss_bytes();
+  auto weights = SafetensorsWeights::open(model_dir, /*keep_layers=*/!streaming);
+  const int c0 = static_cast<int>(int64_t(chunks) * ranks.rank() / ranks.size());
+  const int c1 = static_cast<int>(int64_t(chunks) * (ranks.rank() + 1) / ranks.size());
 
   TransformerOptions topt;
   topt.threads = opt.threads;
   Transformer model(weights, topt);
-  MaskImportance importance(model.arch());
+  const ModelArch& a = model.arch();
+  const GlobalWeights& g = weights->globals();
+  const uint64_t global_bytes = (g.tok_embd.size() + g.out_norm.size() + g.lm_head.size()) * sizeof(float);
+  uint64_t all_layers = 0, one_layer = 0;
+  for (int l = 0; l < a.n_layer(); ++l) all_layers += layer_bytes(a, l), one_layer = std::max(one_layer, layer_bytes(a, l));
+  const uint64_t work = model.work_bytes(opt.ctx);
+  const uint64_t statistics = statistics_bytes(a, opt.moments);
+  const uint64_t fixed = baseline + global_bytes + (streaming ? one_layer : all_layers) + work + statistics;
+  const uint64_t activations = uint64_t(c1 - c0) * (a.n_layer() + 2) * uint64_t(opt.ctx) * a.n_embd * sizeof(float);
+  uint64_t activation_memory = 0;
+  const std::string what = fmt::format("{}: scoring (float32 globals {}, {} {}, work buffers {}, statistics {})", model_dir,
+                                       mib(global_bytes), streaming ? "one layer" : "all layers",
+                                       mib(streaming ? one_layer : all_layers), mib(work), mib(statistics));
+  if (streaming) {
+    if (fixed > opt.memory)
+      fail(ExitCode::Usage, "{}: memory={} is below the {} that scoring this model layer by layer needs (process and text {}, float32 globals {}, one layer {}, work buffers {}, statistics {})",
+           model_dir, opt.memory, mib(fixed), mib(baseline), mib(global_bytes), mib(one_layer), mib(work), mib(statistics));
+    activation_memory = std::min(opt.memory - fixed, activations);
+    require_memory(fixed - baseline + activation_memory, what);  // the baseline is resident already
+  } else {
+    require_memory(fixed - baseline, what + "; --set memory=<bytes> scores layer by layer within that bound");
+  }
+
+  MaskImportance importance(a);
   ScoreResult r;
   r.stats.second_moments = opt.moments;
-  const MaskSet ones = MaskSet::ones(model.arch());
-  MaskSet grads;
   LossResult total;
+  LayerMajorReport report;
   const uint64_t used = static_cast<uint64_t>(chunks) * opt.ctx;
-  for (int c = 0; c < chunks; ++c) {
-    auto lr = model.loss_and_mask_grads(std::span(tokens).subspan(size_t(c) * opt.ctx, opt.ctx), 0, ones, grads, &r.stats);
-    importance.add(ones, grads);
-    total.nll_sum += lr.nll_sum;
-    total.count += lr.count;
-    if (opt.progress) opt.progress(static_cast<uint64_t>(c + 1) * opt.ctx, used);
+  const uint64_t mine = static_cast<uint64_t>(c1 - c0) * opt.ctx;
+  const bool report_progress = opt.progress && ranks.rank() == 0;  // one progress stream per run
+  if (streaming) {
+    LayerMajorOptions lo;
+    lo.activation_memory = activation_memory;
+    lo.scratch_dir = opt.scratch_dir;
+    if (report_progress) lo.progress = [&](uint64_t d, uint64_t t) { opt.progress(d * mine / t, mine); };
+    total = model.mask_importance_by_layer(tokens, opt.ctx, c0, c1, importance, &r.stats, lo, &report);
+  } else {
+    const MaskSet ones = MaskSet::ones(a);
+    MaskSet grads;
+    for (int c = c0; c < c1; ++c) {
+      auto lr = model.loss_and_mask_grads(std::span(tokens).subspan(size_t(c) * opt.ctx, opt.ctx), 0, ones, grads, &r.stats);
+      importance.add(ones, grads);
+      total.nll_sum += lr.nll_sum;
+      total.count += lr.count;
+      if (report_progress) opt.progress(static_cast<uint64_t>(c + 1 - c0) * opt.ctx, mine);
+    }
   }
+  // Per rank: peak RSS, scratch bytes (slot r of a vector summed over the ranks).
+  std::vector<int64_t> per_rank(3 * size_t(ranks.size()), 0);
+  per_rank[3 * ranks.rank()] = static_cast<int64_t>(peak_rss_bytes());
+  per_rank[3 * ranks.rank() + 1] = static_cast<int64_t>(report.scratch_bytes_peak);
+  per_rank[3 * ranks.rank() + 2] = static_cast<int64_t>(report.scratch_bytes_written + report.scratch_bytes_read);
+  ranks.sum(per_rank);
+  if (ranks.distributed()) sum_over_ranks(ranks, importance, r.stats, total, c1 - c0);
   r.chunks = chunks;
   r.taylor = importance.taylor();
   r.fisher = importance.fisher();
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  nlohmann::json rss = nlohmann::json::array(), scratch = nlohmann::json::array(), scratch_io = nlohmann::json::array();
+  for (int k = 0; k < ranks.size(); ++k)
+    rss.push_back(per_rank[3 * k]), scratch.push_back(per_rank[3 * k + 1]), scratch_io.push_back(per_rank[3 * k + 2]);
+  r.run = {{"ranks", ranks.size()},
+           {"mode", streaming ? "layer-major" : "in-memory"},
+           {"memory", opt.memory},
+           {"planned_bytes", fixed + activation_memory},
+           {"baseline_rss_bytes", baseline},
+           {"activation_memory_bytes", streaming ? report.activation_memory_bytes : 0},
+           {"peak_rss_bytes", rss},
+           {"scratch_bytes_peak", scratch},
+           {"scratch_bytes_moved", scratch_io}};
 
-  const std::string config_text = read_text_file((fs::path(model_dir) / "config.json").string(), "config.json");
-  const ModelArch& a = model.arch();
   nlohmann::json layers = nlohmann::json::array();
   std::vector<int> n_ff;
   for (int l = 0; l < a.n_layer(); ++l) {
@@ -107,6 +239,7 @@ ScoreResult score_model(const std::string& model_dir, const std::string& text_pa
       {"mean_loss", total.mean()},
       {"seconds", seconds},
       {"tokens_per_s", used / seconds},
+      {"run", r.run},
       {"layers", layers},
       {"channels", {{"file", "channels.bin.zst"}, {"layout", "for each layer: taylor[n_ff] then fisher[n_ff], float32 little-endian"}, {"n_ff", n_ff}}},
       {"imatrix", {{"file", "imatrix.dat"}, {"format", "llama.cpp imatrix (legacy .dat), GGUF tensor names"}, {"ncall", chunks}}},

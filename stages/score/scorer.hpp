@@ -19,6 +19,13 @@ struct ScoreOptions {
   int64_t max_tokens = 0;  // 0 = the whole text
   bool moments = false;    // also Σ x xᵀ of every linear input (moments/, for GPTQ): n² floats each
   int threads = 0;
+  // 0: the whole float32 model in memory, chunk after chunk. Otherwise a bound in bytes on what
+  // scoring holds (weights, activations, work buffers, statistics): layers are read from the
+  // checkpoint one at a time and every chunk goes through a layer before the next layer is
+  // read (layer-major); activation checkpoints beyond the bound go to a scratch file. The same
+  // scores either way.
+  uint64_t memory = 0;
+  std::string scratch_dir;  // the scratch file's folder (unnamed file; "" = the current folder)
   std::function<void(uint64_t done, uint64_t total)> progress;  // tokens
 };
 
@@ -36,9 +43,12 @@ struct ScoreResult {
   MaskSet taylor, fisher;  // E|m dL/dm| and E[(dL/dm)^2] per mask
   ActivationStats stats;
   int chunks = 0;
+  nlohmann::json run;  // how it ran: ranks, mode, memory bound, peak RSS and scratch bytes per rank
 };
 
-// Scores the model in `model_dir` (HF folder) on the text file `text_path`.
+// Scores the model in `model_dir` (HF folder) on the text file `text_path`. Launched by mpirun
+// (stages/score/ranks.hpp), each rank scores its share of the chunks and every statistic is
+// summed over the ranks: all ranks return the same result.
 ScoreResult score_model(const std::string& model_dir, const std::string& text_path, const ScoreOptions& opt);
 
 // Writes <dir>/scores.json, <dir>/channels.bin.zst (per-layer FFN channel Taylor and Fisher

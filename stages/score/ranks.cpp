@@ -1,0 +1,132 @@
+#include "stages/score/ranks.hpp"
+
+#include "core/runtime/error.hpp"
+
+#include <fmt/format.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <limits>
+#include <vector>
+
+#ifdef SQUISH_HAVE_MPI
+#define OMPI_SKIP_MPICXX 1  // the C API only
+#define MPICH_SKIP_MPICXX 1
+#include <mpi.h>
+#endif
+
+namespace squish::score {
+
+namespace {
+int env_int(std::initializer_list<const char*> names, int fallback) {
+  for (const char* n : names)
+    if (const char* v = std::getenv(n); v && *v) {
+      char* end = nullptr;
+      const long x = std::strtol(v, &end, 10);
+      if (*end == '\0' && x >= 0 && x < (1 << 24)) return static_cast<int>(x);
+    }
+  return fallback;
+}
+
+#ifdef SQUISH_HAVE_MPI
+void check(int rc, const char* what) {
+  if (rc != MPI_SUCCESS) {
+    char msg[MPI_MAX_ERROR_STRING];
+    int len = 0;
+    MPI_Error_string(rc, msg, &len);
+    fail(ExitCode::Runtime, "MPI: {} failed: {}", what, std::string(msg, len));
+  }
+}
+
+void finalize_at_exit() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized) MPI_Finalize();
+}
+
+template <class T>
+void allreduce_sum(std::span<T> v, MPI_Datatype type) {
+  // MPI counts are int: large statistics (second moments) go in pieces.
+  constexpr size_t kPiece = size_t(1) << 28;
+  for (size_t o = 0; o < v.size(); o += kPiece) {
+    const int n = static_cast<int>(std::min(kPiece, v.size() - o));
+    check(MPI_Allreduce(MPI_IN_PLACE, v.data() + o, n, type, MPI_SUM, MPI_COMM_WORLD), "MPI_Allreduce");
+  }
+}
+#endif
+}  // namespace
+
+int launcher_rank() { return env_int({"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"}, 0); }
+int launcher_size() { return env_int({"OMPI_COMM_WORLD_SIZE", "PMI_SIZE"}, 1); }
+
+Ranks::Ranks() {
+  if (launcher_size() <= 1 && std::getenv("PMIX_RANK") == nullptr) return;  // no launcher: one rank, no MPI
+#ifdef SQUISH_HAVE_MPI
+  int initialized = 0;
+  MPI_Initialized(&initialized);
+  if (!initialized) {
+    int provided = 0;
+    check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
+    std::atexit(finalize_at_exit);
+  }
+  MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+  check(MPI_Comm_rank(MPI_COMM_WORLD, &rank_), "MPI_Comm_rank");
+  check(MPI_Comm_size(MPI_COMM_WORLD, &size_), "MPI_Comm_size");
+#else
+  if (launcher_size() > 1)
+    fail(ExitCode::Usage, "score: launched as {} MPI ranks, but this build has no MPI (install libopenmpi-dev and rebuild)",
+         launcher_size());
+#endif
+}
+
+Ranks& Ranks::world() {
+  static Ranks w;
+  return w;
+}
+
+void Ranks::sum(std::span<double> v) const {
+#ifdef SQUISH_HAVE_MPI
+  if (distributed()) allreduce_sum(v, MPI_DOUBLE);
+#else
+  (void)v;
+#endif
+}
+void Ranks::sum(std::span<float> v) const {
+#ifdef SQUISH_HAVE_MPI
+  if (distributed()) allreduce_sum(v, MPI_FLOAT);
+#else
+  (void)v;
+#endif
+}
+void Ranks::sum(std::span<int64_t> v) const {
+#ifdef SQUISH_HAVE_MPI
+  if (distributed()) allreduce_sum(v, MPI_INT64_T);
+#else
+  (void)v;
+#endif
+}
+
+std::string Ranks::broadcast(const std::string& s) const {
+#ifdef SQUISH_HAVE_MPI
+  if (!distributed()) return s;
+  uint64_t n = s.size();
+  check(MPI_Bcast(&n, 1, MPI_UINT64_T, 0, MPI_COMM_WORLD), "MPI_Bcast");
+  std::string out = rank_ == 0 ? s : std::string(n, '\0');
+  if (n > uint64_t(std::numeric_limits<int>::max())) fail(ExitCode::Runtime, "MPI: broadcast of {} bytes", n);
+  check(MPI_Bcast(out.data(), static_cast<int>(n), MPI_CHAR, 0, MPI_COMM_WORLD), "MPI_Bcast");
+  return out;
+#else
+  return s;
+#endif
+}
+
+void Ranks::abort(int exit_code, const std::string& message) const {
+  std::fputs(fmt::format("squish-run: rank {} of {}: {}\n", rank_, size_, message).c_str(), stderr);
+  std::fflush(stderr);
+#ifdef SQUISH_HAVE_MPI
+  if (distributed()) MPI_Abort(MPI_COMM_WORLD, exit_code);
+#endif
+  std::_Exit(exit_code);
+}
+
+}  // namespace squish::score

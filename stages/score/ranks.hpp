@@ -1,0 +1,42 @@
+#pragma once
+// The processes one score run is spread over. Launched by mpirun (Open MPI; any launcher that
+// sets PMIx/PMI variables), each process is one rank of MPI_COMM_WORLD; otherwise the run is
+// one rank and MPI is never initialized, so the same binary behaves as before without mpirun.
+// Collectives are MPI's (sums with MPI_Allreduce); nothing here is a protocol of our own.
+#include <cstdint>
+#include <span>
+#include <string>
+
+namespace squish::score {
+
+class Ranks {
+ public:
+  // The world, initialized on first use. Error(Runtime) when launched by an MPI launcher but
+  // built without MPI.
+  static Ranks& world();
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  bool distributed() const { return size_ > 1; }
+
+  // Element-wise sums over all ranks, in place on every rank (MPI_Allreduce).
+  void sum(std::span<double> v) const;
+  void sum(std::span<float> v) const;
+  void sum(std::span<int64_t> v) const;
+  // Rank 0's value on every rank.
+  std::string broadcast(const std::string& s) const;
+  // Ends every rank of the run with `exit_code` after `message` (one line, to stderr): a failing
+  // rank cannot leave the others waiting in a collective (MPI_Abort).
+  [[noreturn]] void abort(int exit_code, const std::string& message) const;
+
+ private:
+  Ranks();
+  int rank_ = 0, size_ = 1;
+};
+
+// This process's rank as an MPI launcher announced it in the environment (0 when none did):
+// lets code that must not run on every rank (writing outputs, progress) decide before MPI
+// starts.
+int launcher_rank();
+int launcher_size();
+
+}  // namespace squish::score

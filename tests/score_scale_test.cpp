@@ -1,0 +1,353 @@
+// Scoring at scale: the layer-major pass under a memory bound gives the in-memory path's
+// scores and statistics; its spill store; memory settings; and scoring spread over MPI ranks
+// (mpirun -np 2 on localhost) gives one process's artifacts, while a failing rank ends the run
+// with a clear error and nothing written.
+#include "core/io/imatrix.hpp"
+#include "core/io/safetensors.hpp"
+#include "core/io/spill_store.hpp"
+#include "core/io/synthetic_checkpoint.hpp"
+#include "core/model/transformer.hpp"
+#include "core/runtime/error.hpp"
+#include "core/runtime/memory.hpp"
+#include "core/tokenizer/tokenizer.hpp"
+#include "tests/test_util.hpp"
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <zstd.h>
+
+#include <cmath>
+#include <filesystem>
+#include <numeric>
+
+using namespace squish;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::vector<std::string> entries_of(const std::string& dir) {
+  std::vector<std::string> v;
+  for (const auto& e : fs::directory_iterator(dir)) v.push_back(e.path().filename().string());
+  return v;
+}
+
+std::vector<float> block(size_t n, float seed) {
+  std::vector<float> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = seed + 0.25f * float(i);
+  return v;
+}
+
+}  // namespace
+
+TEST(SpillStore, KeepsBlocksInMemoryUpToTheBudgetThenInAnUnnamedScratchFile) {
+  test::TempDir tmp;
+  constexpr size_t n = 1000;
+  SpillStore s(n, 5, 2 * n * sizeof(float), tmp.path().string());
+  for (size_t id = 0; id < 5; ++id) s.put(id, block(n, float(id)).data());
+  EXPECT_EQ(s.memory_bytes(), 2 * n * sizeof(float));
+  EXPECT_EQ(s.scratch_bytes_peak(), 3 * n * sizeof(float));
+  EXPECT_TRUE(entries_of(tmp.path().string()).empty()) << "the scratch file has no name";
+  std::vector<float> out(n);
+  for (size_t id = 0; id < 5; ++id) {
+    s.get(id, out.data());
+    EXPECT_EQ(out, block(n, float(id))) << id;
+  }
+  // Replacing a block keeps its slot; a dropped slot is reused before the file grows.
+  s.put(4, block(n, 40.f).data());
+  s.drop(3);
+  s.drop(0);
+  std::vector<float> again(n);
+  s.get(4, again.data());
+  EXPECT_EQ(again, block(n, 40.f));
+  s.put(3, block(n, 30.f).data());
+  s.put(0, block(n, 7.f).data());
+  EXPECT_EQ(s.scratch_bytes_peak(), 3 * n * sizeof(float));
+  s.get(3, out.data());
+  EXPECT_EQ(out, block(n, 30.f));
+  s.get(0, out.data());
+  EXPECT_EQ(out, block(n, 7.f));
+  EXPECT_THROW(s.get(99, out.data()), Error);
+}
+
+TEST(SpillStore, NoBudgetSpillsEverythingAndAMissingFolderIsAClearError) {
+  test::TempDir tmp;
+  SpillStore s(64, 3, 0, tmp.path().string());
+  for (size_t id = 0; id < 3; ++id) s.put(id, block(64, float(id)).data());
+  EXPECT_EQ(s.memory_bytes(), 0u);
+  EXPECT_EQ(s.scratch_bytes_written(), 3 * 64 * sizeof(float));
+  std::vector<float> out(64);
+  s.get(1, out.data());
+  EXPECT_EQ(out, block(64, 1.f));
+  EXPECT_EQ(s.scratch_bytes_read(), 64 * sizeof(float));
+
+  SpillStore bad(64, 2, 0, tmp / "no/such/folder");
+  try {
+    bad.put(0, out.data());
+    FAIL() << "a scratch file in a missing folder";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ExitCode::Runtime);
+    EXPECT_NE(std::string(e.what()).find("no/such/folder: cannot create a scratch file"), std::string::npos) << e.what();
+  }
+}
+
+TEST(ByteSize, ParsesBinaryAndDecimalUnits) {
+  EXPECT_EQ(parse_byte_size("0"), 0u);
+  EXPECT_EQ(parse_byte_size("4096"), 4096u);
+  EXPECT_EQ(parse_byte_size("8G"), 8ull << 30);
+  EXPECT_EQ(parse_byte_size("8g"), 8ull << 30);
+  EXPECT_EQ(parse_byte_size("8GiB"), 8ull << 30);
+  EXPECT_EQ(parse_byte_size("8GB"), 8000000000ull);
+  EXPECT_EQ(parse_byte_size("512M"), 512ull << 20);
+  EXPECT_EQ(parse_byte_size("1.5G"), 3ull << 29);
+  EXPECT_EQ(parse_byte_size("2T"), 2ull << 40);
+  EXPECT_EQ(parse_byte_size("100B"), 100u);
+  for (const char* bad : {"", "G", "abc", "8X", "1.2.3", "-5", "8 G", "8GiBs", "1e30", "99999999999T"})
+    EXPECT_FALSE(parse_byte_size(bad).has_value()) << bad;
+}
+
+// Library level, where every statistic can be compared: an untied qwen2 (biases, the lookup's
+// own Fisher factors) with second moments, its checkpoints all but spilled.
+TEST(ScoreStreaming, LayerMajorEqualsChunkByChunkExactly) {
+  SQUISH_REQUIRE_SHARED();
+  test::TempDir tmp;
+  const std::string dir = tmp / "m";
+  SyntheticOptions so;
+  so.tokenizer_from = test::shared("models/stories260K");
+  so.seed = 5;
+  write_synthetic_checkpoint(dir, {{"model_type", "qwen2"}, {"hidden_size", 64}, {"intermediate_size", 96},
+                                   {"num_hidden_layers", 3}, {"num_attention_heads", 4}, {"num_key_value_heads", 2},
+                                   {"vocab_size", 512}, {"max_position_embeddings", 256}, {"rms_norm_eps", 1e-6},
+                                   {"tie_word_embeddings", false}, {"bos_token_id", 1}, {"eos_token_id", 2}},
+                             so);
+  auto in_memory = SafetensorsWeights::open(dir, true);
+  Tokenizer tok(Vocab::from_tokenizer_json(dir + "/tokenizer.json", 512));
+  auto ids = tok.encode(test::read_file(test::shared("data/TinyStories-valid.sample.txt")), true);
+  ids.resize(6 * 64);
+
+  Transformer a(in_memory, {});
+  MaskImportance ia(a.arch());
+  ActivationStats sa;
+  sa.second_moments = true;
+  const LossResult la = accumulate_mask_importance(a, ids, 64, ia, &sa);
+
+  Transformer b(SafetensorsWeights::open(dir, /*keep_layers=*/false), {});
+  MaskImportance ib(b.arch());
+  ActivationStats sb;
+  sb.second_moments = true;
+  LayerMajorOptions o;
+  o.activation_memory = 3 * 64 * 64 * sizeof(float);  // 3 of the 6 x 5 blocks: most spill
+  o.scratch_dir = tmp.path().string();
+  uint64_t steps = 0, total = 0;
+  o.progress = [&](uint64_t d, uint64_t t) { steps = d, total = t; };
+  LayerMajorReport rep;
+  const LossResult lb = b.mask_importance_by_layer(ids, 64, 0, 6, ib, &sb, o, &rep);
+
+  EXPECT_EQ(la.nll_sum, lb.nll_sum);
+  EXPECT_EQ(la.count, lb.count);
+  EXPECT_EQ(ia.chunks(), ib.chunks());
+  EXPECT_EQ(ia.sums(), ib.sums());
+  EXPECT_GT(rep.scratch_bytes_peak, 0u);
+  EXPECT_LE(rep.activation_memory_bytes, o.activation_memory);
+  EXPECT_EQ(steps, total);
+  EXPECT_EQ(total, 6u * (2 * 3 + 1));
+  const auto same = [](const auto& x, const auto& y, const char* what) {
+    ASSERT_EQ(x.size(), y.size()) << what;
+    for (const auto& [k, e] : x) {
+      ASSERT_TRUE(y.count(k)) << what << " " << k;
+      EXPECT_EQ(e.sum_sq, y.at(k).sum_sq) << what << " " << k;
+      EXPECT_EQ(e.count, y.at(k).count) << what << " " << k;
+    }
+  };
+  same(sa.entries, sb.entries, "inputs");
+  same(sa.output_grads, sb.output_grads, "output gradients");
+  same(sa.input_sums, sb.input_sums, "input sums");
+  EXPECT_TRUE(sa.output_grads.count("model.embed_tokens.weight")) << "untied: the lookup's factors";
+  ASSERT_EQ(sa.moments.size(), sb.moments.size());
+  for (const auto& [k, m] : sa.moments) EXPECT_EQ(m.sum, sb.moments.at(k).sum) << k;
+
+  // A share of the chunks (an MPI rank's) is the same arithmetic on fewer chunks.
+  MaskImportance ic(b.arch());
+  b.mask_importance_by_layer(ids, 64, 2, 4, ic, nullptr, o);
+  EXPECT_EQ(ic.chunks(), 2);
+  EXPECT_THROW(b.mask_importance_by_layer(ids, 64, 5, 7, ic, nullptr, o), Error);
+}
+
+namespace {
+std::string score_args(const std::string& out, const std::string& extra) {
+  return fmt::format("--set model={} --set text={} --set output={} --set ctx=128 --set max_tokens=4096 --no-progress {} {}/pipelines/score.yaml",
+                     test::shared("models/coder-28m"), test::shared("data/calib-code.txt"), out, extra, test::source_dir());
+}
+
+uint64_t float32_bytes(const std::string& model) {
+  uint64_t params = 0;
+  for (const auto& e : SafetensorsModel::open(model).entries())
+    params += std::accumulate(e.shape.begin(), e.shape.end(), uint64_t(1), [](uint64_t a, int64_t d) { return a * uint64_t(d); });
+  return params * sizeof(float);
+}
+}  // namespace
+
+// The acceptance case: coder-28m scored under a bound below its float32 size gives the same
+// artifacts, byte for byte, as scoring it whole in memory, within the bound.
+TEST(ScoreStreaming, CoderUnderAMemoryBoundBelowItsFloatSizeGivesTheSameArtifacts) {
+  SQUISH_REQUIRE_SHARED();
+  test::TempDir tmp;
+  const uint64_t bound = 96ull << 20;
+  ASSERT_LT(bound, float32_bytes(test::shared("models/coder-28m")));
+  auto whole = test::squish_run(score_args(tmp / "whole", ""));
+  ASSERT_EQ(whole.exit_code, 0) << whole.err;
+  auto streamed = test::squish_run(score_args(tmp / "streamed", "--set memory=96M"));
+  ASSERT_EQ(streamed.exit_code, 0) << streamed.err;
+  for (const char* f : {"imatrix.dat", "fisher.dat", "channels.bin.zst"})
+    EXPECT_EQ(test::read_file(tmp / "whole/" + f), test::read_file(tmp / "streamed/" + f)) << f;
+  const auto w = nlohmann::json::parse(test::read_file(tmp / "whole/scores.json"));
+  const auto s = nlohmann::json::parse(test::read_file(tmp / "streamed/scores.json"));
+  EXPECT_EQ(w["layers"], s["layers"]);
+  EXPECT_EQ(w["mean_loss"], s["mean_loss"]);
+  EXPECT_EQ(w["run"]["mode"], "in-memory");
+  const auto& run = s["run"];
+  EXPECT_EQ(run["mode"], "layer-major");
+  EXPECT_EQ(run["memory"].get<uint64_t>(), bound);
+  EXPECT_GT(run["scratch_bytes_peak"][0].get<uint64_t>(), 0u) << "the bound forces checkpoints to the scratch file";
+  EXPECT_TRUE(entries_of(tmp.path().string()).size() == 2) << "no scratch file or staging folder left beside the outputs";
+  SQUISH_SKIP_UNDER_SANITIZERS("RSS is the sanitizer's");
+  EXPECT_LE(run["peak_rss_bytes"][0].get<uint64_t>(), bound);
+  EXPECT_GT(w["run"]["peak_rss_bytes"][0].get<uint64_t>(), bound) << "the whole model in memory does not fit the bound";
+}
+
+TEST(ScoreStreaming, MemorySettingsThatCannotWorkAreRefusedBeforeAnythingIsWritten) {
+  SQUISH_REQUIRE_SHARED();
+  test::TempDir tmp;
+  auto small = test::squish_run(score_args(tmp / "out", "--set memory=20M"));
+  EXPECT_EQ(small.exit_code, 2) << small.err;
+  EXPECT_NE(small.err.find("memory=20971520 is below the"), std::string::npos) << small.err;
+  EXPECT_NE(small.err.find("coder-28m"), std::string::npos) << small.err;
+  auto word = test::squish_run(score_args(tmp / "out", "--set memory=lots"));
+  EXPECT_EQ(word.exit_code, 2) << word.err;
+  EXPECT_NE(word.err.find("memory 'lots' is not a size"), std::string::npos) << word.err;
+  auto scratch = test::squish_run(score_args(tmp / "out", "--set memory=80M --set scratch=" + tmp / "missing"));
+  EXPECT_EQ(scratch.exit_code, 5) << scratch.err;
+  EXPECT_NE(scratch.err.find("missing: cannot create a scratch file"), std::string::npos) << scratch.err;
+  EXPECT_TRUE(entries_of(tmp.path().string()).empty()) << "nothing written";
+}
+
+// ---------------------------------------------------------------------------------------------
+// MPI: mpirun -np 2 on this machine.
+
+namespace {
+bool have_mpirun() { return test::run("command -v mpirun >/dev/null 2>&1").exit_code == 0; }
+
+// Root in containers and CI: Open MPI refuses root unless told; shared memory without CMA.
+std::string mpirun(int np, const std::string& command) {
+  return fmt::format("OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl_vader_single_copy_mechanism=none "
+                     "OMPI_MCA_rmaps_base_oversubscribe=1 mpirun -np {} {}",
+                     np, command);
+}
+
+std::string squish_run_bin() { return test::binary_dir() + "/bin/squish-run"; }
+
+void expect_close(double a, double b, double rel, const std::string& what) {
+  EXPECT_LE(std::fabs(a - b), rel * std::max(std::fabs(a), std::fabs(b)) + 1e-30) << what << ": " << a << " vs " << b;
+}
+
+void expect_json_close(const nlohmann::json& a, const nlohmann::json& b, const std::string& at) {
+  ASSERT_EQ(a.type(), b.type()) << at;
+  if (a.is_number_float()) return expect_close(a.get<double>(), b.get<double>(), 1e-9, at);
+  if (a.is_array()) {
+    ASSERT_EQ(a.size(), b.size()) << at;
+    for (size_t i = 0; i < a.size(); ++i) expect_json_close(a[i], b[i], at + "/" + std::to_string(i));
+  } else if (a.is_object()) {
+    for (auto it = a.begin(); it != a.end(); ++it) expect_json_close(it.value(), b.at(it.key()), at + "/" + it.key());
+  } else {
+    EXPECT_EQ(a, b) << at;
+  }
+}
+
+void expect_imatrix_close(const std::string& a, const std::string& b) {
+  const Imatrix x = read_imatrix(a), y = read_imatrix(b);
+  ASSERT_EQ(x.size(), y.size()) << a;
+  for (const auto& [k, v] : x) {
+    ASSERT_EQ(v.size(), y.at(k).size()) << k;
+    for (size_t i = 0; i < v.size(); ++i) expect_close(v[i], y.at(k)[i], 2e-6, k);
+  }
+}
+
+std::vector<float> channels(const std::string& path) {
+  const std::string z = test::read_file(path);
+  std::vector<float> v(ZSTD_getFrameContentSize(z.data(), z.size()) / sizeof(float));
+  ZSTD_decompress(v.data(), v.size() * sizeof(float), z.data(), z.size());
+  return v;
+}
+
+void expect_same_artifacts(const std::string& one, const std::string& two) {
+  const auto a = nlohmann::json::parse(test::read_file(one + "/scores.json"));
+  const auto b = nlohmann::json::parse(test::read_file(two + "/scores.json"));
+  expect_json_close(a["layers"], b["layers"], "layers");
+  expect_close(a["mean_loss"].get<double>(), b["mean_loss"].get<double>(), 1e-12, "mean_loss");
+  EXPECT_EQ(a["calibration"], b["calibration"]);
+  expect_imatrix_close(one + "/imatrix.dat", two + "/imatrix.dat");
+  expect_imatrix_close(one + "/fisher.dat", two + "/fisher.dat");
+  const auto ca = channels(one + "/channels.bin.zst"), cb = channels(two + "/channels.bin.zst");
+  ASSERT_EQ(ca.size(), cb.size());
+  for (size_t i = 0; i < ca.size(); ++i) expect_close(ca[i], cb[i], 2e-6, "channel " + std::to_string(i));
+}
+}  // namespace
+
+TEST(ScoreMpi, TwoRanksGiveOneProcesssArtifactsInMemoryAndLayerMajor) {
+  SQUISH_REQUIRE_SHARED();
+  SQUISH_SKIP_UNDER_SANITIZERS("Open MPI's own allocations read as leaks");
+  if (!have_mpirun()) {
+    if (std::getenv("CI")) FAIL() << "mpirun is missing (.ci/deps installs openmpi-bin)";
+    GTEST_SKIP() << "mpirun is missing";
+  }
+  test::TempDir tmp;
+  auto one = test::squish_run(score_args(tmp / "one", ""));
+  ASSERT_EQ(one.exit_code, 0) << one.err;
+  for (const char* extra : {"", "--set memory=96M"}) {
+    SCOPED_TRACE(extra);
+    const std::string out = tmp / (*extra ? "two-streamed" : "two");
+    auto two = test::run(mpirun(2, squish_run_bin() + " " + score_args(out, std::string(extra) + " --events-file " + tmp / "ev.jsonl")));
+    ASSERT_EQ(two.exit_code, 0) << two.err;
+    expect_same_artifacts(tmp / "one", out);
+    const auto run = nlohmann::json::parse(test::read_file(out + "/scores.json"))["run"];
+    EXPECT_EQ(run["ranks"], 2);
+    EXPECT_EQ(run["peak_rss_bytes"].size(), 2u);
+    // Only rank 0 writes events: one pipeline_start in the file.
+    const std::string ev = test::read_file(tmp / "ev.jsonl");
+    size_t starts = 0;
+    for (size_t p = ev.find("\"pipeline_start\""); p != std::string::npos; p = ev.find("\"pipeline_start\"", p + 1)) ++starts;
+    EXPECT_EQ(starts, 1u) << ev;
+  }
+}
+
+TEST(ScoreMpi, AFailingRankEndsTheRunWithItsErrorAndNothingWritten) {
+  SQUISH_REQUIRE_SHARED();
+  SQUISH_SKIP_UNDER_SANITIZERS("Open MPI's own allocations read as leaks");
+  if (!have_mpirun()) {
+    if (std::getenv("CI")) FAIL() << "mpirun is missing (.ci/deps installs openmpi-bin)";
+    GTEST_SKIP() << "mpirun is missing";
+  }
+  test::TempDir tmp;
+  fs::create_directory(tmp / "work");
+  const std::string other = tmp / "other.txt";
+  test::write_file(other, test::read_file(test::shared("data/calib-code.txt")).substr(1000));
+  // Rank 1 gets another text: a missing one (fails on its own), then a different one (caught
+  // when the ranks compare what they score).
+  struct Case {
+    std::string text;
+    std::string message;
+  };
+  for (const Case& c : {Case{tmp / "missing.txt", "rank 1 of 2: " + tmp / "missing.txt" + ": cannot open calibration text"},
+                        Case{other, "differs from rank 0's"}}) {
+    SCOPED_TRACE(c.text);
+    const std::string script = tmp / "rank.sh";
+    test::write_file(script, fmt::format("t={}\n[ \"$OMPI_COMM_WORLD_RANK\" = 1 ] && t={}\nexec {} {}\n",
+                                         test::shared("data/calib-code.txt"), c.text, squish_run_bin(),
+                                         fmt::format("--set model={} --set text=$t --set output={} --set ctx=128 --set max_tokens=4096 --no-progress {}/pipelines/score.yaml",
+                                                     test::shared("models/coder-28m"), tmp / "work/out", test::source_dir())));
+    auto r = test::run(mpirun(2, "sh " + script));
+    EXPECT_EQ(r.exit_code, 3) << r.err;
+    EXPECT_NE(r.err.find(c.message), std::string::npos) << r.err;
+    EXPECT_TRUE(entries_of(tmp / "work").empty()) << "no artifacts, no staging folder";
+  }
+}
