@@ -125,7 +125,7 @@ std::shared_ptr<const LayerWeights> SafetensorsWeights::read_layer(int l) const 
     if (k.per_layer && arch_.has(k, l)) {
       const SafetensorsEntry& e = st_.at(arch::hf_name(k, l));
       *layer_field(*w, k.role) = st_.load(e).to_f32();
-      if (!keep_) st_.release(e);  // streaming: the source pages leave the process with the layer
+      st_.release(e);  // converted: the source pages need not stay resident beside the float32 copy
     }
   check_layer(arch_, l, *w, st_.root());
   return w;

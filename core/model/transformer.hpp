@@ -74,6 +74,7 @@ class SafetensorsWeights final : public WeightLoader {
   const GlobalWeights& globals() const override { return globals_; }
   std::shared_ptr<const LayerWeights> layer(int il) const override;
   const ModelConfig& config() const { return config_; }
+  const SafetensorsModel& checkpoint() const { return st_; }
 
  private:
   SafetensorsWeights(ModelConfig c, SafetensorsModel st, bool keep);

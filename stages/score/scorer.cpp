@@ -12,6 +12,7 @@
 #include "core/tokenizer/tokenizer.hpp"
 #include "stages/score/ranks.hpp"
 
+#include <malloc.h>
 #include <zstd.h>
 
 #include <chrono>
@@ -134,16 +135,22 @@ ScoreResult score_model(const std::string& model_dir, const std::string& text_pa
   for (int l = 0; l < a.n_layer(); ++l) all_layers += layer_bytes(a, l), one_layer = std::max(one_layer, layer_bytes(a, l));
   const uint64_t work = model.work_bytes(opt.ctx);
   const uint64_t statistics = statistics_bytes(a, opt.moments);
-  const uint64_t fixed = baseline + global_bytes + (streaming ? one_layer : all_layers) + work + statistics;
+  // While a tensor is converted its source pages are resident too (released right after).
+  uint64_t largest_source = 0;
+  for (const auto& e : weights->checkpoint().entries()) largest_source = std::max<uint64_t>(largest_source, e.nbytes);
+  const uint64_t fixed = baseline + global_bytes + (streaming ? one_layer : all_layers) + largest_source + work + statistics;
   const uint64_t activations = uint64_t(c1 - c0) * (a.n_layer() + 2) * uint64_t(opt.ctx) * a.n_embd * sizeof(float);
   uint64_t activation_memory = 0;
   const std::string what = fmt::format("{}: scoring (float32 globals {}, {} {}, work buffers {}, statistics {})", model_dir,
                                        mib(global_bytes), streaming ? "one layer" : "all layers",
                                        mib(streaming ? one_layer : all_layers), mib(work), mib(statistics));
   if (streaming) {
+    // Freed buffers (each layer's weights) go back to the system at once rather than stay in
+    // the allocator's heap, where fragmentation would let RSS creep past the bound.
+    ::mallopt(M_MMAP_THRESHOLD, 1 << 20);
     if (fixed > opt.memory)
-      fail(ExitCode::Usage, "{}: memory={} is below the {} that scoring this model layer by layer needs (process and text {}, float32 globals {}, one layer {}, work buffers {}, statistics {})",
-           model_dir, opt.memory, mib(fixed), mib(baseline), mib(global_bytes), mib(one_layer), mib(work), mib(statistics));
+      fail(ExitCode::Usage, "{}: memory={} is below the {} that scoring this model layer by layer needs (process and text {}, float32 globals {}, one layer {} and the source of its largest tensor {}, work buffers {}, statistics {})",
+           model_dir, opt.memory, mib(fixed), mib(baseline), mib(global_bytes), mib(one_layer), mib(largest_source), mib(work), mib(statistics));
     activation_memory = std::min(opt.memory - fixed, activations);
     require_memory(fixed - baseline + activation_memory, what);  // the baseline is resident already
   } else {
