@@ -992,6 +992,13 @@ struct Transformer::Impl {
   }
 };
 
+namespace {
+int thread_count(int requested) {
+  // All the cores this process may run on (its affinity mask: one per rank under mpirun).
+  return requested > 0 ? requested : std::max(1, tbb::info::default_concurrency());
+}
+}  // namespace
+
 Transformer::Transformer(std::shared_ptr<const WeightLoader> weights, TransformerOptions opt)
     : weights_(std::move(weights)), opt_(opt) {
   if (!weights_) fail(ExitCode::Runtime, "transformer: no weights");
@@ -999,8 +1006,7 @@ Transformer::Transformer(std::shared_ptr<const WeightLoader> weights, Transforme
   for (int l = 0; l < weights_->arch().n_layer(); ++l)  // the float model has no empty layers
     if (weights_->arch().layers[l].n_head <= 0 || weights_->arch().layers[l].n_ff <= 0)
       fail(ExitCode::InputData, "transformer: layer {} has no attention or no MLP", l);
-  // All the cores this process may run on (its affinity mask: one per rank under mpirun).
-  int n = opt_.threads > 0 ? opt_.threads : std::max(1, tbb::info::default_concurrency());
+  const int n = thread_count(opt_.threads);
   impl_ = std::make_unique<Impl>(*weights_, n);
   if (opt_.precision == Precision::F64) impl_->f64 = std::make_unique<Engine<double>>(*weights_);
 }
@@ -1063,8 +1069,7 @@ LossResult Transformer::mask_importance_by_layer(std::span<const int32_t> tokens
   });
 }
 
-uint64_t Transformer::work_bytes(int n_ctx) const {
-  const ModelArch& a = arch();
+uint64_t Transformer::work_bytes(const ModelArch& a, int n_ctx, int threads) {
   const uint64_t T = uint64_t(n_ctx), D = a.n_embd;
   uint64_t per_token = 0;
   for (const auto& s : a.layers) {
@@ -1072,8 +1077,7 @@ uint64_t Transformer::work_bytes(int n_ctx) const {
     // Acts: xn1 q k v o att y_attn x_mid xn2 g u a h y_mlp; Grads: dy dh dg du dxn datt dq dk dv.
     per_token = std::max(per_token, (5 * D + 3 * Q + 2 * KV + 4 * FF + 2) + (2 * D + 3 * FF + 2 * Q + 2 * KV));
   }
-  const uint64_t threads = uint64_t(impl_->threads);
-  const uint64_t attention = threads * 2 * uint64_t(std::min<int>(n_ctx, 128)) * T;
+  const uint64_t attention = uint64_t(thread_count(threads)) * 2 * uint64_t(std::min<int>(n_ctx, 128)) * T;
   const uint64_t head = 64 * uint64_t(a.n_vocab) + 4 * T * D;  // logit rows; x, dx, xf, dxf
   const uint64_t rope = T * a.head_dim;
   return (per_token * T + attention + head + rope) * sizeof(float);

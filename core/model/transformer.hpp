@@ -245,9 +245,10 @@ class Transformer {
   LossResult mask_importance_by_layer(std::span<const int32_t> tokens, int n_ctx, int c0, int c1, MaskImportance& importance,
                                       ActivationStats* stats, const LayerMajorOptions& opt, LayerMajorReport* report = nullptr);
 
-  // Bytes of the work buffers one call with chunks of n_ctx tokens allocates (estimate: the
-  // layer activations, their gradients, attention and logit scratch), for memory budgets.
-  uint64_t work_bytes(int n_ctx) const;
+  // Bytes of the work buffers a Transformer of `threads` threads (0: all cores) allocates for
+  // chunks of n_ctx tokens (the layer activations, their gradients, attention and logit
+  // scratch), for memory bounds checked before the model is loaded.
+  static uint64_t work_bytes(const ModelArch& a, int n_ctx, int threads);
 
   struct Impl;
 

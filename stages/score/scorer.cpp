@@ -121,23 +121,19 @@ ScoreResult score_model(const std::string& model_dir, const std::string& text_pa
   // What the process holds before the model (code, libraries, the text and its tokens): inside
   // the bound, so the bound is on the whole process.
   const uint64_t baseline = current_rss_bytes();
-  auto weights = SafetensorsWeights::open(model_dir, /*keep_layers=*/!streaming);
   const int c0 = static_cast<int>(int64_t(chunks) * ranks.rank() / ranks.size());
   const int c1 = static_cast<int>(int64_t(chunks) * (ranks.rank() + 1) / ranks.size());
 
-  TransformerOptions topt;
-  topt.threads = opt.threads;
-  Transformer model(weights, topt);
-  const ModelArch& a = model.arch();
-  const GlobalWeights& g = weights->globals();
-  const uint64_t global_bytes = (g.tok_embd.size() + g.out_norm.size() + g.lm_head.size()) * sizeof(float);
+  // Memory, checked from the checkpoint's header before any weight is loaded.
+  const ModelArch a = arch_from_checkpoint(cfg, SafetensorsModel::open(model_dir));
+  const uint64_t global_bytes = (uint64_t(a.n_vocab) * a.n_embd * (a.tie_embeddings ? 1 : 2) + a.n_embd) * sizeof(float);
   uint64_t all_layers = 0, one_layer = 0;
   for (int l = 0; l < a.n_layer(); ++l) all_layers += layer_bytes(a, l), one_layer = std::max(one_layer, layer_bytes(a, l));
-  const uint64_t work = model.work_bytes(opt.ctx);
+  const uint64_t work = Transformer::work_bytes(a, opt.ctx, opt.threads);
   const uint64_t statistics = statistics_bytes(a, opt.moments);
   // While a tensor is converted its source pages are resident too (released right after).
   uint64_t largest_source = 0;
-  for (const auto& e : weights->checkpoint().entries()) largest_source = std::max<uint64_t>(largest_source, e.nbytes);
+  for (const auto& e : SafetensorsModel::open(model_dir).entries()) largest_source = std::max<uint64_t>(largest_source, e.nbytes);
   const uint64_t fixed = baseline + global_bytes + (streaming ? one_layer : all_layers) + largest_source + work + statistics;
   const uint64_t activations = uint64_t(c1 - c0) * (a.n_layer() + 2) * uint64_t(opt.ctx) * a.n_embd * sizeof(float);
   uint64_t activation_memory = 0;
@@ -157,6 +153,9 @@ ScoreResult score_model(const std::string& model_dir, const std::string& text_pa
     require_memory(fixed - baseline, what + "; --set memory=<bytes> scores layer by layer within that bound");
   }
 
+  TransformerOptions topt;
+  topt.threads = opt.threads;
+  Transformer model(SafetensorsWeights::open(model_dir, /*keep_layers=*/!streaming), topt);
   MaskImportance importance(a);
   ScoreResult r;
   r.stats.second_moments = opt.moments;
