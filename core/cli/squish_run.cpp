@@ -120,6 +120,7 @@ int main(int argc, char** argv) {
   // Under mpirun every rank runs this same command line; rank 0 speaks for the run (events,
   // progress), the others only report errors.
   const char* rank = std::getenv("OMPI_COMM_WORLD_RANK");
+  if (!rank) rank = std::getenv("PMIX_RANK");
   if (!rank) rank = std::getenv("PMI_RANK");
   if (rank && std::string_view(rank) != "0") {
     events_file.clear();

@@ -28,6 +28,9 @@ int env_int(std::initializer_list<const char*> names, int fallback) {
   return fallback;
 }
 
+// The number of ranks an MPI launcher announced in the environment (1 when none did).
+int launcher_size() { return env_int({"OMPI_COMM_WORLD_SIZE", "PMI_SIZE"}, 1); }
+
 #ifdef SQUISH_HAVE_MPI
 void check(int rc, const char* what) {
   if (rc != MPI_SUCCESS) {
@@ -56,8 +59,6 @@ void allreduce_sum(std::span<T> v, MPI_Datatype type) {
 #endif
 }  // namespace
 
-int launcher_rank() { return env_int({"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"}, 0); }
-int launcher_size() { return env_int({"OMPI_COMM_WORLD_SIZE", "PMI_SIZE"}, 1); }
 
 Ranks::Ranks() {
   if (launcher_size() <= 1 && std::getenv("PMIX_RANK") == nullptr) return;  // no launcher: one rank, no MPI

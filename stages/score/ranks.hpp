@@ -33,10 +33,4 @@ class Ranks {
   int rank_ = 0, size_ = 1;
 };
 
-// This process's rank as an MPI launcher announced it in the environment (0 when none did):
-// lets code that must not run on every rank (writing outputs, progress) decide before MPI
-// starts.
-int launcher_rank();
-int launcher_size();
-
 }  // namespace squish::score
