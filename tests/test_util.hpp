@@ -53,7 +53,9 @@ void write_file(const std::string& path, const std::string& data);
 // space limits) mean nothing under them, so tests of those skip there.
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 #define SQUISH_SKIP_UNDER_SANITIZERS(why) GTEST_SKIP() << "under a sanitizer: " << why
+namespace squish::test { inline constexpr bool kSanitized = true; }
 #else
+namespace squish::test { inline constexpr bool kSanitized = false; }
 #define SQUISH_SKIP_UNDER_SANITIZERS(why) \
   do {                                    \
   } while (0)

@@ -125,7 +125,8 @@ ScoreResult score_model(const std::string& model_dir, const std::string& text_pa
   const int c1 = static_cast<int>(int64_t(chunks) * (ranks.rank() + 1) / ranks.size());
 
   // Memory, checked from the checkpoint's header before any weight is loaded.
-  const ModelArch a = arch_from_checkpoint(cfg, SafetensorsModel::open(model_dir));
+  const SafetensorsModel header = SafetensorsModel::open(model_dir);
+  const ModelArch a = arch_from_checkpoint(cfg, header);
   const uint64_t global_bytes = (uint64_t(a.n_vocab) * a.n_embd * (a.tie_embeddings ? 1 : 2) + a.n_embd) * sizeof(float);
   uint64_t all_layers = 0, one_layer = 0;
   for (int l = 0; l < a.n_layer(); ++l) all_layers += layer_bytes(a, l), one_layer = std::max(one_layer, layer_bytes(a, l));
@@ -133,7 +134,7 @@ ScoreResult score_model(const std::string& model_dir, const std::string& text_pa
   const uint64_t statistics = statistics_bytes(a, opt.moments);
   // While a tensor is converted its source pages are resident too (released right after).
   uint64_t largest_source = 0;
-  for (const auto& e : SafetensorsModel::open(model_dir).entries()) largest_source = std::max<uint64_t>(largest_source, e.nbytes);
+  for (const auto& e : header.entries()) largest_source = std::max<uint64_t>(largest_source, e.nbytes);
   const uint64_t fixed = baseline + global_bytes + (streaming ? one_layer : all_layers) + largest_source + work + statistics;
   const uint64_t activations = uint64_t(c1 - c0) * (a.n_layer() + 2) * uint64_t(opt.ctx) * a.n_embd * sizeof(float);
   uint64_t activation_memory = 0;
