@@ -43,7 +43,7 @@ std::vector<float> block(size_t n, float seed) {
 TEST(SpillStore, KeepsBlocksInMemoryUpToTheBudgetThenInAnUnnamedScratchFile) {
   test::TempDir tmp;
   constexpr size_t n = 1000;
-  SpillStore s(n, 5, 2 * n * sizeof(float), tmp.path().string());
+  SpillStore s(n * sizeof(float), 5, 2 * n * sizeof(float), tmp.path().string());
   for (size_t id = 0; id < 5; ++id) s.put(id, block(n, float(id)).data());
   EXPECT_EQ(s.memory_bytes(), 2 * n * sizeof(float));
   EXPECT_EQ(s.scratch_bytes_peak(), 3 * n * sizeof(float));
@@ -72,7 +72,7 @@ TEST(SpillStore, KeepsBlocksInMemoryUpToTheBudgetThenInAnUnnamedScratchFile) {
 
 TEST(SpillStore, NoBudgetSpillsEverythingAndAMissingFolderIsAClearError) {
   test::TempDir tmp;
-  SpillStore s(64, 3, 0, tmp.path().string());
+  SpillStore s(64 * sizeof(float), 3, 0, tmp.path().string());
   for (size_t id = 0; id < 3; ++id) s.put(id, block(64, float(id)).data());
   EXPECT_EQ(s.memory_bytes(), 0u);
   EXPECT_EQ(s.scratch_bytes_written(), 3 * 64 * sizeof(float));
@@ -81,14 +81,19 @@ TEST(SpillStore, NoBudgetSpillsEverythingAndAMissingFolderIsAClearError) {
   EXPECT_EQ(out, block(64, 1.f));
   EXPECT_EQ(s.scratch_bytes_read(), 64 * sizeof(float));
 
-  SpillStore bad(64, 2, 0, tmp / "no/such/folder");
-  try {
-    bad.put(0, out.data());
-    FAIL() << "a scratch file in a missing folder";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), ExitCode::Runtime);
-    EXPECT_NE(std::string(e.what()).find("no/such/folder: cannot create a scratch file"), std::string::npos) << e.what();
+  SpillStore bad(64 * sizeof(float), 2, 0, tmp / "no/such/folder");
+  for (int probe = 0; probe < 2; ++probe) {
+    try {
+      if (probe) SpillStore::check_folder(tmp / "no/such/folder");
+      else bad.put(0, out.data());
+      FAIL() << "a scratch file in a missing folder";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ExitCode::Runtime);
+      EXPECT_NE(std::string(e.what()).find("no/such/folder: cannot create a scratch file"), std::string::npos) << e.what();
+    }
   }
+  SpillStore::check_folder(tmp.path().string());
+  EXPECT_TRUE(entries_of(tmp.path().string()).empty()) << "the probe leaves nothing";
 }
 
 TEST(ByteSize, ParsesBinaryAndDecimalUnits) {
@@ -102,7 +107,7 @@ TEST(ByteSize, ParsesBinaryAndDecimalUnits) {
   EXPECT_EQ(parse_byte_size("1.5G"), 3ull << 29);
   EXPECT_EQ(parse_byte_size("2T"), 2ull << 40);
   EXPECT_EQ(parse_byte_size("100B"), 100u);
-  for (const char* bad : {"", "G", "abc", "8X", "1.2.3", "-5", "8 G", "8GiBs", "1e30", "99999999999T"})
+  for (const char* bad : {"", "G", "abc", "8X", "1.2.3", "-5", "8 G", "8GiBs", "8Bi", "1e30", "99999999999T"})
     EXPECT_FALSE(parse_byte_size(bad).has_value()) << bad;
 }
 
@@ -166,10 +171,13 @@ TEST(ScoreStreaming, LayerMajorEqualsChunkByChunkExactly) {
   ASSERT_EQ(sa.moments.size(), sb.moments.size());
   for (const auto& [k, m] : sa.moments) EXPECT_EQ(m.sum, sb.moments.at(k).sum) << k;
 
-  // A share of the chunks (an MPI rank's) is the same arithmetic on fewer chunks.
-  MaskImportance ic(b.arch());
-  b.mask_importance_by_layer(ids, 64, 2, 4, ic, nullptr, o);
+  // A share of the chunks (an MPI rank's) is the same arithmetic on just those chunks.
+  MaskImportance ic(b.arch()), id(a.arch());
+  const LossResult lc = b.mask_importance_by_layer(ids, 64, 2, 4, ic, nullptr, o);
+  const LossResult ld = accumulate_mask_importance(a, std::span(ids).subspan(2 * 64, 2 * 64), 64, id);
   EXPECT_EQ(ic.chunks(), 2);
+  EXPECT_EQ(ic.sums(), id.sums());
+  EXPECT_EQ(lc.nll_sum, ld.nll_sum);
   EXPECT_THROW(b.mask_importance_by_layer(ids, 64, 5, 7, ic, nullptr, o), Error);
 }
 

@@ -108,12 +108,17 @@ std::shared_ptr<SafetensorsWeights> SafetensorsWeights::open(const std::string& 
   auto st = SafetensorsModel::open(dir);
   std::shared_ptr<SafetensorsWeights> w(new SafetensorsWeights(std::move(config), std::move(st), keep_layers));
   w->arch_ = arch_from_checkpoint(w->config_, w->st_);
-  w->globals_.tok_embd = w->st_.load(hf_of(Role::TokenEmbd, -1)).to_f32();
-  w->globals_.out_norm = w->st_.load(hf_of(Role::OutputNorm, -1)).to_f32();
+  // Each converted tensor's source pages are dropped at once: one source is resident at a time.
+  const auto convert = [&](Role r) {
+    const SafetensorsEntry& e = w->st_.at(hf_of(r, -1));
+    std::vector<float> v = w->st_.load(e).to_f32();
+    w->st_.release(e);
+    return v;
+  };
+  w->globals_.tok_embd = convert(Role::TokenEmbd);
+  w->globals_.out_norm = convert(Role::OutputNorm);
   // A tied checkpoint may still carry a copy of lm_head; the tie decides what is used.
-  if (!w->arch_.tie_embeddings) w->globals_.lm_head = w->st_.load(hf_of(Role::Output, -1)).to_f32();
-  for (Role r : {Role::TokenEmbd, Role::OutputNorm, Role::Output})  // converted: the source pages are not needed
-    if (const SafetensorsEntry* e = w->st_.find(hf_of(r, -1))) w->st_.release(*e);
+  if (!w->arch_.tie_embeddings) w->globals_.lm_head = convert(Role::Output);
   check_globals(w->arch_, w->globals_, w->st_.root());
   w->cache_.resize(w->arch_.n_layer());
   return w;
@@ -894,12 +899,12 @@ struct Engine {
     const int L = A.n_layer(), n = c1 - c0, D = A.n_embd;
     const size_t TD = size_t(T) * D;
     const uint64_t dx_memory = std::min<uint64_t>(o.activation_memory, uint64_t(n) * TD * sizeof(F));
-    SpillStore dxs(TD * sizeof(F) / sizeof(float), n, dx_memory, o.scratch_dir);
-    SpillStore cks(TD * sizeof(F) / sizeof(float), size_t(L + 1) * n, o.activation_memory - dx_memory, o.scratch_dir);
+    SpillStore dxs(TD * sizeof(F), n, dx_memory, o.scratch_dir);
+    SpillStore cks(TD * sizeof(F), size_t(L + 1) * n, o.activation_memory - dx_memory, o.scratch_dir);
     const auto ck = [&](int l, int c) { return size_t(l) * n + c; };
     const auto chunk = [&](int c) { return tokens.subspan(size_t(c0 + c) * n_ctx, n_ctx); };
-    const auto put = [](SpillStore& s, size_t id, const Vec& v) { s.put(id, reinterpret_cast<const float*>(v.data())); };
-    const auto get = [](const SpillStore& s, size_t id, Vec& v) { s.get(id, reinterpret_cast<float*>(v.data())); };
+    const auto put = [](SpillStore& s, size_t id, const Vec& v) { s.put(id, v.data()); };
+    const auto get = [](const SpillStore& s, size_t id, Vec& v) { s.get(id, v.data()); };
     const uint64_t steps = uint64_t(n) * (2 * L + 1);
     uint64_t done = 0;
     const auto step = [&] { if (o.progress) o.progress(++done, steps); };
@@ -1071,12 +1076,15 @@ LossResult Transformer::mask_importance_by_layer(std::span<const int32_t> tokens
 
 uint64_t Transformer::work_bytes(const ModelArch& a, int n_ctx, int threads) {
   const uint64_t T = uint64_t(n_ctx), D = a.n_embd;
-  uint64_t per_token = 0;
+  // Each buffer keeps the largest size any layer gave it (pruned layers differ).
+  uint64_t Q = 0, KV = 0, FF = 0;
   for (const auto& s : a.layers) {
-    const uint64_t Q = uint64_t(s.n_head) * a.head_dim, KV = uint64_t(s.n_head_kv) * a.head_dim, FF = s.n_ff;
-    // Acts: xn1 q k v o att y_attn x_mid xn2 g u a h y_mlp; Grads: dy dh dg du dxn datt dq dk dv.
-    per_token = std::max(per_token, (5 * D + 3 * Q + 2 * KV + 4 * FF + 2) + (2 * D + 3 * FF + 2 * Q + 2 * KV));
+    Q = std::max(Q, uint64_t(s.n_head) * a.head_dim);
+    KV = std::max(KV, uint64_t(s.n_head_kv) * a.head_dim);
+    FF = std::max<uint64_t>(FF, s.n_ff);
   }
+  // Acts: xn1 q k v o att y_attn x_mid xn2 g u a h y_mlp; Grads: dy dh dg du dxn datt dq dk dv.
+  const uint64_t per_token = (5 * D + 3 * Q + 2 * KV + 4 * FF + 2) + (2 * D + 3 * FF + 2 * Q + 2 * KV);
   const uint64_t attention = uint64_t(thread_count(threads)) * 2 * uint64_t(std::min<int>(n_ctx, 128)) * T;
   const uint64_t head = 64 * uint64_t(a.n_vocab) + 4 * T * D;  // logit rows; x, dx, xf, dxf
   const uint64_t rope = T * a.head_dim;

@@ -70,7 +70,7 @@ std::optional<uint64_t> parse_byte_size(std::string_view s) {
   if (number.empty() || number == "." || std::count(number.begin(), number.end(), '.') > 1) return std::nullopt;
   for (char& c : unit) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
   if (!unit.empty() && unit.back() == 'B' && unit != "B") unit.pop_back();  // "GB" -> "G" (decimal below), "GIB" -> "GI"
-  const bool binary = unit.size() == 2 && unit[1] == 'I';
+  const bool binary = unit.size() == 2 && unit[1] == 'I' && std::string_view("KMGT").find(unit[0]) != std::string_view::npos;
   const bool decimal_suffix = s.size() >= 2 && (s.back() == 'B' || s.back() == 'b') && !binary && unit != "B";
   if (binary) unit.pop_back();
   double scale = 1;

@@ -49,8 +49,9 @@ void finalize_at_exit() {
 
 template <class T>
 void allreduce_sum(std::span<T> v, MPI_Datatype type) {
-  // MPI counts are int: large statistics (second moments) go in pieces.
-  constexpr size_t kPiece = size_t(1) << 28;
+  // MPI counts are int, and a reduction may allocate a temporary of its size: large
+  // statistics (second moments) go in pieces of 16 M values.
+  constexpr size_t kPiece = size_t(1) << 24;
   for (size_t o = 0; o < v.size(); o += kPiece) {
     const int n = static_cast<int>(std::min(kPiece, v.size() - o));
     check(MPI_Allreduce(MPI_IN_PLACE, v.data() + o, n, type, MPI_SUM, MPI_COMM_WORLD), "MPI_Allreduce");
@@ -66,9 +67,13 @@ Ranks::Ranks() {
   int initialized = 0;
   MPI_Initialized(&initialized);
   if (!initialized) {
+    // SERIALIZED: MPI starts on the flow graph's thread that runs the score node and is
+    // finalized on the main thread at exit; calls never overlap.
     int provided = 0;
-    check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
+    check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided), "MPI_Init_thread");
     std::atexit(finalize_at_exit);
+    if (provided < MPI_THREAD_SERIALIZED)
+      fail(ExitCode::Runtime, "MPI: this MPI library does not allow calls from more than one thread (MPI_THREAD_SERIALIZED)");
   }
   MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
   check(MPI_Comm_rank(MPI_COMM_WORLD, &rank_), "MPI_Comm_rank");

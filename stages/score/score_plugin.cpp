@@ -27,6 +27,9 @@ class Importance final : public Node {
     } catch (const Error& e) {
       if (ranks.distributed()) ranks.abort(static_cast<int>(e.code()), e.what());  // no rank left waiting
       throw;
+    } catch (const std::exception& e) {  // out of memory, a library's own error: the same, exit 5
+      if (ranks.distributed()) ranks.abort(static_cast<int>(ExitCode::Runtime), fmt::format("internal error: {}", e.what()));
+      throw;
     }
     return true;
   }
@@ -50,8 +53,18 @@ class Importance final : public Node {
     const std::string model = ctx_.params["model"].get<std::string>(), text = ctx_.params["text"].get<std::string>();
     const std::string dir = ctx_.params["output"].get<std::string>();
     const std::string scratch = ctx_.params["scratch"].get<std::string>();
-    // The scratch file goes beside the output unless told otherwise (not /tmp, often in memory).
-    opt.scratch_dir = !scratch.empty() ? scratch : fs::absolute(fs::path(dir)).parent_path().string();
+    // The scratch file goes beside the output (its nearest existing folder) unless told
+    // otherwise: not /tmp, often in memory.
+    if (!scratch.empty()) {
+      opt.scratch_dir = scratch;
+    } else {
+      fs::path p = fs::absolute(fs::path(dir)).lexically_normal();
+      if (!p.has_filename()) p = p.parent_path();  // "out/"
+      std::error_code ec;
+      do p = p.parent_path();
+      while (!fs::is_directory(p, ec) && p != p.root_path());
+      opt.scratch_dir = p.string();
+    }
     if (ctx_.params["reuse"].get<bool>()) {
       // Rank 0 decides for every rank: nodes need not see the same files.
       auto stored = ranks.rank() == 0 ? stored_scores(model, text, opt, dir) : std::nullopt;

@@ -4,6 +4,7 @@
 #include "core/io/atomic_file.hpp"
 #include "core/io/moments.hpp"
 #include "core/io/sha256.hpp"
+#include "core/io/spill_store.hpp"
 #include "core/io/staged_dir.hpp"
 #include "core/io/text_file.hpp"
 #include "core/runtime/error.hpp"
@@ -12,6 +13,7 @@
 #include "core/tokenizer/tokenizer.hpp"
 #include "stages/score/ranks.hpp"
 
+#include <fmt/ranges.h>
 #include <malloc.h>
 #include <zstd.h>
 
@@ -62,14 +64,12 @@ uint64_t statistics_bytes(const ModelArch& a, bool moments) {
 std::string mib(uint64_t b) { return fmt::format("{:.1f} MiB", double(b) / kMiB); }
 
 // Every statistic summed over the ranks (maps walked in key order, the same keys everywhere).
-void sum_over_ranks(const Ranks& ranks, MaskImportance& importance, ActivationStats& stats, LossResult& loss, int chunks) {
-  std::vector<double> sums = importance.sums();
-  sums.push_back(loss.nll_sum);
-  ranks.sum(sums);
-  loss.nll_sum = sums.back();
-  sums.pop_back();
+void sum_over_ranks(const Ranks& ranks, const std::string& model_dir, MaskImportance& importance, ActivationStats& stats,
+                    LossResult& loss, int chunks) {
+  // The same statistics of the same sizes on every rank, or no sum is taken (a mismatched
+  // collective would hang or mix values).
+  std::string keys = fmt::format("masks:{};", importance.sums().size());
   std::vector<int64_t> counts = {loss.count, chunks};
-  std::string keys;
   const auto walk = [&](auto&& fn) {
     for (auto* m : {&stats.entries, &stats.output_grads, &stats.input_sums})
       for (auto& [k, e] : *m) fn(k, e.sum_sq.size(), e.count);
@@ -80,7 +80,13 @@ void sum_over_ranks(const Ranks& ranks, MaskImportance& importance, ActivationSt
     counts.push_back(c);
   });
   if (ranks.broadcast(keys) != keys)
-    fail(ExitCode::Runtime, "score: rank {} collected other statistics than rank 0 (different model or settings)", ranks.rank());
+    fail(ExitCode::InputData, "rank {}: {}: the statistics collected differ from rank 0's (a different model here)", ranks.rank(),
+         model_dir);
+  std::vector<double> sums = importance.sums();
+  sums.push_back(loss.nll_sum);
+  ranks.sum(sums);
+  loss.nll_sum = sums.back();
+  sums.pop_back();
   ranks.sum(counts);
   loss.count = counts[0];
   importance.set_sums(sums, static_cast<int>(counts[1]));
@@ -111,13 +117,18 @@ ScoreResult score_model(const std::string& model_dir, const std::string& text_pa
     fail(ExitCode::Usage, "{}: {} chunks of {} tokens cannot be shared by {} ranks; use at most {} ranks", text_path, chunks,
          opt.ctx, ranks.size(), chunks);
   // Every rank must score the same thing: per-node copies of the model or text could differ.
+  // Compared: config.json, the checkpoint's tensor names, dtypes and shapes (not the weights'
+  // values: hashing them would read the whole model once more), the text and the settings.
   const std::string config_text = read_text_file((fs::path(model_dir) / "config.json").string(), "config.json");
-  const std::string fingerprint = fmt::format(
-      "config {} text {} tokens {} ctx {} moments {}", sha256_hex(std::as_bytes(std::span(config_text.data(), config_text.size()))),
-      sha256_hex(std::as_bytes(std::span(text.data(), text.size()))), tokens.size(), opt.ctx, opt.moments);
+  const SafetensorsModel header = SafetensorsModel::open(model_dir);
+  std::string tensors;
+  for (const auto& e : header.entries()) tensors += fmt::format("{}:{}:{};", e.name, static_cast<int>(e.dtype), fmt::join(e.shape, "x"));
+  const auto sha = [](const std::string& t) { return sha256_hex(std::as_bytes(std::span(t.data(), t.size()))); };
+  const std::string fingerprint = fmt::format("config {} tensors {} text {} tokens {} ctx {} moments {}", sha(config_text),
+                                              sha(tensors), sha(text), tokens.size(), opt.ctx, opt.moments);
   if (const std::string root = ranks.broadcast(fingerprint); root != fingerprint)
-    fail(ExitCode::InputData, "rank {}: {} or {}/config.json differs from rank 0's ({} here, {} there)", ranks.rank(), text_path,
-         model_dir, fingerprint, root);
+    fail(ExitCode::InputData, "rank {}: {} or the checkpoint in {} differs from rank 0's ({} here, {} there)", ranks.rank(),
+         text_path, model_dir, fingerprint, root);
   // What the process holds before the model (code, libraries, the text and its tokens): inside
   // the bound, so the bound is on the whole process.
   const uint64_t baseline = current_rss_bytes();
@@ -125,7 +136,6 @@ ScoreResult score_model(const std::string& model_dir, const std::string& text_pa
   const int c1 = static_cast<int>(int64_t(chunks) * (ranks.rank() + 1) / ranks.size());
 
   // Memory, checked from the checkpoint's header before any weight is loaded.
-  const SafetensorsModel header = SafetensorsModel::open(model_dir);
   const ModelArch a = arch_from_checkpoint(cfg, header);
   const uint64_t global_bytes = (uint64_t(a.n_vocab) * a.n_embd * (a.tie_embeddings ? 1 : 2) + a.n_embd) * sizeof(float);
   uint64_t all_layers = 0, one_layer = 0;
@@ -150,6 +160,7 @@ ScoreResult score_model(const std::string& model_dir, const std::string& text_pa
            model_dir, opt.memory, mib(fixed), mib(baseline), mib(global_bytes), mib(one_layer), mib(largest_source), mib(work), mib(statistics));
     activation_memory = std::min(opt.memory - fixed, activations);
     require_memory(fixed - baseline + activation_memory, what);  // the baseline is resident already
+    if (activation_memory < activations) SpillStore::check_folder(opt.scratch_dir);  // before any work, not at the first spill
   } else {
     require_memory(fixed - baseline, what + "; --set memory=<bytes> scores layer by layer within that bound");
   }
@@ -188,7 +199,7 @@ ScoreResult score_model(const std::string& model_dir, const std::string& text_pa
   per_rank[3 * ranks.rank() + 1] = static_cast<int64_t>(report.scratch_bytes_peak);
   per_rank[3 * ranks.rank() + 2] = static_cast<int64_t>(report.scratch_bytes_written + report.scratch_bytes_read);
   ranks.sum(per_rank);
-  if (ranks.distributed()) sum_over_ranks(ranks, importance, r.stats, total, c1 - c0);
+  if (ranks.distributed()) sum_over_ranks(ranks, model_dir, importance, r.stats, total, c1 - c0);
   r.chunks = chunks;
   r.taylor = importance.taylor();
   r.fisher = importance.fisher();
