@@ -89,23 +89,28 @@ void PluginHost::load(const std::string& name_or_path) {
   std::string path;
   const bool is_path = name_or_path.find('/') != std::string::npos || name_or_path.ends_with(".so");
   std::vector<std::string> tried;
+  // Names come from pipeline files and the command line: any string. The error_code overloads
+  // keep a name the filesystem cannot even look up (too long, say) a "not found", not a throw.
+  std::error_code ec;
   if (is_path) {
     path = name_or_path;
     tried.push_back(path);
-    if (!fs::exists(path)) fail(ExitCode::Plugin, "plugin '{}' not found", name_or_path);
+    if (!fs::exists(path, ec))
+      fail(ExitCode::Plugin, "plugin '{}' not found{}", name_or_path, ec ? fmt::format(" ({})", ec.message()) : "");
   } else {
     for (const auto& dir : search_path_) {
       auto candidate = (fs::path(dir) / ("squish_" + name_or_path + ".so")).string();
       tried.push_back(candidate);
-      if (fs::exists(candidate)) {
+      if (fs::exists(candidate, ec)) {
         path = candidate;
         break;
       }
     }
     if (path.empty())
-      fail(ExitCode::Plugin, "plugin '{}' not found (looked for {})", name_or_path, fmt::join(tried, ", "));
+      fail(ExitCode::Plugin, "plugin '{}' not found (looked for {}){}", name_or_path, fmt::join(tried, ", "),
+           ec ? fmt::format(": {}", ec.message()) : "");
   }
-  path = fs::weakly_canonical(path).string();
+  if (auto canonical = fs::weakly_canonical(path, ec); !ec) path = canonical.string();
   for (const auto& p : plugins_)
     if (p.path == path) return;
 
