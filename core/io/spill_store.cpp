@@ -25,6 +25,16 @@ int open_scratch(const std::string& dir) {
   if (fd < 0) fail(ExitCode::Runtime, "{}: cannot create a scratch file for activation checkpoints: {}", dir, std::strerror(errno));
   return fd;
 }
+// All n bytes at `offset` through pread or pwrite (they may move fewer), retrying EINTR.
+template <class Io, class Ptr>
+void whole(Io io, int fd, Ptr p, uint64_t n, uint64_t offset, const std::string& dir, const char* what, const char* short_why) {
+  for (uint64_t done = 0; done < n;) {
+    const ssize_t k = io(fd, p + done, n - done, static_cast<off_t>(offset + done));
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) fail(ExitCode::Runtime, "{}: cannot {} the scratch file: {}", dir, what, k < 0 ? std::strerror(errno) : short_why);
+    done += uint64_t(k);
+  }
+}
 }  // namespace
 
 SpillStore::SpillStore(size_t block_bytes, size_t n_blocks, uint64_t memory_budget, std::string scratch_dir)
@@ -67,16 +77,8 @@ void SpillStore::put(size_t id, const void* data) {
     std::memcpy(ram_[w.ram].get(), data, block_bytes_);
     return;
   }
-  const auto* p = static_cast<const char*>(data);
-  const uint64_t off = uint64_t(w.file) * block_bytes_;
-  for (uint64_t done = 0; done < block_bytes_;) {
-    const ssize_t n = ::pwrite(fd_, p + done, block_bytes_ - done, static_cast<off_t>(off + done));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0)
-      fail(ExitCode::Runtime, "{}: cannot write activation checkpoints to the scratch file: {}", dir_,
-           n < 0 ? std::strerror(errno) : "no space");
-    done += uint64_t(n);
-  }
+  whole(::pwrite, fd_, static_cast<const char*>(data), block_bytes_, uint64_t(w.file) * block_bytes_, dir_,
+        "write activation checkpoints to", "no space");
   written_ += block_bytes_;
   scratch_peak_ = std::max(scratch_peak_, uint64_t(file_slots_) * block_bytes_);
 }
@@ -89,16 +91,8 @@ void SpillStore::get(size_t id, void* out) const {
     std::memcpy(out, ram_[w.ram].get(), block_bytes_);
     return;
   }
-  auto* p = static_cast<char*>(out);
-  const uint64_t off = uint64_t(w.file) * block_bytes_;
-  for (uint64_t done = 0; done < block_bytes_;) {
-    const ssize_t n = ::pread(fd_, p + done, block_bytes_ - done, static_cast<off_t>(off + done));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0)
-      fail(ExitCode::Runtime, "{}: cannot read activation checkpoints back from the scratch file: {}", dir_,
-           n < 0 ? std::strerror(errno) : "short file");
-    done += uint64_t(n);
-  }
+  whole(::pread, fd_, static_cast<char*>(out), block_bytes_, uint64_t(w.file) * block_bytes_, dir_,
+        "read activation checkpoints back from", "short file");
   read_ += block_bytes_;
 }
 

@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include <fstream>
+#include <string_view>
 #include <string>
 
 namespace squish {
@@ -89,21 +90,19 @@ void EventSink::warn(const std::string& node, const std::string& message) {
   emit("warning", std::move(f));
 }
 
-size_t peak_rss_bytes() {
+namespace {
+// A "<key>: <n> kB" line of /proc/self/status, in bytes (0 where /proc is not available).
+size_t status_bytes(std::string_view key) {
   std::ifstream in("/proc/self/status");
   std::string line;
   while (std::getline(in, line))
-    if (line.rfind("VmHWM:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
+    if (line.starts_with(key)) return std::stoull(line.substr(key.size())) * 1024;
   return 0;
 }
+}  // namespace
 
-size_t current_rss_bytes() {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind("VmRSS:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
-  return 0;
-}
+size_t peak_rss_bytes() { return status_bytes("VmHWM:"); }
+size_t current_rss_bytes() { return status_bytes("VmRSS:"); }
 
 bool reset_peak_rss() {
   std::ofstream out("/proc/self/clear_refs");

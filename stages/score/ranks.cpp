@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #ifdef SQUISH_HAVE_MPI
@@ -90,23 +91,17 @@ Ranks& Ranks::world() {
   return w;
 }
 
-void Ranks::sum(std::span<double> v) const {
+void Ranks::sum(std::span<double> v) const { sum_in_place(v); }
+void Ranks::sum(std::span<float> v) const { sum_in_place(v); }
+void Ranks::sum(std::span<int64_t> v) const { sum_in_place(v); }
+
+template <class T>
+void Ranks::sum_in_place(std::span<T> v) const {
 #ifdef SQUISH_HAVE_MPI
-  if (distributed()) allreduce_sum(v, MPI_DOUBLE);
-#else
-  (void)v;
-#endif
-}
-void Ranks::sum(std::span<float> v) const {
-#ifdef SQUISH_HAVE_MPI
-  if (distributed()) allreduce_sum(v, MPI_FLOAT);
-#else
-  (void)v;
-#endif
-}
-void Ranks::sum(std::span<int64_t> v) const {
-#ifdef SQUISH_HAVE_MPI
-  if (distributed()) allreduce_sum(v, MPI_INT64_T);
+  if (!distributed()) return;
+  if constexpr (std::is_same_v<T, double>) allreduce_sum(v, MPI_DOUBLE);
+  else if constexpr (std::is_same_v<T, float>) allreduce_sum(v, MPI_FLOAT);
+  else allreduce_sum(v, MPI_INT64_T);
 #else
   (void)v;
 #endif

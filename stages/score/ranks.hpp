@@ -30,6 +30,7 @@ class Ranks {
 
  private:
   Ranks();
+  template <class T> void sum_in_place(std::span<T> v) const;
   int rank_ = 0, size_ = 1;
 };
 
