@@ -181,6 +181,49 @@ TEST(ScoreStreaming, LayerMajorEqualsChunkByChunkExactly) {
   EXPECT_THROW(b.mask_importance_by_layer(ids, 64, 5, 7, ic, nullptr, o), Error);
 }
 
+// The statistics do not depend on the thread count: every product is split by its shape, so
+// one thread and two compute each element with the same sgemm calls (what makes one process
+// and N single-threaded MPI ranks agree). Shapes large enough that every linear layer and the
+// head are tiled; widths that are not multiples of the tile, so edge tiles are exercised.
+TEST(ScoreStreaming, OneThreadAndTwoGiveTheSameBits) {
+  SQUISH_REQUIRE_SHARED();
+  test::TempDir tmp;
+  const std::string dir = tmp / "m";
+  SyntheticOptions so;
+  so.tokenizer_from = test::shared("models/stories260K");
+  so.seed = 11;
+  write_synthetic_checkpoint(dir, {{"model_type", "qwen2"}, {"hidden_size", 192}, {"intermediate_size", 720},
+                                   {"num_hidden_layers", 2}, {"num_attention_heads", 6}, {"num_key_value_heads", 2},
+                                   {"vocab_size", 512}, {"max_position_embeddings", 256}, {"rms_norm_eps", 1e-6},
+                                   {"tie_word_embeddings", false}, {"bos_token_id", 1}, {"eos_token_id", 2}},
+                             so);
+  Tokenizer tok(Vocab::from_tokenizer_json(dir + "/tokenizer.json", 512));
+  auto ids = tok.encode(test::read_file(test::shared("data/TinyStories-valid.sample.txt")), true);
+  ids.resize(3 * 128);
+  struct Run {
+    LossResult loss;
+    std::vector<double> sums;
+    ActivationStats stats;
+  };
+  const auto run = [&](int threads) {
+    TransformerOptions o;
+    o.threads = threads;
+    Transformer m(SafetensorsWeights::open(dir, true), o);
+    MaskImportance imp(m.arch());
+    Run r;
+    r.stats.second_moments = true;
+    r.loss = accumulate_mask_importance(m, ids, 128, imp, &r.stats);
+    r.sums = imp.sums();
+    return r;
+  };
+  const Run one = run(1), two = run(2);
+  EXPECT_EQ(one.loss.nll_sum, two.loss.nll_sum);
+  EXPECT_EQ(one.sums, two.sums);
+  for (const auto& [k, e] : one.stats.entries) EXPECT_EQ(e.sum_sq, two.stats.entries.at(k).sum_sq) << k;
+  for (const auto& [k, e] : one.stats.output_grads) EXPECT_EQ(e.sum_sq, two.stats.output_grads.at(k).sum_sq) << k;
+  for (const auto& [k, m] : one.stats.moments) EXPECT_EQ(m.sum, two.stats.moments.at(k).sum) << k;
+}
+
 namespace {
 std::string score_args(const std::string& out, const std::string& extra) {
   return fmt::format("--set model={} --set text={} --set output={} --set ctx=128 --set max_tokens=4096 --no-progress {} {}/pipelines/score.yaml",
@@ -269,29 +312,59 @@ std::string mpirun(int np, const std::string& command) {
 
 std::string squish_run_bin() { return test::binary_dir() + "/bin/squish-run"; }
 
-void expect_close(double a, double b, double rel, const std::string& what) {
-  EXPECT_LE(std::fabs(a - b), rel * std::max(std::fabs(a), std::fabs(b)) + 1e-30) << what << ": " << a << " vs " << b;
+// How far one process and N ranks may be apart, derived rather than observed. Each chunk is
+// computed identically in both (the model splits its GEMMs by shape, never by thread count, so
+// a rank with one thread and a process with two run the same sgemm calls); the runs differ only
+// in the order in which the per-chunk double sums are added: each rank adds its share, then MPI
+// adds the ranks. A sum of n terms in any order is within (n-1)·u·Σ|terms| of the exact sum,
+// u = 2^-53, so two orders are within 2(n-1)·u·Σ|terms|; dividing by the count adds u to each.
+// Statistics stored as float32 add each side's rounding to float, 2^-24 of its magnitude.
+double double_sums_rel(int chunks) { return 2.0 * chunks * std::ldexp(1.0, -53); }
+
+// `abs_terms`: a bound on Σ|terms| / count, the statistic's own magnitude when no term is negative.
+void expect_within(double a, double b, double abs_terms, double float_rounding, int chunks, const std::string& what) {
+  const double bound = float_rounding * (std::fabs(a) + std::fabs(b)) + double_sums_rel(chunks) * abs_terms;
+  EXPECT_LE(std::fabs(a - b), bound) << what << ": " << a << " vs " << b;
 }
 
-void expect_json_close(const nlohmann::json& a, const nlohmann::json& b, const std::string& at) {
+// Non-negative sums (squares, |m·g|, losses), as float32 or as doubles (JSON keeps 17 digits).
+void expect_float_stat(double a, double b, int chunks, const std::string& what) {
+  expect_within(a, b, std::max(a, b) * (1 + 1e-6), std::ldexp(1.0, -24), chunks, what);
+}
+void expect_double_stat(double a, double b, int chunks, const std::string& what) { expect_within(a, b, std::max(a, b), 0, chunks, what); }
+
+void expect_json_close(const nlohmann::json& a, const nlohmann::json& b, int chunks, const std::string& at) {
   ASSERT_EQ(a.type(), b.type()) << at;
-  if (a.is_number_float()) return expect_close(a.get<double>(), b.get<double>(), 1e-9, at);
+  if (a.is_number_float()) return expect_double_stat(a.get<double>(), b.get<double>(), chunks, at);
   if (a.is_array()) {
     ASSERT_EQ(a.size(), b.size()) << at;
-    for (size_t i = 0; i < a.size(); ++i) expect_json_close(a[i], b[i], at + "/" + std::to_string(i));
+    for (size_t i = 0; i < a.size(); ++i) expect_json_close(a[i], b[i], chunks, at + "/" + std::to_string(i));
   } else if (a.is_object()) {
-    for (auto it = a.begin(); it != a.end(); ++it) expect_json_close(it.value(), b.at(it.key()), at + "/" + it.key());
+    for (auto it = a.begin(); it != a.end(); ++it) expect_json_close(it.value(), b.at(it.key()), chunks, at + "/" + it.key());
   } else {
     EXPECT_EQ(a, b) << at;
   }
 }
 
-void expect_imatrix_close(const std::string& a, const std::string& b) {
+// imatrix.dat and fisher.dat: means of squares (":in", ":out", imatrix rows) are non-negative
+// sums. Column means (":mean") are signed; their terms are bounded by Cauchy-Schwarz through the
+// same column's mean square: Σ_t |x_t| / T <= sqrt(Σ_t x_t² / T) = sqrt(":in").
+void expect_imatrix_close(const std::string& a, const std::string& b, int chunks) {
   const Imatrix x = read_imatrix(a), y = read_imatrix(b);
   ASSERT_EQ(x.size(), y.size()) << a;
+  constexpr std::string_view kMean = ":mean";
   for (const auto& [k, v] : x) {
     ASSERT_EQ(v.size(), y.at(k).size()) << k;
-    for (size_t i = 0; i < v.size(); ++i) expect_close(v[i], y.at(k)[i], 2e-6, k);
+    const bool is_mean = k.size() > kMean.size() && k.ends_with(kMean);
+    const std::vector<float>* sq = is_mean ? &x.at(k.substr(0, k.size() - kMean.size()) + ":in") : nullptr;
+    for (size_t i = 0; i < v.size(); ++i) {
+      if (!is_mean) {
+        expect_float_stat(v[i], y.at(k)[i], chunks, k);
+      } else {
+        ASSERT_EQ(sq->size(), v.size()) << k;
+        expect_within(v[i], y.at(k)[i], std::sqrt((*sq)[i]) * (1 + 1e-6), std::ldexp(1.0, -24), chunks, k);
+      }
+    }
   }
 }
 
@@ -305,14 +378,15 @@ std::vector<float> channels(const std::string& path) {
 void expect_same_artifacts(const std::string& one, const std::string& two) {
   const auto a = nlohmann::json::parse(test::read_file(one + "/scores.json"));
   const auto b = nlohmann::json::parse(test::read_file(two + "/scores.json"));
-  expect_json_close(a["layers"], b["layers"], "layers");
-  expect_close(a["mean_loss"].get<double>(), b["mean_loss"].get<double>(), 1e-12, "mean_loss");
   EXPECT_EQ(a["calibration"], b["calibration"]);
-  expect_imatrix_close(one + "/imatrix.dat", two + "/imatrix.dat");
-  expect_imatrix_close(one + "/fisher.dat", two + "/fisher.dat");
+  const int chunks = a["calibration"]["chunks"].get<int>();
+  expect_json_close(a["layers"], b["layers"], chunks, "layers");
+  expect_double_stat(a["mean_loss"].get<double>(), b["mean_loss"].get<double>(), chunks, "mean_loss");
+  expect_imatrix_close(one + "/imatrix.dat", two + "/imatrix.dat", chunks);
+  expect_imatrix_close(one + "/fisher.dat", two + "/fisher.dat", chunks);
   const auto ca = channels(one + "/channels.bin.zst"), cb = channels(two + "/channels.bin.zst");
   ASSERT_EQ(ca.size(), cb.size());
-  for (size_t i = 0; i < ca.size(); ++i) expect_close(ca[i], cb[i], 2e-6, "channel " + std::to_string(i));
+  for (size_t i = 0; i < ca.size(); ++i) expect_float_stat(ca[i], cb[i], chunks, "channel " + std::to_string(i));
 }
 }  // namespace
 

@@ -290,24 +290,44 @@ namespace {
 using kernels::gemm;
 
 // One thread pool only: OpenBLAS runs single-threaded (see Transformer::Impl::run) and large
-// products are split here into one single-threaded sgemm per TBB thread, along the larger
+// products are split here into single-threaded sgemm calls on the TBB threads, along the larger
 // output dimension. Two pools on two cores (OpenBLAS's spinning workers beside TBB's) cost
 // ~20% of the time in sched_yield.
+//
+// The split depends on the shape only, never on the thread count: OpenBLAS may sum an element's
+// K products in another order for another tile shape (edge kernels, small-matrix paths), so a
+// thread-dependent split made one process and N MPI ranks (or 1 and 2 threads) disagree in the
+// last float bits. With fixed tiles every element is computed by the same call on any machine
+// of the same OpenBLAS kernel, whatever the threads, and the score statistics match exactly
+// up to the order of the per-chunk sums (tests/score_scale_test.cpp).
 template <class F>
 void gemm_mt(bool ta, bool tb, int M, int N, int K, F alpha, const F* A, int lda, const F* B, int ldb, F beta, F* C,
              int ldc) {
-  const int parts = tbb::this_task_arena::max_concurrency();
-  if (parts <= 1 || double(M) * N * K < 1e6) return gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  if (double(M) * N * K < 1e6) return gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  // Tiles of at least 128 rows or columns (narrower ones lose 5-15% of sgemm's rate to
+  // re-packing the shared operand), at most 16 of them, an even number where there are several
+  // so that two threads (a laptop, CI) get equal shares.
+  const auto step_of = [](int n) {
+    int tiles = std::clamp(n / 128, 1, 16);
+    if (tiles > 1) tiles &= ~1;
+    return std::max(1, ((n + tiles - 1) / tiles + 15) / 16 * 16);
+  };
+  const auto each = [](int tiles, auto&& fn) {
+    if (tbb::this_task_arena::max_concurrency() <= 1)
+      for (int p = 0; p < tiles; ++p) fn(p);
+    else
+      tbb::parallel_for(0, tiles, fn);
+  };
   if (N >= M) {  // columns of C <-> columns of op(B)
-    const int step = ((N + parts - 1) / parts + 15) / 16 * 16;
-    tbb::parallel_for(0, (N + step - 1) / step, [&](int p) {
+    const int step = step_of(N);
+    each((N + step - 1) / step, [&](int p) {
       const int j0 = p * step, n = std::min(N, j0 + step) - j0;
       const F* Bj = tb ? B + size_t(j0) * ldb : B + j0;
       gemm(ta, tb, M, n, K, alpha, A, lda, Bj, ldb, beta, C + j0, ldc);
     });
   } else {  // rows of C <-> rows of op(A)
-    const int step = (M + parts - 1) / parts;
-    tbb::parallel_for(0, (M + step - 1) / step, [&](int p) {
+    const int step = step_of(M);
+    each((M + step - 1) / step, [&](int p) {
       const int i0 = p * step, m = std::min(M, i0 + step) - i0;
       const F* Ai = ta ? A + i0 : A + size_t(i0) * lda;
       gemm(ta, tb, m, N, K, alpha, Ai, lda, B, ldb, beta, C + size_t(i0) * ldc, ldc);
