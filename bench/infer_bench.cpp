@@ -6,7 +6,7 @@
 //
 // The Q4_K_M file is llama.cpp's own (Squish writes the same bytes); the Q8_0 file is written
 // once into /tmp by the compress pipeline (build/bin/squish-run beside this executable).
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 #include "core/model/generate.hpp"
 
 #include <benchmark/benchmark.h>

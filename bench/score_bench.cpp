@@ -12,9 +12,9 @@
 // backward (4 x vocab x hidden); attention is left out (small at ctx 512), so the fraction is a
 // slight underestimate.
 #include "core/model/transformer.hpp"
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 #include "core/runtime/events.hpp"
-#include "core/runtime/memory.hpp"
+#include "core/base/memory.hpp"
 #include "stages/score/scorer.hpp"
 #include "bench/sgemm_rate.hpp"
 

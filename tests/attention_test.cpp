@@ -4,7 +4,7 @@
 // sizes, head sizes that are and are not multiples of 16, sliding windows, several query rows.
 #include "core/model/attention.hpp"
 #include "core/model/kernels.hpp"
-#include "core/runtime/tensor.hpp"
+#include "core/base/tensor.hpp"
 
 #include <gtest/gtest.h>
 #include <tbb/task_arena.h>

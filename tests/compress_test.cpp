@@ -1,7 +1,7 @@
 // The compress stage against stock llama.cpp: same weights + same preset => same tensor bytes
 // and the same metadata; pruning recipes => consistent shapes and head-count metadata.
 #include "core/gguf/gguf.hpp"
-#include "core/gguf/hf_to_gguf.hpp"
+#include "core/convert/hf_to_gguf.hpp"
 #include "core/io/safetensors.hpp"
 #include "core/quant/quantize.hpp"
 #include "core/recipe/recipe.hpp"

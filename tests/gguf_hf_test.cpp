@@ -1,9 +1,9 @@
 // HF -> GGUF mapping checked against llama.cpp's own files: tensor names and order, the Llama
 // q/k permutation (stories260K F32 reference), Qwen2 left unpermuted (coder-28m F32 biases), and
 // the metadata builder reproducing the reference key/values.
-#include "core/gguf/hf_to_gguf.hpp"
+#include "core/convert/hf_to_gguf.hpp"
 #include "core/io/safetensors.hpp"
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 #include "tests/test_util.hpp"
 
 #include <gtest/gtest.h>

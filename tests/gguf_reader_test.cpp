@@ -2,7 +2,7 @@
 // errors naming the file and the problem. Malformed files are made by writing a valid small GGUF
 // and corrupting bytes at known places.
 #include "core/gguf/gguf.hpp"
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 #include "tests/test_util.hpp"
 
 #include <gtest/gtest.h>

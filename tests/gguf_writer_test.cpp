@@ -1,7 +1,7 @@
 // GGUF writer: byte-exact rewrites of llama.cpp's files, concurrent out-of-order writes, atomic
 // commit (nothing partial left behind), I/O errors reported with the path.
 #include "core/gguf/gguf.hpp"
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 #include "tests/test_util.hpp"
 
 #include <gtest/gtest.h>

@@ -3,7 +3,7 @@
 // different head counts per layer, and a truncated file.
 #include "core/gguf/gguf.hpp"
 #include "core/quant/quantize.hpp"
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 #include "core/model/generate.hpp"
 #include "test_util.hpp"
 

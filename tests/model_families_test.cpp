@@ -4,11 +4,11 @@
 // and Llama 3 (rope_scaling llama3, written as llama.cpp's converter writes it: rope_freqs).
 #include "core/arch/architecture.hpp"
 #include "core/gguf/gguf.hpp"
-#include "core/io/synthetic_checkpoint.hpp"
+#include "core/arch/synthetic_checkpoint.hpp"
 #include "core/model/engine.hpp"
 #include "core/model/perplexity.hpp"
 #include "core/model/transformer.hpp"
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 #include "test_util.hpp"
 
 #include <fmt/core.h>

@@ -1,8 +1,8 @@
 // The plan stage: the knapsack allocator against brute force, the planner's budget (whole file,
 // never exceeded; infeasible budgets named), determinism, and the measurements predictor.
-#include "core/io/synthetic_checkpoint.hpp"
+#include "core/arch/synthetic_checkpoint.hpp"
 #include "core/recipe/recipe.hpp"
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 #include "stages/plan/allocate.hpp"
 #include "stages/plan/measure.hpp"
 #include "stages/plan/planner.hpp"

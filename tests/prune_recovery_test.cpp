@@ -7,7 +7,7 @@
 #include "core/model/engine.hpp"
 #include "core/model/transformer.hpp"
 #include "core/prune/recovery.hpp"
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 #include "core/recipe/recipe.hpp"
 #include "core/io/text_file.hpp"
 #include "stages/plan/prune_select.hpp"

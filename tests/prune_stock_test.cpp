@@ -5,15 +5,15 @@
 // a deci file computes exactly what the float model does with the removed structures masked.
 #include "core/arch/architecture.hpp"
 #include "core/gguf/gguf.hpp"
-#include "core/gguf/hf_to_gguf.hpp"
-#include "core/io/hf_config.hpp"
+#include "core/convert/hf_to_gguf.hpp"
+#include "core/arch/hf_config.hpp"
 #include "core/io/safetensors.hpp"
-#include "core/io/synthetic_checkpoint.hpp"
+#include "core/arch/synthetic_checkpoint.hpp"
 #include "core/model/generate.hpp"
 #include "core/model/perplexity.hpp"
 #include "core/model/transformer.hpp"
 #include "core/recipe/recipe.hpp"
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 #include "tests/test_util.hpp"
 
 #include <fmt/format.h>

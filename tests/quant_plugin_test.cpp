@@ -5,7 +5,7 @@
 #include "core/quant/quantize.hpp"
 #include "core/quant/type_registry.hpp"
 #include "core/quant/vec_dot.hpp"
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 #include "core/runtime/plugin_host.hpp"
 #include "test_util.hpp"
 

@@ -4,7 +4,7 @@
 #include "core/gguf/gguf.hpp"
 #include "core/io/safetensors.hpp"
 #include "core/quant/quantize.hpp"
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 #include "core/quant/vec_dot.hpp"
 #include "test_util.hpp"
 

@@ -11,7 +11,7 @@
 #include "core/model/engine.hpp"
 #include "core/model/perplexity.hpp"
 #include "core/quant/quantize.hpp"
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 #include "test_util.hpp"
 
 #include <fmt/core.h>

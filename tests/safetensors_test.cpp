@@ -1,6 +1,6 @@
-#include "core/io/hf_config.hpp"
+#include "core/arch/hf_config.hpp"
 #include "core/io/safetensors.hpp"
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 #include "tests/test_util.hpp"
 
 #include <gtest/gtest.h>

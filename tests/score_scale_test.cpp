@@ -5,10 +5,10 @@
 #include "core/io/imatrix.hpp"
 #include "core/io/safetensors.hpp"
 #include "core/io/spill_store.hpp"
-#include "core/io/synthetic_checkpoint.hpp"
+#include "core/arch/synthetic_checkpoint.hpp"
 #include "core/model/transformer.hpp"
-#include "core/runtime/error.hpp"
-#include "core/runtime/memory.hpp"
+#include "core/base/error.hpp"
+#include "core/base/memory.hpp"
 #include "core/tokenizer/tokenizer.hpp"
 #include "tests/test_util.hpp"
 

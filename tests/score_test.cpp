@@ -2,7 +2,7 @@
 // accumulation, the imatrix round-trips in llama.cpp's format, and an imatrix from the score
 // stage makes the compress stage's quantization better where it counts.
 #include "core/gguf/gguf.hpp"
-#include "core/gguf/hf_to_gguf.hpp"
+#include "core/convert/hf_to_gguf.hpp"
 #include "core/io/imatrix.hpp"
 #include "core/io/moments.hpp"
 #include "core/quant/gptq.hpp"

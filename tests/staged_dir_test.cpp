@@ -1,6 +1,6 @@
 // StagedDir: a set of outputs appears together or not at all.
 #include "core/io/staged_dir.hpp"
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 #include "tests/test_util.hpp"
 
 #include <gtest/gtest.h>

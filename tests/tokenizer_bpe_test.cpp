@@ -8,7 +8,7 @@
 #include <sstream>
 
 #include "core/gguf/gguf.hpp"
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 #include "core/model/perplexity.hpp"
 #include "core/tokenizer/tokenizer.hpp"
 #include "tests/test_util.hpp"

@@ -11,7 +11,7 @@
 #include <span>
 
 #include "core/gguf/gguf.hpp"
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 #include "core/tokenizer/pretokenize.hpp"
 #include "core/tokenizer/tokenizer.hpp"
 #include "core/tokenizer/unicode.hpp"

@@ -10,10 +10,10 @@
 #include <span>
 
 #include "core/gguf/gguf.hpp"
-#include "core/gguf/hf_to_gguf.hpp"
-#include "core/io/hf_config.hpp"
+#include "core/convert/hf_to_gguf.hpp"
+#include "core/arch/hf_config.hpp"
 #include "core/model/perplexity.hpp"
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 #include "core/tokenizer/tokenizer.hpp"
 #include "tests/test_util.hpp"
 

@@ -1,8 +1,8 @@
 #include "core/arch/architecture.hpp"
 
-#include "core/gguf/hf_to_gguf.hpp"
-#include "core/io/hf_config.hpp"
-#include "core/runtime/error.hpp"
+#include "core/gguf/gguf.hpp"
+#include "core/arch/hf_config.hpp"
+#include "core/base/error.hpp"
 
 #include <algorithm>
 #include <fmt/format.h>
@@ -147,7 +147,7 @@ ModelArch ModelArch::from_gguf(const gguf::Reader& r) {
   if (!m.family)
     fail(ExitCode::InputData, "{}: architecture '{}' is not supported ({})", path, m.arch, supported_gguf_archs());
   const std::string a = m.arch + ".";
-  // The same bounds as config.json's (core/io/hf_config.cpp): far above any released model, and
+  // The same bounds as config.json's (core/arch/hf_config.cpp): far above any released model, and
   // small enough that no size computed from them overflows or allocates without limit.
   const auto bounded = [&](const std::string& key, int64_t def, int64_t lo, int64_t hi) {
     const int64_t v = r.get_int(key, def);

@@ -1,5 +1,5 @@
 // squish-run: runs a YAML pipeline of stage plugins. See README.md ("Running pipelines").
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 #include "core/io/text_file.hpp"
 #include "core/runtime/events.hpp"
 #include "core/runtime/graph.hpp"

@@ -3,9 +3,9 @@
 //   squish-synth --output DIR (--config config.json | --family F --layers N --hidden N --heads N
 //                --kv-heads N --ffn N --vocab N [--ctx N] [--tied]) [--tokenizer DIR] [--seed N]
 //                [--f32] [--shard-mb N]
-#include "core/io/synthetic_checkpoint.hpp"
+#include "core/arch/synthetic_checkpoint.hpp"
 #include "core/io/text_file.hpp"
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 
 #include <fmt/core.h>
 

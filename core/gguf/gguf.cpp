@@ -1,6 +1,6 @@
 #include "core/gguf/gguf.hpp"
 
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 
 #include <squish/plugin_abi.h>
 
@@ -640,6 +640,26 @@ void Writer::commit() {
     fail(ExitCode::Runtime, "{}: {} tensor(s) not fully written, first '{}'", path_, missing.size(), missing.front());
   file_->commit();
   committed_ = true;
+}
+
+std::vector<int> per_layer_values(const Reader& r, const std::string& key, int n_layer, int def) {
+  const Value* v = r.get(key);
+  if (!v) return std::vector<int>(n_layer, def);
+  auto checked = [&](int64_t x) {
+    if (x < 0 || x > (int64_t{1} << 30)) fail(ExitCode::InputData, "{}: key '{}': value {} out of range", r.path(), key, x);
+    return static_cast<int>(x);
+  };
+  try {
+    if (!v->is_array()) return std::vector<int>(n_layer, checked(v->as_int()));
+    if (static_cast<int>(v->size()) != n_layer)
+      fail(ExitCode::InputData, "{}: key '{}' has {} entries for {} layers", r.path(), key, v->size(), n_layer);
+    std::vector<int> out;
+    for (auto x : v->as_ints()) out.push_back(checked(x));
+    return out;
+  } catch (const Error& e) {
+    if (std::string(e.what()).rfind(r.path(), 0) == 0) throw;
+    fail(ExitCode::InputData, "{}: key '{}': {}", r.path(), key, e.what());
+  }
 }
 
 }  // namespace squish::gguf

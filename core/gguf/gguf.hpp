@@ -245,4 +245,8 @@ class Writer {
   std::unique_ptr<std::atomic<uint64_t>[]> written_;  // bytes written per tensor
 };
 
+// Per-layer value of a key stored either as one integer or as an integer array of n_layer
+// entries; `def` when absent. Throws Error(InputData) on a wrong length or type.
+std::vector<int> per_layer_values(const Reader& r, const std::string& key, int n_layer, int def);
+
 }  // namespace squish::gguf

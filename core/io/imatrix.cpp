@@ -1,7 +1,7 @@
 #include "core/io/imatrix.hpp"
 
 #include "core/io/atomic_file.hpp"
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 
 #include <cstring>
 #include <fstream>

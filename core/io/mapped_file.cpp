@@ -1,6 +1,6 @@
 #include "core/io/mapped_file.hpp"
 
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 
 #include <cerrno>
 #include <cstring>

@@ -2,7 +2,7 @@
 
 #include "core/io/atomic_file.hpp"
 #include "core/io/text_file.hpp"
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 
 #include <nlohmann/json.hpp>
 #include <zstd.h>

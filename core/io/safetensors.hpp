@@ -3,7 +3,7 @@
 // (model.safetensors.index.json). Format: u64 little-endian header length N, N bytes of JSON
 // {name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {str: str}}, then the data.
 #include "core/io/mapped_file.hpp"
-#include "core/runtime/tensor.hpp"
+#include "core/base/tensor.hpp"
 
 #include <map>
 #include <memory>

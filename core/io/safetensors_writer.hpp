@@ -2,7 +2,7 @@
 // Streaming safetensors writer: declare every tensor up front (the header comes first in the
 // format), then write each tensor's bytes at its final offset, in any order, from any thread.
 #include "core/io/atomic_file.hpp"
-#include "core/runtime/tensor.hpp"
+#include "core/base/tensor.hpp"
 
 #include <map>
 #include <mutex>

@@ -1,6 +1,6 @@
 #include "core/io/spill_store.hpp"
 
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 
 #include <algorithm>
 #include <cerrno>

@@ -1,6 +1,6 @@
 #include "core/io/staged_dir.hpp"
 
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 
 #include <algorithm>
 #include <atomic>

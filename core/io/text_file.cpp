@@ -1,7 +1,7 @@
 #include "core/io/text_file.hpp"
 
 #include "core/io/atomic_file.hpp"
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 
 #include <cerrno>
 #include <cstring>

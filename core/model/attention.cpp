@@ -3,8 +3,8 @@
 #include "core/model/kernels.hpp"
 #include "core/model/parallel.hpp"
 #include "core/quant/quantize.hpp"
-#include "core/runtime/error.hpp"
-#include "core/runtime/tensor.hpp"
+#include "core/base/error.hpp"
+#include "core/base/tensor.hpp"
 
 #include <immintrin.h>
 

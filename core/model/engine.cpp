@@ -1,6 +1,6 @@
 #include "core/model/engine.hpp"
 
-#include "core/gguf/hf_to_gguf.hpp"
+#include "core/convert/hf_to_gguf.hpp"
 #include "core/quant/blocks.hpp"
 #include "core/quant/qgemm.hpp"
 #include "core/quant/type_registry.hpp"
@@ -9,8 +9,8 @@
 #include "core/quant/vec_dot.hpp"
 #include "core/model/kernels.hpp"
 #include "core/model/parallel.hpp"
-#include "core/runtime/error.hpp"
-#include "core/runtime/memory.hpp"
+#include "core/base/error.hpp"
+#include "core/base/memory.hpp"
 
 #include <cblas.h>
 #include <tbb/blocked_range.h>

@@ -1,6 +1,6 @@
 #include "core/model/generate.hpp"
 
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 
 #include <algorithm>
 #include <chrono>

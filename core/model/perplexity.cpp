@@ -1,7 +1,7 @@
 #include "core/model/perplexity.hpp"
 
-#include "core/runtime/error.hpp"
-#include "core/runtime/memory.hpp"
+#include "core/base/error.hpp"
+#include "core/base/memory.hpp"
 
 #include <algorithm>
 #include <chrono>

@@ -1,7 +1,7 @@
 #include "core/model/transformer.hpp"
 
 #include "core/io/spill_store.hpp"
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 
 #include "core/model/kernels.hpp"
 

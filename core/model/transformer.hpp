@@ -14,7 +14,7 @@
 // reached one layer at a time through WeightLoader, so the backward pass can recompute a layer
 // from its checkpointed input while only that layer's weights are resident.
 #include "core/arch/architecture.hpp"
-#include "core/io/hf_config.hpp"
+#include "core/arch/hf_config.hpp"
 #include "core/io/safetensors.hpp"
 
 #include <cstdint>

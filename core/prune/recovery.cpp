@@ -1,6 +1,6 @@
 #include "core/prune/recovery.hpp"
 
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 
 #include <cblas.h>
 

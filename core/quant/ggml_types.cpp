@@ -1,7 +1,7 @@
 #include "core/quant/ggml_types.hpp"
 
 #include "core/quant/type_registry.hpp"
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 
 #include <algorithm>
 #include <cctype>

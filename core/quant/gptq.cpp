@@ -3,7 +3,7 @@
 #include "core/quant/blocks.hpp"
 #include "core/quant/levels.hpp"
 #include "core/quant/quantize.hpp"
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 
 #include <cblas.h>
 #include <oneapi/tbb/parallel_for.h>

@@ -1,8 +1,8 @@
 #include "core/quant/levels.hpp"
 
 #include "core/quant/blocks.hpp"
-#include "core/runtime/error.hpp"
-#include "core/runtime/tensor.hpp"
+#include "core/base/error.hpp"
+#include "core/base/tensor.hpp"
 
 #include <algorithm>
 #include <cmath>

@@ -6,8 +6,8 @@
 #include "core/quant/quantize.hpp"
 #include "core/quant/unpack_avx2.hpp"
 #include "core/quant/vec_dot.hpp"
-#include "core/runtime/error.hpp"
-#include "core/runtime/tensor.hpp"
+#include "core/base/error.hpp"
+#include "core/base/tensor.hpp"
 
 #include <immintrin.h>
 #include <tbb/parallel_for.h>

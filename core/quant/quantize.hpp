@@ -12,6 +12,7 @@
 //
 // Each quantizer has a scalar reference (namespace squish::ref) and, where it pays, an AVX2 path
 // chosen at run time; both give identical bytes. Build without -ffast-math / FMA contraction.
+#include "core/base/simd.hpp"
 #include "core/quant/ggml_types.hpp"
 
 #include <cstddef>
@@ -32,11 +33,6 @@ void quantize_rows(GGMLType type, const float* src, void* dst, int64_t nrows, in
 // Dequantizes n values (a multiple of the block size) of `type` into floats.
 void dequantize_row(GGMLType type, const void* src, float* dst, int64_t n);
 
-// The widest SIMD paths this CPU runs: AVX2 (avx2 + fma + f16c) or AVX-512 with VNNI (avx512f,
-// bw, vl, dq, vnni: the dot kernels). SQUISH_SIMD=scalar|avx2 in the environment caps it
-// (SQUISH_NO_SIMD=1 = scalar), to compare paths and to benchmark them.
-enum class SimdLevel { Scalar, Avx2, Avx512 };
-SimdLevel simd_level();
 // Whether the AVX2 paths are in use (simd_level() >= Avx2).
 bool quant_simd_enabled();
 

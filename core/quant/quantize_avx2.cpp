@@ -8,8 +8,8 @@
 #include "core/quant/quant_internal.hpp"
 #include "core/quant/quantize.hpp"
 #include "core/quant/unpack_avx2.hpp"
-#include "core/runtime/error.hpp"
-#include "core/runtime/tensor.hpp"
+#include "core/base/error.hpp"
+#include "core/base/tensor.hpp"
 
 #include <immintrin.h>
 

@@ -2,8 +2,8 @@
 
 #include "core/quant/blocks.hpp"
 #include "core/quant/quantize.hpp"
-#include "core/runtime/error.hpp"
-#include "core/runtime/tensor.hpp"
+#include "core/base/error.hpp"
+#include "core/base/tensor.hpp"
 
 #include <immintrin.h>
 

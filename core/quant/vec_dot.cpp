@@ -4,7 +4,7 @@
 #include "core/quant/quantize.hpp"
 #include "core/quant/type_registry.hpp"
 #include "core/quant/vec_dot_internal.hpp"
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 
 #include <algorithm>
 #include <cmath>

@@ -4,7 +4,7 @@
 #include "core/quant/quantize.hpp"
 #include "core/quant/vec_dot.hpp"
 #include "core/quant/unpack_avx2.hpp"
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 
 #include <immintrin.h>
 

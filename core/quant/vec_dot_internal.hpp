@@ -1,7 +1,7 @@
 #pragma once
 // Pieces shared by the scalar and AVX2 dot kernels (see vec_dot.hpp).
 #include "core/quant/blocks.hpp"
-#include "core/runtime/tensor.hpp"
+#include "core/base/tensor.hpp"
 
 #include <cmath>
 #include <cstdint>

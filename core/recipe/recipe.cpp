@@ -3,9 +3,9 @@
 #include "core/quant/gptq.hpp"
 #include "core/quant/type_registry.hpp"
 
-#include "core/gguf/hf_to_gguf.hpp"
+#include "core/convert/hf_to_gguf.hpp"
 #include "core/io/text_file.hpp"
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 
 #include <fmt/ranges.h>
 #include <fnmatch.h>

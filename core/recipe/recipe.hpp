@@ -5,7 +5,7 @@
 // Deterministic: the same recipe and checkpoint always give the same plan (and the same bytes).
 #include "core/arch/architecture.hpp"
 #include "core/gguf/gguf.hpp"
-#include "core/io/hf_config.hpp"
+#include "core/arch/hf_config.hpp"
 #include "core/io/safetensors.hpp"
 #include "core/quant/ggml_types.hpp"
 

@@ -1,6 +1,6 @@
 #include "core/runtime/events.hpp"
 #include "core/io/text_file.hpp"
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 
 #include "core/runtime/plugin_api.hpp"
 

@@ -1,6 +1,6 @@
 #include "core/runtime/graph.hpp"
 
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 
 #include <oneapi/tbb/flow_graph.h>
 #include <oneapi/tbb/global_control.h>

@@ -1,7 +1,7 @@
 #include "core/runtime/pipeline.hpp"
 #include "core/io/text_file.hpp"
 
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 
 #include <fmt/ranges.h>
 #include <yaml-cpp/yaml.h>

@@ -9,7 +9,7 @@
 // compiler, the C++ standard library and nlohmann-json. Any change to the types below bumps
 // SQUISH_NODE_API_REVISION. docs/plugins.md says why this is safe and what it costs.
 #include "core/runtime/events.hpp"
-#include "core/runtime/tensor.hpp"
+#include "core/base/tensor.hpp"
 
 #include <nlohmann/json.hpp>
 #include <squish/plugin_abi.h>

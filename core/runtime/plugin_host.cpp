@@ -1,7 +1,7 @@
 #include "core/runtime/plugin_host.hpp"
 
 #include "core/quant/type_registry.hpp"
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 
 #include <dlfcn.h>
 #include <fmt/ranges.h>

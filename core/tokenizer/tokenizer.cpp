@@ -4,7 +4,7 @@
 #include <cstdio>
 #include <queue>
 
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 #include "core/tokenizer/unicode.hpp"
 
 namespace squish {

@@ -11,7 +11,7 @@
 #include <map>
 #include <optional>
 
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 
 namespace squish {
 

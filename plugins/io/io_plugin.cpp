@@ -6,7 +6,7 @@
 #include "core/io/text_file.hpp"
 #include "core/io/safetensors.hpp"
 #include "core/io/sha256.hpp"
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 #include "core/runtime/plugin_api.hpp"
 
 #include <fnmatch.h>

@@ -1,8 +1,8 @@
 #include "stages/compress/prune.hpp"
 
-#include "core/gguf/hf_to_gguf.hpp"
+#include "core/convert/hf_to_gguf.hpp"
 #include "core/quant/quantize.hpp"
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 
 #include <oneapi/tbb/parallel_for.h>
 

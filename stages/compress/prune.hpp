@@ -2,7 +2,7 @@
 // Structured pruning of one tensor as a CompressPlan says: keep rows (q/k/v heads, FFN
 // gate/up channels), keep columns (o_proj heads, down_proj channels), then the llama q/k rope
 // permutation. Output is float32 in HF order (outermost first), ready to quantize.
-#include "core/runtime/tensor.hpp"
+#include "core/base/tensor.hpp"
 #include "core/recipe/recipe.hpp"
 
 #include <vector>

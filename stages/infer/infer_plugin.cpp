@@ -5,7 +5,7 @@
 // is just the one node.
 #include "core/io/atomic_file.hpp"
 #include "core/io/text_file.hpp"
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 #include "core/runtime/plugin_api.hpp"
 #include "core/model/generate.hpp"
 #include "core/model/transformer.hpp"

@@ -1,6 +1,6 @@
 #include "stages/plan/allocate.hpp"
 
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 
 #include <algorithm>
 #include <limits>

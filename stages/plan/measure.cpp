@@ -12,7 +12,7 @@
 #include "core/quant/quantize.hpp"
 #include "core/quant/type_registry.hpp"
 #include "core/recipe/recipe.hpp"
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 
 #include <cblas.h>
 #include <oneapi/tbb/parallel_for.h>

@@ -4,7 +4,7 @@
 //                  with a terminal summary and an SVG of the allocation beside it
 #include "core/io/atomic_file.hpp"
 #include "core/io/text_file.hpp"
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 #include "core/runtime/plugin_api.hpp"
 #include "core/recipe/recipe.hpp"
 #include "stages/plan/measure.hpp"

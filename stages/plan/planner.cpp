@@ -1,7 +1,7 @@
 #include "stages/plan/planner.hpp"
 
 #include "core/arch/architecture.hpp"
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 
 #include <fmt/format.h>
 

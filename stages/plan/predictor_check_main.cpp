@@ -15,7 +15,7 @@
 #include "core/quant/gptq.hpp"
 #include "core/quant/quantize.hpp"
 #include "core/recipe/recipe.hpp"
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 #include "core/tokenizer/tokenizer.hpp"
 #include "stages/plan/measure.hpp"
 

@@ -1,12 +1,12 @@
 #include "stages/plan/prune_select.hpp"
 
-#include "core/io/hf_config.hpp"
+#include "core/arch/hf_config.hpp"
 #include "core/io/imatrix.hpp"
 #include "core/io/moments.hpp"
 #include "core/io/safetensors.hpp"
 #include "core/io/text_file.hpp"
 #include "core/prune/recovery.hpp"
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>

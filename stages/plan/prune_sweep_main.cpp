@@ -15,7 +15,7 @@
 #include "core/gguf/gguf.hpp"
 #include "core/io/atomic_file.hpp"
 #include "core/io/text_file.hpp"
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>

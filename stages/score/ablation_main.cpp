@@ -6,7 +6,7 @@
 #include "core/io/text_file.hpp"
 #include "core/model/perplexity.hpp"
 #include "core/model/transformer.hpp"
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 #include "core/tokenizer/tokenizer.hpp"
 
 #include <fmt/format.h>

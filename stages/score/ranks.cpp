@@ -1,6 +1,6 @@
 #include "stages/score/ranks.hpp"
 
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 
 #include <fmt/format.h>
 

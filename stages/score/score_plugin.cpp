@@ -1,8 +1,8 @@
 // The score stage plugin: `score.importance` scores a Hugging Face model on calibration text
 // and writes scores.json, channels.bin.zst and imatrix.dat into a directory.
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 #include "core/runtime/plugin_api.hpp"
-#include "core/runtime/memory.hpp"
+#include "core/base/memory.hpp"
 #include "stages/score/ranks.hpp"
 #include "stages/score/scorer.hpp"
 

@@ -1,15 +1,15 @@
 #include "stages/score/scorer.hpp"
 
-#include "core/gguf/hf_to_gguf.hpp"
+#include "core/convert/hf_to_gguf.hpp"
 #include "core/io/atomic_file.hpp"
 #include "core/io/moments.hpp"
 #include "core/io/sha256.hpp"
 #include "core/io/spill_store.hpp"
 #include "core/io/staged_dir.hpp"
 #include "core/io/text_file.hpp"
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 #include "core/runtime/events.hpp"
-#include "core/runtime/memory.hpp"
+#include "core/base/memory.hpp"
 #include "core/tokenizer/tokenizer.hpp"
 #include "stages/score/ranks.hpp"
 

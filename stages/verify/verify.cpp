@@ -1,10 +1,10 @@
 #include "stages/verify/verify.hpp"
 
 #include "core/arch/architecture.hpp"
-#include "core/gguf/hf_to_gguf.hpp"
+#include "core/convert/hf_to_gguf.hpp"
 #include "core/quant/quantize.hpp"
 #include "core/io/text_file.hpp"
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 #include "core/recipe/recipe.hpp"
 #include "core/model/generate.hpp"
 

@@ -5,7 +5,7 @@
 // A source node: it needs no input and emits the report as a document for downstream nodes.
 #include "core/io/atomic_file.hpp"
 #include "core/io/text_file.hpp"
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 #include "core/runtime/plugin_api.hpp"
 #include "stages/verify/verify.hpp"
 

@@ -10,7 +10,7 @@
 //     FuzzFinding, so the test sees it as an exception that is not a squish::Error.
 //
 // Policy: squish::Error is an expected refusal (return 0). Anything else escaping is a finding.
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 
 #include <cstddef>
 #include <cstdint>

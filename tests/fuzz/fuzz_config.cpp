@@ -3,7 +3,7 @@
 #include "tests/fuzz/fuzz_common.hpp"
 
 #include "core/arch/architecture.hpp"
-#include "core/io/hf_config.hpp"
+#include "core/arch/hf_config.hpp"
 
 using namespace squish;
 

@@ -1,7 +1,7 @@
 // Test-only plugins: a well-formed one with probe nodes, and deliberately broken ones
 // (built from this file with different macros) for the plugin host's error paths.
 #include "core/io/atomic_file.hpp"
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 #include "core/runtime/plugin_api.hpp"
 
 #include <atomic>

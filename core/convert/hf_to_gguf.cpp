@@ -1,7 +1,7 @@
-#include "core/gguf/hf_to_gguf.hpp"
+#include "core/convert/hf_to_gguf.hpp"
 
 #include "core/arch/architecture.hpp"
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 #include "core/tokenizer/vocab.hpp"
 
 #include <algorithm>
@@ -173,26 +173,6 @@ std::vector<KeyValue> build_metadata(const ModelConfig& cfg, const std::string& 
     kv.emplace_back("general.file_type", static_cast<uint32_t>(*o.file_type));
   }
   return kv;
-}
-
-std::vector<int> per_layer_values(const Reader& r, const std::string& key, int n_layer, int def) {
-  const Value* v = r.get(key);
-  if (!v) return std::vector<int>(n_layer, def);
-  auto checked = [&](int64_t x) {
-    if (x < 0 || x > (int64_t{1} << 30)) fail(ExitCode::InputData, "{}: key '{}': value {} out of range", r.path(), key, x);
-    return static_cast<int>(x);
-  };
-  try {
-    if (!v->is_array()) return std::vector<int>(n_layer, checked(v->as_int()));
-    if (static_cast<int>(v->size()) != n_layer)
-      fail(ExitCode::InputData, "{}: key '{}' has {} entries for {} layers", r.path(), key, v->size(), n_layer);
-    std::vector<int> out;
-    for (auto x : v->as_ints()) out.push_back(checked(x));
-    return out;
-  } catch (const Error& e) {
-    if (std::string(e.what()).rfind(r.path(), 0) == 0) throw;
-    fail(ExitCode::InputData, "{}: key '{}': {}", r.path(), key, e.what());
-  }
 }
 
 }  // namespace squish::gguf

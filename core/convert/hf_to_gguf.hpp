@@ -6,7 +6,7 @@
 //  - the Llama q/k row permutation (HF rotate-half -> GGUF interleaved rope layout),
 //  - the metadata list (hyper-parameters and tokenizer), in llama.cpp's key order.
 #include "core/gguf/gguf.hpp"
-#include "core/io/hf_config.hpp"
+#include "core/arch/hf_config.hpp"
 
 #include <optional>
 #include <string>
@@ -89,11 +89,5 @@ std::vector<KeyValue> tokenizer_metadata(const ModelConfig& cfg, const std::stri
 // general.quantization_version and general.file_type. For coder-28m with file_type Q4_K_M this
 // equals the metadata of reference/coder-28m-Q4_K_M.gguf exactly.
 std::vector<KeyValue> build_metadata(const ModelConfig& cfg, const std::string& model_dir, const MetadataOptions& opt);
-
-// ---- reading hyper-parameters back -----------------------------------------------------------
-
-// Per-layer value of a key stored either as one integer or as an integer array of n_layer
-// entries; `def` when absent. Throws Error(InputData) on a wrong length or type.
-std::vector<int> per_layer_values(const Reader& r, const std::string& key, int n_layer, int def);
 
 }  // namespace squish::gguf

@@ -1,8 +1,8 @@
-#include "core/io/hf_config.hpp"
+#include "core/arch/hf_config.hpp"
 #include "core/io/text_file.hpp"
 
 #include "core/arch/architecture.hpp"
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 
 #include <cmath>
 #include <cstdio>

@@ -1,6 +1,6 @@
-#include "core/runtime/tensor.hpp"
+#include "core/base/tensor.hpp"
 
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 
 #include <bit>
 #include <cmath>

@@ -1,11 +1,11 @@
-#include "core/io/synthetic_checkpoint.hpp"
+#include "core/arch/synthetic_checkpoint.hpp"
 #include "core/io/text_file.hpp"
 
 #include "core/arch/architecture.hpp"
 #include "core/io/atomic_file.hpp"
-#include "core/io/hf_config.hpp"
+#include "core/arch/hf_config.hpp"
 #include "core/io/safetensors_writer.hpp"
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 
 #include <cmath>
 #include <cstring>

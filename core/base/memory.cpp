@@ -1,6 +1,6 @@
-#include "core/runtime/memory.hpp"
+#include "core/base/memory.hpp"
 
-#include "core/runtime/error.hpp"
+#include "core/base/error.hpp"
 
 #include <algorithm>
 #include <cctype>
