@@ -1,19 +1,12 @@
 #include "core/prune/recovery.hpp"
 
 #include "core/base/error.hpp"
+#include "core/linalg/spd.hpp"
 
 #include <cblas.h>
 
 #include <algorithm>
 #include <cmath>
-
-// LAPACK from OpenBLAS (Fortran calling convention: trailing hidden string lengths).
-extern "C" {
-void dpotrf_(const char* uplo, const int* n, double* a, const int* lda, int* info, size_t uplo_len);
-void dpotri_(const char* uplo, const int* n, double* a, const int* lda, int* info, size_t uplo_len);
-void dpotrs_(const char* uplo, const int* n, const int* nrhs, const double* a, const int* lda, double* b, const int* ldb, int* info,
-             size_t uplo_len);
-}
 
 namespace squish::prune {
 
@@ -35,33 +28,20 @@ const char* recovery_name(Recovery r) {
 
 namespace {
 
-// Cholesky of a symmetric positive (semi)definite matrix a (k x k, either layout: symmetric),
-// adding `ridge` x mean diagonal to the first `damped` diagonal entries, raised tenfold until
-// the factorization succeeds (dead inputs make H singular). Lower factor, column-major.
+// The refit's damping: `ridge` x the kept inputs' mean E[x²] on their diagonal (not on the
+// constant's row), at least 1e-10, raised up to 8 times (dead inputs make H singular).
+constexpr int kRidgeAttempts = 8;
+constexpr const char* kMoments = "input moments";
+
 std::vector<double> cholesky(std::vector<double> a, int k, int damped, double ridge) {
-  double mean_diag = 0;
-  for (int i = 0; i < damped; ++i) mean_diag += a[size_t(i) * k + i];
-  mean_diag = damped ? mean_diag / damped : 0;
-  if (!(mean_diag > 0)) mean_diag = 1;
-  double r = std::max(ridge, 1e-10);
-  for (int attempt = 0; attempt < 8; ++attempt, r *= 10) {
-    std::vector<double> f = a;
-    for (int i = 0; i < damped; ++i) f[size_t(i) * k + i] += r * mean_diag;
-    int info = 0;
-    dpotrf_("L", &k, f.data(), &k, &info, 1);
-    if (info == 0) return f;
-  }
-  fail(ExitCode::InputData, "input moments are not positive definite even with strong damping (all-zero inputs?)");
+  const double mean_diag = linalg::mean_diagonal(a, k, damped);
+  return linalg::damped_cholesky(std::move(a), k, damped, mean_diag, std::max(ridge, 1e-10), kRidgeAttempts, kMoments).lower;
 }
 
 // Inverse of a symmetric positive definite matrix (row-major in, full symmetric out).
 std::vector<double> inverse(std::vector<double> a, int k, int damped, double ridge) {
   std::vector<double> f = cholesky(std::move(a), k, damped, ridge);
-  int info = 0;
-  dpotri_("L", &k, f.data(), &k, &info, 1);
-  if (info != 0) fail(ExitCode::InputData, "input moments could not be inverted");
-  for (int j = 0; j < k; ++j)  // lower triangle (column-major) -> full
-    for (int i = j + 1; i < k; ++i) f[size_t(j) + size_t(i) * k] = f[size_t(i) + size_t(j) * k];
+  linalg::inverse_from_cholesky(f, k, kMoments);
   return f;
 }
 
@@ -118,9 +98,7 @@ Repair repair(const float* w, int64_t rows, int n, std::span<const int64_t> keep
     for (int a = 0; a < k; ++a) x[size_t(r) * kz + a] = s.h[size_t(removed[r]) * n + size_t(keep[a])];
     x[size_t(r) * kz + k] = s.mean[size_t(removed[r])];
   }
-  int info = 0;
-  dpotrs_("L", &kz, &nr, f.data(), &kz, x.data(), &kz, &info, 1);
-  if (info != 0) fail(ExitCode::Runtime, "least-squares refit: solve failed ({})", info);
+  linalg::solve_with_cholesky(f, kz, x.data(), nr, "least-squares refit");
   // [W' b] += W_R Xᵀ: rows x nr times nr x kz.
   std::vector<double> wr(size_t(rows) * nr), delta(size_t(rows) * kz);
   for (int64_t i = 0; i < rows; ++i)

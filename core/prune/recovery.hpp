@@ -24,6 +24,10 @@
 
 namespace squish::prune {
 
+// The refit's default ridge, a fraction of the kept inputs' mean E[x²]; every default elsewhere
+// (plan, recipes) is this one.
+inline constexpr double kDefaultRidge = 0.01;
+
 enum class Recovery { None, Bias, Refit };
 // "none" | "bias" | "refit"; throws Error(Usage) for anything else.
 Recovery recovery_from_name(const std::string& name);

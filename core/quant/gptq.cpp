@@ -4,6 +4,7 @@
 #include "core/quant/levels.hpp"
 #include "core/quant/quantize.hpp"
 #include "core/base/error.hpp"
+#include "core/linalg/spd.hpp"
 
 #include <cblas.h>
 #include <oneapi/tbb/parallel_for.h>
@@ -13,12 +14,6 @@
 #include <cstring>
 #include <mutex>
 
-// LAPACK from OpenBLAS (Fortran calling convention: trailing hidden string lengths).
-extern "C" {
-void dpotrf_(const char* uplo, const int* n, double* a, const int* lda, int* info, size_t uplo_len);
-void dpotri_(const char* uplo, const int* n, double* a, const int* lda, int* info, size_t uplo_len);
-}
-
 namespace squish::quant {
 
 bool gptq_supported(GGMLType type) { return has_levels(type); }
@@ -27,39 +22,27 @@ namespace {
 
 // U, upper triangular with H⁻¹ = Uᵀ U, for H damped by `damp` x mean(diag); row-major floats.
 // A matrix that is not positive definite even so gets 10x the damping, up to 4 times.
+constexpr int kDampAttempts = 5;
+
 std::vector<float> inverse_cholesky_upper(const float* H, int n, double damp) {
-  double mean_diag = 0;
-  for (int i = 0; i < n; ++i) mean_diag += H[size_t(i) * n + i];
-  mean_diag = n ? mean_diag / n : 0;
-  if (!(mean_diag > 0)) mean_diag = 1;  // no signal at all: plain rounding (U = I up to scale)
-  for (int attempt = 0; attempt < 5; ++attempt, damp *= 10) {
-    // Symmetric, so row- and column-major agree; LAPACK sees column-major below.
-    std::vector<double> a(size_t(n) * n);
-    for (size_t k = 0; k < a.size(); ++k) a[k] = H[k];
-    for (int i = 0; i < n; ++i) {
-      double& d = a[size_t(i) * n + i];
-      if (d <= 0) {  // a dead input: no coupling, unit curvature
-        for (int j = 0; j < n; ++j) a[size_t(i) * n + j] = a[size_t(j) * n + i] = 0;
-        d = mean_diag;
-      }
-      d += damp * mean_diag;
+  // Symmetric, so row- and column-major agree; LAPACK sees column-major below.
+  std::vector<double> a(H, H + size_t(n) * n);
+  const double mean_diag = linalg::mean_diagonal(a, n, n);
+  for (int i = 0; i < n; ++i) {
+    double& d = a[size_t(i) * n + i];
+    if (d <= 0) {  // a dead input: no coupling, unit curvature
+      for (int j = 0; j < n; ++j) a[size_t(i) * n + j] = a[size_t(j) * n + i] = 0;
+      d = mean_diag;
     }
-    int info = 0;
-    dpotrf_("L", &n, a.data(), &n, &info, 1);  // H = L Lᵀ
-    if (info != 0) continue;
-    dpotri_("L", &n, a.data(), &n, &info, 1);  // H⁻¹, lower triangle
-    if (info != 0) continue;
-    // Column-major (i, j) lives at a[i + j n]: copy the lower triangle into the upper one.
-    for (int j = 0; j < n; ++j)
-      for (int i = j + 1; i < n; ++i) a[size_t(j) + size_t(i) * n] = a[size_t(i) + size_t(j) * n];
-    dpotrf_("U", &n, a.data(), &n, &info, 1);  // H⁻¹ = Uᵀ U, U(i, j) = a[i + j n] for i <= j
-    if (info != 0) continue;
-    std::vector<float> u(size_t(n) * n, 0.0f);
-    for (int i = 0; i < n; ++i)
-      for (int j = i; j < n; ++j) u[size_t(i) * n + j] = static_cast<float>(a[size_t(i) + size_t(j) * n]);
-    return u;
   }
-  fail(ExitCode::InputData, "GPTQ: the input statistics are not positive definite even with damping");
+  constexpr const char* kWhat = "GPTQ: the input statistics are";
+  std::vector<double> f = linalg::damped_cholesky(std::move(a), n, n, mean_diag, damp, kDampAttempts, kWhat).lower;  // H = L Lᵀ
+  linalg::inverse_from_cholesky(f, n, kWhat);                                                                          // H⁻¹
+  if (!linalg::upper_cholesky(f, n)) fail(ExitCode::InputData, "{} not positive definite after inversion", kWhat);  // H⁻¹ = Uᵀ U
+  std::vector<float> u(size_t(n) * n, 0.0f);  // U(i, j) = f[i + j n] for i <= j
+  for (int i = 0; i < n; ++i)
+    for (int j = i; j < n; ++j) u[size_t(i) * n + j] = static_cast<float>(f[size_t(i) + size_t(j) * n]);
+  return u;
 }
 
 }  // namespace

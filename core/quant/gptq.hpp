@@ -19,8 +19,12 @@
 
 namespace squish::quant {
 
+// GPTQ's default damping (as AutoGPTQ and llm-compressor: 1% of H's mean diagonal); every
+// default elsewhere (plan, compress, recipes) is this one.
+inline constexpr double kDefaultDamp = 0.01;
+
 struct GptqOptions {
-  double damp = 0.01;  // added to H's diagonal, as a fraction of the mean diagonal
+  double damp = kDefaultDamp;  // added to H's diagonal, as a fraction of the mean diagonal
   int batch = 128;     // columns per lazy batch
   // Columns by decreasing H_ii, with every block's scales fixed up front from the original
   // weights ("static groups"); the file keeps the original column order.

@@ -7,7 +7,9 @@
 #include "core/gguf/gguf.hpp"
 #include "core/arch/hf_config.hpp"
 #include "core/io/safetensors.hpp"
+#include "core/prune/recovery.hpp"
 #include "core/quant/ggml_types.hpp"
+#include "core/quant/gptq.hpp"
 
 #include <nlohmann/json.hpp>
 
@@ -40,12 +42,12 @@ struct CompressionRecipe {
   std::vector<int> drop_layers;            // original layer indices removed entirely
   std::string block_fit = "fallback";      // rows not a multiple of the block size: "fallback" | "error"
   std::string method = "rtn";              // quantizer: "rtn" (ggml's rounding, imatrix-weighted) | "gptq"
-  double gptq_damp = 0.01;                 // GPTQ: H's diagonal damping, fraction of its mean
+  double gptq_damp = quant::kDefaultDamp;              // GPTQ: H's diagonal damping, fraction of its mean
   // Retrain-free repair of the output projections (o_proj, down_proj) whose inputs pruning
   // removes (core/prune/recovery.hpp): "none", "bias" (FLAP bias compensation) or "refit"
   // (least-squares refit of the kept columns and a bias). Needs the score stage's statistics.
   std::string recovery = "none";
-  double recovery_damp = 0.01;             // refit: ridge, fraction of the kept inputs' mean E[x²]
+  double recovery_damp = prune::kDefaultRidge;          // refit: ridge, fraction of the kept inputs' mean E[x²]
   nlohmann::json removals = nlohmann::json::array();  // audit: what was removed, its score, why
   std::string device;                      // what it was planned for (free text)
   uint64_t memory_budget_bytes = 0;        // 0 = none; the output file must fit
