@@ -24,7 +24,9 @@ TEST(ModelPerplexity, Coder28mHumanEvalMatchesTransformers) {
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   EXPECT_EQ(r.chunks, 68);
   EXPECT_EQ(r.scored, 68 * 255);
-  const double reference = 10.4546;  // REFERENCE.md, transformers float32
+  // REFERENCE.md, transformers float32: another implementation (PyTorch's kernels) and 4 printed
+  // decimals, so the 1e-3 below is a margin over what was measured (8.5e-4 of it), not a bound.
+  const double reference = 10.4546;
   EXPECT_NEAR(r.ppl, reference, reference * 1e-3) << "nll " << r.nll;
   RecordProperty("ppl", std::to_string(r.ppl));
   std::printf("coder-28m code-humaneval PPL %.4f (+/- nll %.5f) in %.1f s\n", r.ppl, r.nll_stderr, secs);
@@ -44,5 +46,5 @@ TEST(ModelPerplexity, Stories260kMatchesLlamaCpp) {
   Transformer model(weights, {.threads = 2});
   auto r = perplexity(model, ids, {.n_ctx = 256, .bos_token = 1, .max_chunks = 0, .progress = {}});
   EXPECT_EQ(r.chunks, 60);
-  EXPECT_NEAR(r.ppl, 5.4278, 5.4278 * 5e-4);
+  EXPECT_NEAR(r.ppl, 5.4278, 5.4278 * 5e-4);  // llama.cpp's own kernels: a margin, as above (3% of it used)
 }

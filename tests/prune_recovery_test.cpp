@@ -209,7 +209,11 @@ TEST(Pruning, PrunedModelEqualsTheMaskedDenseModel) {
     max_diff = std::max(max_diff, double(std::fabs(got[i] - want[i])));
     masking_effect = std::max(masking_effect, double(std::fabs(unmasked[i] - want[i])));
   }
-  EXPECT_LT(max_diff, 2e-3);
+  // Summation order only (F32 cache, F32 weights): logits within 1e-4 of their magnitude, as the
+  // unpruned comparisons in model_families_test; measured at most 1% of that on every kernel.
+  double scale = 0;
+  for (float x : want) scale = std::max(scale, double(std::fabs(x)));
+  EXPECT_LT(max_diff, 1e-4 * scale);
   EXPECT_GT(masking_effect, 50 * max_diff);  // the comparison can tell pruned from unpruned
 }
 
