@@ -5,7 +5,6 @@
 #include <array>
 #include <atomic>
 #include <cerrno>
-#include <csignal>
 #include <cstring>
 #include <fcntl.h>
 #include <filesystem>
@@ -43,30 +42,12 @@ void release_slot(int i) {
   if (i >= 0) g_slots[i].used.store(false);
 }
 
-extern "C" void remove_temporaries_and_exit(int sig) {
+}  // namespace
+
+void remove_named_temporaries() noexcept {
   for (auto& s : g_slots)
     if (s.used.load()) ::unlink(s.path);
-  // Die of the signal itself so the parent sees it (shells report 128 + signal: 130, 143, 129).
-  ::signal(sig, SIG_DFL);
-  ::raise(sig);
 }
-
-void install_handlers() {
-  static std::once_flag once;
-  std::call_once(once, [] {
-    for (int sig : {SIGINT, SIGTERM, SIGHUP}) {
-      struct sigaction old {};
-      ::sigaction(sig, nullptr, &old);
-      if (old.sa_handler == SIG_IGN) continue;  // nohup: keep ignoring
-      struct sigaction sa {};
-      sa.sa_handler = remove_temporaries_and_exit;
-      sigemptyset(&sa.sa_mask);
-      ::sigaction(sig, &sa, nullptr);
-    }
-  });
-}
-
-}  // namespace
 
 AtomicFile::AtomicFile(std::string path) : path_(std::move(path)) {
   fs::path p(path_);
@@ -74,7 +55,6 @@ AtomicFile::AtomicFile(std::string path) : path_(std::move(path)) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) fail(ExitCode::Runtime, "{}: cannot create output: directory {} does not exist", path_, dir.string());
   if (fs::is_directory(p, ec)) fail(ExitCode::Runtime, "{}: cannot create output: it is a directory", path_);
-  install_handlers();
 #ifdef O_TMPFILE
   fd_ = ::open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0644);
   if (fd_ >= 0) {

@@ -41,4 +41,9 @@ class AtomicFile {
 // Whole-file convenience: the file appears complete or not at all.
 void write_file_atomic(const std::string& path, std::string_view content);
 
+// Unlinks the named temporaries of outputs not yet committed (only on filesystems without
+// O_TMPFILE are there any). Async-signal-safe: what an executable's SIGINT/SIGTERM/SIGHUP
+// handler calls (core/cli/process_startup.cpp); a library never installs handlers itself.
+void remove_named_temporaries() noexcept;
+
 }  // namespace squish

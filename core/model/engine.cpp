@@ -412,9 +412,6 @@ Session::Session(std::shared_ptr<const Model> model, int n_ctx, int threads, KVT
     : model_(std::move(model)),
       n_ctx_(checked_context(*model_, n_ctx, kv)),
       impl_(std::make_unique<Impl>(model_->architecture(), n_ctx, threads, kv)) {
-  // Parallelism comes from TBB; each sgemm call runs on the calling thread.
-  static std::once_flag once;
-  std::call_once(once, [] { openblas_set_num_threads(1); });
   impl_->rope_inv_freq = model_->architecture().rope_inv_freq();
 }
 

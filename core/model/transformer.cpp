@@ -1012,7 +1012,6 @@ struct Transformer::Impl {
 
   template <class Fn>
   auto run(Fn&& fn) {
-    openblas_set_num_threads(1);  // parallelism comes from TBB (gemm_mt, attention tasks)
     return arena.execute(std::forward<Fn>(fn));
   }
 };
