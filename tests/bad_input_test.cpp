@@ -269,6 +269,19 @@ TEST(BadInputParsers, ConfigAndTokenizerOfTheWrongShape) {
   }
 }
 
+// A special token id outside the vocabulary: other runtimes would index past their token table.
+TEST(BadInputGguf, VerifyRefusesSpecialTokenIdsOutsideTheVocabulary) {
+  for (const char* key : {"tokenizer.ggml.eos_token_id", "tokenizer.ggml.bos_token_id"}) {
+    SCOPED_TRACE(key);
+    Scratch s;
+    patch_gguf(s / "m.gguf", [&](auto& kv) { set_key(kv, key, uint32_t(512)); });  // stories260K: 512 tokens
+    s.freeze();
+    expect_refused(squish_run(pipeline("verify") + " --set model=" + q(s / "m.gguf")), 3,
+                   {"m.gguf", std::string(key) + " is 512, outside the vocabulary of 512 tokens"});
+    s.expect_unchanged();
+  }
+}
+
 TEST(BadInputParsers, GgufWithADeepOrBrokenRecipeKey) {
   for (const std::string& recipe : {std::string(100000, '{'), std::string("{\"name\": 5}"), std::string("[1,2")}) {
     Scratch s;
@@ -542,6 +555,11 @@ TEST(BadInputRecipes, RecipesThatCannotApplyAreRefused) {
       {R"({"tensors": [{"match": "*.weight", "type": "Q9_K"}]})", "Q9_K"},
       {R"({"preset": "Q7"})", "Q7"},
       {R"({"format": "squish.recipe/9", "preset": "Q8_0"})", "squish.recipe/9"},
+      // an index listed twice
+      {R"({"preset": "Q8_0", "attention": {"1": {"kv_groups": [0, 0, 1]}}})", "attention.1.kv_groups: index 0 is listed twice"},
+      {R"({"preset": "Q8_0", "attention": {"1": {"q_heads": [2, 3, 2]}}})", "attention.1.q_heads: index 2 is listed twice"},
+      {R"({"preset": "Q8_0", "ffn_channels": {"0": [5, 7, 5]}})", "ffn_channels.0: index 5 is listed twice"},
+      {R"({"preset": "Q8_0", "drop_layers": [1, 1]})", "drop_layers: index 1 is listed twice"},
   };
   for (const auto& [text, mention] : cases) {
     SCOPED_TRACE(text);

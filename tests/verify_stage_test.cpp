@@ -98,7 +98,7 @@ TEST_F(Verify, CleanFilePassesEveryCheck) {
   EXPECT_TRUE(rep["failed"].empty());
   EXPECT_EQ(rep["file_bytes"].get<uint64_t>(), fs::file_size(g_files->q8));
   // Every check ran (none skipped) and passed.
-  for (const char* name : {"gguf_valid", "recipe", "shapes", "finite", "budget", "perplexity", "generation"}) {
+  for (const char* name : {"gguf_valid", "tokenizer", "recipe", "shapes", "finite", "budget", "perplexity", "generation"}) {
     const auto& c = check(rep, name);
     EXPECT_EQ(c["status"], "pass") << name << ": " << c.dump();
   }

@@ -32,6 +32,12 @@ std::vector<int> int_list(const nlohmann::json& j, const std::string& origin, co
     if (!x.is_number_integer() || x.get<int64_t>() < 0 || x.get<int64_t>() > (1 << 24)) bad(origin, what + " must hold non-negative integers (indices)");
     v.push_back(x.get<int>());
   }
+  // Indices name things kept or removed: one listed twice is a mistake in whatever wrote the
+  // recipe (and would be counted twice by what sizes the result), never a request.
+  std::vector<int> sorted = v;
+  std::sort(sorted.begin(), sorted.end());
+  if (auto d = std::adjacent_find(sorted.begin(), sorted.end()); d != sorted.end())
+    bad(origin, fmt::format("{}: index {} is listed twice", what, *d));
   return v;
 }
 

@@ -6,6 +6,7 @@
 #include "core/io/text_file.hpp"
 #include "core/base/error.hpp"
 #include "core/recipe/recipe.hpp"
+#include "core/tokenizer/vocab.hpp"
 #include "core/model/generate.hpp"
 
 #include <fmt/format.h>
@@ -399,12 +400,27 @@ VerifyReport verify_gguf(const VerifyOptions& opt) {
     }
     rep.checks.push_back(std::move(c));
   }
-  const std::vector<std::string> later = {"recipe", "shapes", "finite", "budget", "perplexity", "generation"};
+  const std::vector<std::string> later = {"tokenizer", "recipe", "shapes", "finite", "budget", "perplexity", "generation"};
   if (!reader) {
     for (const auto& n : later) rep.checks.push_back(skipped(n, "not run: the file is not a valid GGUF"));
     return rep;
   }
   const gguf::Reader& r = *reader;
+
+  // The vocabulary every runtime reads from the file: its special token ids inside it, and the
+  // rest of what Squish's own tokenizer checks.
+  {
+    CheckResult c{"tokenizer"};
+    try {
+      const Vocab v = Vocab::from_gguf(r);
+      c.detail = fmt::format("{} vocabulary of {} tokens, bos {}, eos {}", v.model, v.tokens.size(), v.bos, v.eos);
+      c.data["tokens"] = v.tokens.size();
+    } catch (const Error& e) {
+      c.status = Status::Fail;
+      c.detail = e.what();
+    }
+    rep.checks.push_back(std::move(c));
+  }
 
   // The recipe (file or the GGUF's own copy) and, with the source checkpoint, its plan.
   std::optional<recipe::CompressionRecipe> recipe;
