@@ -3,6 +3,7 @@
 #include "core/io/text_file.hpp"
 #include "core/runtime/events.hpp"
 #include "core/runtime/graph.hpp"
+#include "core/runtime/launcher.hpp"
 #include "core/runtime/pipeline.hpp"
 #include "core/quant/type_registry.hpp"
 #include "core/runtime/plugin_host.hpp"
@@ -119,10 +120,7 @@ int main(int argc, char** argv) {
 
   // Under mpirun every rank runs this same command line; rank 0 speaks for the run (events,
   // progress), the others only report errors.
-  const char* rank = std::getenv("OMPI_COMM_WORLD_RANK");
-  if (!rank) rank = std::getenv("PMIX_RANK");
-  if (!rank) rank = std::getenv("PMI_RANK");
-  if (rank && std::string_view(rank) != "0") {
+  if (launcher_ranks().rank != 0) {
     events_file.clear();
     events_stderr = false;
     no_progress = true;

@@ -1,6 +1,7 @@
 #include "stages/score/ranks.hpp"
 
 #include "core/base/error.hpp"
+#include "core/runtime/launcher.hpp"
 
 #include <fmt/format.h>
 
@@ -19,19 +20,6 @@
 namespace squish::score {
 
 namespace {
-int env_int(std::initializer_list<const char*> names, int fallback) {
-  for (const char* n : names)
-    if (const char* v = std::getenv(n); v && *v) {
-      char* end = nullptr;
-      const long x = std::strtol(v, &end, 10);
-      if (*end == '\0' && x >= 0 && x < (1 << 24)) return static_cast<int>(x);
-    }
-  return fallback;
-}
-
-// The number of ranks an MPI launcher announced in the environment (1 when none did).
-int launcher_size() { return env_int({"OMPI_COMM_WORLD_SIZE", "PMI_SIZE"}, 1); }
-
 #ifdef SQUISH_HAVE_MPI
 void check(int rc, const char* what) {
   if (rc != MPI_SUCCESS) {
@@ -63,7 +51,8 @@ void allreduce_sum(std::span<T> v, MPI_Datatype type) {
 
 
 Ranks::Ranks() {
-  if (launcher_size() <= 1 && std::getenv("PMIX_RANK") == nullptr) return;  // no launcher: one rank, no MPI
+  const LauncherRanks launcher = launcher_ranks();
+  if (!launcher.launched && launcher.size <= 1) return;  // no launcher: one rank, no MPI
 #ifdef SQUISH_HAVE_MPI
   int initialized = 0;
   MPI_Initialized(&initialized);
@@ -80,9 +69,9 @@ Ranks::Ranks() {
   check(MPI_Comm_rank(MPI_COMM_WORLD, &rank_), "MPI_Comm_rank");
   check(MPI_Comm_size(MPI_COMM_WORLD, &size_), "MPI_Comm_size");
 #else
-  if (launcher_size() > 1)
+  if (launcher.size > 1)
     fail(ExitCode::Usage, "score: launched as {} MPI ranks, but this build has no MPI (install libopenmpi-dev and rebuild)",
-         launcher_size());
+         launcher.size);
 #endif
 }
 
