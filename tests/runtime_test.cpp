@@ -273,7 +273,34 @@ TEST(Runtime, PluginHostErrors) {
     SCOPED_TRACE(c.plugin);
     test::TempDir tmp;
     test::write_file(tmp / "p.yaml", fmt::format("name: x\nplugin_paths: [{}]\nplugins: [io, {}]\nnodes:\n  a: {{kind: io.safetensors_source, params: {{model: m}}}}\n", dir, c.plugin));
-    expect_one_line_error(test::squish_run("--dry-run " + tmp / "p.yaml"), 4, c.message);
+    // badabi's constructor leaves a mark when it runs: the refusal comes from the file's metadata,
+    // before dlopen, so none of its code runs.
+    expect_one_line_error(
+        test::run("SQUISH_TESTKIT_CTOR_MARK=" + tmp / "mark" + " " + test::binary_dir() + "/bin/squish-run --dry-run " + tmp / "p.yaml"), 4,
+        c.message);
+    EXPECT_FALSE(std::filesystem::exists(tmp / "mark")) << "the plugin's code ran before it was refused";
+  }
+}
+
+// A file that is not an ELF object, or whose metadata section is cut short, is refused as not a
+// plugin; nothing of it is loaded.
+TEST(Runtime, PluginFilesThatAreNotPluginsAreRefusedBeforeLoading) {
+  test::TempDir tmp;
+  test::write_file(tmp / "squish_text.so", std::string(100, 'x'));
+  std::string lib = test::read_file(std::string(SQUISH_TEST_PLUGIN_DIR) + "/squish_testkit.so");
+  const size_t at = lib.find("SQUISHPL");
+  ASSERT_NE(at, std::string::npos) << "testkit carries its metadata";
+  std::string unmarked = lib;
+  unmarked.replace(at, 8, "XXXXXXXX");
+  test::write_file(tmp / "squish_unmarked.so", unmarked);
+  test::write_file(tmp / "squish_cut.so", lib.substr(0, lib.size() / 2));  // section table cut off
+  for (const auto& [name, message] : std::vector<std::pair<std::string, std::string>>{
+           {"text", "not a 64-bit little-endian ELF shared object"},
+           {"unmarked", "its .squish_plugin section has no SQUISHPL mark"},
+           {"cut", "the section table lies outside the file"}}) {
+    SCOPED_TRACE(name);
+    test::write_file(tmp / "p.yaml", fmt::format("name: x\nplugin_paths: [{}]\nplugins: [{}]\nnodes: {{}}\n", tmp.path().string(), name));
+    expect_one_line_error(test::squish_run("--dry-run " + tmp / "p.yaml"), 4, "not a Squish plugin: " + message);
   }
 }
 

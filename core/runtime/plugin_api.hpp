@@ -130,6 +130,7 @@ const char* host_cxx_build();
 // Defines the entry point of a C++ plugin that adds node kinds. Use once per plugin, at namespace
 // scope. REGISTER_FN: void(squish::NodeRegistry&).
 #define SQUISH_PLUGIN(NAME, VERSION, SUMMARY, REGISTER_FN)                                             \
+  SQUISH_PLUGIN_METADATA(1, SQUISH_CXX_BUILD);                                                         \
   extern "C" SQUISH_PLUGIN_EXPORT const squish_plugin_info* squish_plugin_entry() {                    \
     static const squish_plugin_info info{                                                              \
         SQUISH_ABI_MAJOR, SQUISH_ABI_MINOR, sizeof(squish_plugin_info), NAME, VERSION, SUMMARY, nullptr, \

@@ -1,4 +1,5 @@
 #include "core/runtime/plugin_host.hpp"
+#include "core/runtime/plugin_file.hpp"
 
 #include "core/quant/type_registry.hpp"
 #include "core/base/error.hpp"
@@ -54,6 +55,26 @@ const squish_type* host_find_type(void*, uint32_t id) {
 }
 
 const char* host_last_error(void* ctx) { return static_cast<TypeRegistration*>(ctx)->error.c_str(); }
+
+// The major version first: before ABI 3 the rest of the info struct meant something else.
+void check_abi(const std::string& path, uint32_t major, uint32_t minor) {
+  if (major != SQUISH_ABI_MAJOR) {
+    const std::string theirs = major < 3 ? fmt::format("{}", major) : fmt::format("{}.{}", major, minor);
+    fail(ExitCode::Plugin, "{}: plugin ABI {} is incompatible with this squish-run (ABI {}.{}); rebuild the plugin", path, theirs,
+         SQUISH_ABI_MAJOR, SQUISH_ABI_MINOR);
+  }
+  if (minor > SQUISH_ABI_MINOR)
+    fail(ExitCode::Plugin, "{}: plugin needs ABI {}.{}, newer than this squish-run's {}.{}; update squish-run", path, major, minor,
+         SQUISH_ABI_MAJOR, SQUISH_ABI_MINOR);
+}
+
+// Node kinds hand C++ objects across: the plugin must be built exactly as this squish-run.
+void check_node_build(const std::string& path, const std::string& plugin, const char* cxx_build) {
+  if (!cxx_build || std::strcmp(cxx_build, host_cxx_build()) != 0)
+    fail(ExitCode::Plugin,
+         "{}: plugin{} adds pipeline nodes, which need the build of this squish-run ({}) but it was built as ({}); rebuild it",
+         path, plugin.empty() ? "" : " '" + plugin + "'", host_cxx_build(), cxx_build && *cxx_build ? cxx_build : "unknown");
+}
 
 }  // namespace
 
@@ -114,6 +135,13 @@ void PluginHost::load(const std::string& name_or_path) {
   for (const auto& p : plugins_)
     if (p.path == path) return;
 
+  // What the file says of itself, before loading it: dlopen would run its static constructors.
+  const std::optional<squish_plugin_metadata> meta = read_plugin_metadata(path);
+  if (meta) {
+    check_abi(path, meta->abi_major, meta->abi_minor);
+    if (meta->adds_nodes) check_node_build(path, "", meta->cxx_build);
+  }
+
   void* handle = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
   if (!handle) fail(ExitCode::Plugin, "{}: cannot load plugin: {}", path, ::dlerror());
   ::dlerror();
@@ -124,15 +152,10 @@ void PluginHost::load(const std::string& name_or_path) {
   }
   const squish_plugin_info* raw = reinterpret_cast<squish_plugin_entry_fn>(sym)();
   if (!raw) fail(ExitCode::Plugin, "{}: entry point returned no plugin info", path);
-  // The major version first: before ABI 3 the rest of the struct meant something else.
-  if (raw->abi_major != SQUISH_ABI_MAJOR) {
-    const std::string theirs = raw->abi_major < 3 ? fmt::format("{}", raw->abi_major) : fmt::format("{}.{}", raw->abi_major, raw->abi_minor);
-    fail(ExitCode::Plugin, "{}: plugin ABI {} is incompatible with this squish-run (ABI {}.{}); rebuild the plugin", path, theirs,
-         SQUISH_ABI_MAJOR, SQUISH_ABI_MINOR);
-  }
-  if (raw->abi_minor > SQUISH_ABI_MINOR)
-    fail(ExitCode::Plugin, "{}: plugin needs ABI {}.{}, newer than this squish-run's {}.{}; update squish-run", path, raw->abi_major,
-         raw->abi_minor, SQUISH_ABI_MAJOR, SQUISH_ABI_MINOR);
+  check_abi(path, raw->abi_major, raw->abi_minor);
+  if (meta && (raw->abi_major != meta->abi_major || raw->abi_minor != meta->abi_minor))
+    fail(ExitCode::Plugin, "{}: plugin metadata says ABI {}.{} but its entry point {}.{}", path, meta->abi_major, meta->abi_minor,
+         raw->abi_major, raw->abi_minor);
   constexpr size_t kMinInfo = offsetof(squish_plugin_info, register_types) + sizeof(raw->register_types);
   if (raw->struct_size < kMinInfo)
     fail(ExitCode::Plugin, "{}: plugin info of {} bytes is smaller than ABI {}.0's", path, raw->struct_size, SQUISH_ABI_MAJOR);
@@ -141,10 +164,9 @@ void PluginHost::load(const std::string& name_or_path) {
   std::memcpy(&info, raw, std::min<size_t>(raw->struct_size, sizeof(info)));
   if (!info.name || !*info.name) fail(ExitCode::Plugin, "{}: plugin info lacks a name", path);
   if (!info.register_types && !info.register_nodes) fail(ExitCode::Plugin, "{}: plugin '{}' registers neither types nor nodes", path, info.name);
-  if (info.register_nodes && (!info.cxx_build || std::strcmp(info.cxx_build, host_cxx_build()) != 0))
-    fail(ExitCode::Plugin,
-         "{}: plugin '{}' adds pipeline nodes, which need the build of this squish-run ({}) but it was built as ({}); rebuild it",
-         path, info.name, host_cxx_build(), info.cxx_build ? info.cxx_build : "unknown");
+  if (info.register_nodes) check_node_build(path, info.name, info.cxx_build);
+  if (meta && bool(info.register_nodes) != bool(meta->adds_nodes))
+    fail(ExitCode::Plugin, "{}: plugin '{}': its metadata and its entry point disagree on whether it adds nodes", path, info.name);
   for (const auto& p : plugins_)
     if (p.name == info.name) fail(ExitCode::Plugin, "{}: a plugin named '{}' is already loaded from {}", path, p.name, p.path);
 

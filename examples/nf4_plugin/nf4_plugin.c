@@ -63,6 +63,8 @@ static int register_types(const squish_host* host) {
   return host->register_type(host->ctx, &t);
 }
 
+SQUISH_PLUGIN_METADATA(0, "");  /* types only: read by the host before it loads the plugin */
+
 SQUISH_PLUGIN_EXPORT const squish_plugin_info* squish_plugin_entry(void) {
   static const squish_plugin_info info = {SQUISH_ABI_MAJOR, SQUISH_ABI_MINOR, sizeof(squish_plugin_info), "nf4", "1.0",
                                           "NF4 (QLoRA's 4-bit normal-float levels, absmax per 32)", register_types, 0, 0};

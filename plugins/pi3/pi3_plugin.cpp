@@ -307,6 +307,8 @@ int register_types(const squish_host* host) {
 
 }  // namespace
 
+SQUISH_PLUGIN_METADATA(0, "");  /* types only: read by the host before it loads the plugin */
+
 extern "C" SQUISH_PLUGIN_EXPORT const squish_plugin_info* squish_plugin_entry() {
   static const squish_plugin_info info{SQUISH_ABI_MAJOR, SQUISH_ABI_MINOR, sizeof(squish_plugin_info), "pi3", "0.1.0",
                                        "3-bit grid of step alpha*pi/4, learned alpha per 16 weights (Q3_K's size): PI3",

@@ -106,7 +106,15 @@ class SlowSink final : public Node {
 #if defined(TESTKIT_NO_ENTRY)
 extern "C" int not_the_entry_point() { return 0; }
 #elif defined(TESTKIT_BAD_ABI)
-// A plugin from a future major ABI: the host must refuse it before reading past abi_minor.
+// A plugin from a future major ABI: the host must refuse it from its file's metadata, before
+// loading it, so none of its code runs (this constructor leaves a mark when it does), and would
+// refuse it from its entry point before reading past abi_minor.
+#include <fstream>
+__attribute__((section(SQUISH_PLUGIN_SECTION), used)) static const squish_plugin_metadata squish_plugin_metadata_ = {
+    {'S', 'Q', 'U', 'I', 'S', 'H', 'P', 'L'}, SQUISH_ABI_MAJOR + 41, 0, sizeof(squish_plugin_metadata), 1, SQUISH_CXX_BUILD};
+__attribute__((constructor)) static void leave_a_mark() {
+  if (const char* path = std::getenv("SQUISH_TESTKIT_CTOR_MARK")) std::ofstream(path) << "ran\n";
+}
 extern "C" SQUISH_PLUGIN_EXPORT const squish_plugin_info* squish_plugin_entry() {
   static const squish_plugin_info info{SQUISH_ABI_MAJOR + 41, 0, sizeof(squish_plugin_info), "badabi", "0", "wrong ABI", nullptr,
                                        SQUISH_CXX_BUILD, nullptr};

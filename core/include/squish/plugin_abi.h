@@ -11,7 +11,8 @@
  * when the plugin's `cxx_build` string equals the host's (same Squish core, compiler and C++
  * standard library), see docs/plugins.md.
  *
- * Versions: 3.0 types with quantize/dequantize; 3.1 adds a type's own dot kernel. */
+ * Versions: 3.0 types with quantize/dequantize; 3.1 adds a type's own dot kernel; 3.2 adds the
+ * metadata the host reads from the file before loading it (SQUISH_PLUGIN_METADATA). */
 #ifndef SQUISH_PLUGIN_ABI_H
 #define SQUISH_PLUGIN_ABI_H
 
@@ -23,7 +24,7 @@ extern "C" {
 #endif
 
 #define SQUISH_ABI_MAJOR 3
-#define SQUISH_ABI_MINOR 1
+#define SQUISH_ABI_MINOR 2
 #define SQUISH_PLUGIN_ENTRY_SYMBOL "squish_plugin_entry"
 
 /* GGUF tensor type ids below 1024 are ggml's (ggml.h, enum ggml_type). Plugins take ids from this
@@ -97,6 +98,29 @@ typedef struct squish_plugin_info {
 typedef const squish_plugin_info* (*squish_plugin_entry_fn)(void);
 
 #define SQUISH_PLUGIN_EXPORT __attribute__((visibility("default")))
+
+/* ---- ABI 3.2: metadata read from the file, before the plugin is loaded ----
+ * dlopen runs a shared object's static constructors before the host can call anything in it, so
+ * the versions are also written where the host can read them without loading the code: one
+ * squish_plugin_metadata in the ELF section ".squish_plugin" (as DuckDB reads an extension's
+ * metadata footer first). A plugin built against 3.2 or later places it with
+ * SQUISH_PLUGIN_METADATA(adds_nodes, cxx_build) once, at file scope; the host refuses an
+ * incompatible one before dlopen. Plugins built against 3.0 or 3.1 have no such section and are
+ * checked after loading, through their entry point, as before. */
+#define SQUISH_PLUGIN_SECTION ".squish_plugin"
+
+typedef struct squish_plugin_metadata {
+  char magic[8];         /* "SQUISHPL", no terminating NUL */
+  uint32_t abi_major;
+  uint32_t abi_minor;
+  uint32_t struct_size;  /* sizeof(squish_plugin_metadata) as the plugin was compiled */
+  uint32_t adds_nodes;   /* 1: the plugin registers pipeline nodes (its cxx_build must equal the host's) */
+  char cxx_build[192];   /* NUL-terminated; "" for a plugin that only adds tensor types */
+} squish_plugin_metadata;
+
+#define SQUISH_PLUGIN_METADATA(ADDS_NODES, CXX_BUILD)                                                           \
+  __attribute__((section(SQUISH_PLUGIN_SECTION), used)) static const squish_plugin_metadata squish_plugin_metadata_ = { \
+      {'S', 'Q', 'U', 'I', 'S', 'H', 'P', 'L'}, SQUISH_ABI_MAJOR, SQUISH_ABI_MINOR, sizeof(squish_plugin_metadata), (ADDS_NODES), CXX_BUILD}
 
 #ifdef __cplusplus
 }
