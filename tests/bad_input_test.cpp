@@ -193,7 +193,7 @@ std::string compress_cmd(const std::string& model, const std::string& output, co
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
-// Class 1: parsers that used to crash (deep nesting, wrong JSON types, directories as files).
+// Class 1: parsers on hostile structure (deep nesting, wrong JSON types, directories as files).
 // ---------------------------------------------------------------------------------------------
 
 TEST(BadInputParsers, DeeplyNestedRecipeIsRefused) {

@@ -55,11 +55,6 @@ Value Value::int32s(const std::vector<int32_t>& items) {
   return Value(std::move(a));
 }
 
-Value Value::uint32s(const std::vector<uint32_t>& items) {
-  Array a{ValueType::UINT32, {}};
-  a.items.assign(items.begin(), items.end());
-  return Value(std::move(a));
-}
 
 Value Value::float32s(const std::vector<float>& items) {
   Array a{ValueType::FLOAT32, {}};

@@ -80,7 +80,6 @@ class Value {
   static Value array(ValueType elem, std::vector<Value> items);
   static Value strings(const std::vector<std::string>& items);
   static Value int32s(const std::vector<int32_t>& items);
-  static Value uint32s(const std::vector<uint32_t>& items);
   static Value float32s(const std::vector<float>& items);
 
   ValueType type() const { return static_cast<ValueType>(v_.index()); }

@@ -188,7 +188,7 @@ void GraphRunner::run() {
 
   // Waves: a source starts once every node it has an edge from has finished, so the documents
   // those nodes emitted (a recipe, a scores folder) have reached every consumer before its
-  // first message flows. Without gated sources this is one wave, as before. After each wave,
+  // first message flows. Without gated sources this is one wave. After each wave,
   // finish() runs in topological order for every node whose inputs are all finished; what it
   // emits flows downstream before the next node finishes.
   const double t0 = events_.seconds();

@@ -8,10 +8,11 @@
 //   variables: {model: ~, output: out.gguf}      # ~ = required, set with --set model=...
 //   settings: {max_in_flight: 8, threads: 0}
 //   nodes:
-//     read:  {kind: io.safetensors_source, params: {model: "${model}"}}
-//     quant: {kind: compress.quantize, parallel: true}
-//     write: {kind: compress.gguf_writer, params: {output: "${output}"}}
-//   edges: ["read -> quant", "quant -> write"]
+//     recipe: {kind: compress.recipe, params: {model: "${model}", preset: Q8_0}}
+//     read:   {kind: io.safetensors_source, params: {model: "${model}"}}
+//     quant:  {kind: compress.quantize, parallel: true}
+//     write:  {kind: compress.gguf_writer, params: {output: "${output}"}}
+//   edges: ["recipe -> read", "recipe -> quant", "read -> quant", "quant -> write"]
 #include "core/runtime/plugin_host.hpp"
 
 #include <nlohmann/json.hpp>

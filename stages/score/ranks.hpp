@@ -1,7 +1,7 @@
 #pragma once
 // The processes one score run is spread over. Launched by mpirun (Open MPI; any launcher that
 // sets PMIx/PMI variables), each process is one rank of MPI_COMM_WORLD; otherwise the run is
-// one rank and MPI is never initialized, so the same binary behaves as before without mpirun.
+// one rank and MPI is never initialized: the same binary runs alone without mpirun.
 // Collectives are MPI's (sums with MPI_Allreduce); nothing here is a protocol of our own.
 #include <cstdint>
 #include <span>

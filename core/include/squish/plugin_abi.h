@@ -106,7 +106,7 @@ typedef const squish_plugin_info* (*squish_plugin_entry_fn)(void);
  * metadata footer first). A plugin built against 3.2 or later places it with
  * SQUISH_PLUGIN_METADATA(adds_nodes, cxx_build) once, at file scope; the host refuses an
  * incompatible one before dlopen. Plugins built against 3.0 or 3.1 have no such section and are
- * checked after loading, through their entry point, as before. */
+ * checked after loading, through their entry point. */
 #define SQUISH_PLUGIN_SECTION ".squish_plugin"
 
 typedef struct squish_plugin_metadata {
