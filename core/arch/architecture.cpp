@@ -52,6 +52,10 @@ const std::vector<TensorKind> kKinds = {
     {R::BiasDown, "ffn_down.bias", "mlp.down_proj.bias", true, A::Embd, A::One, P::DownBias, R::BiasDown},
 };
 
+// The prefixes of a layer's tensor names, "<prefix><N>.<kind>".
+constexpr const char* kGgufLayerPrefix = "blk.";
+constexpr const char* kHfLayerPrefix = "model.layers.";
+
 bool is_attention(Role r) {
   return r == R::AttnNorm || r == R::AttnQ || r == R::AttnK || r == R::AttnV || r == R::AttnOut || r == R::BiasQ ||
          r == R::BiasK || r == R::BiasV || r == R::BiasOut;
@@ -70,7 +74,7 @@ bool split_layer(const std::string& name, const std::string& prefix, int* layer,
 }
 
 std::optional<NamedTensor> parse_name(const std::string& name, bool hf) {
-  const char* prefix = hf ? "model.layers." : "blk.";
+  const char* prefix = hf ? kHfLayerPrefix : kGgufLayerPrefix;
   int layer = -1;
   std::string rest;
   const bool in_layer = split_layer(name, prefix, &layer, &rest);
@@ -91,6 +95,17 @@ const TensorKind& kind_of(Role role) {
   for (const auto& k : kKinds)
     if (k.role == role) return k;
   fail(ExitCode::Runtime, "no tensor kind for role {}", static_cast<int>(role));
+}
+
+const TensorKind& projection_reading(Axis unit) {
+  const TensorKind* found = nullptr;
+  for (const auto& k : kKinds)
+    if (k.per_layer && k.weight_matrix() && k.cols == unit) {
+      if (found) fail(ExitCode::Runtime, "more than one weight matrix reads axis {}", static_cast<int>(unit));
+      found = &k;
+    }
+  if (!found) fail(ExitCode::Runtime, "no single weight matrix reads axis {}", static_cast<int>(unit));
+  return *found;
 }
 
 const Family* family_by_model_type(const std::string& t) {
@@ -182,17 +197,17 @@ ModelArch ModelArch::from_gguf(const gguf::Reader& r) {
 
   // Vocabulary: the token list, else the embedding's rows.
   if (const auto* t = r.get("tokenizer.ggml.tokens"); t && t->is_array()) m.n_vocab = static_cast<int>(t->size());
-  else if (const auto* e = r.find("token_embd.weight"); e && e->ne.size() == 2) m.n_vocab = static_cast<int>(e->ne[1]);
+  else if (const auto* e = r.find(gguf_name(R::TokenEmbd, -1)); e && e->ne.size() == 2) m.n_vocab = static_cast<int>(e->ne[1]);
   else fail(ExitCode::InputData, "{}: no vocabulary (no tokenizer.ggml.tokens, no token_embd.weight)", path);
-  m.tie_embeddings = r.find("output.weight") == nullptr;
+  m.tie_embeddings = r.find(gguf_name(R::Output, -1)) == nullptr;
   for (int l = 0; l < n_layer; ++l) {
-    m.attn_bias |= r.find(fmt::format("blk.{}.attn_q.bias", l)) != nullptr;
-    m.out_bias |= r.find(fmt::format("blk.{}.attn_output.bias", l)) != nullptr;
-    m.down_bias |= r.find(fmt::format("blk.{}.ffn_down.bias", l)) != nullptr;
+    m.attn_bias |= r.find(gguf_name(R::BiasQ, l)) != nullptr;
+    m.out_bias |= r.find(gguf_name(R::BiasOut, l)) != nullptr;
+    m.down_bias |= r.find(gguf_name(R::BiasDown, l)) != nullptr;
   }
-  if (const auto* f = r.find("rope_freqs.weight")) {
+  if (const auto* f = r.find(gguf_name(R::RopeFreqs, -1))) {
     if (f->type != GGMLType::F32 || f->ne.size() != 1 || f->ne[0] != m.head_dim / 2)
-      fail(ExitCode::InputData, "{}: rope_freqs.weight must be F32 [{}]", path, m.head_dim / 2);
+      fail(ExitCode::InputData, "{}: {} must be F32 [{}]", path, f->name, m.head_dim / 2);
     const float* v = reinterpret_cast<const float*>(f->data.data());
     m.rope_freq_factors.assign(v, v + f->ne[0]);
   }
@@ -270,6 +285,14 @@ std::vector<float> ModelArch::rope_inv_freq() const {
   return f;
 }
 
+uint64_t ModelArch::kv_cache_bytes(int n_ctx, int elem_bytes) const {
+  uint64_t heads = 0;
+  for (const auto& l : layers) heads += uint64_t(l.n_head_kv);
+  return heads * 2 * uint64_t(kv_cache_positions(n_ctx)) * uint64_t(head_dim) * uint64_t(elem_bytes);
+}
+
+int kv_cache_positions(int n_ctx) { return (n_ctx + kKvCacheBlock - 1) / kKvCacheBlock * kKvCacheBlock; }
+
 std::vector<TensorDesc> tensors_of(const ModelArch& a) {
   std::vector<TensorDesc> out;
   auto add = [&](const TensorKind& k, int l) {
@@ -289,13 +312,18 @@ std::optional<NamedTensor> parse_hf_name(const std::string& n) { return parse_na
 std::optional<NamedTensor> parse_gguf_name(const std::string& n) { return parse_name(n, false); }
 
 std::string gguf_name(const TensorKind& k, int layer) {
-  return k.per_layer ? fmt::format("blk.{}.{}", layer, k.gguf) : std::string(k.gguf);
+  return k.per_layer ? fmt::format("{}{}.{}", kGgufLayerPrefix, layer, k.gguf) : std::string(k.gguf);
 }
 
 std::string hf_name(const TensorKind& k, int layer) {
   if (!k.hf) return "";
-  return k.per_layer ? fmt::format("model.layers.{}.{}", layer, k.hf) : std::string(k.hf);
+  return k.per_layer ? fmt::format("{}{}.{}", kHfLayerPrefix, layer, k.hf) : std::string(k.hf);
 }
+
+std::string gguf_name(Role role, int layer) { return gguf_name(kind_of(role), layer); }
+std::string hf_name(Role role, int layer) { return hf_name(kind_of(role), layer); }
+
+std::string gguf_block_name(int layer) { return fmt::format("{}{}", kGgufLayerPrefix, layer); }
 
 // ---- RoPE scaling ----------------------------------------------------------------------------
 

@@ -67,6 +67,10 @@ struct TensorKind {
 // Every tensor kind any family can have, in a fixed order.
 const std::vector<TensorKind>& tensor_kinds();
 const TensorKind& kind_of(Role role);
+// The per-layer weight matrix whose input columns count `unit` (QHeads: attn_output, fed by
+// every q head; FfnChannels: ffn_down, fed by every FFN channel): what removing such a unit
+// takes columns from, and what pruning recovery repairs. Error(Runtime) for other axes.
+const TensorKind& projection_reading(Axis unit);
 
 enum class QkvBias { Never, FromConfig, Always };
 
@@ -138,7 +142,18 @@ struct ModelArch {
 
   // rotary frequency of pair i: theta^(-2i/head_dim) / rope_freq_factors[i].
   std::vector<float> rope_inv_freq() const;
+
+  // Bytes of the inference engine's KV cache for n_ctx positions: keys and values of every KV
+  // head of every layer (a pruned layer's own count), head_dim elements of `elem_bytes` each
+  // (2: F16, the engine's default; 4: F32), positions padded to kv_cache_positions(n_ctx).
+  uint64_t kv_cache_bytes(int n_ctx, int elem_bytes) const;
 };
+
+// The engine's KV cache stores keys in transposed blocks of this many positions (one AVX-512
+// vector of floats), so a cache for n_ctx positions holds kv_cache_positions(n_ctx) of them:
+// n_ctx rounded up to a multiple of the block.
+inline constexpr int kKvCacheBlock = 16;
+int kv_cache_positions(int n_ctx);
 
 // One tensor of a concrete model.
 struct TensorDesc {
@@ -163,6 +178,10 @@ std::optional<NamedTensor> parse_hf_name(const std::string& hf_name);
 std::optional<NamedTensor> parse_gguf_name(const std::string& gguf_name);
 std::string gguf_name(const TensorKind& k, int layer);
 std::string hf_name(const TensorKind& k, int layer);  // "" when not in checkpoints
+std::string gguf_name(Role role, int layer);           // of kind_of(role)
+std::string hf_name(Role role, int layer);
+// A layer's GGUF block, "blk.3": the prefix of its tensors' names (labels, reports).
+std::string gguf_block_name(int layer);
 
 // ---- RoPE scaling ----------------------------------------------------------------------------
 
