@@ -17,7 +17,7 @@ namespace squish {
 
 void write_moments(const std::string& dir, const std::map<std::string, MomentSum>& inputs,
                    const std::map<std::string, std::string>& weights, int64_t tokens) {
-  const fs::path out = fs::path(dir) / "moments";
+  const fs::path out = fs::path(dir) / kMomentsFolder;
   std::error_code ec;
   fs::create_directories(out, ec);
   if (!fs::is_directory(out)) fail(ExitCode::Runtime, "{}: cannot create directory", out.string());
@@ -42,14 +42,22 @@ void write_moments(const std::string& dir, const std::map<std::string, MomentSum
   write_json_file((out / "index.json").string(), index);
 }
 
-std::optional<Moments> Moments::open(const std::string& stats_dir) {
-  const fs::path index_path = fs::path(stats_dir) / "moments" / "index.json";
+namespace {
+fs::path index_of(const std::string& stats_dir) { return fs::path(stats_dir) / kMomentsFolder / "index.json"; }
+}  // namespace
+
+bool Moments::present(const std::string& stats_dir) {
   std::error_code ec;
-  if (!fs::is_regular_file(index_path, ec)) return std::nullopt;
+  return fs::is_regular_file(index_of(stats_dir), ec);
+}
+
+std::optional<Moments> Moments::open(const std::string& stats_dir) {
+  const fs::path index_path = index_of(stats_dir);
+  if (!present(stats_dir)) return std::nullopt;
   const std::string where = index_path.string();
   const nlohmann::json j = read_json_file(where, "moments index");
   Moments m;
-  m.dir_ = (fs::path(stats_dir) / "moments").string();
+  m.dir_ = (fs::path(stats_dir) / kMomentsFolder).string();
   try {
     if (j.at("format").get<std::string>() != "squish.moments/1") fail(ExitCode::InputData, "{}: format is not squish.moments/1", where);
     m.tokens_ = j.at("tokens").get<int64_t>();

@@ -17,6 +17,9 @@
 
 namespace squish {
 
+// The folder's name inside a score output folder.
+inline constexpr const char* kMomentsFolder = "moments";
+
 struct MomentSum {
   int n = 0;
   const float* sum = nullptr;  // n x n row-major, upper triangle used: Σ x xᵀ over `tokens`
@@ -31,6 +34,8 @@ class Moments {
   // The moments in a score output folder; nullopt when it has none. Throws Error(InputData) for a
   // malformed index.
   static std::optional<Moments> open(const std::string& stats_dir);
+  // Whether a score output folder has moments (its index), without reading them.
+  static bool present(const std::string& stats_dir);
   bool has(const std::string& gguf_weight) const { return weights_.count(gguf_weight) != 0; }
   // The key of the weight's input (shared by the weights that read it), if it has moments.
   std::optional<std::string> input_of(const std::string& gguf_weight) const {

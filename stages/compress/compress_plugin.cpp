@@ -12,6 +12,7 @@
 #include "core/convert/hf_to_gguf.hpp"
 #include "core/io/imatrix.hpp"
 #include "core/io/moments.hpp"
+#include "core/io/score_folder.hpp"
 #include "core/prune/recovery.hpp"
 #include "core/quant/gptq.hpp"
 #include "core/base/error.hpp"
@@ -159,12 +160,9 @@ class Prune final : public Node {
     if (!repairs) return;  // no recovery, or nothing removed that it would repair
     if (stats_.empty())
       fail(ExitCode::Usage, "recipe recovery '{}' needs 'stats' on compress.prune: the score stage's output folder", plan.recipe.recovery);
-    const std::string fisher = (std::filesystem::path(stats_) / "fisher.dat").string();
-    stats_file_ = read_imatrix(fisher);
-    if (plan.recipe.recovery == "refit") {
-      moments_ = Moments::open(stats_);
-      if (!moments_) fail(ExitCode::InputData, "{}: no moments/ (recovery refit needs the second moments): score with --set moments=true", stats_);
-    }
+    const ScoreFolder folder(stats_);
+    fisher_ = folder.fisher();
+    if (plan.recipe.recovery == "refit") moments_ = folder.require_moments("recovery refit needs the second moments");
   }
 
   // The projection's kept columns refit (or kept, with the removed inputs' mean folded into a
@@ -178,15 +176,9 @@ class Prune final : public Node {
     const int64_t rows = p.src_shape[0];
     const int n = static_cast<int>(p.src_shape[1]);
     const std::string src = *gguf::hf_to_gguf_name(p.hf_name);
-    const std::string fisher = (std::filesystem::path(stats_) / "fisher.dat").string();
     prune::InputStats s;
     s.n = n;
-    auto mean = stats_file_.find(src + ":mean");
-    if (mean == stats_file_.end())
-      fail(ExitCode::InputData, "{}: no entry '{}:mean' (input means for pruning recovery): re-run the score stage", fisher, src);
-    if (mean->second.size() != size_t(n))
-      fail(ExitCode::InputData, "{}: entry '{}:mean' has {} values, the tensor {} columns", fisher, src, mean->second.size(), n);
-    s.mean = mean->second;
+    s.mean = fisher_.at(src, FisherFactor::Mean, size_t(n));
     const auto mode = prune::recovery_from_name(plan_.get().recipe.recovery);
     if (mode == prune::Recovery::Refit) {
       int hn = 0;
@@ -204,7 +196,7 @@ class Prune final : public Node {
   std::string stats_;
   std::mutex setup_mu_;
   bool ready_ = false;
-  Imatrix stats_file_;
+  FisherFactors fisher_;
   std::optional<Moments> moments_;
 };
 
@@ -222,7 +214,7 @@ class Quantize final : public Node {
       fail(ExitCode::Usage, "method must be \"rtn\" or \"gptq\" (got '{}')", method_);
     damp_ = ctx.params["damp"].get<double>();  // < 0: the recipe's
     if (std::isnan(damp_) || damp_ > 1e6) fail(ExitCode::Usage, "damp must be a fraction >= 0 (got {})", damp_);
-    if (imatrix_path_.empty() && !stats_.empty()) imatrix_path_ = (std::filesystem::path(stats_) / "imatrix.dat").string();
+    if (imatrix_path_.empty() && !stats_.empty()) imatrix_path_ = ScoreFolder(stats_).imatrix_path();
   }
   void consume(const Message& in, Emitter& out) override {
     if (plan_.take(in)) {
@@ -251,8 +243,7 @@ class Quantize final : public Node {
     if (!imatrix_path_.empty()) imatrix_ = read_imatrix(imatrix_path_);
     if (method_ == "gptq") {
       if (stats_.empty()) fail(ExitCode::Usage, "method gptq needs 'stats': the score stage's output folder (scored with moments=true)");
-      moments_ = Moments::open(stats_);
-      if (!moments_) fail(ExitCode::InputData, "{}: no moments/ (second moments for gptq): score with --set moments=true", stats_);
+      moments_ = ScoreFolder(stats_).require_moments("second moments for gptq");
     }
     ready_ = true;
   }
@@ -416,11 +407,13 @@ void register_nodes(NodeRegistry& r) {
          [](const NodeContext& c) { return std::make_unique<RecipeSource>(c); }});
   r.add({"compress.prune", "prune heads, KV groups, FFN channels and layers as the recipe says, repair as its recovery says; output F32",
          NodeRole::Transform, true,
-         {{"stats", ParamType::Path, false, "", "score stage output folder (fisher.dat means, moments/): needed by a recipe's recovery"}},
+         {{"stats", ParamType::Path, false, "",
+           fmt::format("score stage output folder ({} input means, {}/): needed by a recipe's recovery", ScoreFolder::kFisherFile, kMomentsFolder)}},
          [](const NodeContext& c) { return std::make_unique<Prune>(c); }});
   r.add({"compress.quantize", "quantize each tensor to the type the recipe gives it", NodeRole::Transform, true,
-         {{"imatrix", ParamType::Path, false, "", "importance matrix (llama.cpp imatrix.dat); \"\" = <stats>/imatrix.dat when stats is set"},
-          {"stats", ParamType::Path, false, "", "score stage output folder (imatrix.dat, moments/ for gptq)"},
+         {{"imatrix", ParamType::Path, false, "",
+           fmt::format("importance matrix (llama.cpp's imatrix format); \"\" = <stats>/{} when stats is set", ScoreFolder::kImatrixFile)},
+          {"stats", ParamType::Path, false, "", fmt::format("score stage output folder ({}, {}/ for gptq)", ScoreFolder::kImatrixFile, kMomentsFolder)},
           {"method", ParamType::String, false, "", "rtn | gptq; \"\" = the recipe's (rtn unless it says)"},
           {"damp", ParamType::Float, false, -1.0, "GPTQ dampening, fraction of H's mean diagonal; < 0 = the recipe's (0.01)"},
           {"act_order", ParamType::Bool, false, false, "GPTQ columns by decreasing activity, block scales fixed first (static groups)"}},

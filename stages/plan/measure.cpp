@@ -6,6 +6,7 @@
 #include "core/io/atomic_file.hpp"
 #include "core/io/imatrix.hpp"
 #include "core/io/moments.hpp"
+#include "core/io/score_folder.hpp"
 #include "core/quant/gptq.hpp"
 #include "core/io/safetensors.hpp"
 #include "core/io/text_file.hpp"
@@ -41,13 +42,6 @@ std::vector<GGMLType> candidate_types() {
 namespace {
 
 uint64_t aligned(uint64_t n) { return (n + gguf::kDefaultAlignment - 1) / gguf::kDefaultAlignment * gguf::kDefaultAlignment; }
-
-const std::vector<float>& factor(const Imatrix& f, const std::string& key, size_t n, const std::string& path) {
-  auto it = f.find(key);
-  if (it == f.end()) fail(ExitCode::InputData, "{}: no entry '{}' (re-run the score stage)", path, key);
-  if (it->second.size() != n) fail(ExitCode::InputData, "{}: entry '{}' has {} values, the tensor {}", path, key, it->second.size(), n);
-  return it->second;
-}
 
 // Sums of row chunks, added in chunk order so the measurements are the same bytes on every run.
 struct Partial {
@@ -134,19 +128,15 @@ Candidate evaluate_gptq(GGMLType type, const std::vector<float>& w, int64_t rows
 }  // namespace
 
 Measurements measure(const std::string& model_dir, const std::string& stats_dir, const MeasureOptions& opt) {
-  const std::string fisher_path = (fs::path(stats_dir) / "fisher.dat").string();
-  const std::string imatrix_path = (fs::path(stats_dir) / "imatrix.dat").string();
-  const Imatrix fisher = read_imatrix(fisher_path);
-  const Imatrix imatrix = fs::exists(imatrix_path) ? read_imatrix(imatrix_path) : Imatrix{};
+  const ScoreFolder folder(stats_dir);
+  const FisherFactors fisher = folder.fisher();
+  const Imatrix imatrix = folder.imatrix_if_present().value_or(Imatrix{});
   // The tensors compress would write (names, shapes), from the recipe resolver.
   const auto base = recipe::resolve(recipe::CompressionRecipe::from_preset("F32"), model_dir);
   const auto st = SafetensorsModel::open(model_dir);
   if (!recipe::is_quant_method(opt.method)) fail(ExitCode::Usage, "method must be \"rtn\" or \"gptq\" (got '{}')", opt.method);
   std::optional<Moments> moments;
-  if (opt.method == "gptq") {
-    moments = Moments::open(stats_dir);
-    if (!moments) fail(ExitCode::InputData, "{}: no moments/ (second moments for gptq): score with --set moments=true", stats_dir);
-  }
+  if (opt.method == "gptq") moments = folder.require_moments("second moments for gptq");
   Measurements m;
   m.model = fs::absolute(model_dir).string();
   m.stats = fs::absolute(stats_dir).string();
@@ -160,8 +150,8 @@ Measurements measure(const std::string& model_dir, const std::string& stats_dir,
     const auto& pt = *weights[i];
     const int64_t n = pt.ne[0], rows = pt.ne[1];
     const std::vector<float> w = st.load(pt.hf_name).to_f32();
-    const auto& in = factor(fisher, pt.gguf_name + ":in", size_t(n), fisher_path);
-    const auto& out = factor(fisher, pt.gguf_name + ":out", size_t(rows), fisher_path);
+    const auto& in = fisher.at(pt.gguf_name, FisherFactor::In, size_t(n));
+    const auto& out = fisher.at(pt.gguf_name, FisherFactor::Out, size_t(rows));
     auto im = imatrix.find(pt.gguf_name);  // as compress: the imatrix weights the rounding when present
     const float* imp = im != imatrix.end() && im->second.size() == size_t(n) ? im->second.data() : nullptr;
     TensorMeasure tm{pt.gguf_name, pt.ne, {}};
@@ -206,9 +196,11 @@ nlohmann::json Measurements::to_json() const {
                    {"types", candidate_type_names()},
                    {"stats", stats},
                    {"method", method},
-                   {"predictor", method == "gptq" ? "1/2 sum_i E[(n dL/dy_i)^2] dW_i H dW_iᵀ, H = E[x xᵀ] (moments/), for GPTQ's dW; "
-                                                    "the diagonal form for tensors without moments"
-                                                  : "1/2 sum_ij E[(n dL/dy_i)^2] E[x_j^2] (W_ij - Q(W)_ij)^2 (diagonal Fisher, fisher.dat)"},
+                   {"predictor", method == "gptq" ? fmt::format("1/2 sum_i E[(n dL/dy_i)^2] dW_i H dW_iᵀ, H = E[x xᵀ] ({}/), for GPTQ's dW; "
+                                                                "the diagonal form for tensors without moments",
+                                                                kMomentsFolder)
+                                                  : fmt::format("1/2 sum_ij E[(n dL/dy_i)^2] E[x_j^2] (W_ij - Q(W)_ij)^2 (diagonal Fisher, {})",
+                                                                ScoreFolder::kFisherFile)},
                    {"tensors", t}};
   if (method == "gptq") j["gptq_damp"] = gptq_damp;
   return j;

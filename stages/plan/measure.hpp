@@ -36,7 +36,7 @@ struct TensorMeasure {
 
 struct Measurements {
   std::string model;       // HF folder measured
-  std::string stats;       // score output folder (fisher.dat, imatrix.dat)
+  std::string stats;       // score output folder (core/io/score_folder.hpp)
   std::string method = "rtn";  // the quantizer measured: "rtn" | "gptq" (recipes planned from it use it)
   double gptq_damp = 0.01;
   std::vector<TensorMeasure> tensors;

@@ -3,6 +3,7 @@
 //   plan.recipe  - measurements + a target (size, bpw, device, memory) -> CompressionRecipe JSON,
 //                  with a terminal summary and an SVG of the allocation beside it
 #include "core/io/atomic_file.hpp"
+#include "core/io/score_folder.hpp"
 #include "core/io/text_file.hpp"
 #include "core/base/error.hpp"
 #include "core/runtime/plugin_api.hpp"
@@ -60,7 +61,7 @@ class MeasureNode final : public Node {
     namespace fs = std::filesystem;
     std::error_code ec;
     const bool fresh = p["reuse"].get<bool>() && fs::exists(output) &&
-                       fs::last_write_time(output, ec) >= fs::last_write_time(fs::path(stats) / "fisher.dat", ec) && !ec;
+                       fs::last_write_time(output, ec) >= fs::last_write_time(ScoreFolder(stats).fisher_path(), ec) && !ec;
     if (fresh && read_json_file(output, "measurements").value("types", nlohmann::json::array()) == nlohmann::json(candidate_type_names())) {
       const Measurements m = Measurements::load(output);
       if (m.model == model && m.stats == stats && m.method == method && (method != "gptq" || m.gptq_damp == damp)) {
@@ -179,10 +180,11 @@ void register_nodes(NodeRegistry& r) {
   r.add({"plan.measure", "predicted loss of every weight at every candidate type (diagonal Fisher x quantization error)",
          NodeRole::Source, false,
          {{"model", ParamType::Path, true, nullptr, "Hugging Face model folder"},
-          {"stats", ParamType::Path, true, nullptr, "score stage output folder (fisher.dat, imatrix.dat)"},
+          {"stats", ParamType::Path, true, nullptr,
+           fmt::format("score stage output folder ({}, {}; {}/ for gptq)", ScoreFolder::kFisherFile, ScoreFolder::kImatrixFile, kMomentsFolder)},
           {"output", ParamType::Output, false, "", "measurements JSON to write, reused when already there (\"\" = <stats>/measurements.json)"},
           {"reuse", ParamType::Bool, false, true, "reuse the output file when it holds this model's measurements"},
-          {"method", ParamType::String, false, "rtn", "the quantizer to measure and plan for: rtn | gptq (needs moments/)"},
+          {"method", ParamType::String, false, "rtn", fmt::format("the quantizer to measure and plan for: rtn | gptq (needs {}/)", kMomentsFolder)},
           {"damp", ParamType::Float, false, 0.01, "GPTQ dampening, fraction of H's mean diagonal", 0, 1e6},
           {"threads", ParamType::Int, false, 0, "worker threads (0 = the pipeline's setting / all cores)", 0, 4096}},
          [](const NodeContext& c) { return std::make_unique<MeasureNode>(c); }});

@@ -10,6 +10,7 @@
 #include "core/arch/architecture.hpp"
 #include "core/io/imatrix.hpp"
 #include "core/io/moments.hpp"
+#include "core/io/score_folder.hpp"
 #include "core/io/text_file.hpp"
 #include "core/model/transformer.hpp"
 #include "core/quant/gptq.hpp"
@@ -74,8 +75,9 @@ int main(int argc, char** argv) {
     plan::MeasureOptions mo;
     mo.method = argc > 6 ? argv[6] : "rtn";
     const plan::Measurements m = plan::measure(model_dir, stats_dir, mo);
-    const auto moments = mo.method == "gptq" ? Moments::open(stats_dir) : std::nullopt;
-    const auto imatrix = read_imatrix(stats_dir + "/imatrix.dat");
+    const ScoreFolder folder(stats_dir);
+    const auto moments = mo.method == "gptq" ? folder.moments() : std::nullopt;
+    const auto imatrix = folder.imatrix();
     auto base = SafetensorsWeights::open(model_dir);
     const ModelArch& a = base->arch();
     Tokenizer tok(Vocab::from_tokenizer_json(model_dir + "/tokenizer.json", base->config().vocab_size));

@@ -1,10 +1,10 @@
 #include "stages/plan/prune_select.hpp"
 
+#include "core/arch/architecture.hpp"
 #include "core/arch/hf_config.hpp"
-#include "core/io/imatrix.hpp"
 #include "core/io/moments.hpp"
 #include "core/io/safetensors.hpp"
-#include "core/io/text_file.hpp"
+#include "core/io/score_folder.hpp"
 #include "core/prune/recovery.hpp"
 #include "core/base/error.hpp"
 
@@ -25,49 +25,28 @@ namespace fs = std::filesystem;
 namespace {
 
 struct Stats {
-  std::string dir, fisher_path;
-  nlohmann::json scores;
-  Imatrix fisher;
+  std::optional<ScoresFile> scores;
+  FisherFactors fisher;
   std::optional<Moments> moments;
-
-  const std::vector<float>& entry(const std::string& key, size_t n) const {
-    auto it = fisher.find(key);
-    if (it == fisher.end()) fail(ExitCode::InputData, "{}: no entry '{}' (re-run the score stage)", fisher_path, key);
-    if (it->second.size() != n) fail(ExitCode::InputData, "{}: entry '{}' has {} values, expected {}", fisher_path, key, it->second.size(), n);
-    return it->second;
-  }
-  // A layer's unit scores from scores.json: layers[l][group][measure] (e.g. kv_groups / taylor).
-  std::vector<double> unit_scores(int l, const char* group, const std::string& measure, size_t n) const {
-    try {
-      auto v = scores.at("layers").at(size_t(l)).at(group).at(measure).get<std::vector<double>>();
-      if (v.size() == n) return v;
-    } catch (const nlohmann::json::exception&) {
-    }
-    fail(ExitCode::InputData, "{}/scores.json: layers[{}].{}.{} missing or of the wrong size", dir, l, group, measure);
-  }
-  double branch_score(int l, const char* branch) const {
-    try {
-      return scores.at("layers").at(size_t(l)).at(branch).at("taylor").get<double>();
-    } catch (const nlohmann::json::exception&) {
-      fail(ExitCode::InputData, "{}/scores.json: layers[{}].{}.taylor missing", dir, l, branch);
-    }
-  }
 };
 
 // Costs of removing input columns of one layer's output projection under the recovery.
-prune::RemovalCost projection_cost(const SafetensorsModel& st, const Stats& s, const std::string& hf, const std::string& gguf,
-                                   prune::Recovery mode, double damp) {
-  const Tensor t = st.load(hf);
+// `unit`: the axis its removed columns count (q heads: attn_output; FFN channels: ffn_down).
+prune::RemovalCost projection_cost(const SafetensorsModel& st, const Stats& s, arch::Axis unit, int layer, prune::Recovery mode,
+                                   double damp) {
+  const arch::TensorKind& kind = arch::projection_reading(unit);
+  const std::string gguf = arch::gguf_name(kind, layer);
+  const Tensor t = st.load(arch::hf_name(kind, layer));
   const std::vector<float> w = t.to_f32();
   const int64_t rows = t.shape.at(0);
   const int n = static_cast<int>(t.shape.at(1));
   prune::InputStats in;
   in.n = n;
-  in.mean = s.entry(gguf + ":mean", size_t(n));
+  in.mean = s.fisher.at(gguf, FisherFactor::Mean, size_t(n));
   int hn = 0;
   in.h = s.moments->load(gguf, &hn);
   if (hn != n) fail(ExitCode::InputData, "{}: the moments of {} are {} x {}, the tensor has {} columns", s.moments->dir(), gguf, hn, hn, n);
-  const auto& g = s.entry(gguf + ":out", size_t(rows));
+  const auto& g = s.fisher.at(gguf, FisherFactor::Out, size_t(rows));
   return prune::RemovalCost(w.data(), rows, n, in, g, mode, damp);
 }
 
@@ -92,18 +71,14 @@ void select_pruning(const std::string& model_dir, const std::string& stats_dir, 
 
   const ModelConfig cfg = ModelConfig::load(model_dir);
   const auto st = SafetensorsModel::open(model_dir);
+  const ScoreFolder folder(stats_dir);
   Stats s;
-  s.dir = stats_dir;
-  s.fisher_path = (fs::path(stats_dir) / "fisher.dat").string();
-  s.scores = read_json_file((fs::path(stats_dir) / "scores.json").string(), "scores");
-  s.fisher = read_imatrix(s.fisher_path);
+  s.scores = folder.scores();
+  s.fisher = folder.fisher();
   const bool predicted = t.by == "predicted";
-  if (predicted && (t.kv > 0 || t.q > 0 || t.ffn > 0)) {
-    s.moments = Moments::open(stats_dir);
-    if (!s.moments)
-      fail(ExitCode::InputData, "{}: no moments/ (predicted pruning costs need the second moments): score with --set moments=true, or prune_by=taylor",
-           stats_dir);
-  }
+  const std::optional<ScoreMeasure> measure = score_measure_from_name(t.by);
+  if (predicted && (t.kv > 0 || t.q > 0 || t.ffn > 0))
+    s.moments = folder.require_moments("predicted pruning costs need the second moments", ", or prune_by=taylor");
   const int L = cfg.n_layer, n_kv = cfg.n_head_kv, qpg = cfg.n_head / cfg.n_head_kv, hd = cfg.head_dim;
   nlohmann::json removals = nlohmann::json::array();
   uint64_t steps = 0;
@@ -117,7 +92,7 @@ void select_pruning(const std::string& model_dir, const std::string& stats_dir, 
   if (t.drop_layers > 0) {
     if (t.drop_layers >= L) fail(ExitCode::Usage, "drop_layers {} would remove every layer (the model has {})", t.drop_layers, L);
     std::vector<std::pair<double, int>> imp;
-    for (int l = 0; l < L; ++l) imp.push_back({s.branch_score(l, "attn") + s.branch_score(l, "mlp"), l});
+    for (int l = 0; l < L; ++l) imp.push_back({s.scores->branch_taylor(l, ScoreBranch::Attn) + s.scores->branch_taylor(l, ScoreBranch::Mlp), l});
     std::sort(imp.begin(), imp.end());
     for (int i = 0; i < t.drop_layers; ++i) {
       dropped.insert(imp[size_t(i)].second);
@@ -138,11 +113,10 @@ void select_pruning(const std::string& model_dir, const std::string& stats_dir, 
     std::vector<std::vector<double>> group_score(static_cast<size_t>(L)), head_score(static_cast<size_t>(L));
     for (int l : live) {
       if (predicted)
-        cost[size_t(l)].emplace(projection_cost(st, s, fmt::format("model.layers.{}.self_attn.o_proj.weight", l),
-                                                fmt::format("blk.{}.attn_output.weight", l), mode, t.damp));
+        cost[size_t(l)].emplace(projection_cost(st, s, arch::Axis::QHeads, l, mode, t.damp));
       else {
-        group_score[size_t(l)] = s.unit_scores(l, "kv_groups", t.by, size_t(n_kv));
-        head_score[size_t(l)] = s.unit_scores(l, "heads", t.by, size_t(cfg.n_head));
+        group_score[size_t(l)] = s.scores->unit_scores(l, ScoreUnits::KvGroups, *measure, size_t(n_kv));
+        head_score[size_t(l)] = s.scores->unit_scores(l, ScoreUnits::Heads, *measure, size_t(cfg.n_head));
       }
       tick();
     }
@@ -280,8 +254,7 @@ void select_pruning(const std::string& model_dir, const std::string& stats_dir, 
     std::vector<std::vector<double>> block_cost(static_cast<size_t>(L));
     std::vector<std::optional<prune::RemovalCost>> cost(static_cast<size_t>(L));
     for (int l : live) {
-      cost[size_t(l)].emplace(projection_cost(st, s, fmt::format("model.layers.{}.mlp.down_proj.weight", l),
-                                              fmt::format("blk.{}.ffn_down.weight", l), mode, t.damp));
+      cost[size_t(l)].emplace(projection_cost(st, s, arch::Axis::FfnChannels, l, mode, t.damp));
       std::vector<double> c(static_cast<size_t>(n_ff));
       for (int j = 0; j < n_ff; ++j) c[size_t(j)] = cost[size_t(l)]->single(j);
       auto& o = order[size_t(l)];

@@ -1,5 +1,5 @@
 // The score stage plugin: `score.importance` scores a Hugging Face model on calibration text
-// and writes scores.json, channels.bin.zst and imatrix.dat into a directory.
+// and writes the score folder (core/io/score_folder.hpp, docs/scores.md).
 #include "core/base/error.hpp"
 #include "core/runtime/plugin_api.hpp"
 #include "core/base/memory.hpp"
@@ -93,7 +93,7 @@ void register_nodes(NodeRegistry& r) {
          false,
          {{"model", ParamType::Path, true, nullptr, "Hugging Face model folder"},
           {"text", ParamType::Path, true, nullptr, "calibration text file"},
-          {"output", ParamType::Output, true, nullptr, "directory for scores.json, channels.bin.zst, imatrix.dat"},
+          {"output", ParamType::Output, true, nullptr, "score folder to write: scores, imatrix, Fisher factors, channel scores (docs/scores.md)"},
           {"ctx", ParamType::Int, false, 512, "tokens per chunk", 2, 1 << 20},
           {"max_tokens", ParamType::Int, false, 0, "use at most this many tokens (0 = all)", 0},
           {"moments", ParamType::Bool, false, false, "also write moments/: E[x xᵀ] of every linear layer input (for method gptq; n² floats each)"},

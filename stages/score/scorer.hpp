@@ -4,6 +4,7 @@
 // plus per-column activation statistics (llama.cpp's imatrix). Pure C++ on the CPU.
 // Output format: docs/scores.md.
 #include "core/io/imatrix.hpp"
+#include "core/io/score_folder.hpp"
 #include "core/model/transformer.hpp"
 
 #include <nlohmann/json.hpp>
@@ -51,20 +52,17 @@ struct ScoreResult {
 // summed over the ranks: all ranks return the same result.
 ScoreResult score_model(const std::string& model_dir, const std::string& text_path, const ScoreOptions& opt);
 
-// Writes <dir>/scores.json, <dir>/channels.bin.zst (per-layer FFN channel Taylor and Fisher
-// scores, float32), <dir>/imatrix.dat (llama.cpp's imatrix format, GGUF tensor names) and
-// <dir>/fisher.dat (fisher_factors_of, the plan stage's sensitivity input).
-// Each file is written atomically. Creates `dir` if needed.
+// Writes the score folder `dir` (core/io/score_folder.hpp, docs/scores.md): scores.json, the
+// per-layer FFN channel Taylor and Fisher scores, the imatrix (llama.cpp's format, GGUF tensor
+// names), the Fisher factors (fisher_factors_of, the plan stage's sensitivity input) and, when
+// collected, the second moments. The set appears together. Creates `dir` if needed.
 void write_scores(const ScoreResult& r, const std::string& dir);
 
 // Activation statistics as an importance matrix keyed by GGUF tensor names (core/io/imatrix.hpp).
 Imatrix imatrix_of(const ActivationStats& stats);
-// The two factors of the diagonal Fisher estimate of every weight (fisher.dat): "<gguf>:in" per
-// input column E[x^2], "<gguf>:out" per output row E[(n dL/dy)^2], n = predictions per chunk.
-Imatrix fisher_factors_of(const ActivationStats& stats);
-
-// Reads channels.bin.zst back: [layer] -> {taylor, fisher} per channel.
-std::vector<std::pair<std::vector<float>, std::vector<float>>> read_channel_scores(const std::string& path,
-                                                                                   const std::vector<int>& n_ff);
+// The two factors of the diagonal Fisher estimate of every weight, by GGUF name: per input
+// column E[x^2], per output row E[(n dL/dy)^2] (n = predictions per chunk), and the input's
+// per-column mean E[x] (core/io/score_folder.hpp: FisherFactor).
+FisherFactors fisher_factors_of(const ActivationStats& stats);
 
 }  // namespace squish::score
