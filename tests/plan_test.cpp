@@ -93,7 +93,9 @@ TEST(PlanAllocate, MatchesBruteForce) {
     const Allocation coarse = allocate(items, budget, grid);
     EXPECT_LE(coarse.bytes, budget);
     const uint64_t unit = (budget + grid - 1) / grid, slack = unit * items.size();
-    if (budget > slack) EXPECT_LE(coarse.loss, brute_force(items, budget - slack) + 1e-9) << "trial " << trial;
+    if (budget > slack) {
+      EXPECT_LE(coarse.loss, brute_force(items, budget - slack) + 1e-9) << "trial " << trial;
+    }
     EXPECT_GE(coarse.loss, opt - 1e-9);
     double recomputed = 0;
     uint64_t bytes = 0;
@@ -186,18 +188,31 @@ TEST(Plan, BudgetDeterminismAndInfeasible) {
   }
 }
 
-// Device budgets keep the f16 KV cache of the context free.
+// Device budgets keep the engine's F16 KV cache of the context free.
 TEST(Plan, DeviceBudgetCountsTheKvCache) {
   const auto base = recipe::resolve(recipe::CompressionRecipe::from_preset("F32"), test::source_dir() + "/models/stories260K");
   std::string why;
   Target t;
   t.device = "macbook-air-16gb";
   t.ctx = 1000;
-  // stories260K: 5 layers x 4 KV heads x head_dim 8, K and V in f16.
-  EXPECT_EQ(budget_bytes(t, base, &why), uint64_t(11e9) - 2ull * 5 * 4 * 8 * 1000 * 2);
+  // stories260K: 5 layers x 4 KV heads x head_dim 8, K and V in f16, 1000 positions padded to the
+  // engine's 1008 (blocks of 16).
+  EXPECT_EQ(budget_bytes(t, base, &why), uint64_t(11e9) - 2ull * 5 * 4 * 8 * 1008 * 2);
+  EXPECT_EQ(2ull * 5 * 4 * 8 * 1008 * 2, base.output_arch.kv_cache_bytes(1000, 2));
   EXPECT_NE(why.find("KV cache"), std::string::npos);
   t.device = "toaster";
-  EXPECT_THROW(budget_bytes(t, base, &why), Error);
+  try {
+    budget_bytes(t, base, &why);
+    FAIL() << "accepted an unknown device";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ExitCode::Usage);
+    for (const auto& d : device_presets()) EXPECT_NE(std::string(e.what()).find(d.name), std::string::npos) << e.what();
+  }
+  // Every preset is a budget.
+  for (const auto& d : device_presets()) {
+    t.device = d.name;
+    EXPECT_EQ(budget_bytes(t, base, &why), uint64_t(d.usable_gb * 1e9) - base.output_arch.kv_cache_bytes(1000, 2)) << d.name;
+  }
   Target both;
   both.size = 1000;
   both.bpw = 3;

@@ -415,7 +415,7 @@ void register_nodes(NodeRegistry& r) {
            fmt::format("importance matrix (llama.cpp's imatrix format); \"\" = <stats>/{} when stats is set", ScoreFolder::kImatrixFile)},
           {"stats", ParamType::Path, false, "", fmt::format("score stage output folder ({}, {}/ for gptq)", ScoreFolder::kImatrixFile, kMomentsFolder)},
           {"method", ParamType::String, false, "", "rtn | gptq; \"\" = the recipe's (rtn unless it says)"},
-          {"damp", ParamType::Float, false, -1.0, "GPTQ dampening, fraction of H's mean diagonal; < 0 = the recipe's (0.01)"},
+          {"damp", ParamType::Float, false, -1.0, fmt::format("GPTQ dampening, fraction of H's mean diagonal; < 0 = the recipe's ({})", quant::kDefaultDamp)},
           {"act_order", ParamType::Bool, false, false, "GPTQ columns by decreasing activity, block scales fixed first (static groups)"}},
          [](const NodeContext& c) { return std::make_unique<Quantize>(c); }});
   r.add({"compress.gguf_writer", "write the GGUF: layout from the recipe, tensors at their offsets as they arrive", NodeRole::Sink, true,

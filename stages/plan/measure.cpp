@@ -216,7 +216,7 @@ Measurements Measurements::from_json(const nlohmann::json& j, const std::string&
       m.stats = j.value("stats", "");
       m.method = j.value("method", "rtn");
       if (!recipe::is_quant_method(m.method)) bad("method must be rtn or gptq");
-      m.gptq_damp = j.value("gptq_damp", 0.01);
+      m.gptq_damp = j.value("gptq_damp", quant::kDefaultDamp);
       for (const auto& t : j.at("tensors")) {
         TensorMeasure tm{t.at("name").get<std::string>(), t.at("ne").get<std::vector<int64_t>>(), {}};
         for (const auto& c : t.at("candidates")) {

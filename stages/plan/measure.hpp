@@ -11,6 +11,7 @@
 // Computed once (seconds: one quantization per tensor and type) and stored as a
 // `squish.measurements/1` JSON document (docs/plan.md); planning for a new budget reads it.
 #include "core/quant/ggml_types.hpp"
+#include "core/quant/gptq.hpp"
 
 #include <nlohmann/json.hpp>
 
@@ -38,7 +39,7 @@ struct Measurements {
   std::string model;       // HF folder measured
   std::string stats;       // score output folder (core/io/score_folder.hpp)
   std::string method = "rtn";  // the quantizer measured: "rtn" | "gptq" (recipes planned from it use it)
-  double gptq_damp = 0.01;
+  double gptq_damp = quant::kDefaultDamp;
   std::vector<TensorMeasure> tensors;
   nlohmann::json to_json() const;
   static Measurements from_json(const nlohmann::json& j, const std::string& origin);
@@ -54,7 +55,7 @@ std::vector<std::string> candidate_type_names();
 struct MeasureOptions {
   int threads = 0;
   std::string method = "rtn";  // "gptq" needs <stats>/moments/
-  double gptq_damp = 0.01;
+  double gptq_damp = quant::kDefaultDamp;
   std::function<void(uint64_t done, uint64_t total)> progress;  // tensors
 };
 

@@ -5,6 +5,8 @@
 #include "core/io/atomic_file.hpp"
 #include "core/io/score_folder.hpp"
 #include "core/io/text_file.hpp"
+#include "core/prune/recovery.hpp"
+#include "core/quant/gptq.hpp"
 #include "core/base/error.hpp"
 #include "core/runtime/plugin_api.hpp"
 #include "core/recipe/recipe.hpp"
@@ -185,7 +187,7 @@ void register_nodes(NodeRegistry& r) {
           {"output", ParamType::Output, false, "", "measurements JSON to write, reused when already there (\"\" = <stats>/measurements.json)"},
           {"reuse", ParamType::Bool, false, true, "reuse the output file when it holds this model's measurements"},
           {"method", ParamType::String, false, "rtn", fmt::format("the quantizer to measure and plan for: rtn | gptq (needs {}/)", kMomentsFolder)},
-          {"damp", ParamType::Float, false, 0.01, "GPTQ dampening, fraction of H's mean diagonal", 0, 1e6},
+          {"damp", ParamType::Float, false, quant::kDefaultDamp, "GPTQ dampening, fraction of H's mean diagonal", 0, 1e6},
           {"threads", ParamType::Int, false, 0, "worker threads (0 = the pipeline's setting / all cores)", 0, 4096}},
          [](const NodeContext& c) { return std::make_unique<MeasureNode>(c); }});
   r.add({"plan.recipe", "choose one type per tensor: least predicted loss with the whole file within the budget", NodeRole::Transform, false,
@@ -193,7 +195,7 @@ void register_nodes(NodeRegistry& r) {
           {"output", ParamType::Output, true, nullptr, "recipe JSON to write (an .svg of the plan is written beside it)"},
           {"size", ParamType::Int, false, 0, "file size budget in bytes", 0},
           {"bpw", ParamType::Float, false, 0.0, "budget in bits per source parameter", 0, 64},
-          {"device", ParamType::String, false, "", "device preset: macbook-air-16gb, macbook-pro-32gb, rtx-5090-24gb"},
+          {"device", ParamType::String, false, "", "device preset: " + device_presets_text()},
           {"memory", ParamType::Float, false, 0.0, "usable memory in GB (instead of a device)", 0, 1e6},
           {"ctx", ParamType::Int, false, 4096, "context whose KV cache a device budget keeps free", 0, 1 << 24},
           {"prune_kv", ParamType::Float, false, 0.0, "fraction of all KV groups to remove (with their q heads)", 0, 0.99},
@@ -201,7 +203,7 @@ void register_nodes(NodeRegistry& r) {
           {"prune_ffn", ParamType::Float, false, 0.0, "fraction of all FFN channels to remove", 0, 0.99},
           {"drop_layers", ParamType::Int, false, 0, "whole layers to remove", 0, 4096},
           {"recovery", ParamType::String, false, "none", "repair of the pruned output projections: none | bias | refit"},
-          {"recovery_damp", ParamType::Float, false, 0.01, "refit's ridge, fraction of the kept inputs' mean E[x^2]", 0, 1e6},
+          {"recovery_damp", ParamType::Float, false, prune::kDefaultRidge, "refit's ridge, fraction of the kept inputs' mean E[x^2]", 0, 1e6},
           {"prune_by", ParamType::String, false, "predicted", "unit costs: predicted (after recovery, from the moments) | taylor | fisher"},
           {"prune_search", ParamType::Bool, false, false,
            "choose the pruning too: KV 0-50% x FFN 0-30%, each planned for the budget; least predicted loss (quantization + pruning)"},

@@ -13,18 +13,11 @@ namespace squish::plan {
 
 namespace {
 
-struct Device {
-  const char* name;
-  double usable_gb;  // memory left for the model after the OS and runtime
-};
-constexpr Device kDevices[] = {{"macbook-air-16gb", 11}, {"macbook-pro-32gb", 24}, {"rtx-5090-24gb", 22}};
+// The one list of device presets: what `device` accepts, what help texts and errors list.
+constexpr DevicePreset kDevices[] = {{"macbook-air-16gb", 11}, {"macbook-pro-32gb", 24}, {"rtx-5090-24gb", 22}};
 
-// KV cache bytes at ctx tokens: K and V, f16, every kept KV head of every layer.
-uint64_t kv_cache_bytes(const recipe::CompressPlan& base, int ctx) {
-  uint64_t heads = 0;
-  for (const auto& l : base.layers) heads += uint64_t(l.n_head_kv);
-  return 2 * heads * uint64_t(base.config.head_dim) * uint64_t(ctx) * 2;
-}
+// The engine's KV cache element: F16 by default (core/model/attention.hpp).
+constexpr int kKvCacheElemBytes = 2;
 
 // One weight of the output model with its candidates: the measured ones, for a pruned tensor
 // restricted to the types whose block fits its rows, with its bytes and (scaled by the weights
@@ -98,6 +91,14 @@ recipe::CompressionRecipe make_recipe(const Measurements& m, const std::vector<I
 
 }  // namespace
 
+std::span<const DevicePreset> device_presets() { return kDevices; }
+
+std::string device_presets_text() {
+  std::string s;
+  for (const auto& d : kDevices) s += fmt::format("{}{} ({} GB usable)", s.empty() ? "" : ", ", d.name, d.usable_gb);
+  return s;
+}
+
 uint64_t budget_bytes(const Target& t, const recipe::CompressPlan& base, std::string* why) {
   const int set = (t.size > 0) + (t.bpw > 0) + !t.device.empty() + (t.memory_gb > 0);
   if (set != 1) fail(ExitCode::Usage, "plan: give exactly one of size, bpw, device or memory");
@@ -113,16 +114,16 @@ uint64_t budget_bytes(const Target& t, const recipe::CompressPlan& base, std::st
   double usable = t.memory_gb;
   std::string what = fmt::format("memory {} GB", t.memory_gb);
   if (!t.device.empty()) {
-    const Device* d = nullptr;
+    const DevicePreset* d = nullptr;
     for (const auto& x : kDevices)
       if (t.device == x.name) d = &x;
-    if (!d) fail(ExitCode::Usage, "plan: unknown device '{}' (known: macbook-air-16gb, macbook-pro-32gb, rtx-5090-24gb)", t.device);
+    if (!d) fail(ExitCode::Usage, "plan: unknown device '{}' (known: {})", t.device, device_presets_text());
     usable = d->usable_gb;
     what = fmt::format("{} ({} GB usable)", d->name, d->usable_gb);
   }
   if (t.ctx <= 0) fail(ExitCode::Usage, "plan: ctx must be positive (got {})", t.ctx);
   const double mem = usable * 1e9;
-  const uint64_t kv = kv_cache_bytes(base, t.ctx);
+  const uint64_t kv = base.output_arch.kv_cache_bytes(t.ctx, kKvCacheElemBytes);  // the engine's cache, pruned layers' own heads
   if (mem <= double(kv)) fail(ExitCode::InputData, "plan: {} cannot hold the KV cache of {} tokens ({} bytes)", what, t.ctx, kv);
   const uint64_t b = static_cast<uint64_t>(mem) - kv;
   *why = fmt::format("{} minus the f16 KV cache at ctx {} ({} bytes) = {} bytes", what, t.ctx, kv, b);
@@ -263,7 +264,7 @@ std::string summary_svg(const PlanResult& p) {
   int row = 0;
   for (const auto& [layer, cells] : grid) {
     const int y = top + ch * row++;
-    s += fmt::format("<text x=\"4\" y=\"{}\">{}</text>\n", y + 15, layer < 0 ? std::string("globals") : "blk." + std::to_string(layer));
+    s += fmt::format("<text x=\"4\" y=\"{}\">{}</text>\n", y + 15, layer < 0 ? std::string("globals") : arch::gguf_block_name(layer));
     for (size_t k = 0; k < kinds.size(); ++k) {
       auto it = cells.find(kinds[k]);
       if (it == cells.end()) continue;

@@ -8,16 +8,28 @@
 
 #include <nlohmann/json.hpp>
 
+#include <span>
 #include <string>
 
 namespace squish::plan {
 
+// A device a budget can name: the memory left for the model after the OS and runtime.
+struct DevicePreset {
+  const char* name;
+  double usable_gb;  // 1e9 bytes
+};
+// The presets (planner.cpp holds the one list).
+std::span<const DevicePreset> device_presets();
+// "macbook-air-16gb (11 GB usable), ...": for help texts and errors.
+std::string device_presets_text();
+
 // One of: size (bytes of the file), bpw (bits per source parameter, file bytes x 8 / params),
-// device preset or memory (GB usable) minus the KV cache at ctx tokens (f16, kept KV heads).
+// device preset or memory (GB usable) minus the engine's KV cache at ctx tokens (F16, kept KV
+// heads: arch::ModelArch::kv_cache_bytes).
 struct Target {
   uint64_t size = 0;
   double bpw = 0;
-  std::string device;  // macbook-air-16gb, macbook-pro-32gb, rtx-5090-24gb
+  std::string device;  // a device_presets() name
   double memory_gb = 0;
   int ctx = 4096;
 };

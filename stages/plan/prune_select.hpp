@@ -12,6 +12,7 @@
 // groups is not the sum of removing each). A layer always keeps one KV group and `ffn_align`
 // channels; whole layers go only through `drop_layers` (ranked by the score stage's branch
 // importance, attention + MLP Taylor). Deterministic: ties go to the lower layer and index.
+#include "core/prune/recovery.hpp"
 #include "core/recipe/recipe.hpp"
 
 #include <nlohmann/json.hpp>
@@ -27,7 +28,7 @@ struct PruneTarget {
   double ffn = 0;         // fraction of all FFN channels to remove
   int drop_layers = 0;    // whole layers to remove
   std::string recovery = "none";  // none | bias | refit: what compress will do, and what costs assume
-  double damp = 0.01;     // refit's ridge
+  double damp = prune::kDefaultRidge;  // refit's ridge
   std::string by = "predicted";   // predicted | taylor | fisher
   int ffn_align = 0;      // channels removed per layer in multiples of this; 0 = 256 when n_ff is a multiple of it, else 32
   bool any() const { return kv > 0 || q > 0 || ffn > 0 || drop_layers > 0; }

@@ -4,6 +4,8 @@
 // -DFAKE_PLUGIN_<NAME>, into a directory of their own, so the pipeline loader and validator run
 // as deep as with the real plugins without building the stages (or dlopen'ing anything else).
 // Keep in step with the real registrations when they change.
+#include "core/prune/recovery.hpp"
+#include "core/quant/gptq.hpp"
 #include "core/runtime/plugin_api.hpp"
 
 namespace squish {
@@ -46,7 +48,7 @@ std::unique_ptr<Node> make(const NodeContext&) { return std::make_unique<Nothing
           {"output", P::String, false, "", ""},
           {"reuse", P::Bool, false, true, ""},
           {"method", P::String, false, "rtn", ""},
-          {"damp", P::Float, false, 0.01, ""},
+          {"damp", P::Float, false, quant::kDefaultDamp, ""},
           {"threads", P::Int, false, 0, ""}},
          make});
   r.add({"plan.recipe", "fake", NodeRole::Transform, false,
@@ -62,7 +64,7 @@ std::unique_ptr<Node> make(const NodeContext&) { return std::make_unique<Nothing
           {"prune_ffn", P::Float, false, 0.0, ""},
           {"drop_layers", P::Int, false, 0, ""},
           {"recovery", P::String, false, "none", ""},
-          {"recovery_damp", P::Float, false, 0.01, ""},
+          {"recovery_damp", P::Float, false, prune::kDefaultRidge, ""},
           {"prune_by", P::String, false, "predicted", ""},
           {"prune_search", P::Bool, false, false, ""},
           {"ffn_align", P::Int, false, 0, ""}},
