@@ -61,15 +61,17 @@ void print_waves(const std::vector<WaveStats>& waves, bool quiet) {
                double(w.peak_rss_bytes) / (1 << 20), w.peak_is_wave_only ? "" : " (since start)");
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+// The command line.
+struct Options {
   std::vector<std::pair<std::string, std::string>> sets;
   std::vector<std::string> extra_plugins;
   std::string pipeline_file, events_file;
   bool dry_run = false, events_stderr = false, no_progress = false, list_nodes = false;
   int threads = -1;
+};
 
+Options parse_args(int argc, char** argv) {
+  Options o;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto value = [&](const char* opt) -> std::string {
@@ -78,115 +80,113 @@ int main(int argc, char** argv) {
     };
     if (a == "-h" || a == "--help") {
       fmt::print("{}", kUsage);
-      return 0;
+      std::exit(0);
     } else if (a == "--version") {
       fmt::print("squish-run {} (plugin ABI {}.{}; nodes: {})\n", SQUISH_VERSION, SQUISH_ABI_MAJOR, SQUISH_ABI_MINOR, host_cxx_build());
-      return 0;
+      std::exit(0);
     } else if (a == "--set" || a.starts_with("--set=")) {
       std::string kv = a == "--set" ? value("--set") : a.substr(6);
       auto eq = kv.find('=');
       if (eq == std::string::npos || eq == 0) usage_error(fmt::format("--set expects NAME=VALUE, got '{}'", kv));
-      sets.emplace_back(kv.substr(0, eq), kv.substr(eq + 1));
+      o.sets.emplace_back(kv.substr(0, eq), kv.substr(eq + 1));
     } else if (a == "--plugin") {
-      extra_plugins.push_back(value("--plugin"));
+      o.extra_plugins.push_back(value("--plugin"));
     } else if (a == "--dry-run") {
-      dry_run = true;
+      o.dry_run = true;
     } else if (a == "--events") {
       auto v = value("--events");
       if (v != "jsonl") usage_error(fmt::format("--events supports 'jsonl', got '{}'", v));
-      events_stderr = true;
+      o.events_stderr = true;
     } else if (a == "--events-file") {
-      events_file = value("--events-file");
+      o.events_file = value("--events-file");
     } else if (a == "--no-progress") {
-      no_progress = true;
+      o.no_progress = true;
     } else if (a == "--threads") {
       auto v = value("--threads");
       try {
-        threads = std::stoi(v);
+        o.threads = std::stoi(v);
       } catch (...) {
-        threads = -1;
+        o.threads = -1;
       }
-      if (threads < 0) usage_error(fmt::format("--threads expects a non-negative integer, got '{}'", v));
+      if (o.threads < 0) usage_error(fmt::format("--threads expects a non-negative integer, got '{}'", v));
     } else if (a == "--list-nodes") {
-      list_nodes = true;
+      o.list_nodes = true;
     } else if (a.starts_with("-")) {
       usage_error(fmt::format("unknown option '{}'", a));
-    } else if (pipeline_file.empty()) {
-      pipeline_file = a;
+    } else if (o.pipeline_file.empty()) {
+      o.pipeline_file = a;
     } else {
       usage_error(fmt::format("unexpected argument '{}' (one pipeline file per run)", a));
     }
   }
+  return o;
+}
 
-  // Under mpirun every rank runs this same command line; rank 0 speaks for the run (events,
-  // progress), the others only report errors.
-  if (launcher_ranks().rank != 0) {
-    events_file.clear();
-    events_stderr = false;
-    no_progress = true;
+// The JSON-lines stream: a file (opened before the pipeline is read, since orchestrators tail
+// it; it must not be one of the run's inputs), stderr, or none.
+std::FILE* open_events(const Options& o) {
+  if (o.events_file.empty()) return o.events_stderr ? stderr : nullptr;
+  std::error_code ec;
+  if (std::filesystem::is_directory(o.events_file, ec)) usage_error(fmt::format("--events-file {}: is a directory", o.events_file));
+  std::vector<std::string> inputs = {o.pipeline_file};
+  for (const auto& kv : o.sets) inputs.push_back(kv.second);
+  for (const auto& in : inputs)
+    if (!in.empty() && std::filesystem::exists(o.events_file, ec) && std::filesystem::equivalent(o.events_file, in, ec))
+      usage_error(fmt::format("--events-file {}: is the input '{}'; it would be overwritten", o.events_file, in));
+  std::FILE* f = std::fopen(o.events_file.c_str(), "w");
+  if (!f) {
+    fmt::print(stderr, "squish-run: {}: cannot open events file: {}\n", o.events_file, std::strerror(errno));
+    std::exit(static_cast<int>(ExitCode::Runtime));
   }
-  std::FILE* jsonl = nullptr;
-  if (!events_file.empty()) {
-    // The events file is a stream (orchestrators tail it), so it is opened before the pipeline
-    // is read; it must not be one of the run's inputs that the command line names.
-    std::error_code ec;
-    if (std::filesystem::is_directory(events_file, ec))
-      usage_error(fmt::format("--events-file {}: is a directory", events_file));
-    std::vector<std::string> inputs = {pipeline_file};
-    for (const auto& kv : sets) inputs.push_back(kv.second);
-    for (const auto& in : inputs)
-      if (!in.empty() && std::filesystem::exists(events_file, ec) && std::filesystem::equivalent(events_file, in, ec))
-        usage_error(fmt::format("--events-file {}: is the input '{}'; it would be overwritten", events_file, in));
-    jsonl = std::fopen(events_file.c_str(), "w");
-    if (!jsonl) {
-      fmt::print(stderr, "squish-run: {}: cannot open events file: {}\n", events_file, std::strerror(errno));
-      return static_cast<int>(ExitCode::Runtime);
-    }
-  } else if (events_stderr) {
-    jsonl = stderr;
-  }
-  const bool tty = !no_progress && !events_stderr && ::isatty(STDERR_FILENO);
-  EventSink events(jsonl, tty);
+  return f;
+}
 
-  if (list_nodes) {
-    try {
-      PluginHost host;
-      host.load_all();
-      for (const auto& p : host.plugins()) {
-        fmt::print("{} {} (ABI {}.{}, {})\n  {}\n", p.name, p.version, p.abi_major, p.abi_minor, p.path, p.summary);
-        for (const auto& t : p.types) {
-          const auto* pt = plugin_type_by_name(t);
-          fmt::print("  type {} (id {}): blocks of {} values in {} bytes ({:.4g} bits/weight){}\n", t, pt->ops.id, pt->ops.block_size,
-                     pt->ops.block_bytes, 8.0 * pt->ops.block_bytes / pt->ops.block_size,
-                     pt->has_dot() ? "" : ", no dot kernel (dequantized)");
-        }
-        for (const auto& k : p.kinds) {
-          const auto* nk = host.find(k);
-          fmt::print("  {}{}: {}\n", k, nk->parallel ? " [parallel]" : "", nk->summary);
-          for (const auto& ps : nk->params)
-            fmt::print("      {} ({}{}){}{}\n", ps.name, param_type_name(ps.type), ps.required ? ", required" : "",
-                       ps.help.empty() ? "" : "  " + ps.help,
-                       ps.required || ps.default_value.is_null() ? "" : "  [default " + json_text(ps.default_value) + "]");
-        }
+// --list-nodes: every plugin in the search path, its types and node kinds with their parameters.
+int list_nodes() {
+  try {
+    PluginHost host;
+    host.load_all();
+    for (const auto& p : host.plugins()) {
+      fmt::print("{} {} (ABI {}.{}, {})\n  {}\n", p.name, p.version, p.abi_major, p.abi_minor, p.path, p.summary);
+      for (const auto& t : p.types) {
+        const auto* pt = plugin_type_by_name(t);
+        fmt::print("  type {} (id {}): blocks of {} values in {} bytes ({:.4g} bits/weight){}\n", t, pt->ops.id, pt->ops.block_size,
+                   pt->ops.block_bytes, 8.0 * pt->ops.block_bytes / pt->ops.block_size,
+                   pt->has_dot() ? "" : ", no dot kernel (dequantized)");
       }
-      return 0;
-    } catch (const Error& e) {
-      fmt::print(stderr, "squish-run: error: {}\n", e.what());
-      return static_cast<int>(e.code());
+      for (const auto& k : p.kinds) {
+        const auto* nk = host.find(k);
+        fmt::print("  {}{}: {}\n", k, nk->parallel ? " [parallel]" : "", nk->summary);
+        for (const auto& ps : nk->params)
+          fmt::print("      {} ({}{}){}{}\n", ps.name, param_type_name(ps.type), ps.required ? ", required" : "",
+                     ps.help.empty() ? "" : "  " + ps.help,
+                     ps.required || ps.default_value.is_null() ? "" : "  [default " + json_text(ps.default_value) + "]");
+      }
     }
+    return 0;
+  } catch (const Error& e) {
+    fmt::print(stderr, "squish-run: error: {}\n", e.what());
+    return static_cast<int>(e.code());
   }
-  if (pipeline_file.empty()) usage_error("no pipeline file given");
+}
 
+// Loads, validates and runs (or describes) the pipeline; every failure becomes an exit code and
+// one message.
+struct Outcome {
   int code = 0;
   std::string message;
   size_t graph_peak = 0;
+};
+
+Outcome run_pipeline(const Options& o, EventSink& events) {
+  Outcome r;
   try {
     PluginHost host;
-    for (const auto& name : extra_plugins) host.load(name);
-    Pipeline p = Pipeline::load(pipeline_file, sets, host);
-    if (threads >= 0) p.threads = threads;
-    events.emit("pipeline_start", {{"pipeline", p.name}, {"file", pipeline_file}, {"nodes", p.nodes.size()}, {"dry_run", dry_run}});
-    if (dry_run) {
+    for (const auto& name : o.extra_plugins) host.load(name);
+    Pipeline p = Pipeline::load(o.pipeline_file, o.sets, host);
+    if (o.threads >= 0) p.threads = o.threads;
+    events.emit("pipeline_start", {{"pipeline", p.name}, {"file", o.pipeline_file}, {"nodes", p.nodes.size()}, {"dry_run", o.dry_run}});
+    if (o.dry_run) {
       fmt::print("{}", p.describe());
       fmt::print("pipeline is valid ({} nodes, {} edges)\n", p.nodes.size(), p.edges.size());
     } else {
@@ -194,28 +194,50 @@ int main(int argc, char** argv) {
       try {
         runner.run();
       } catch (...) {
-        graph_peak = runner.peak_rss();
+        r.graph_peak = runner.peak_rss();
         throw;
       }
-      graph_peak = runner.peak_rss();
-      print_waves(runner.waves(), no_progress || events_stderr);
+      r.graph_peak = runner.peak_rss();
+      print_waves(runner.waves(), o.no_progress || o.events_stderr);
     }
   } catch (const Error& e) {
-    code = static_cast<int>(e.code());
-    message = e.what();
+    r.code = static_cast<int>(e.code());
+    r.message = e.what();
   } catch (const std::bad_alloc&) {
-    code = static_cast<int>(ExitCode::Runtime);
-    message = "out of memory";
+    r.code = static_cast<int>(ExitCode::Runtime);
+    r.message = "out of memory";
   } catch (const std::exception& e) {
-    code = static_cast<int>(ExitCode::Runtime);
-    message = fmt::format("internal error: {}", e.what());
+    r.code = static_cast<int>(ExitCode::Runtime);
+    r.message = fmt::format("internal error: {}", e.what());
   }
+  return r;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o = parse_args(argc, argv);
+  // Under mpirun every rank runs this same command line; rank 0 speaks for the run (events,
+  // progress), the others only report errors.
+  if (launcher_ranks().rank != 0) {
+    o.events_file.clear();
+    o.events_stderr = false;
+    o.no_progress = true;
+  }
+  std::FILE* jsonl = open_events(o);
+  const bool tty = !o.no_progress && !o.events_stderr && ::isatty(STDERR_FILENO);
+  EventSink events(jsonl, tty);
+  if (o.list_nodes) return list_nodes();
+  if (o.pipeline_file.empty()) usage_error("no pipeline file given");
+
+  const Outcome r = run_pipeline(o, events);
   events.clear_line();
-  if (code != 0) {
-    events.emit("error", {{"code", code}, {"message", message}});
-    if (jsonl != stderr) fmt::print(stderr, "squish-run: error: {}\n", message);
+  if (r.code != 0) {
+    events.emit("error", {{"code", r.code}, {"message", r.message}});
+    if (jsonl != stderr) fmt::print(stderr, "squish-run: error: {}\n", r.message);
   }
-  events.emit("pipeline_end", {{"ok", code == 0}, {"exit_code", code}, {"seconds", events.seconds()}, {"peak_rss_bytes", std::max(graph_peak, peak_rss_bytes())}});
+  events.emit("pipeline_end", {{"ok", r.code == 0}, {"exit_code", r.code}, {"seconds", events.seconds()},
+                               {"peak_rss_bytes", std::max(r.graph_peak, peak_rss_bytes())}});
   if (jsonl && jsonl != stderr) std::fclose(jsonl);
-  return code;
+  return r.code;
 }
