@@ -52,6 +52,14 @@ class QuantSimd : public ::testing::TestWithParam<GGMLType> {
   }
 };
 
+// The SIMD levels this CPU runs above the scalar references, each with its row of the traits table.
+std::vector<std::pair<const char*, const GGMLTypeTraits*>> simd_rows(GGMLType t) {
+  std::vector<std::pair<const char*, const GGMLTypeTraits*>> v{{"AVX2", ggml_type_traits(t, SimdLevel::Avx2)}};
+  if (simd_level() == SimdLevel::Avx512) v.emplace_back("AVX-512", ggml_type_traits(t, SimdLevel::Avx512));
+  return v;
+}
+const GGMLTypeTraits& scalar_row(GGMLType t) { return *ggml_type_traits(t, SimdLevel::Scalar); }
+
 TEST_P(QuantSimd, QuantizeBytesIdentical) {
   const GGMLType t = GetParam();
   const int64_t n = 4096, rows = 6;
@@ -61,15 +69,15 @@ TEST_P(QuantSimd, QuantizeBytesIdentical) {
     const float* imat = weighted ? qw.data() : nullptr;
     const size_t rs = ggml_row_size(t, n);
     std::vector<uint8_t> a(rs * rows), b(rs * rows);
-    for (int64_t r = 0; r < rows; ++r) {
-      ref::quantize_row(t, x.data() + r * n, a.data() + r * rs, n, imat);
-      avx2::quantize_row(t, x.data() + r * n, b.data() + r * rs, n, imat);
+    for (int64_t r = 0; r < rows; ++r) ref::quantize_row(t, x.data() + r * n, a.data() + r * rs, n, imat);
+    for (auto [level, simd] : simd_rows(t)) {
+      simd->quantize_rows(simd->self, x.data(), b.data(), rows, n, imat);
+      size_t first = a.size();
+      for (size_t i = 0; i < a.size(); ++i)
+        if (a[i] != b[i]) { first = i; break; }
+      EXPECT_EQ(first, a.size()) << ggml_type_name(t) << (weighted ? " weighted" : "") << " " << level << ": first differing byte "
+                                 << first << " (block " << first / ggml_type_traits(t)->type_size << ")";
     }
-    size_t first = a.size();
-    for (size_t i = 0; i < a.size(); ++i)
-      if (a[i] != b[i]) { first = i; break; }
-    EXPECT_EQ(first, a.size()) << ggml_type_name(t) << (weighted ? " weighted" : "") << ": first differing byte "
-                               << first << " (block " << first / ggml_type_traits(t)->type_size << ")";
   }
 }
 
@@ -81,8 +89,10 @@ TEST_P(QuantSimd, DequantizeIdentical) {
   ref::quantize_row(t, x.data(), q.data(), n);
   std::vector<float> a(n), b(n);
   ref::dequantize_row(t, q.data(), a.data(), n);
-  avx2::dequantize_row(t, q.data(), b.data(), n);
-  EXPECT_EQ(std::memcmp(a.data(), b.data(), n * sizeof(float)), 0) << ggml_type_name(t);
+  for (auto [level, simd] : simd_rows(t)) {
+    simd->dequantize_row(simd->self, q.data(), b.data(), n);
+    EXPECT_EQ(std::memcmp(a.data(), b.data(), n * sizeof(float)), 0) << ggml_type_name(t) << " " << level;
+  }
 }
 
 // The dot kernels: the SIMD path and the scalar reference both equal the exact dot of the
@@ -91,6 +101,7 @@ TEST_P(QuantSimd, DequantizeIdentical) {
 // relative error 2^-24 each). One wrong level, scale or group would be off by far more.
 TEST_P(QuantSimd, VecDotAgreesWithDequantizedDot) {
   const GGMLType t = GetParam();
+  const GGMLTypeTraits& scalar = scalar_row(t);
   // 4448 = 139 blocks of 32: a tail after the 8-block steps of the Q8_0 / Q4_0 kernels.
   for (int64_t n : {256, 1536, 4096 + 256, 4448}) {
     if (n % ggml_type_traits(t)->block_size) continue;
@@ -102,29 +113,19 @@ TEST_P(QuantSimd, VecDotAgreesWithDequantizedDot) {
     std::vector<uint8_t> wq(ggml_row_size(t, n)), xa(activation_row_size(t, n)), xb(activation_row_size(t, n));
     ref::quantize_row(t, w.data(), wq.data(), n);
     ref::quantize_activations(t, x.data(), xa.data(), n);
-    avx2::quantize_activations(t, x.data(), xb.data(), n);
-    EXPECT_EQ(xa, xb) << ggml_type_name(t) << ": activation bytes differ";
     // The exact dot of what the kernels see.
     std::vector<float> wd(n), xd(n);
     ref::dequantize_row(t, wq.data(), wd.data(), n);
-    const GGMLType at = vec_dot_type(t);
-    if (at == GGMLType::F32) {
-      xd = x;
-    } else if (at == GGMLType::Q8_0) {
-      ref::dequantize_row(at, xa.data(), xd.data(), n);
-    } else {  // Q8_K: d * q per 256-block
-      const auto* b = reinterpret_cast<const quant::BlockQ8_K*>(xa.data());
-      for (int64_t i = 0; i < n; ++i) xd[i] = b[i / 256].d * b[i / 256].qs[i % 256];
-    }
+    ref::dequantize_row(vec_dot_type(t), xa.data(), xd.data(), n);  // F32: a copy; Q8_0, Q8_K: d * q
     double exact = 0, abs_sum = 0;
     for (int64_t i = 0; i < n; ++i) exact += double(wd[i]) * xd[i], abs_sum += std::fabs(double(wd[i]) * xd[i]);
     const double tol = 1e-5 * abs_sum;
-    const float a = ref::vec_dot(t, n, wq.data(), xa.data());
-    const float b = avx2::vec_dot(t, n, wq.data(), xa.data());
-    EXPECT_NEAR(a, exact, tol) << ggml_type_name(t) << " n=" << n << ": scalar reference";
-    EXPECT_NEAR(b, exact, tol) << ggml_type_name(t) << " n=" << n << ": AVX2";
-    if (simd_level() == SimdLevel::Avx512)
-      EXPECT_NEAR(avx512::vec_dot(t, n, wq.data(), xa.data()), exact, tol) << ggml_type_name(t) << " n=" << n << ": AVX-512";
+    EXPECT_NEAR(scalar.vec_dot(scalar.self, n, wq.data(), xa.data()), exact, tol) << ggml_type_name(t) << " n=" << n << ": scalar reference";
+    for (auto [level, simd] : simd_rows(t)) {
+      simd->prepare_activation(simd->self, x.data(), xb.data(), n);
+      EXPECT_EQ(xa, xb) << ggml_type_name(t) << " " << level << ": activation bytes differ";
+      EXPECT_NEAR(simd->vec_dot(simd->self, n, wq.data(), xa.data()), exact, tol) << ggml_type_name(t) << " n=" << n << ": " << level;
+    }
   }
 }
 

@@ -1,6 +1,8 @@
 #pragma once
 // On-disk block layouts of the ggml quant types Squish reads and writes (ggml-common.h).
 // Each struct is exactly the bytes of one block in a GGUF tensor; f16 fields are raw bits.
+// kElems is the block's element count: the traits table (ggml_types.cpp) takes every type's
+// block size and bytes (sizeof) from here, and its scales' byte offsets (offsetof).
 #include "core/quant/ggml_types.hpp"
 
 #include <bit>
@@ -10,32 +12,60 @@
 namespace squish::quant {
 
 struct BlockQ4_0 {   // 32 weights: w = d * (q - 8)
+  static constexpr int kElems = kQK;
   uint16_t d;
   uint8_t qs[kQK / 2];  // low nibbles = weights 0..15, high nibbles = 16..31
 };
 struct BlockQ8_0 {   // 32 weights: w = d * q
+  static constexpr int kElems = kQK;
   uint16_t d;
   int8_t qs[kQK];
 };
+struct BlockQ4_1 {   // 32 weights: w = d * q + m (read only: Squish neither writes nor runs it)
+  static constexpr int kElems = kQK;
+  uint16_t d, m;
+  uint8_t qs[kQK / 2];
+};
+struct BlockQ5_0 {   // 32 weights: w = d * (q - 16), 5th bits in qh (read only)
+  static constexpr int kElems = kQK;
+  uint16_t d;
+  uint8_t qh[4];
+  uint8_t qs[kQK / 2];
+};
+struct BlockQ5_1 {   // 32 weights: w = d * q + m, 5th bits in qh (read only)
+  static constexpr int kElems = kQK;
+  uint16_t d, m;
+  uint8_t qh[4];
+  uint8_t qs[kQK / 2];
+};
+struct BlockQ8_1 {   // 32 activations: x = d * q, s = d * sum(q) (read only)
+  static constexpr int kElems = kQK;
+  uint16_t d, s;
+  int8_t qs[kQK];
+};
 struct BlockQ2_K {   // 16 groups of 16: w = d*sc*q - dmin*m, sc/m 4 bits, q 2 bits
+  static constexpr int kElems = kQK_K;
   uint8_t scales[kQK_K / 16];  // low nibble scale, high nibble min
   uint8_t qs[kQK_K / 4];
   uint16_t d;
   uint16_t dmin;
 };
 struct BlockQ3_K {   // 16 groups of 16: w = d*(sc-32)*(q-4), sc 6 bits, q 3 bits (2 low + 1 in hmask)
+  static constexpr int kElems = kQK_K;
   uint8_t hmask[kQK_K / 8];
   uint8_t qs[kQK_K / 4];
   uint8_t scales[12];
   uint16_t d;
 };
 struct BlockQ4_K {   // 8 groups of 32: w = d*sc*q - dmin*m, sc/m 6 bits packed in 12 bytes, q 4 bits
+  static constexpr int kElems = kQK_K;
   uint16_t d;
   uint16_t dmin;
   uint8_t scales[12];
   uint8_t qs[kQK_K / 2];
 };
 struct BlockQ5_K {   // as Q4_K with a 5th bit per weight in qh
+  static constexpr int kElems = kQK_K;
   uint16_t d;
   uint16_t dmin;
   uint8_t scales[12];
@@ -43,18 +73,21 @@ struct BlockQ5_K {   // as Q4_K with a 5th bit per weight in qh
   uint8_t qs[kQK_K / 2];
 };
 struct BlockQ6_K {   // 16 groups of 16: w = d*sc*(q-32), sc int8, q 6 bits (4 in ql + 2 in qh)
+  static constexpr int kElems = kQK_K;
   uint8_t ql[kQK_K / 2];
   uint8_t qh[kQK_K / 4];
   int8_t scales[kQK_K / 16];
   uint16_t d;
 };
 struct BlockQ8_K {   // activations for K-quant dots: x = d * q, with 16-element partial sums
+  static constexpr int kElems = kQK_K;
   float d;
   int8_t qs[kQK_K];
   int16_t bsums[kQK_K / 16];
 };
 
 static_assert(sizeof(BlockQ4_0) == 18 && sizeof(BlockQ8_0) == 34);
+static_assert(sizeof(BlockQ4_1) == 20 && sizeof(BlockQ5_0) == 22 && sizeof(BlockQ5_1) == 24 && sizeof(BlockQ8_1) == 36);
 static_assert(sizeof(BlockQ2_K) == 84 && sizeof(BlockQ3_K) == 110 && sizeof(BlockQ4_K) == 144);
 static_assert(sizeof(BlockQ5_K) == 176 && sizeof(BlockQ6_K) == 210 && sizeof(BlockQ8_K) == 292);
 

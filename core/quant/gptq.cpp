@@ -12,7 +12,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <mutex>
 
 namespace squish::quant {
 
@@ -49,10 +48,6 @@ std::vector<float> inverse_cholesky_upper(const float* H, int n, double damp) {
 
 GptqFactor gptq_factor(const float* H, int64_t cols, const GptqOptions& opt) {
   if (!(opt.damp >= 0)) fail(ExitCode::Usage, "GPTQ: damp must be >= 0");
-  // Parallelism comes from TBB (row blocks here, tensors in compress): OpenBLAS's own threads
-  // would oversubscribe the cores and spin in the kernel (process-wide, as the model library does).
-  static std::once_flag one_blas_thread;
-  std::call_once(one_blas_thread, [] { openblas_set_num_threads(1); });
   const int n = static_cast<int>(cols);
   GptqFactor f;
   f.n = n;
@@ -107,7 +102,7 @@ std::vector<std::byte> gptq_quantize(GGMLType type, const float* W, int64_t rows
     std::vector<uint8_t> lv(size_t(nr) * n);
     Grid g;
     auto take_block = [&](int64_t r, int b) {  // the block's scales as its bytes now hold them
-      read_levels(type, rows_out + size_t(r) * row_bytes + size_t(b) * block_bytes, g, lv.data() + size_t(r) * n + size_t(b) * bs);
+      tr->read_levels(rows_out + size_t(r) * row_bytes + size_t(b) * block_bytes, g, lv.data() + size_t(r) * n + size_t(b) * bs);
       for (int e = 0; e < bs; ++e) step[size_t(r) * n + b * bs + e] = g.step[e], mn[size_t(r) * n + b * bs + e] = g.min[e];
     };
     if (static_blocks) {  // act-order: all scales first, from the original weights
@@ -146,7 +141,7 @@ std::vector<std::byte> gptq_quantize(GGMLType type, const float* W, int64_t rows
                     U.data() + size_t(b0) * n + b1, n, 1.0f, w.data() + b1, n);
     }
     for (int64_t r = 0; r < nr; ++r)
-      for (int b = 0; b < n / bs; ++b) write_levels(type, rows_out + size_t(r) * row_bytes + size_t(b) * block_bytes, lv.data() + size_t(r) * n + size_t(b) * bs);
+      for (int b = 0; b < n / bs; ++b) tr->write_levels(rows_out + size_t(r) * row_bytes + size_t(b) * block_bytes, lv.data() + size_t(r) * n + size_t(b) * bs);
   });
   return out;
 }

@@ -1,11 +1,13 @@
 #include "core/quant/levels.hpp"
 
 #include "core/quant/blocks.hpp"
+#include "core/quant/type_table.hpp"
 #include "core/base/error.hpp"
 #include "core/base/tensor.hpp"
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 namespace squish::quant {
 
@@ -13,14 +15,6 @@ int Grid::nearest(int e, float w) const {
   if (step[e] == 0.0f) return zero;  // every level is the same value
   const int l = nearest_int((w + min[e]) / step[e]) + zero;
   return std::clamp(l, 0, level_max);
-}
-
-bool has_levels(GGMLType type) {
-  switch (type) {
-    case GGMLType::Q8_0: case GGMLType::Q4_0: case GGMLType::Q2_K: case GGMLType::Q3_K:
-    case GGMLType::Q4_K: case GGMLType::Q5_K: case GGMLType::Q6_K: return true;
-    default: return false;
-  }
 }
 
 namespace {
@@ -67,134 +61,156 @@ template <class Fn> void walk_q6_K(Fn&& fn) {  // fn(weight, scale index, ql byt
       for (int l = 0; l < 32; ++l) fn(n + l + 32 * k, n / 16 + l / 16 + 2 * k, n / 2 + l + 32 * (k % 2), k / 2, n / 4 + l, 2 * k);
 }
 
+// ---- one block's levels, per type ----------------------------------------------------------------
+
+void read_q8_0(const void* block, Grid& g, uint8_t* levels) {
+  const auto* b = static_cast<const BlockQ8_0*>(block);
+  g.zero = 127, g.level_max = 254;
+  set_group(g, 0, kQK, f16_to_f32(b->d), 0.0f);
+  for (int e = 0; e < kQK; ++e) levels[e] = static_cast<uint8_t>(std::max<int>(b->qs[e], -127) + 127);
+}
+
+void read_q4_0(const void* block, Grid& g, uint8_t* levels) {
+  const auto* b = static_cast<const BlockQ4_0*>(block);
+  g.zero = 8, g.level_max = 15;
+  set_group(g, 0, kQK, f16_to_f32(b->d), 0.0f);
+  for (int j = 0; j < kQK / 2; ++j) levels[j] = b->qs[j] & 0xF, levels[j + 16] = b->qs[j] >> 4;
+}
+
+void read_q2_K(const void* block, Grid& g, uint8_t* levels) {
+  const auto* b = static_cast<const BlockQ2_K*>(block);
+  const float d = f16_to_f32(b->d), dmin = f16_to_f32(b->dmin);
+  g.zero = 0, g.level_max = 3;
+  walk_q2_K([&](int e, int group, int byte, int shift) {
+    const uint8_t sc = b->scales[group];
+    g.step[e] = d * static_cast<float>(sc & 0xF), g.min[e] = dmin * static_cast<float>(sc >> 4);
+    levels[e] = (b->qs[byte] >> shift) & 3;
+  });
+}
+
+void read_q3_K(const void* block, Grid& g, uint8_t* levels) {
+  const auto* b = static_cast<const BlockQ3_K*>(block);
+  int8_t sc[16];
+  unpack_q3_k_scales(b->scales, sc);
+  const float d = f16_to_f32(b->d);
+  g.zero = 4, g.level_max = 7;
+  walk_q3_K([&](int e, int group, int byte, int shift, int hbyte, int hbit) {
+    g.step[e] = d * static_cast<float>(sc[group]), g.min[e] = 0.0f;
+    levels[e] = static_cast<uint8_t>(((b->qs[byte] >> shift) & 3) | (((b->hmask[hbyte] >> hbit) & 1) << 2));
+  });
+}
+
+// Q4_K and Q5_K (Q5_K: the fifth bit in qh).
+template <class Block>
+void read_k4(const void* block, Grid& g, uint8_t* levels) {
+  constexpr bool q5 = std::is_same_v<Block, BlockQ5_K>;
+  const auto* b = static_cast<const Block*>(block);
+  const float d = f16_to_f32(b->d), dmin = f16_to_f32(b->dmin);
+  g.zero = 0, g.level_max = q5 ? 31 : 15;
+  walk_k4([&](int e, int group, int byte, int high, int hbit) {
+    uint8_t sc, m;
+    get_scale_min_k4(group, b->scales, sc, m);
+    g.step[e] = d * static_cast<float>(sc), g.min[e] = dmin * static_cast<float>(m);
+    int l = high ? b->qs[byte] >> 4 : b->qs[byte] & 0xF;
+    if constexpr (q5) {
+      if ((b->qh[byte % 32] >> hbit) & 1) l += 16;
+    }
+    levels[e] = static_cast<uint8_t>(l);
+  });
+}
+
+void read_q6_K(const void* block, Grid& g, uint8_t* levels) {
+  const auto* b = static_cast<const BlockQ6_K*>(block);
+  const float d = f16_to_f32(b->d);
+  g.zero = 32, g.level_max = 63;
+  walk_q6_K([&](int e, int is, int lbyte, int lhigh, int hbyte, int hshift) {
+    g.step[e] = d * static_cast<float>(b->scales[is]), g.min[e] = 0.0f;
+    const int lo = lhigh ? b->ql[lbyte] >> 4 : b->ql[lbyte] & 0xF;
+    levels[e] = static_cast<uint8_t>(lo | (((b->qh[hbyte] >> hshift) & 3) << 4));
+  });
+}
+
+void write_q8_0(void* block, const uint8_t* levels) {
+  auto* b = static_cast<BlockQ8_0*>(block);
+  for (int e = 0; e < kQK; ++e) b->qs[e] = static_cast<int8_t>(int(levels[e]) - 127);
+}
+
+void write_q4_0(void* block, const uint8_t* levels) {
+  auto* b = static_cast<BlockQ4_0*>(block);
+  for (int j = 0; j < kQK / 2; ++j) b->qs[j] = static_cast<uint8_t>((levels[j] & 0xF) | (levels[j + 16] << 4));
+}
+
+void write_q2_K(void* block, const uint8_t* levels) {
+  auto* b = static_cast<BlockQ2_K*>(block);
+  std::fill(std::begin(b->qs), std::end(b->qs), 0);
+  walk_q2_K([&](int e, int, int byte, int shift) { b->qs[byte] |= static_cast<uint8_t>((levels[e] & 3) << shift); });
+}
+
+void write_q3_K(void* block, const uint8_t* levels) {
+  auto* b = static_cast<BlockQ3_K*>(block);
+  std::fill(std::begin(b->qs), std::end(b->qs), 0);
+  std::fill(std::begin(b->hmask), std::end(b->hmask), 0);
+  walk_q3_K([&](int e, int, int byte, int shift, int hbyte, int hbit) {
+    b->qs[byte] |= static_cast<uint8_t>((levels[e] & 3) << shift);
+    b->hmask[hbyte] |= static_cast<uint8_t>(((levels[e] >> 2) & 1) << hbit);
+  });
+}
+
+template <class Block>
+void write_k4(void* block, const uint8_t* levels) {
+  constexpr bool q5 = std::is_same_v<Block, BlockQ5_K>;
+  auto* b = static_cast<Block*>(block);
+  std::fill(std::begin(b->qs), std::end(b->qs), 0);
+  if constexpr (q5) std::fill(std::begin(b->qh), std::end(b->qh), 0);
+  walk_k4([&](int e, int, int byte, int high, int hbit) {
+    b->qs[byte] |= static_cast<uint8_t>((levels[e] & 0xF) << (high ? 4 : 0));
+    if constexpr (q5) b->qh[byte % 32] |= static_cast<uint8_t>(((levels[e] >> 4) & 1) << hbit);
+  });
+}
+
+void write_q6_K(void* block, const uint8_t* levels) {
+  auto* b = static_cast<BlockQ6_K*>(block);
+  std::fill(std::begin(b->ql), std::end(b->ql), 0);
+  std::fill(std::begin(b->qh), std::end(b->qh), 0);
+  walk_q6_K([&](int e, int, int lbyte, int lhigh, int hbyte, int hshift) {
+    b->ql[lbyte] |= static_cast<uint8_t>((levels[e] & 0xF) << (lhigh ? 4 : 0));
+    b->qh[hbyte] |= static_cast<uint8_t>(((levels[e] >> 4) & 3) << hshift);
+  });
+}
+
+const GGMLTypeTraits& levels_row(GGMLType type, const char* what) {
+  const GGMLTypeTraits* t = ggml_type_traits(type);
+  if (!t || !t->read_levels) fail(ExitCode::Runtime, "{}: {} has no integer levels", what, ggml_type_name(type));
+  return *t;
+}
+
 }  // namespace
 
+void table::install_levels(table::Rows& rows) {
+  auto set = [&](GGMLType t, auto read, auto write) {
+    table::row(rows, t).read_levels = read;
+    table::row(rows, t).write_levels = write;
+  };
+  set(GGMLType::Q8_0, read_q8_0, write_q8_0);
+  set(GGMLType::Q4_0, read_q4_0, write_q4_0);
+  set(GGMLType::Q2_K, read_q2_K, write_q2_K);
+  set(GGMLType::Q3_K, read_q3_K, write_q3_K);
+  set(GGMLType::Q4_K, read_k4<BlockQ4_K>, write_k4<BlockQ4_K>);
+  set(GGMLType::Q5_K, read_k4<BlockQ5_K>, write_k4<BlockQ5_K>);
+  set(GGMLType::Q6_K, read_q6_K, write_q6_K);
+}
+
+bool has_levels(GGMLType type) {
+  const GGMLTypeTraits* t = ggml_type_traits(type);
+  return t && t->read_levels;
+}
+
 void read_levels(GGMLType type, const void* block, Grid& g, uint8_t* levels) {
-  switch (type) {
-    case GGMLType::Q8_0: {
-      const auto* b = static_cast<const BlockQ8_0*>(block);
-      g.zero = 127, g.level_max = 254;
-      set_group(g, 0, kQK, f16_to_f32(b->d), 0.0f);
-      for (int e = 0; e < kQK; ++e) levels[e] = static_cast<uint8_t>(std::max<int>(b->qs[e], -127) + 127);
-      return;
-    }
-    case GGMLType::Q4_0: {
-      const auto* b = static_cast<const BlockQ4_0*>(block);
-      g.zero = 8, g.level_max = 15;
-      set_group(g, 0, kQK, f16_to_f32(b->d), 0.0f);
-      for (int j = 0; j < kQK / 2; ++j) levels[j] = b->qs[j] & 0xF, levels[j + 16] = b->qs[j] >> 4;
-      return;
-    }
-    case GGMLType::Q2_K: {
-      const auto* b = static_cast<const BlockQ2_K*>(block);
-      const float d = f16_to_f32(b->d), dmin = f16_to_f32(b->dmin);
-      g.zero = 0, g.level_max = 3;
-      walk_q2_K([&](int e, int group, int byte, int shift) {
-        const uint8_t sc = b->scales[group];
-        g.step[e] = d * static_cast<float>(sc & 0xF), g.min[e] = dmin * static_cast<float>(sc >> 4);
-        levels[e] = (b->qs[byte] >> shift) & 3;
-      });
-      return;
-    }
-    case GGMLType::Q3_K: {
-      const auto* b = static_cast<const BlockQ3_K*>(block);
-      int8_t sc[16];
-      unpack_q3_k_scales(b->scales, sc);
-      const float d = f16_to_f32(b->d);
-      g.zero = 4, g.level_max = 7;
-      walk_q3_K([&](int e, int group, int byte, int shift, int hbyte, int hbit) {
-        g.step[e] = d * static_cast<float>(sc[group]), g.min[e] = 0.0f;
-        levels[e] = static_cast<uint8_t>(((b->qs[byte] >> shift) & 3) | (((b->hmask[hbyte] >> hbit) & 1) << 2));
-      });
-      return;
-    }
-    case GGMLType::Q4_K:
-    case GGMLType::Q5_K: {
-      const bool q5 = type == GGMLType::Q5_K;
-      const auto* b4 = static_cast<const BlockQ4_K*>(block);
-      const auto* b5 = static_cast<const BlockQ5_K*>(block);
-      const uint16_t d16 = q5 ? b5->d : b4->d, dmin16 = q5 ? b5->dmin : b4->dmin;
-      const uint8_t* scales = q5 ? b5->scales : b4->scales;
-      const uint8_t* qs = q5 ? b5->qs : b4->qs;
-      const float d = f16_to_f32(d16), dmin = f16_to_f32(dmin16);
-      g.zero = 0, g.level_max = q5 ? 31 : 15;
-      walk_k4([&](int e, int group, int byte, int high, int hbit) {
-        uint8_t sc, m;
-        get_scale_min_k4(group, scales, sc, m);
-        g.step[e] = d * static_cast<float>(sc), g.min[e] = dmin * static_cast<float>(m);
-        int l = high ? qs[byte] >> 4 : qs[byte] & 0xF;
-        if (q5 && ((b5->qh[byte % 32] >> hbit) & 1)) l += 16;
-        levels[e] = static_cast<uint8_t>(l);
-      });
-      return;
-    }
-    case GGMLType::Q6_K: {
-      const auto* b = static_cast<const BlockQ6_K*>(block);
-      const float d = f16_to_f32(b->d);
-      g.zero = 32, g.level_max = 63;
-      walk_q6_K([&](int e, int is, int lbyte, int lhigh, int hbyte, int hshift) {
-        g.step[e] = d * static_cast<float>(b->scales[is]), g.min[e] = 0.0f;
-        const int lo = lhigh ? b->ql[lbyte] >> 4 : b->ql[lbyte] & 0xF;
-        levels[e] = static_cast<uint8_t>(lo | (((b->qh[hbyte] >> hshift) & 3) << 4));
-      });
-      return;
-    }
-    default: fail(ExitCode::Runtime, "read_levels: {} has no integer levels", ggml_type_name(type));
-  }
+  levels_row(type, "read_levels").read_levels(block, g, levels);
 }
 
 void write_levels(GGMLType type, void* block, const uint8_t* levels) {
-  switch (type) {
-    case GGMLType::Q8_0: {
-      auto* b = static_cast<BlockQ8_0*>(block);
-      for (int e = 0; e < kQK; ++e) b->qs[e] = static_cast<int8_t>(int(levels[e]) - 127);
-      return;
-    }
-    case GGMLType::Q4_0: {
-      auto* b = static_cast<BlockQ4_0*>(block);
-      for (int j = 0; j < kQK / 2; ++j) b->qs[j] = static_cast<uint8_t>((levels[j] & 0xF) | (levels[j + 16] << 4));
-      return;
-    }
-    case GGMLType::Q2_K: {
-      auto* b = static_cast<BlockQ2_K*>(block);
-      std::fill(std::begin(b->qs), std::end(b->qs), 0);
-      walk_q2_K([&](int e, int, int byte, int shift) { b->qs[byte] |= static_cast<uint8_t>((levels[e] & 3) << shift); });
-      return;
-    }
-    case GGMLType::Q3_K: {
-      auto* b = static_cast<BlockQ3_K*>(block);
-      std::fill(std::begin(b->qs), std::end(b->qs), 0);
-      std::fill(std::begin(b->hmask), std::end(b->hmask), 0);
-      walk_q3_K([&](int e, int, int byte, int shift, int hbyte, int hbit) {
-        b->qs[byte] |= static_cast<uint8_t>((levels[e] & 3) << shift);
-        b->hmask[hbyte] |= static_cast<uint8_t>(((levels[e] >> 2) & 1) << hbit);
-      });
-      return;
-    }
-    case GGMLType::Q4_K:
-    case GGMLType::Q5_K: {
-      const bool q5 = type == GGMLType::Q5_K;
-      uint8_t* qs = q5 ? static_cast<BlockQ5_K*>(block)->qs : static_cast<BlockQ4_K*>(block)->qs;
-      std::fill(qs, qs + kQK_K / 2, 0);
-      if (q5) std::fill(std::begin(static_cast<BlockQ5_K*>(block)->qh), std::end(static_cast<BlockQ5_K*>(block)->qh), 0);
-      walk_k4([&](int e, int, int byte, int high, int hbit) {
-        qs[byte] |= static_cast<uint8_t>((levels[e] & 0xF) << (high ? 4 : 0));
-        if (q5) static_cast<BlockQ5_K*>(block)->qh[byte % 32] |= static_cast<uint8_t>(((levels[e] >> 4) & 1) << hbit);
-      });
-      return;
-    }
-    case GGMLType::Q6_K: {
-      auto* b = static_cast<BlockQ6_K*>(block);
-      std::fill(std::begin(b->ql), std::end(b->ql), 0);
-      std::fill(std::begin(b->qh), std::end(b->qh), 0);
-      walk_q6_K([&](int e, int, int lbyte, int lhigh, int hbyte, int hshift) {
-        b->ql[lbyte] |= static_cast<uint8_t>((levels[e] & 0xF) << (lhigh ? 4 : 0));
-        b->qh[hbyte] |= static_cast<uint8_t>(((levels[e] >> 4) & 3) << hshift);
-      });
-      return;
-    }
-    default: fail(ExitCode::Runtime, "write_levels: {} has no integer levels", ggml_type_name(type));
-  }
+  levels_row(type, "write_levels").write_levels(block, levels);
 }
 
 }  // namespace squish::quant

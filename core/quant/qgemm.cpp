@@ -4,6 +4,7 @@
 
 #include "core/quant/blocks.hpp"
 #include "core/quant/quantize.hpp"
+#include "core/quant/type_table.hpp"
 #include "core/quant/unpack_avx2.hpp"
 #include "core/quant/vec_dot.hpp"
 #include "core/base/error.hpp"
@@ -63,16 +64,37 @@ SQUISH_AVX2 void decode_q4_0(const BlockQ4_0* x, int64_t nb, uint8_t* L, float* 
   }
 }
 
-void decode_row(GGMLType t, const void* row, int64_t K, uint8_t* L, float* a, float* b) {
-  switch (t) {
-    case GGMLType::Q8_0: return decode_q8_0(static_cast<const BlockQ8_0*>(row), K / kQK, L, a, b);
-    case GGMLType::Q4_0: return decode_q4_0(static_cast<const BlockQ4_0*>(row), K / kQK, L, a, b);
-    case GGMLType::Q2_K: return decode_k(static_cast<const BlockQ2_K*>(row), K / kQK_K, L, a, b);
-    case GGMLType::Q3_K: return decode_k(static_cast<const BlockQ3_K*>(row), K / kQK_K, L, a, b);
-    case GGMLType::Q4_K: return decode_k(static_cast<const BlockQ4_K*>(row), K / kQK_K, L, a, b);
-    case GGMLType::Q5_K: return decode_k(static_cast<const BlockQ5_K*>(row), K / kQK_K, L, a, b);
-    case GGMLType::Q6_K: return decode_k(static_cast<const BlockQ6_K*>(row), K / kQK_K, L, a, b);
-    default: fail(ExitCode::Runtime, "qgemm: no kernel for {} weights", ggml_type_name(t));
+// A decoder as the row entry (K / block size blocks).
+template <class Block, void (*F)(const Block*, int64_t, uint8_t*, float*, float*)>
+void decode_row(const void* row, int64_t K, uint8_t* L, float* a, float* b) {
+  F(static_cast<const Block*>(row), K / Block::kElems, L, a, b);
+}
+
+// ---- one token's activations into its lane of a 32-token tile -----------------------------------
+// Per tile: K/4 steps of 32 tokens x 4 int8 (q); per group of 16, the tokens' dy and dy * sum(q).
+
+void pack_q8_K(const void* xa, int64_t K, int lane, int8_t* qt, float* dyt, float* dyqt) {
+  const auto* b = static_cast<const BlockQ8_K*>(xa);
+  for (int64_t g = 0; g < K / kGroup; ++g) {
+    const BlockQ8_K& blk = b[g / 16];
+    dyt[g * kTile + lane] = blk.d;
+    dyqt[g * kTile + lane] = blk.d * static_cast<float>(blk.bsums[g % 16]);
+  }
+  for (int64_t i = 0; i < K / kQK_K; ++i)
+    for (int s = 0; s < kQK_K / 4; ++s) std::memcpy(qt + ((i * kQK_K / 4 + s) * kTile + lane) * 4, b[i].qs + 4 * s, 4);
+}
+
+void pack_q8_0(const void* xa, int64_t K, int lane, int8_t* qt, float* dyt, float* dyqt) {
+  const auto* b = static_cast<const BlockQ8_0*>(xa);
+  for (int64_t g = 0; g < K / kGroup; ++g) {
+    const BlockQ8_0& blk = b[g / 2];
+    const int8_t* qs = blk.qs + (g % 2) * kGroup;
+    int sum = 0;
+    for (int j = 0; j < kGroup; ++j) sum += qs[j];
+    const float d = f16_to_f32(blk.d);
+    dyt[g * kTile + lane] = d;
+    dyqt[g * kTile + lane] = d * static_cast<float>(sum);
+    for (int s = 0; s < kGroup / 4; ++s) std::memcpy(qt + ((g * kGroup / 4 + s) * kTile + lane) * 4, qs + 4 * s, 4);
   }
 }
 
@@ -113,19 +135,31 @@ SQUISH_AVX512 void tile(const uint8_t* const* L, const float* const* A, const fl
 
 }  // namespace
 
+void table::install_qgemm_packing(table::Rows& rows) {
+  table::row(rows, GGMLType::Q8_0).qgemm_pack = pack_q8_0;
+  table::row(rows, GGMLType::Q8_K).qgemm_pack = pack_q8_K;
+}
+
+void table::install_qgemm(table::Rows& rows) {
+  table::row(rows, GGMLType::Q8_0).qgemm_decode = decode_row<BlockQ8_0, decode_q8_0>;
+  table::row(rows, GGMLType::Q4_0).qgemm_decode = decode_row<BlockQ4_0, decode_q4_0>;
+  table::row(rows, GGMLType::Q2_K).qgemm_decode = decode_row<BlockQ2_K, decode_k<BlockQ2_K>>;
+  table::row(rows, GGMLType::Q3_K).qgemm_decode = decode_row<BlockQ3_K, decode_k<BlockQ3_K>>;
+  table::row(rows, GGMLType::Q4_K).qgemm_decode = decode_row<BlockQ4_K, decode_k<BlockQ4_K>>;
+  table::row(rows, GGMLType::Q5_K).qgemm_decode = decode_row<BlockQ5_K, decode_k<BlockQ5_K>>;
+  table::row(rows, GGMLType::Q6_K).qgemm_decode = decode_row<BlockQ6_K, decode_k<BlockQ6_K>>;
+}
+
 bool qgemm_supported(GGMLType type) {
-  if (simd_level() != SimdLevel::Avx512) return false;
-  switch (type) {
-    case GGMLType::Q8_0: case GGMLType::Q4_0: case GGMLType::Q2_K: case GGMLType::Q3_K: case GGMLType::Q4_K:
-    case GGMLType::Q5_K: case GGMLType::Q6_K:
-      return true;
-    default:
-      return false;
-  }
+  const GGMLTypeTraits* t = ggml_type_traits(type);
+  return t && t->qgemm_decode;
 }
 
 void QActivations::prepare(GGMLType weight_type, const float* x, int T, int64_t K) {
   dot_type_ = vec_dot_type(weight_type);
+  const GGMLTypeTraits* act = ggml_type_traits(dot_type_);
+  if (!act || !act->qgemm_pack) fail(ExitCode::Runtime, "qgemm: no integer activations for {} weights", ggml_type_name(weight_type));
+  const auto pack = act->qgemm_pack;
   T_ = T;
   K_ = K;
   tiles_ = (T + kTile - 1) / kTile;
@@ -133,44 +167,22 @@ void QActivations::prepare(GGMLType weight_type, const float* x, int T, int64_t 
   q_.assign(size_t(tiles_) * K * kTile, 0);
   dy_.assign(size_t(tiles_) * G * kTile, 0.f);  // padding tokens: dy = 0, so they add nothing
   dyq_.assign(dy_.size(), 0.f);
-  const size_t act = activation_row_size(weight_type, K);
+  const size_t act_bytes = activation_row_size(weight_type, K);
   tbb::parallel_for(0, T, [&](int t) {
     thread_local std::vector<std::byte> buf;
-    buf.resize(act);
+    buf.resize(act_bytes);
     quantize_activations(weight_type, x + size_t(t) * K, buf.data(), K);
-    const int tl = t / kTile, lane = t % kTile;
-    int8_t* qt = q_.data() + size_t(tl) * K * kTile;
-    float* dyt = dy_.data() + size_t(tl) * G * kTile;
-    float* dyqt = dyq_.data() + size_t(tl) * G * kTile;
-    const int8_t* qs;
-    if (dot_type_ == GGMLType::Q8_K) {
-      const auto* b = reinterpret_cast<const BlockQ8_K*>(buf.data());
-      for (int64_t g = 0; g < G; ++g) {
-        const BlockQ8_K& blk = b[g / 16];
-        dyt[g * kTile + lane] = blk.d;
-        dyqt[g * kTile + lane] = blk.d * static_cast<float>(blk.bsums[g % 16]);
-      }
-      for (int64_t i = 0; i < K / kQK_K; ++i)
-        for (int s = 0; s < kQK_K / 4; ++s) std::memcpy(qt + ((i * kQK_K / 4 + s) * kTile + lane) * 4, b[i].qs + 4 * s, 4);
-      return;
-    }
-    const auto* b = reinterpret_cast<const BlockQ8_0*>(buf.data());
-    for (int64_t g = 0; g < G; ++g) {
-      const BlockQ8_0& blk = b[g / 2];
-      qs = blk.qs + (g % 2) * kGroup;
-      int sum = 0;
-      for (int j = 0; j < kGroup; ++j) sum += qs[j];
-      const float d = f16_to_f32(blk.d);
-      dyt[g * kTile + lane] = d;
-      dyqt[g * kTile + lane] = d * static_cast<float>(sum);
-      for (int s = 0; s < kGroup / 4; ++s) std::memcpy(qt + ((g * kGroup / 4 + s) * kTile + lane) * 4, qs + 4 * s, 4);
-    }
+    const int tl = t / kTile;
+    pack(buf.data(), K, t % kTile, q_.data() + size_t(tl) * K * kTile, dy_.data() + size_t(tl) * G * kTile,
+         dyq_.data() + size_t(tl) * G * kTile);
   });
 }
 
 void qgemm(GGMLType type, const void* w, int64_t row_bytes, int64_t r0, int64_t r1, const QActivations& x, float* y, int64_t ldy,
            bool accumulate) {
-  if (!qgemm_supported(type)) fail(ExitCode::Runtime, "qgemm: no kernel for {} weights on this CPU", ggml_type_name(type));
+  const GGMLTypeTraits* t = ggml_type_traits(type);
+  if (!t || !t->qgemm_decode) fail(ExitCode::Runtime, "qgemm: no kernel for {} weights on this CPU", ggml_type_name(type));
+  const auto decode = t->qgemm_decode;
   if (x.dot_type_ != vec_dot_type(type)) fail(ExitCode::Runtime, "qgemm: activations prepared for another weight type");
   const int64_t K = x.K_, G = K / kGroup, n = r1 - r0;
   // Every row of the range is decoded once (levels + per-group a, b), then token tiles are taken
@@ -181,8 +193,8 @@ void qgemm(GGMLType type, const void* w, int64_t row_bytes, int64_t r0, int64_t 
   levels.resize(size_t(n) * K);
   ab.resize(size_t(2 * n) * G);
   for (int64_t r = 0; r < n; ++r)
-    decode_row(type, static_cast<const std::byte*>(w) + (r0 + r) * row_bytes, K, levels.data() + size_t(r) * K,
-               ab.data() + size_t(2 * r) * G, ab.data() + size_t(2 * r + 1) * G);
+    decode(static_cast<const std::byte*>(w) + (r0 + r) * row_bytes, K, levels.data() + size_t(r) * K, ab.data() + size_t(2 * r) * G,
+           ab.data() + size_t(2 * r + 1) * G);
   const int tiles_per_pass = static_cast<int>(std::max<int64_t>(1, (int64_t(512) << 10) / (K * kTile)));
   alignas(64) float out[kRows][kTile];
   for (int tl0 = 0; tl0 < x.tiles_; tl0 += tiles_per_pass) {

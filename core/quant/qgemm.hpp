@@ -17,7 +17,7 @@
 
 namespace squish::quant {
 
-// Whether qgemm runs `type` on this CPU (AVX-512 VNNI; Q8_0, Q4_0, Q2_K..Q6_K).
+// Whether qgemm runs `type` on this CPU (its row has a decoder: AVX-512 VNNI; Q8_0, Q4_0, Q2_K..Q6_K).
 bool qgemm_supported(GGMLType type);
 
 // T tokens of K activations, quantized for weights of one dot type and packed in tiles.
@@ -27,7 +27,6 @@ class QActivations {
   void prepare(GGMLType weight_type, const float* x, int T, int64_t K);
   int tokens() const { return T_; }
   int64_t K() const { return K_; }
-  GGMLType dot_type() const { return dot_type_; }
 
  private:
   friend void qgemm(GGMLType, const void*, int64_t, int64_t, int64_t, const QActivations&, float*, int64_t, bool);

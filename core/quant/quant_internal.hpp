@@ -42,6 +42,8 @@ void finish_q4_K_weighted(const float* x, const float* scales, const float* mins
                           BlockQ4_K* y);
 void finish_q5_K_weighted(const float* x, const float* scales, const float* mins, const float* sw, uint8_t* L,
                           BlockQ5_K* y);
+// Importance-weighted Q4_0 over n values (the AVX2 path has no vector version of it).
+void quantize_q4_0_weighted(const float* x, BlockQ4_0* y, int64_t n, const float* qw);
 // mult * mean square of a 256-value block (the weighted quantizers' sigma^2).
 float block_sigma2(const float* x, float mult);
 

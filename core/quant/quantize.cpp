@@ -1,44 +1,48 @@
-// Run-time dispatch between the scalar references and the AVX2 paths.
+// Quantization and dequantization through the type's row of the traits table (ggml_types.hpp).
 #include "core/quant/quantize.hpp"
 
-#include "core/quant/type_registry.hpp"
 #include "core/base/error.hpp"
-
-#include <algorithm>
-#include <cstdlib>
-#include <cstring>
 
 namespace squish {
 
+namespace {
+const GGMLTypeTraits& quantizer(const GGMLTypeTraits* t, GGMLType type) {
+  if (!t || !t->quantize_rows) fail(ExitCode::Runtime, "quantization to {} is not supported", ggml_type_name(type));
+  return *t;
+}
+const GGMLTypeTraits& dequantizer(const GGMLTypeTraits* t, GGMLType type) {
+  if (!t || !t->dequantize_row) fail(ExitCode::Runtime, "dequantization of {} is not supported", ggml_type_name(type));
+  return *t;
+}
+}  // namespace
+
 bool quant_simd_enabled() { return simd_level() >= SimdLevel::Avx2; }
 
+bool quantize_supported(GGMLType type) {
+  const GGMLTypeTraits* t = ggml_type_traits(type);
+  return t && t->quantize_rows;
+}
+
 void quantize_rows(GGMLType type, const float* src, void* dst, int64_t nrows, int64_t n_per_row, const float* imatrix) {
-  if (!quantize_supported(type)) fail(ExitCode::Runtime, "quantization to {} is not supported", ggml_type_name(type));
-  const size_t row_size = ggml_row_size(type, n_per_row);
-  if (const PluginType* p = plugin_type(type)) {
-    if (!p->supports_row(n_per_row))
-      fail(ExitCode::Runtime, "type {} (plugin '{}') cannot store rows of {} elements", p->name, p->plugin, n_per_row);
-    p->ops.quantize_rows(p->ops.self, src, dst, nrows, n_per_row, imatrix);
-    return;
-  }
-  auto* out = static_cast<std::byte*>(dst);
-  const bool simd = quant_simd_enabled();
-  for (int64_t r = 0; r < nrows; ++r) {
-    const float* x = src + r * n_per_row;
-    void* y = out + static_cast<size_t>(r) * row_size;
-    if (simd)
-      avx2::quantize_row(type, x, y, n_per_row, imatrix);
-    else
-      ref::quantize_row(type, x, y, n_per_row, imatrix);
-  }
+  const GGMLTypeTraits& t = quantizer(ggml_type_traits(type), type);
+  (void)blocks_of(t, n_per_row);
+  t.quantize_rows(t.self, src, dst, nrows, n_per_row, imatrix);
 }
 
 void dequantize_row(GGMLType type, const void* src, float* dst, int64_t n) {
-  if (const PluginType* p = plugin_type(type)) return p->ops.dequantize_row(p->ops.self, src, dst, n);
-  if (quant_simd_enabled())
-    avx2::dequantize_row(type, src, dst, n);
-  else
-    ref::dequantize_row(type, src, dst, n);
+  const GGMLTypeTraits& t = dequantizer(ggml_type_traits(type), type);
+  t.dequantize_row(t.self, src, dst, n);
 }
+
+namespace ref {
+void quantize_row(GGMLType type, const float* src, void* dst, int64_t n, const float* imatrix) {
+  const GGMLTypeTraits& t = quantizer(ggml_type_traits(type, SimdLevel::Scalar), type);
+  t.quantize_rows(t.self, src, dst, 1, n, imatrix);
+}
+void dequantize_row(GGMLType type, const void* src, float* dst, int64_t n) {
+  const GGMLTypeTraits& t = dequantizer(ggml_type_traits(type, SimdLevel::Scalar), type);
+  t.dequantize_row(t.self, src, dst, n);
+}
+}  // namespace ref
 
 }  // namespace squish

@@ -10,8 +10,10 @@
 // importance-weighted squared error, following ggml's quantize_row_*_impl algorithms; Q8_0 and
 // the float types ignore it, as in ggml.
 //
-// Each quantizer has a scalar reference (namespace squish::ref) and, where it pays, an AVX2 path
-// chosen at run time; both give identical bytes. Build without -ffast-math / FMA contraction.
+// Each quantizer has a scalar reference and, where it pays, an AVX2 path; both give identical
+// bytes. Every function here calls the type's row of the traits table (ggml_types.hpp), whose
+// kernels are those of simd_level(); ggml_type_traits(type, SimdLevel::Scalar) gives the
+// references (namespace ref below). Build without -ffast-math / FMA contraction.
 #include "core/base/simd.hpp"
 #include "core/quant/ggml_types.hpp"
 
@@ -20,7 +22,7 @@
 
 namespace squish {
 
-// True for the types quantize_rows / dequantize_row handle.
+// True for the types quantize_rows handles (dequantize_row handles them too, and Q8_K).
 bool quantize_supported(GGMLType type);
 
 // Quantizes nrows rows of n_per_row floats into dst (ggml_row_size(type, n_per_row) bytes per
@@ -41,12 +43,5 @@ namespace ref {
 void quantize_row(GGMLType type, const float* src, void* dst, int64_t n, const float* imatrix = nullptr);
 void dequantize_row(GGMLType type, const void* src, float* dst, int64_t n);
 }  // namespace ref
-
-namespace avx2 {
-// AVX2 paths; only callable when quant_simd_enabled(). Types without a vectorized quantizer or
-// dequantizer fall through to the scalar reference.
-void quantize_row(GGMLType type, const float* src, void* dst, int64_t n, const float* imatrix = nullptr);
-void dequantize_row(GGMLType type, const void* src, float* dst, int64_t n);
-}  // namespace avx2
 
 }  // namespace squish

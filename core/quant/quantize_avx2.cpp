@@ -7,6 +7,7 @@
 //    every lane reproduces the scalar result exactly. The small finishing steps are shared.
 #include "core/quant/quant_internal.hpp"
 #include "core/quant/quantize.hpp"
+#include "core/quant/type_table.hpp"
 #include "core/quant/unpack_avx2.hpp"
 #include "core/base/error.hpp"
 #include "core/base/tensor.hpp"
@@ -518,51 +519,34 @@ SQUISH_AVX2 void from_bf16(const uint16_t* x, float* y, int64_t n) {
   for (; i < n; ++i) y[i] = bf16_to_f32(x[i]);
 }
 
-int64_t blocks_of(GGMLType type, int64_t n) {
-  const auto* tr = ggml_type_traits(type);
-  if (n % tr->block_size != 0)
-    fail(ExitCode::Runtime, "{}: {} values are not a multiple of the block size {}", tr->name, n, tr->block_size);
-  return n / tr->block_size;
+// ---- the row entries ---------------------------------------------------------------------------
+
+void f16(const float* x, uint16_t* y, int64_t n, const float*) { to_f16(x, y, n); }
+void bf16(const float* x, uint16_t* y, int64_t n, const float*) { to_bf16(x, y, n); }
+void q8_0(const float* x, BlockQ8_0* y, int64_t nb, const float*) { quantize_q8_0(x, y, nb); }
+void q4_0(const float* x, BlockQ4_0* y, int64_t nb, const float* qw) {
+  if (qw) quantize_q4_0_weighted(x, y, nb * kQK, qw);  // weighted Q4_0: the scalar reference
+  else quantize_q4_0(x, y, nb);
 }
 
 }  // namespace
 
-namespace avx2 {
-
-void quantize_row(GGMLType type, const float* x, void* dst, int64_t n, const float* qw) {
-  const int64_t nb = blocks_of(type, n);
-  switch (type) {
-    case GGMLType::F16: to_f16(x, static_cast<uint16_t*>(dst), n); break;
-    case GGMLType::BF16: to_bf16(x, static_cast<uint16_t*>(dst), n); break;
-    case GGMLType::Q8_0: quantize_q8_0(x, static_cast<BlockQ8_0*>(dst), nb); break;
-    case GGMLType::Q4_0:
-      if (qw) ref::quantize_row(type, x, dst, n, qw);  // weighted Q4_0: scalar reference
-      else quantize_q4_0(x, static_cast<BlockQ4_0*>(dst), nb);
-      break;
-    case GGMLType::Q2_K: quantize_q2_K(x, static_cast<BlockQ2_K*>(dst), nb, qw); break;
-    case GGMLType::Q3_K: quantize_q3_K(x, static_cast<BlockQ3_K*>(dst), nb, qw); break;
-    case GGMLType::Q4_K: quantize_q4_K(x, static_cast<BlockQ4_K*>(dst), nb, qw); break;
-    case GGMLType::Q5_K: quantize_q5_K(x, static_cast<BlockQ5_K*>(dst), nb, qw); break;
-    case GGMLType::Q6_K: quantize_q6_K(x, static_cast<BlockQ6_K*>(dst), nb, qw); break;
-    default: ref::quantize_row(type, x, dst, n, qw); break;
-  }
+// F32 keeps the reference's copies (nothing to vectorize).
+void quant::table::install_avx2_quantizers(Rows& rows) {
+  auto set = [&](GGMLType t, auto quantize, auto dequantize) {
+    row(rows, t).quantize_rows = quantize;
+    row(rows, t).dequantize_row = dequantize;
+  };
+  set(GGMLType::F16, quantize_rows<f16>, dequantize_row<from_f16>);
+  set(GGMLType::BF16, quantize_rows<bf16>, dequantize_row<from_bf16>);
+  set(GGMLType::Q8_0, quantize_rows<q8_0>, dequantize_row<dequantize_q8_0>);
+  set(GGMLType::Q4_0, quantize_rows<q4_0>, dequantize_row<dequantize_q4_0>);
+  set(GGMLType::Q2_K, quantize_rows<quantize_q2_K>, dequantize_row<dequantize_k<BlockQ2_K>>);
+  set(GGMLType::Q3_K, quantize_rows<quantize_q3_K>, dequantize_row<dequantize_k<BlockQ3_K>>);
+  set(GGMLType::Q4_K, quantize_rows<quantize_q4_K>, dequantize_row<dequantize_k<BlockQ4_K>>);
+  set(GGMLType::Q5_K, quantize_rows<quantize_q5_K>, dequantize_row<dequantize_k<BlockQ5_K>>);
+  set(GGMLType::Q6_K, quantize_rows<quantize_q6_K>, dequantize_row<dequantize_k<BlockQ6_K>>);
+  row(rows, GGMLType::Q8_0).from_float = from_float<quantize_q8_0>;
 }
 
-void dequantize_row(GGMLType type, const void* src, float* y, int64_t n) {
-  const int64_t nb = blocks_of(type, n);
-  switch (type) {
-    case GGMLType::F16: from_f16(static_cast<const uint16_t*>(src), y, n); break;
-    case GGMLType::BF16: from_bf16(static_cast<const uint16_t*>(src), y, n); break;
-    case GGMLType::Q8_0: dequantize_q8_0(static_cast<const BlockQ8_0*>(src), y, nb); break;
-    case GGMLType::Q4_0: dequantize_q4_0(static_cast<const BlockQ4_0*>(src), y, nb); break;
-    case GGMLType::Q2_K: dequantize_k(static_cast<const BlockQ2_K*>(src), y, nb); break;
-    case GGMLType::Q3_K: dequantize_k(static_cast<const BlockQ3_K*>(src), y, nb); break;
-    case GGMLType::Q4_K: dequantize_k(static_cast<const BlockQ4_K*>(src), y, nb); break;
-    case GGMLType::Q5_K: dequantize_k(static_cast<const BlockQ5_K*>(src), y, nb); break;
-    case GGMLType::Q6_K: dequantize_k(static_cast<const BlockQ6_K*>(src), y, nb); break;
-    default: ref::dequantize_row(type, src, y, n); break;
-  }
-}
-
-}  // namespace avx2
 }  // namespace squish

@@ -7,7 +7,7 @@
 // arithmetic, and do not build this file with -ffast-math or FMA contraction.
 #include "core/quant/quant_internal.hpp"
 #include "core/quant/quantize.hpp"
-#include "core/quant/type_registry.hpp"
+#include "core/quant/type_table.hpp"
 #include "core/base/error.hpp"
 #include "core/base/tensor.hpp"
 
@@ -585,9 +585,11 @@ void quantize_q4_0(const float* x, BlockQ4_0* y, int64_t nb) {
   }
 }
 
+}  // namespace
+
 // Importance-weighted Q4_0 (ggml's quantize_row_q4_0_impl): weights qw * sqrt(sigma2 + x^2) with
 // sigma2 the row's mean square.
-void quantize_q4_0_weighted(const float* x, BlockQ4_0* y, int64_t n, const float* qw) {
+void quant::detail::quantize_q4_0_weighted(const float* x, BlockQ4_0* y, int64_t n, const float* qw) {
   float sum_x2 = 0;
   for (int64_t j = 0; j < n; ++j) sum_x2 += x[j] * x[j];
   const float sigma2 = sum_x2 / static_cast<float>(n);
@@ -602,6 +604,8 @@ void quantize_q4_0_weighted(const float* x, BlockQ4_0* y, int64_t n, const float
     for (int j = 0; j < 16; ++j) y[ib].qs[j] = static_cast<uint8_t>(L[j] | (L[j + 16] << 4));
   }
 }
+
+namespace {
 
 // ---- K-quants, unweighted (byte-matched to ggml's *_ref) ----------------------------------------
 
@@ -856,91 +860,71 @@ void dequantize_q6_K(const BlockQ6_K* x, float* y, int64_t nb) {
   }
 }
 
-int64_t blocks_of(GGMLType type, int64_t n) {
-  const auto* tr = ggml_type_traits(type);
-  if (n % tr->block_size != 0)
-    fail(ExitCode::Runtime, "{}: {} values are not a multiple of the block size {}", tr->name, n, tr->block_size);
-  return n / tr->block_size;
+// ---- float types -------------------------------------------------------------------------------
+
+void copy_f32(const float* x, float* y, int64_t n, const float*) { std::memcpy(y, x, n * sizeof(float)); }
+void to_f16(const float* x, uint16_t* y, int64_t n, const float*) {
+  for (int64_t i = 0; i < n; ++i) y[i] = f32_to_f16(x[i]);
+}
+void to_bf16(const float* x, uint16_t* y, int64_t n, const float*) {
+  for (int64_t i = 0; i < n; ++i) y[i] = f32_to_bf16(x[i]);
+}
+void from_f32(const float* x, float* y, int64_t n) { std::memcpy(y, x, n * sizeof(float)); }
+void from_f16(const uint16_t* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = f16_to_f32(x[i]);
+}
+void from_bf16(const uint16_t* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = bf16_to_f32(x[i]);
+}
+void copy_activations(const float* x, float* y, int64_t n) { std::memcpy(y, x, n * sizeof(float)); }
+
+// ---- the quantizers with an optional importance ------------------------------------------------
+
+void q8_0(const float* x, BlockQ8_0* y, int64_t nb, const float*) { quantize_q8_0(x, y, nb); }  // ggml ignores imatrix here
+void q4_0(const float* x, BlockQ4_0* y, int64_t nb, const float* qw) {
+  if (qw) quantize_q4_0_weighted(x, y, nb * kQK, qw);
+  else quantize_q4_0(x, y, nb);
+}
+void q2_K(const float* x, BlockQ2_K* y, int64_t nb, const float* qw) {
+  if (qw) quantize_q2_K_weighted(x, y, nb, qw);
+  else quantize_q2_K(x, y, nb);
+}
+void q3_K(const float* x, BlockQ3_K* y, int64_t nb, const float* qw) {
+  if (qw) quantize_q3_K_weighted(x, y, nb, qw);
+  else quantize_q3_K(x, y, nb);
+}
+void q4_K(const float* x, BlockQ4_K* y, int64_t nb, const float* qw) {
+  if (qw) quantize_q4_K_weighted(x, y, nb, qw);
+  else quantize_q4_K(x, y, nb);
+}
+void q5_K(const float* x, BlockQ5_K* y, int64_t nb, const float* qw) {
+  if (qw) quantize_q5_K_weighted(x, y, nb, qw);
+  else quantize_q5_K(x, y, nb);
 }
 
 }  // namespace
 
-bool quantize_supported(GGMLType type) {
-  switch (type) {
-    case GGMLType::F32: case GGMLType::F16: case GGMLType::BF16: case GGMLType::Q8_0: case GGMLType::Q4_0:
-    case GGMLType::Q2_K: case GGMLType::Q3_K: case GGMLType::Q4_K: case GGMLType::Q5_K: case GGMLType::Q6_K:
-      return true;
-    default:
-      return plugin_type(type) != nullptr;
-  }
+namespace quant::table {
+
+void install_reference_quantizers(Rows& rows) {
+  auto set = [&](GGMLType t, auto quantize, auto dequantize) {
+    row(rows, t).quantize_rows = quantize;
+    row(rows, t).dequantize_row = dequantize;
+  };
+  set(GGMLType::F32, quantize_rows<copy_f32>, dequantize_row<from_f32>);
+  set(GGMLType::F16, quantize_rows<to_f16>, dequantize_row<from_f16>);
+  set(GGMLType::BF16, quantize_rows<to_bf16>, dequantize_row<from_bf16>);
+  set(GGMLType::Q8_0, quantize_rows<q8_0>, dequantize_row<dequantize_q8_0>);
+  set(GGMLType::Q4_0, quantize_rows<q4_0>, dequantize_row<dequantize_q4_0>);
+  set(GGMLType::Q2_K, quantize_rows<q2_K>, dequantize_row<dequantize_q2_K>);
+  set(GGMLType::Q3_K, quantize_rows<q3_K>, dequantize_row<dequantize_q3_K>);
+  set(GGMLType::Q4_K, quantize_rows<q4_K>, dequantize_row<dequantize_q4_K>);
+  set(GGMLType::Q5_K, quantize_rows<q5_K>, dequantize_row<dequantize_q5_K>);
+  set(GGMLType::Q6_K, quantize_rows<quantize_q6_K>, dequantize_row<dequantize_q6_K>);
+  // As activations: F32 copies, Q8_0 quantizes as for weights.
+  row(rows, GGMLType::F32).from_float = from_float<copy_activations>;
+  row(rows, GGMLType::Q8_0).from_float = from_float<quantize_q8_0>;
 }
 
-namespace ref {
-
-void quantize_row(GGMLType type, const float* x, void* dst, int64_t n, const float* qw) {
-  const int64_t nb = blocks_of(type, n);
-  switch (type) {
-    case GGMLType::F32: std::memcpy(dst, x, n * sizeof(float)); break;
-    case GGMLType::F16: {
-      auto* y = static_cast<uint16_t*>(dst);
-      for (int64_t i = 0; i < n; ++i) y[i] = f32_to_f16(x[i]);
-      break;
-    }
-    case GGMLType::BF16: {
-      auto* y = static_cast<uint16_t*>(dst);
-      for (int64_t i = 0; i < n; ++i) y[i] = f32_to_bf16(x[i]);
-      break;
-    }
-    case GGMLType::Q8_0: quantize_q8_0(x, static_cast<BlockQ8_0*>(dst), nb); break;  // ggml ignores imatrix here
-    case GGMLType::Q4_0:
-      if (qw) quantize_q4_0_weighted(x, static_cast<BlockQ4_0*>(dst), n, qw);
-      else quantize_q4_0(x, static_cast<BlockQ4_0*>(dst), nb);
-      break;
-    case GGMLType::Q2_K:
-      if (qw) quantize_q2_K_weighted(x, static_cast<BlockQ2_K*>(dst), nb, qw);
-      else quantize_q2_K(x, static_cast<BlockQ2_K*>(dst), nb);
-      break;
-    case GGMLType::Q3_K:
-      if (qw) quantize_q3_K_weighted(x, static_cast<BlockQ3_K*>(dst), nb, qw);
-      else quantize_q3_K(x, static_cast<BlockQ3_K*>(dst), nb);
-      break;
-    case GGMLType::Q4_K:
-      if (qw) quantize_q4_K_weighted(x, static_cast<BlockQ4_K*>(dst), nb, qw);
-      else quantize_q4_K(x, static_cast<BlockQ4_K*>(dst), nb);
-      break;
-    case GGMLType::Q5_K:
-      if (qw) quantize_q5_K_weighted(x, static_cast<BlockQ5_K*>(dst), nb, qw);
-      else quantize_q5_K(x, static_cast<BlockQ5_K*>(dst), nb);
-      break;
-    case GGMLType::Q6_K: quantize_q6_K(x, static_cast<BlockQ6_K*>(dst), nb, qw); break;
-    default: fail(ExitCode::Runtime, "quantization to {} is not supported", ggml_type_name(type));
-  }
-}
-
-void dequantize_row(GGMLType type, const void* src, float* y, int64_t n) {
-  const int64_t nb = blocks_of(type, n);
-  switch (type) {
-    case GGMLType::F32: std::memcpy(y, src, n * sizeof(float)); break;
-    case GGMLType::F16: {
-      const auto* x = static_cast<const uint16_t*>(src);
-      for (int64_t i = 0; i < n; ++i) y[i] = f16_to_f32(x[i]);
-      break;
-    }
-    case GGMLType::BF16: {
-      const auto* x = static_cast<const uint16_t*>(src);
-      for (int64_t i = 0; i < n; ++i) y[i] = bf16_to_f32(x[i]);
-      break;
-    }
-    case GGMLType::Q8_0: dequantize_q8_0(static_cast<const BlockQ8_0*>(src), y, nb); break;
-    case GGMLType::Q4_0: dequantize_q4_0(static_cast<const BlockQ4_0*>(src), y, nb); break;
-    case GGMLType::Q2_K: dequantize_q2_K(static_cast<const BlockQ2_K*>(src), y, nb); break;
-    case GGMLType::Q3_K: dequantize_q3_K(static_cast<const BlockQ3_K*>(src), y, nb); break;
-    case GGMLType::Q4_K: dequantize_q4_K(static_cast<const BlockQ4_K*>(src), y, nb); break;
-    case GGMLType::Q5_K: dequantize_q5_K(static_cast<const BlockQ5_K*>(src), y, nb); break;
-    case GGMLType::Q6_K: dequantize_q6_K(static_cast<const BlockQ6_K*>(src), y, nb); break;
-    default: fail(ExitCode::Runtime, "dequantization of {} is not supported", ggml_type_name(type));
-  }
-}
-
-}  // namespace ref
+}  // namespace quant::table
 }  // namespace squish

@@ -2,6 +2,7 @@
 
 #include "core/quant/blocks.hpp"
 #include "core/quant/quantize.hpp"
+#include "core/quant/type_table.hpp"
 #include "core/base/error.hpp"
 #include "core/base/tensor.hpp"
 
@@ -16,9 +17,12 @@ namespace {
 
 constexpr size_t kScaleBytes = kPanelRows * sizeof(uint16_t);              // 32
 constexpr size_t kPanelBlockBytes = kScaleBytes + kPanelRows * kQK;        // 544
+static_assert(kPanelBlockBytes == kPanelRows * sizeof(BlockQ8_0));  // a panel: its rows' bytes, rearranged
 
-void require_q8_0(GGMLType type) {
-  if (type != GGMLType::Q8_0) fail(ExitCode::Runtime, "no row-panel layout for {} weights", ggml_type_name(type));
+// The row of a type with a panel layout, at `level`.
+const GGMLTypeTraits& panel_row(const GGMLTypeTraits* t, GGMLType type) {
+  if (!t || !t->pack_panel) fail(ExitCode::Runtime, "no row-panel layout for {} weights", ggml_type_name(type));
+  return *t;
 }
 
 // Byte offset of level j (0..31) of row r (0..15) inside a panel block.
@@ -53,17 +57,7 @@ SQUISH_AVX512 void panel_matvec_q8_0(int64_t nb, const std::byte* p, const Block
   _mm512_storeu_ps(out, acc);
 }
 
-}  // namespace
-
-bool panels_supported(GGMLType type) { return type == GGMLType::Q8_0 && simd_level() == SimdLevel::Avx512; }
-
-size_t panel_bytes(GGMLType type, int64_t n) {
-  require_q8_0(type);
-  return static_cast<size_t>(n / kQK) * kPanelBlockBytes;
-}
-
-void pack_panel(GGMLType type, int64_t n, const void* rows, size_t row_bytes, void* panel) {
-  require_q8_0(type);
+void pack_panel_q8_0(int64_t n, const void* rows, size_t row_bytes, void* panel) {
   const auto* src = static_cast<const std::byte*>(rows);
   auto* dst = static_cast<uint8_t*>(panel);
   for (int64_t b = 0; b < n / kQK; ++b, dst += kPanelBlockBytes) {
@@ -75,17 +69,8 @@ void pack_panel(GGMLType type, int64_t n, const void* rows, size_t row_bytes, vo
   }
 }
 
-void panel_matvec(GGMLType type, int64_t n, const void* panel, const void* xq, float* out) {
-  require_q8_0(type);
-  if (simd_level() == SimdLevel::Avx512)
-    panel_matvec_q8_0(n / kQK, static_cast<const std::byte*>(panel), static_cast<const BlockQ8_0*>(xq), out);
-  else
-    ref::panel_matvec(type, n, panel, xq, out);
-}
-
-namespace ref {
-void panel_matvec(GGMLType type, int64_t n, const void* panel, const void* xq, float* out) {
-  require_q8_0(type);
+// Scalar reference: the same block order and arithmetic as the scalar vec_dot, so results are equal.
+void panel_matvec_q8_0_ref(int64_t n, const void* panel, const void* xq, float* out) {
   const auto* p = static_cast<const uint8_t*>(panel);
   const auto* x = static_cast<const BlockQ8_0*>(xq);
   for (int r = 0; r < kPanelRows; ++r) {
@@ -100,6 +85,47 @@ void panel_matvec(GGMLType type, int64_t n, const void* panel, const void* xq, f
     }
     out[r] = sumf;
   }
+}
+
+void panel_matvec_q8_0_avx512(int64_t n, const void* panel, const void* xq, float* out) {
+  panel_matvec_q8_0(n / kQK, static_cast<const std::byte*>(panel), static_cast<const BlockQ8_0*>(xq), out);
+}
+
+}  // namespace
+
+void table::install_reference_panels(table::Rows& rows) {
+  table::row(rows, GGMLType::Q8_0).pack_panel = pack_panel_q8_0;
+  table::row(rows, GGMLType::Q8_0).panel_matvec = panel_matvec_q8_0_ref;
+}
+
+// Q8_0 only: the K-quants' row dots keep up with memory (row_panels.hpp).
+void table::install_avx512_panels(table::Rows& rows) {
+  table::row(rows, GGMLType::Q8_0).panel_matvec = panel_matvec_q8_0_avx512;
+  table::row(rows, GGMLType::Q8_0).decode_panels = true;
+}
+
+bool panels_supported(GGMLType type) {
+  const GGMLTypeTraits* t = ggml_type_traits(type);
+  return t && t->decode_panels;
+}
+
+// A panel holds the same bytes as its rows, rearranged.
+size_t panel_bytes(GGMLType type, int64_t n) {
+  panel_row(ggml_type_traits(type), type);
+  return size_t(kPanelRows) * ggml_row_size(type, n);
+}
+
+void pack_panel(GGMLType type, int64_t n, const void* rows, size_t row_bytes, void* panel) {
+  panel_row(ggml_type_traits(type), type).pack_panel(n, rows, row_bytes, panel);
+}
+
+void panel_matvec(GGMLType type, int64_t n, const void* panel, const void* xq, float* out) {
+  panel_row(ggml_type_traits(type), type).panel_matvec(n, panel, xq, out);
+}
+
+namespace ref {
+void panel_matvec(GGMLType type, int64_t n, const void* panel, const void* xq, float* out) {
+  panel_row(ggml_type_traits(type, SimdLevel::Scalar), type).panel_matvec(n, panel, xq, out);
 }
 }  // namespace ref
 

@@ -1,7 +1,6 @@
 #include "core/quant/type_registry.hpp"
 
-#include "core/quant/quantize.hpp"
-#include "core/quant/vec_dot.hpp"
+#include "core/base/error.hpp"
 
 #include <fmt/format.h>
 
@@ -13,6 +12,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <vector>
 
 namespace squish {
 
@@ -70,6 +70,71 @@ std::vector<const PluginType*> plugin_types() {
   return v;
 }
 
+// ---- a plugin type's row of the traits table: its functions, called with its own self ----------
+
+namespace {
+
+const PluginType& plugin_of(void* self) { return *static_cast<const PluginType*>(self); }
+
+void plugin_quantize(void* self, const float* src, void* dst, int64_t n_rows, int64_t n_per_row, const float* importance) {
+  const PluginType& p = plugin_of(self);
+  if (!p.supports_row(n_per_row))
+    fail(ExitCode::Runtime, "type {} (plugin '{}') cannot store rows of {} elements", p.name, p.plugin, n_per_row);
+  p.ops.quantize_rows(p.ops.self, src, dst, n_rows, n_per_row, importance);
+}
+void plugin_dequantize(void* self, const void* src, float* dst, int64_t n) {
+  const PluginType& p = plugin_of(self);
+  p.ops.dequantize_row(p.ops.self, src, dst, n);
+}
+// With its own dot kernel: its own activation format.
+size_t plugin_activation_bytes(void* self, int64_t n) {
+  const PluginType& p = plugin_of(self);
+  return p.ops.activation_bytes(p.ops.self, n);
+}
+void plugin_prepare(void* self, const float* x, void* xa, int64_t n) {
+  const PluginType& p = plugin_of(self);
+  p.ops.prepare_activation(p.ops.self, x, xa, n);
+}
+float plugin_dot(void* self, int64_t n, const void* w, const void* xa) {
+  const PluginType& p = plugin_of(self);
+  return p.ops.vec_dot(p.ops.self, n, w, xa);
+}
+// Without: F32 activations, and each row dequantized and multiplied in float.
+size_t float_activation_bytes(void*, int64_t n) { return size_t(n) * sizeof(float); }
+void float_activations(void*, const float* x, void* xa, int64_t n) { std::memcpy(xa, x, size_t(n) * sizeof(float)); }
+float dequantized_dot(void* self, int64_t n, const void* w, const void* xa) {
+  const PluginType& p = plugin_of(self);
+  thread_local std::vector<float> row;
+  row.resize(static_cast<size_t>(n));
+  p.ops.dequantize_row(p.ops.self, w, row.data(), n);
+  const auto* x = static_cast<const float*>(xa);
+  float acc[8] = {};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) acc[j] += row[i + j] * x[i + j];
+  for (; i < n; ++i) acc[0] += row[i] * x[i];
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+void fill_row(PluginType& p) {
+  GGMLTypeTraits& t = p.traits;
+  t.type = static_cast<GGMLType>(p.ops.id);
+  t.name = p.name.c_str();
+  t.block_size = static_cast<int>(p.ops.block_size);
+  t.type_size = p.ops.block_bytes;
+  t.quantized = true;
+  t.self = &p;
+  t.quantize_rows = plugin_quantize;
+  t.dequantize_row = plugin_dequantize;
+  // A plugin type's prepared activations are its own format: only its rows read them.
+  t.vec_dot_type = p.has_dot() ? t.type : GGMLType::F32;
+  t.activation_bytes = p.has_dot() ? plugin_activation_bytes : float_activation_bytes;
+  t.prepare_activation = p.has_dot() ? plugin_prepare : float_activations;
+  t.vec_dot = p.has_dot() ? plugin_dot : dequantized_dot;
+}
+
+}  // namespace
+
 std::string register_plugin_type(const squish_type* t, const std::string& plugin, const std::string& plugin_version) {
   if (!t) return "register_type(NULL)";
   // Read what the plugin compiled, never more; fields a newer minor added stay zero.
@@ -108,28 +173,14 @@ std::string register_plugin_type(const squish_type* t, const std::string& plugin
   pt->plugin = plugin;
   pt->plugin_version = plugin_version;
   pt->ops.name = pt->name.c_str();
-  pt->traits = GGMLTypeTraits{static_cast<GGMLType>(o.id), pt->name.c_str(), static_cast<int>(o.block_size), o.block_bytes, true};
+  fill_row(*pt);
   const PluginType* p = pt.get();
   r.owned.push_back(std::move(pt));
   r.by_id[o.id - kFirst].store(p, std::memory_order_release);
   return "";
 }
 
-// ---- built-in types through the C interface ----------------------------------------------------
-
-namespace {
-
-GGMLType id_of(void* self) { return static_cast<GGMLType>(reinterpret_cast<uintptr_t>(self)); }
-
-void builtin_quantize(void* self, const float* src, void* dst, int64_t n_rows, int64_t n_per_row, const float* importance) {
-  quantize_rows(id_of(self), src, dst, n_rows, n_per_row, importance);
-}
-void builtin_dequantize(void* self, const void* src, float* dst, int64_t n) { dequantize_row(id_of(self), src, dst, n); }
-size_t builtin_activation_bytes(void* self, int64_t n) { return activation_row_size(id_of(self), n); }
-void builtin_prepare(void* self, const float* x, void* xa, int64_t n) { quantize_activations(id_of(self), x, xa, n); }
-float builtin_dot(void* self, int64_t n, const void* w, const void* xa) { return vec_dot(id_of(self), n, w, xa); }
-
-}  // namespace
+// ---- built-in types through the C interface: their rows' own kernels --------------------------
 
 const squish_type* builtin_type_ops(uint32_t id) {
   // Built once: every built-in type Squish quantizes and has a dot kernel for.
@@ -137,19 +188,19 @@ const squish_type* builtin_type_ops(uint32_t id) {
     std::map<uint32_t, squish_type> m;
     for (uint32_t i = 0; i < kFirst; ++i) {
       const GGMLTypeTraits* tr = ggml_type_traits(i);
-      if (!tr || !quantize_supported(tr->type)) continue;
+      if (!tr || !tr->quantize_rows || !tr->vec_dot) continue;
       squish_type t{};
       t.struct_size = sizeof(squish_type);
       t.id = i;
       t.name = tr->name;
       t.block_size = static_cast<uint32_t>(tr->block_size);
       t.block_bytes = static_cast<uint32_t>(tr->type_size);
-      t.self = reinterpret_cast<void*>(static_cast<uintptr_t>(i));
-      t.quantize_rows = builtin_quantize;
-      t.dequantize_row = builtin_dequantize;
-      t.activation_bytes = builtin_activation_bytes;
-      t.prepare_activation = builtin_prepare;
-      t.vec_dot = builtin_dot;
+      t.self = tr->self;
+      t.quantize_rows = tr->quantize_rows;
+      t.dequantize_row = tr->dequantize_row;
+      t.activation_bytes = tr->activation_bytes;
+      t.prepare_activation = tr->prepare_activation;
+      t.vec_dot = tr->vec_dot;
       m.emplace(i, t);
     }
     return m;

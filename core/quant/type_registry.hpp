@@ -1,9 +1,10 @@
 #pragma once
 // Tensor types added at run time by plugins (ids in the private range, plugin ABI
-// <squish/plugin_abi.h>), beside ggml's built-in ones. ggml_type_traits, ggml_type_from_name,
-// quantize_rows, dequantize_row and the dot-product functions consult this registry for ids
-// they do not know, so the recipe, compress, the GGUF reader and writer, verify and the engine
-// handle plugin types without knowing about them.
+// <squish/plugin_abi.h>), beside ggml's built-in ones. Each registered type has a row of the
+// traits table (PluginType::traits, whose kernels call the plugin's functions), which
+// ggml_type_traits returns for its id as it returns a built-in type's row, so quantize_rows,
+// dequantize_row, the dot products, the recipe, compress, the GGUF reader and writer, verify and
+// the engine handle plugin types without knowing about them.
 //
 // Registration happens while a plugin loads; entries are never removed (plugins stay loaded),
 // and look-ups are lock-free.
@@ -19,7 +20,7 @@ namespace squish {
 
 struct PluginType {
   squish_type ops{};  // the plugin's declaration; fields past its struct_size are zero
-  GGMLTypeTraits traits{};
+  GGMLTypeTraits traits{};  // its row of the traits table (self = this PluginType)
   std::string name, plugin, plugin_version;
   // The type brings its own dot kernel (ABI 3.1); else the engine dequantizes rows.
   bool has_dot() const { return ops.activation_bytes && ops.prepare_activation && ops.vec_dot; }
@@ -39,7 +40,7 @@ std::vector<const PluginType*> plugin_types();
 // sizes zero, required functions missing).
 std::string register_plugin_type(const squish_type* t, const std::string& plugin, const std::string& plugin_version);
 
-// A built-in type as a squish_type whose functions run Squish's kernels (for plugins that build
+// A built-in type as a squish_type whose functions are its row's kernels (for plugins that build
 // on one); nullptr for ids Squish cannot quantize.
 const squish_type* builtin_type_ops(uint32_t id);
 

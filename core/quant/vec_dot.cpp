@@ -1,8 +1,9 @@
-// Scalar reference dot kernels and run-time dispatch (AVX2 in vec_dot_avx2.cpp).
+// Scalar reference dot kernels (AVX2 in vec_dot_avx2.cpp, AVX-512 in vec_dot_avx512.cpp) and the
+// dispatchers, which call the weight type's row of the traits table (ggml_types.hpp).
 #include "core/quant/vec_dot.hpp"
 
 #include "core/quant/quantize.hpp"
-#include "core/quant/type_registry.hpp"
+#include "core/quant/type_table.hpp"
 #include "core/quant/vec_dot_internal.hpp"
 #include "core/base/error.hpp"
 
@@ -157,114 +158,76 @@ float float_dot(int64_t n, Load w, const float* x) {
   return s;
 }
 
+float dot_f32(int64_t n, const float* w, const float* x) {
+  return float_dot(n, [w](int64_t i) { return w[i]; }, x);
+}
+float dot_f16(int64_t n, const uint16_t* w, const float* x) {
+  return float_dot(n, [w](int64_t i) { return f16_to_f32(w[i]); }, x);
+}
+float dot_bf16(int64_t n, const uint16_t* w, const float* x) {
+  return float_dot(n, [w](int64_t i) { return bf16_to_f32(w[i]); }, x);
+}
+
+// Q8_K activations back to floats (d * q): what the K-quant dots multiply.
+void dequantize_q8_K(const BlockQ8_K* x, float* y, int64_t nb) {
+  for (int64_t i = 0; i < nb; ++i, y += kQK_K)
+    for (int j = 0; j < kQK_K; ++j) y[j] = x[i].d * x[i].qs[j];
+}
+
 }  // namespace
 
-// ---- plugin types (type_registry.hpp): their own dot kernel, or dequantized rows in float -------
+void quant::table::install_reference_dots(Rows& rows) {
+  row(rows, GGMLType::F32).vec_dot = vec_dot<dot_f32>;
+  row(rows, GGMLType::F16).vec_dot = vec_dot<dot_f16>;
+  row(rows, GGMLType::BF16).vec_dot = vec_dot<dot_bf16>;
+  row(rows, GGMLType::Q8_0).vec_dot = vec_dot<dot_q8_0>;
+  row(rows, GGMLType::Q4_0).vec_dot = vec_dot<dot_q4_0>;
+  row(rows, GGMLType::Q2_K).vec_dot = vec_dot<k_dot<BlockQ2_K>>;
+  row(rows, GGMLType::Q3_K).vec_dot = vec_dot<k_dot<BlockQ3_K>>;
+  row(rows, GGMLType::Q4_K).vec_dot = vec_dot<k_dot<BlockQ4_K>>;
+  row(rows, GGMLType::Q5_K).vec_dot = vec_dot<k_dot<BlockQ5_K>>;
+  row(rows, GGMLType::Q6_K).vec_dot = vec_dot<k_dot<BlockQ6_K>>;
+  row(rows, GGMLType::Q8_K).from_float = from_float<quantize_q8_K>;
+  row(rows, GGMLType::Q8_K).dequantize_row = dequantize_row<dequantize_q8_K>;
+}
+
+// ---- dispatch: the weight type's row -------------------------------------------------------------
 
 namespace {
-float plugin_dot(const PluginType& p, int64_t n, const void* w, const void* xa) {
-  if (p.has_dot()) return p.ops.vec_dot(p.ops.self, n, w, xa);
-  thread_local std::vector<float> row;
-  row.resize(static_cast<size_t>(n));
-  p.ops.dequantize_row(p.ops.self, w, row.data(), n);
-  const auto* x = static_cast<const float*>(xa);
-  float acc[8] = {};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int j = 0; j < 8; ++j) acc[j] += row[i + j] * x[i + j];
-  for (; i < n; ++i) acc[0] += row[i] * x[i];
-  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+const GGMLTypeTraits& dot_row(const GGMLTypeTraits* t, GGMLType type) {
+  if (!t || !t->vec_dot) fail(ExitCode::Runtime, "no dot kernel for {} weights", ggml_type_name(type));
+  return *t;
 }
+const GGMLTypeTraits& dot_row(GGMLType type) { return dot_row(ggml_type_traits(type), type); }
 }  // namespace
 
-GGMLType vec_dot_type(GGMLType t) {
-  // A plugin type's prepared activations are its own format: only its rows read them.
-  if (const PluginType* p = plugin_type(t)) return p->has_dot() ? t : GGMLType::F32;
-  switch (t) {
-    case GGMLType::F32: case GGMLType::F16: case GGMLType::BF16: return GGMLType::F32;
-    case GGMLType::Q8_0: case GGMLType::Q4_0: return GGMLType::Q8_0;
-    case GGMLType::Q2_K: case GGMLType::Q3_K: case GGMLType::Q4_K: case GGMLType::Q5_K: case GGMLType::Q6_K:
-      return GGMLType::Q8_K;
-    default: fail(ExitCode::Runtime, "no dot kernel for {} weights", ggml_type_name(t));
-  }
-}
+GGMLType vec_dot_type(GGMLType weight_type) { return dot_row(weight_type).vec_dot_type; }
 
 size_t activation_row_size(GGMLType weight_type, int64_t n) {
-  if (const PluginType* p = plugin_type(weight_type))
-    return p->has_dot() ? p->ops.activation_bytes(p->ops.self, n) : size_t(n) * sizeof(float);
-  return ggml_row_size(vec_dot_type(weight_type), n);
+  const GGMLTypeTraits& t = dot_row(weight_type);
+  return t.activation_bytes(t.self, n);
+}
+
+void quantize_activations(GGMLType weight_type, const float* x, void* xq, int64_t n) {
+  const GGMLTypeTraits& t = dot_row(weight_type);
+  t.prepare_activation(t.self, x, xq, n);
+}
+
+float vec_dot(GGMLType weight_type, int64_t n, const void* wrow, const void* xq) {
+  const GGMLTypeTraits& t = dot_row(weight_type);
+  return t.vec_dot(t.self, n, wrow, xq);
 }
 
 namespace ref {
-
 void quantize_activations(GGMLType weight_type, const float* x, void* xq, int64_t n) {
-  switch (vec_dot_type(weight_type)) {
-    case GGMLType::F32: std::memcpy(xq, x, n * sizeof(float)); break;
-    case GGMLType::Q8_0: ref::quantize_row(GGMLType::Q8_0, x, xq, n); break;
-    default: quantize_q8_K(x, static_cast<BlockQ8_K*>(xq), static_cast<int64_t>(ggml_row_size(GGMLType::Q8_K, n) / sizeof(BlockQ8_K))); break;
-  }
+  const GGMLTypeTraits& t = dot_row(ggml_type_traits(weight_type, SimdLevel::Scalar), weight_type);
+  t.prepare_activation(t.self, x, xq, n);
 }
-
-float vec_dot(GGMLType t, int64_t n, const void* w, const void* xq) {
-  const int64_t nbk = n / kQK_K, nb0 = n / kQK;
-  const auto* q8k = static_cast<const BlockQ8_K*>(xq);
-  const auto* xf = static_cast<const float*>(xq);
-  switch (t) {
-    case GGMLType::F32: {
-      const auto* p = static_cast<const float*>(w);
-      return float_dot(n, [p](int64_t i) { return p[i]; }, xf);
-    }
-    case GGMLType::F16: {
-      const auto* p = static_cast<const uint16_t*>(w);
-      return float_dot(n, [p](int64_t i) { return f16_to_f32(p[i]); }, xf);
-    }
-    case GGMLType::BF16: {
-      const auto* p = static_cast<const uint16_t*>(w);
-      return float_dot(n, [p](int64_t i) { return bf16_to_f32(p[i]); }, xf);
-    }
-    case GGMLType::Q8_0: return dot_q8_0(nb0, static_cast<const BlockQ8_0*>(w), static_cast<const BlockQ8_0*>(xq));
-    case GGMLType::Q4_0: return dot_q4_0(nb0, static_cast<const BlockQ4_0*>(w), static_cast<const BlockQ8_0*>(xq));
-    case GGMLType::Q2_K: return k_dot(nbk, static_cast<const BlockQ2_K*>(w), q8k);
-    case GGMLType::Q3_K: return k_dot(nbk, static_cast<const BlockQ3_K*>(w), q8k);
-    case GGMLType::Q4_K: return k_dot(nbk, static_cast<const BlockQ4_K*>(w), q8k);
-    case GGMLType::Q5_K: return k_dot(nbk, static_cast<const BlockQ5_K*>(w), q8k);
-    case GGMLType::Q6_K: return k_dot(nbk, static_cast<const BlockQ6_K*>(w), q8k);
-    default: fail(ExitCode::Runtime, "no dot kernel for {} weights", ggml_type_name(t));
-  }
-}
-
-}  // namespace ref
-
-void quantize_activations(GGMLType weight_type, const float* x, void* xq, int64_t n) {
-  if (const PluginType* p = plugin_type(weight_type)) {
-    if (p->has_dot()) p->ops.prepare_activation(p->ops.self, x, xq, n);
-    else std::memcpy(xq, x, size_t(n) * sizeof(float));
-    return;
-  }
-  if (quant_simd_enabled())
-    avx2::quantize_activations(weight_type, x, xq, n);
-  else
-    ref::quantize_activations(weight_type, x, xq, n);
-}
-
-namespace {
-using DotFn = float (*)(GGMLType, int64_t, const void*, const void*);
-DotFn dot_kernels() {
-  static const DotFn fn = [] {
-    switch (simd_level()) {
-      case SimdLevel::Avx512: return &avx512::vec_dot;
-      case SimdLevel::Avx2: return &avx2::vec_dot;
-      default: return &ref::vec_dot;
-    }
-  }();
-  return fn;
-}
-}  // namespace
-
 float vec_dot(GGMLType weight_type, int64_t n, const void* wrow, const void* xq) {
-  if (const PluginType* p = plugin_type(weight_type)) return plugin_dot(*p, n, wrow, xq);
-  return dot_kernels()(weight_type, n, wrow, xq);
+  const GGMLTypeTraits& t = dot_row(ggml_type_traits(weight_type, SimdLevel::Scalar), weight_type);
+  return t.vec_dot(t.self, n, wrow, xq);
 }
+}  // namespace ref
 
 // Decode reads every weight once per token from memory. The hardware prefetchers alone leave a
 // core waiting on each new page of weights (measured: ~45% of the read bandwidth on a 1B model);
@@ -273,19 +236,12 @@ float vec_dot(GGMLType weight_type, int64_t n, const void* wrow, const void* xq)
 constexpr size_t kPrefetchAhead = 8192;
 
 void matvec(GGMLType weight_type, int64_t rows, int64_t n, const void* w, const void* xq, float* out) {
+  const GGMLTypeTraits& t = dot_row(weight_type);
   const size_t row_size = ggml_row_size(weight_type, n);
   const auto* p = static_cast<const char*>(w);
-  if (const PluginType* pt = plugin_type(weight_type)) {
-    for (int64_t r = 0; r < rows; ++r, p += row_size) {
-      for (size_t o = 0; o < row_size; o += 64) __builtin_prefetch(p + kPrefetchAhead + o, 0, 2);
-      out[r] = plugin_dot(*pt, n, p, xq);
-    }
-    return;
-  }
-  const DotFn dot = dot_kernels();
   for (int64_t r = 0; r < rows; ++r, p += row_size) {
     for (size_t o = 0; o < row_size; o += 64) __builtin_prefetch(p + kPrefetchAhead + o, 0, 2);
-    out[r] = dot(weight_type, n, p, xq);
+    out[r] = t.vec_dot(t.self, n, p, xq);
   }
 }
 

@@ -8,6 +8,9 @@
 // exact per-block integer sums as the scalar reference and accumulate the scaled blocks in float
 // vectors: their results differ from the reference's only by float summation order. The float
 // weights' AVX2 dots emulate the reference's 32-lane FMA order exactly.
+//
+// Every function here calls the weight type's row of the traits table (ggml_types.hpp), built in
+// or a plugin's; the row of another SIMD level: ggml_type_traits(type, level).
 #include "core/quant/ggml_types.hpp"
 
 #include <cstddef>
@@ -27,16 +30,9 @@ float vec_dot(GGMLType weight_type, int64_t n, const void* wrow, const void* xq)
 // out[r] = vec_dot(row r) for `rows` consecutive rows of n values.
 void matvec(GGMLType weight_type, int64_t rows, int64_t n, const void* w, const void* xq, float* out);
 
-namespace ref {
+namespace ref {  // the scalar references (ggml_type_traits(type, SimdLevel::Scalar))
 void quantize_activations(GGMLType weight_type, const float* x, void* xq, int64_t n);
 float vec_dot(GGMLType weight_type, int64_t n, const void* wrow, const void* xq);
 }  // namespace ref
-namespace avx2 {  // only when simd_level() >= Avx2
-void quantize_activations(GGMLType weight_type, const float* x, void* xq, int64_t n);
-float vec_dot(GGMLType weight_type, int64_t n, const void* wrow, const void* xq);
-}  // namespace avx2
-namespace avx512 {  // only when simd_level() == Avx512; activations as avx2's
-float vec_dot(GGMLType weight_type, int64_t n, const void* wrow, const void* xq);
-}  // namespace avx512
 
 }  // namespace squish

@@ -2,6 +2,7 @@
 // (vec_dot.cpp) with SIMD, then does the reference's float arithmetic in the same order, so the
 // results are bit-identical to it.
 #include "core/quant/quantize.hpp"
+#include "core/quant/type_table.hpp"
 #include "core/quant/vec_dot.hpp"
 #include "core/quant/unpack_avx2.hpp"
 #include "core/base/error.hpp"
@@ -293,36 +294,24 @@ struct ScalarF32 { float operator()(float v) const { return v; } };
 struct ScalarF16 { float operator()(uint16_t v) const { return f16_to_f32(v); } };
 struct ScalarBF16 { float operator()(uint16_t v) const { return bf16_to_f32(v); } };
 
+float dot_f32(int64_t n, const float* w, const float* x) { return float_dot(n, w, x, LoadF32{}, ScalarF32{}); }
+float dot_f16(int64_t n, const uint16_t* w, const float* x) { return float_dot(n, w, x, LoadF16{}, ScalarF16{}); }
+float dot_bf16(int64_t n, const uint16_t* w, const float* x) { return float_dot(n, w, x, LoadBF16{}, ScalarBF16{}); }
+
 }  // namespace
 
-namespace avx2 {
-
-void quantize_activations(GGMLType weight_type, const float* x, void* xq, int64_t n) {
-  switch (vec_dot_type(weight_type)) {
-    case GGMLType::F32: std::memcpy(xq, x, n * sizeof(float)); break;
-    case GGMLType::Q8_0: avx2::quantize_row(GGMLType::Q8_0, x, xq, n); break;
-    default: quantize_q8_K(x, static_cast<BlockQ8_K*>(xq), n / kQK_K); break;
-  }
+void quant::table::install_avx2_dots(Rows& rows) {
+  row(rows, GGMLType::F32).vec_dot = vec_dot<dot_f32>;
+  row(rows, GGMLType::F16).vec_dot = vec_dot<dot_f16>;
+  row(rows, GGMLType::BF16).vec_dot = vec_dot<dot_bf16>;
+  row(rows, GGMLType::Q8_0).vec_dot = vec_dot<dot_q8_0>;
+  row(rows, GGMLType::Q4_0).vec_dot = vec_dot<dot_q4_0>;
+  row(rows, GGMLType::Q2_K).vec_dot = vec_dot<dot_q2_K>;
+  row(rows, GGMLType::Q3_K).vec_dot = vec_dot<dot_q3_K>;
+  row(rows, GGMLType::Q4_K).vec_dot = vec_dot<dot_q4_K>;
+  row(rows, GGMLType::Q5_K).vec_dot = vec_dot<dot_q5_K>;
+  row(rows, GGMLType::Q6_K).vec_dot = vec_dot<dot_q6_K>;
+  row(rows, GGMLType::Q8_K).from_float = from_float<quantize_q8_K>;
 }
 
-float vec_dot(GGMLType t, int64_t n, const void* w, const void* xq) {
-  const int64_t nbk = n / kQK_K, nb0 = n / kQK;
-  const auto* q8k = static_cast<const BlockQ8_K*>(xq);
-  const auto* xf = static_cast<const float*>(xq);
-  switch (t) {
-    case GGMLType::F32: return float_dot(n, static_cast<const float*>(w), xf, LoadF32{}, ScalarF32{});
-    case GGMLType::F16: return float_dot(n, static_cast<const uint16_t*>(w), xf, LoadF16{}, ScalarF16{});
-    case GGMLType::BF16: return float_dot(n, static_cast<const uint16_t*>(w), xf, LoadBF16{}, ScalarBF16{});
-    case GGMLType::Q8_0: return dot_q8_0(nb0, static_cast<const BlockQ8_0*>(w), static_cast<const BlockQ8_0*>(xq));
-    case GGMLType::Q4_0: return dot_q4_0(nb0, static_cast<const BlockQ4_0*>(w), static_cast<const BlockQ8_0*>(xq));
-    case GGMLType::Q2_K: return dot_q2_K(nbk, static_cast<const BlockQ2_K*>(w), q8k);
-    case GGMLType::Q3_K: return dot_q3_K(nbk, static_cast<const BlockQ3_K*>(w), q8k);
-    case GGMLType::Q4_K: return dot_q4_K(nbk, static_cast<const BlockQ4_K*>(w), q8k);
-    case GGMLType::Q5_K: return dot_q5_K(nbk, static_cast<const BlockQ5_K*>(w), q8k);
-    case GGMLType::Q6_K: return dot_q6_K(nbk, static_cast<const BlockQ6_K*>(w), q8k);
-    default: fail(ExitCode::Runtime, "no dot kernel for {} weights", ggml_type_name(t));
-  }
-}
-
-}  // namespace avx2
 }  // namespace squish

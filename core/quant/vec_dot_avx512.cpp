@@ -1,10 +1,11 @@
-// AVX-512 VNNI dot kernels (avx512f/bw/vl/dq + avx512vnni; chosen at run time, see
-// vec_dot.cpp). The K-quants run 64 weights per instruction: the levels of a 64-weight run are
+// AVX-512 VNNI dot kernels (avx512f/bw/vl/dq + avx512vnni; installed in the AVX-512 rows of the
+// traits table, ggml_types.cpp). The K-quants run 64 weights per instruction: the levels of a 64-weight run are
 // built in one register, `vpdpbusd` sums each 4 adjacent level x activation products into 16
 // int32 lanes (exact), and the lanes are scaled by their group's float scale (d * sc) and
 // accumulated in float. Q8_0 / Q4_0 use 256-bit VNNI per 32-weight block. Float results differ
 // from the scalar reference only by summation order (quant_simd_test bounds it).
 #include "core/quant/blocks.hpp"
+#include "core/quant/type_table.hpp"
 #include "core/quant/unpack_avx2.hpp"
 #include "core/quant/vec_dot.hpp"
 
@@ -227,22 +228,15 @@ SQUISH_AVX512 float dot_q4_0(int64_t nb, const BlockQ4_0* x, const BlockQ8_0* y)
 
 }  // namespace
 
-namespace avx512 {
-
-float vec_dot(GGMLType t, int64_t n, const void* w, const void* xq) {
-  const int64_t nbk = n / kQK_K, nb0 = n / kQK;
-  const auto* q8k = static_cast<const BlockQ8_K*>(xq);
-  switch (t) {
-    case GGMLType::Q8_0: return dot_q8_0(nb0, static_cast<const BlockQ8_0*>(w), static_cast<const BlockQ8_0*>(xq));
-    case GGMLType::Q4_0: return dot_q4_0(nb0, static_cast<const BlockQ4_0*>(w), static_cast<const BlockQ8_0*>(xq));
-    case GGMLType::Q2_K: return dot_q2_K(nbk, static_cast<const BlockQ2_K*>(w), q8k);
-    case GGMLType::Q3_K: return dot_q3_K(nbk, static_cast<const BlockQ3_K*>(w), q8k);
-    case GGMLType::Q4_K: return dot_q4_K(nbk, static_cast<const BlockQ4_K*>(w), q8k);
-    case GGMLType::Q5_K: return dot_q5_K(nbk, static_cast<const BlockQ5_K*>(w), q8k);
-    case GGMLType::Q6_K: return dot_q6_K(nbk, static_cast<const BlockQ6_K*>(w), q8k);
-    default: return avx2::vec_dot(t, n, w, xq);  // float weights: the AVX2 kernels
-  }
+// Float weights keep the AVX2 kernels.
+void quant::table::install_avx512_dots(Rows& rows) {
+  row(rows, GGMLType::Q8_0).vec_dot = vec_dot<dot_q8_0>;
+  row(rows, GGMLType::Q4_0).vec_dot = vec_dot<dot_q4_0>;
+  row(rows, GGMLType::Q2_K).vec_dot = vec_dot<dot_q2_K>;
+  row(rows, GGMLType::Q3_K).vec_dot = vec_dot<dot_q3_K>;
+  row(rows, GGMLType::Q4_K).vec_dot = vec_dot<dot_q4_K>;
+  row(rows, GGMLType::Q5_K).vec_dot = vec_dot<dot_q5_K>;
+  row(rows, GGMLType::Q6_K).vec_dot = vec_dot<dot_q6_K>;
 }
 
-}  // namespace avx512
 }  // namespace squish
