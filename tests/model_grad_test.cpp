@@ -1,6 +1,8 @@
 // Mask gradients of the reference transformer: analytic backward vs central finite
 // differences (stories260K, Llama arch), first-order predictions of small mask changes,
-// activation statistics, and the f32 / f64 paths against each other.
+// activation statistics, and the f32 / f64 paths against each other; and each op's backward in
+// kernels.hpp against central differences of its forward.
+#include "core/model/kernels.hpp"
 #include "core/model/perplexity.hpp"
 #include "core/model/transformer.hpp"
 #include "tests/test_util.hpp"
@@ -11,6 +13,7 @@
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
+#include <functional>
 #include <random>
 
 using namespace squish;
@@ -269,4 +272,106 @@ TEST(ModelGrad, PrunedShapesEqualZeroMasks) {
 
   Transformer streamed(SafetensorsWeights::open(test::shared("models/stories260K"), /*keep_layers=*/false), {.threads = 2});
   EXPECT_DOUBLE_EQ(streamed.loss(tokens, 0).mean(), unmasked);
+}
+
+// ---- Each op's backward against central differences of its forward (double precision) ----
+
+namespace {
+
+std::vector<double> random_vec(size_t n, std::mt19937& rng, double lo = -1, double hi = 1) {
+  std::uniform_real_distribution<double> u(lo, hi);
+  std::vector<double> v(n);
+  for (auto& x : v) x = u(rng);
+  return v;
+}
+
+double dot(const std::vector<double>& a, const std::vector<double>& b) {
+  double s = 0;
+  for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
+  return s;
+}
+
+// The loss L = <dy, y(x)> has dL/dx = the backward of dy; central differences of L check it.
+// Their error is ~h^2 |L'''| / 6 + eps |L| / h: ~1e-10 here, far inside the bound.
+void expect_gradient(std::vector<double>& x, const std::vector<double>& analytic, const std::function<double()>& loss,
+                     const std::string& what) {
+  ASSERT_EQ(x.size(), analytic.size());
+  constexpr double h = 1e-6;
+  for (size_t i = 0; i < x.size(); ++i) {
+    const double x0 = x[i];
+    x[i] = x0 + h;
+    const double lp = loss();
+    x[i] = x0 - h;
+    const double lm = loss();
+    x[i] = x0;
+    EXPECT_NEAR(analytic[i], (lp - lm) / (2 * h), 1e-7 * std::max(1.0, std::fabs(analytic[i]))) << what << "[" << i << "]";
+  }
+}
+
+}  // namespace
+
+TEST(KernelBackward, RmsNorm) {
+  std::mt19937 rng(1);
+  const int n = 24;
+  auto x = random_vec(n, rng), w = random_vec(n, rng, 0.5, 1.5), dy = random_vec(n, rng);
+  std::vector<double> y(n), dx(n, 0.25);  // dx accumulates: starts non-zero
+  const double r = kernels::rms_norm(x.data(), w.data(), y.data(), n, 1e-5);
+  kernels::rms_norm_backward(x.data(), w.data(), r, dy.data(), dx.data(), n);
+  for (double& v : dx) v -= 0.25;
+  expect_gradient(x, dx, [&] { kernels::rms_norm(x.data(), w.data(), y.data(), n, 1e-5); return dot(dy, y); }, "dx");
+}
+
+TEST(KernelBackward, SwiGLU) {
+  std::mt19937 rng(2);
+  const size_t n = 32;
+  auto g = random_vec(n, rng, -4, 4), u = random_vec(n, rng), dh = random_vec(n, rng);
+  std::vector<double> h(n), dg(n), du(n);
+  kernels::swiglu_backward(g.data(), u.data(), dh.data(), dg.data(), du.data(), n);
+  const auto loss = [&] { kernels::swiglu(g.data(), u.data(), h.data(), n); return dot(dh, h); };
+  expect_gradient(g, dg, loss, "dgate");
+  expect_gradient(u, du, loss, "dup");
+}
+
+TEST(KernelBackward, RoPE) {
+  std::mt19937 rng(3);
+  const int n_heads = 3, hd = 8;
+  std::vector<double> cos_t, sin_t;
+  kernels::rope_table<double>({1.0f, 0.1f, 0.01f, 0.001f}, 37, 1, cos_t, sin_t);
+  for (auto layout : {arch::RopeLayout::HalfSplit, arch::RopeLayout::Interleaved}) {
+    auto x = random_vec(size_t(n_heads) * hd, rng), dy = random_vec(x.size(), rng);
+    std::vector<double> dx = dy, y;
+    kernels::rope_backward(dx.data(), n_heads, hd, layout, cos_t.data(), sin_t.data());
+    expect_gradient(x, dx, [&] {
+      y = x;
+      kernels::rope(y.data(), n_heads, hd, layout, cos_t.data(), sin_t.data());
+      return dot(dy, y);
+    }, "dx");
+  }
+}
+
+// o = attention_apply(attention_probs(q, k), v) for the row block [r0, r1) of a causal (and
+// sliding-window) head, as the reference model runs it: dq, dk, dv against differences.
+TEST(KernelBackward, Attention) {
+  std::mt19937 rng(4);
+  const int hd = 4, r0 = 3, r1 = 13, rows = r1 - r0, n_kv = r1;
+  const double scale = 1.0 / std::sqrt(double(hd));
+  for (int window : {0, 4}) {
+    auto q = random_vec(size_t(rows) * hd, rng), k = random_vec(size_t(n_kv) * hd, rng), v = random_vec(k.size(), rng);
+    const auto d_o = random_vec(q.size(), rng);
+    std::vector<double> P(size_t(rows) * n_kv), dP(P.size()), o(q.size());
+    const auto loss = [&] {
+      kernels::attention_probs(P.data(), q.data(), hd, k.data(), hd, rows, r0, n_kv, hd, scale, window);
+      kernels::attention_apply(P.data(), v.data(), hd, o.data(), hd, rows, n_kv, hd);
+      return dot(d_o, o);
+    };
+    loss();
+    std::vector<double> dq(q.size()), dk(k.size(), 0.0), dv(v.size(), 0.0);
+    kernels::attention_apply_backward(P.data(), v.data(), hd, d_o.data(), hd, dP.data(), dv.data(), hd, rows, n_kv, hd);
+    kernels::attention_probs_backward(P.data(), dP.data(), q.data(), hd, k.data(), hd, dq.data(), hd, dk.data(), hd, rows,
+                                      n_kv, hd, scale);
+    const std::string w = fmt::format(" (window {})", window);
+    expect_gradient(q, dq, loss, "dq" + w);
+    expect_gradient(k, dk, loss, "dk" + w);
+    expect_gradient(v, dv, loss, "dv" + w);
+  }
 }

@@ -323,7 +323,7 @@ void KVCache::attend_decode(int layer, int p0, int T, const float* q, float* out
   std::vector<float>& part = part_buf;
   res.resize(size_t(tasks) * T * G);
   part.resize(size_t(tasks) * T * G * D);
-  par_for(tasks, [&](int task) {
+  par_for_static(tasks, [&](int task) {
     const int g = task / S, j0 = lo + (task % S) * step, j1 = std::min(hi, j0 + step);
     SpanResult* r = res.data() + size_t(task) * T * G;
     float* o = part.data() + size_t(task) * T * G * D;
@@ -369,7 +369,7 @@ void KVCache::attend_batch(int layer, int p0, int T, const float* q, float* out,
   std::vector<float>& vf = vf_buf;
   kf.resize(size_t(L.n_head_kv) * n_kv * D);
   vf.resize(kf.size());
-  par_for(L.n_head_kv, [&](int g) {
+  par_for_static(L.n_head_kv, [&](int g) {
     float* kg = kf.data() + size_t(g) * n_kv * D;
     float* vg = vf.data() + size_t(g) * n_kv * D;
     if (type_ == KVType::F16)
@@ -379,7 +379,7 @@ void KVCache::attend_batch(int layer, int p0, int T, const float* q, float* out,
   });
   // One task per (query head, block of queries), over the keys the block can see.
   const int qb = 64, n_qb = (T + qb - 1) / qb;
-  par_for(L.n_head * n_qb, [&](int task) {
+  par_for_static(L.n_head * n_qb, [&](int task) {
     const int h = task / n_qb, t0 = (task % n_qb) * qb, nt = std::min(qb, T - t0);
     const int n_vis = p0 + t0 + nt;  // keys visible to the last query of the block
     thread_local std::vector<float> P;

@@ -525,7 +525,7 @@ void Session::eval(std::span<const int32_t> tokens, int logits_from, std::vector
   s.arena.execute([&] {
     s.x.resize(size_t(T) * E);
     s.xn.resize(size_t(T) * E);
-    par_for(T, [&](int t) { embedding_row(m.tok_embd(), tokens[t], s.x.data() + size_t(t) * E); });
+    par_for_static(T, [&](int t) { embedding_row(m.tok_embd(), tokens[t], s.x.data() + size_t(t) * E); });
     kernels::rope_table(s.rope_inv_freq, n_past_, T, s.rope_cos, s.rope_sin);
     for (int il = 0; il < m.n_layer(); ++il) {
       if (m.dims(il).n_head > 0) attention_block(il, mm);

@@ -1,8 +1,9 @@
 #pragma once
 // The transformer's math, once: RMSNorm, RoPE, causal (optionally sliding-window) GQA attention
-// and SwiGLU, for one row / one head at a time. The float reference model (transformer.cpp,
-// float and double, with its backward pass) and the GGUF inference engine (engine.cpp) both
-// call these; what differs between them is only where the weights and the KV cache live.
+// and SwiGLU, for one row / one head at a time, each op's backward (`*_backward`) right after
+// its forward. The float reference model (reference_model.cpp, float and double, forward and
+// backward) and the GGUF inference engine (engine.cpp, forward) both call these; what differs
+// between them is only where the weights and the KV cache live.
 #include "core/arch/architecture.hpp"
 
 #include <cblas.h>
@@ -36,13 +37,37 @@ F rms_norm(const F* x, const F* w, F* y, int n, double eps) {
   return r;
 }
 
+// dx += r (w dy) - x r^3 mean((w dy) x): the derivative of y = w x r with r = (mean x^2 + eps)^-1/2
+// (r as rms_norm returned it). dx accumulates: the residual stream's gradient arrives in it.
+template <class F>
+void rms_norm_backward(const F* x, const F* w, F r, const F* dy, F* dx, int n) {
+  double dot = 0;
+  for (int i = 0; i < n; ++i) dot += double(w[i]) * dy[i] * x[i];
+  const F c = F(dot / n) * r * r * r;
+  for (int i = 0; i < n; ++i) dx[i] += r * w[i] * dy[i] - c * x[i];
+}
+
 template <class F>
 F silu(F x) { return x / (F(1) + std::exp(-x)); }
+
+template <class F>
+F sigmoid(F x) { return F(1) / (F(1) + std::exp(-x)); }
 
 // h = silu(gate) * up, element-wise.
 template <class F>
 void swiglu(const F* gate, const F* up, F* h, size_t n) {
   for (size_t i = 0; i < n; ++i) h[i] = silu(gate[i]) * up[i];
+}
+
+// dgate = dh up silu'(gate), dup = dh silu(gate), with silu(g) = g s and silu'(g) = s (1 + g (1 - s)),
+// s = sigmoid(g).
+template <class F>
+void swiglu_backward(const F* gate, const F* up, const F* dh, F* dgate, F* dup, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    const F s = sigmoid(gate[i]);
+    dup[i] = dh[i] * gate[i] * s;
+    dgate[i] = dh[i] * up[i] * s * (F(1) + gate[i] * (F(1) - s));
+  }
 }
 
 // cos / sin of position pos * inv_freq[i] for the head_dim/2 rotary pairs, rows for positions
@@ -60,10 +85,10 @@ void rope_table(const std::vector<float>& inv_freq, int pos0, int n, std::vector
     }
 }
 
-// Rotates the rotary pairs of n_heads consecutive head vectors of one token (c, s: that
-// token's row of the table). sign = -1 applies the inverse rotation (the backward).
+namespace detail {
+// Rotates the rotary pairs by the angles (sign = 1) or back (sign = -1).
 template <class F>
-void rope(F* x, int n_heads, int head_dim, arch::RopeLayout layout, const F* c, const F* s, F sign = F(1)) {
+void rotate_pairs(F* x, int n_heads, int head_dim, arch::RopeLayout layout, const F* c, const F* s, F sign) {
   const int half = head_dim / 2;
   const bool interleaved = layout == arch::RopeLayout::Interleaved;
   for (int h = 0; h < n_heads; ++h) {
@@ -75,6 +100,20 @@ void rope(F* x, int n_heads, int head_dim, arch::RopeLayout layout, const F* c, 
       v[b] = x1 * c[i] + x0 * si;
     }
   }
+}
+}  // namespace detail
+
+// Rotates the rotary pairs of n_heads consecutive head vectors of one token (c, s: that
+// token's row of the table).
+template <class F>
+void rope(F* x, int n_heads, int head_dim, arch::RopeLayout layout, const F* c, const F* s) {
+  detail::rotate_pairs(x, n_heads, head_dim, layout, c, s, F(1));
+}
+
+// The backward of a rotation is its transpose, the inverse rotation: dx = R^T dy, in place.
+template <class F>
+void rope_backward(F* dx, int n_heads, int head_dim, arch::RopeLayout layout, const F* c, const F* s) {
+  detail::rotate_pairs(dx, n_heads, head_dim, layout, c, s, F(-1));
 }
 
 // First key a query at position pos may see: causal, and within the sliding window if any.
@@ -113,6 +152,24 @@ void attention_probs(F* P, const F* q, int ldq, const F* k, int ldk, int rows, i
   }
 }
 
+// Backward of attention_probs for the same rows, S = scale q k^T the scores before the softmax.
+// dP [rows, n_kv] holds dL/dP on entry and dL/dS on return: dS = P (dP - sum_j P dP) per row
+// (keys a query does not see have P = 0 and get no gradient). Then dq = scale dS k is written
+// (rows lddq apart) and dk += scale dS^T q is added (n_kv rows lddk apart). Always BLAS.
+template <class F>
+void attention_probs_backward(const F* P, F* dP, const F* q, int ldq, const F* k, int ldk, F* dq, int lddq, F* dk,
+                              int lddk, int rows, int n_kv, int head_dim, F scale) {
+  for (int i = 0; i < rows; ++i) {
+    const F* p = P + size_t(i) * n_kv;
+    F* dp = dP + size_t(i) * n_kv;
+    double dsum = 0;
+    for (int j = 0; j < n_kv; ++j) dsum += double(p[j]) * dp[j];
+    for (int j = 0; j < n_kv; ++j) dp[j] = p[j] * (dp[j] - F(dsum));
+  }
+  gemm(false, false, rows, head_dim, n_kv, scale, dP, n_kv, k, ldk, F(0), dq, lddq);
+  gemm(true, false, n_kv, head_dim, rows, scale, dP, n_kv, q, ldq, F(1), dk, lddk);
+}
+
 // O[rows, head_dim] = P[rows, n_kv] V[n_kv, head_dim] (o rows ldo apart, v rows ldv apart).
 template <class F>
 void attention_apply(const F* P, const F* v, int ldv, F* o, int ldo, int rows, int n_kv, int head_dim) {
@@ -127,6 +184,15 @@ void attention_apply(const F* P, const F* v, int ldv, F* o, int ldo, int rows, i
       for (int e = 0; e < head_dim; ++e) oi[e] += p * vj[e];
     }
   }
+}
+
+// Backward of attention_apply: dP = dO v^T is written ([rows, n_kv]), dv += P^T dO is added
+// (n_kv rows lddv apart); dO rows are ldo apart. Always BLAS.
+template <class F>
+void attention_apply_backward(const F* P, const F* v, int ldv, const F* dO, int ldo, F* dP, F* dv, int lddv, int rows,
+                              int n_kv, int head_dim) {
+  gemm(false, true, rows, n_kv, head_dim, F(1), dO, ldo, v, ldv, F(0), dP, n_kv);
+  gemm(true, false, n_kv, head_dim, rows, F(1), P, n_kv, dO, ldo, F(1), dv, lddv);
 }
 
 }  // namespace squish::kernels
