@@ -34,7 +34,8 @@ struct WaveStats {
 
 class GraphRunner {
  public:
-  GraphRunner(const Pipeline& pipeline, EventSink& events) : p_(pipeline), events_(events) {}
+  GraphRunner(const Pipeline& pipeline, EventSink& events);
+  ~GraphRunner();
   // Throws the first error any node raised (squish::Error keeps its exit code).
   void run();
   const std::map<std::string, NodeStats>& stats() const { return stats_; }
@@ -43,6 +44,7 @@ class GraphRunner {
   size_t peak_rss() const { return std::max(peak_rss_, peak_rss_bytes()); }
 
  private:
+  class Run;
   const Pipeline& p_;
   EventSink& events_;
   std::map<std::string, NodeStats> stats_;
