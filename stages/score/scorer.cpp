@@ -13,7 +13,6 @@
 #include "stages/score/ranks.hpp"
 
 #include <fmt/ranges.h>
-#include <malloc.h>
 
 #include <chrono>
 #include <filesystem>
@@ -139,9 +138,8 @@ ScoreResult score_model(const std::string& model_dir, const std::string& text_pa
                                        mib(global_bytes), streaming ? "one layer" : "all layers",
                                        mib(streaming ? one_layer : all_layers), mib(work), mib(statistics));
   if (streaming) {
-    // Freed buffers (each layer's weights) go back to the system at once rather than stay in
-    // the allocator's heap, where fragmentation would let RSS creep past the bound.
-    ::mallopt(M_MMAP_THRESHOLD, 1 << 20);
+    // Freed layers go back to the system at once: every Squish executable sets glibc's mmap
+    // threshold to 1 MiB at start-up (core/cli/process_startup.cpp).
     if (fixed > opt.memory)
       fail(ExitCode::Usage, "{}: memory={} is below the {} that scoring this model layer by layer needs (process and text {}, float32 globals {}, one layer {} and the source of its largest tensor {}, work buffers {}, statistics {})",
            model_dir, opt.memory, mib(fixed), mib(baseline), mib(global_bytes), mib(one_layer), mib(largest_source), mib(work), mib(statistics));
