@@ -10,6 +10,8 @@
 #include "core/base/error.hpp"
 #include "core/base/memory.hpp"
 #include "core/tokenizer/tokenizer.hpp"
+#include "core/arch/architecture.hpp"
+#include "stages/score/scorer.hpp"
 #include "tests/test_util.hpp"
 
 #include <fmt/format.h>
@@ -243,6 +245,44 @@ uint64_t float32_bytes(const std::string& model) {
   return params * sizeof(float);
 }
 }  // namespace
+
+// The score stage hands each layer's second moments on as soon as that layer has seen every
+// chunk, and frees them: the moments/ folder is the same, file for file, as when every layer's
+// moments are held to the end and written at once, and so is everything else in the folder.
+TEST(ScoreStreaming, MomentsHandedOnLayerByLayerAreTheSameFiles) {
+  SQUISH_REQUIRE_SHARED();
+  test::TempDir tmp;
+  score::ScoreOptions opt;
+  opt.ctx = 128;
+  opt.max_tokens = 1024;
+  opt.moments = true;
+  const std::string model = test::shared("models/coder-28m"), text = test::shared("data/calib-code.txt");
+  const score::ScoreResult held = score::score_model(model, text, opt);
+  score::write_scores(held, tmp / "held");
+
+  std::vector<int> layers;  // the layer of every input handed on, in order (the head: n_layer)
+  std::optional<ScoreFolderWriter> out;
+  out.emplace(tmp / "streamed");
+  opt.moment_sink = [&](const std::string& key, MomentSum m, int64_t tokens) {
+    const auto named = arch::parse_gguf_name(key);
+    layers.push_back(named && named->layer >= 0 ? named->layer : held.scores["model"]["n_layer"].get<int>());
+    out->write_moment(key, m, tokens);
+  };
+  const score::ScoreResult streamed = score::score_model(model, text, opt);
+  score::write_scores(streamed, *out);
+  for (const auto& [k, m] : streamed.stats.moments) EXPECT_TRUE(m.released && m.sum.empty()) << k << " was kept to the end";
+  EXPECT_EQ(layers.size(), held.stats.moments.size());
+  EXPECT_TRUE(std::is_sorted(layers.begin(), layers.end())) << "handed on layer after layer";
+  EXPECT_TRUE(streamed.run["moments_streamed"].get<bool>());
+
+  std::vector<std::string> files;
+  for (const auto& e : fs::directory_iterator(tmp / "held/moments")) files.push_back(e.path().filename().string());
+  EXPECT_EQ(files.size(), held.stats.moments.size() + 1) << "one file per input and the index";
+  for (const auto& f : files) EXPECT_EQ(test::read_file(tmp / "held/moments/" + f), test::read_file(tmp / "streamed/moments/" + f)) << f;
+  EXPECT_EQ(entries_of(tmp / "held/moments").size(), entries_of(tmp / "streamed/moments").size());
+  for (const char* f : {"imatrix.dat", "fisher.dat", "channels.bin.zst"})
+    EXPECT_EQ(test::read_file(tmp / "held/" + f), test::read_file(tmp / "streamed/" + f)) << f;
+}
 
 // The acceptance case: coder-28m scored under a bound below its float32 size gives the same
 // artifacts, byte for byte, as scoring it whole in memory, within the bound.

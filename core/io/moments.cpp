@@ -15,31 +15,49 @@ namespace fs = std::filesystem;
 
 namespace squish {
 
-void write_moments(const std::string& dir, const std::map<std::string, MomentSum>& inputs,
-                   const std::map<std::string, std::string>& weights, int64_t tokens) {
+namespace {
+fs::path moments_folder(const std::string& dir) {
   const fs::path out = fs::path(dir) / kMomentsFolder;
   std::error_code ec;
   fs::create_directories(out, ec);
   if (!fs::is_directory(out)) fail(ExitCode::Runtime, "{}: cannot create directory", out.string());
+  return out;
+}
+}  // namespace
+
+MomentFile write_moment_file(const std::string& dir, const std::string& key, MomentSum m, int64_t tokens) {
+  const fs::path out = moments_folder(dir);
+  if (tokens <= 0) fail(ExitCode::Runtime, "{}: second moments of no tokens", out.string());
+  std::vector<float> upper;
+  upper.reserve(size_t(m.n) * (m.n + 1) / 2);
+  for (int i = 0; i < m.n; ++i)
+    for (int j = i; j < m.n; ++j) upper.push_back(m.sum[size_t(i) * m.n + j] / static_cast<float>(tokens));
+  const size_t bytes = upper.size() * sizeof(float);
+  std::string z(ZSTD_compressBound(bytes), '\0');
+  const size_t zn = ZSTD_compress(z.data(), z.size(), upper.data(), bytes, 3);
+  if (ZSTD_isError(zn)) fail(ExitCode::Runtime, "{}: zstd: {}", out.string(), ZSTD_getErrorName(zn));
+  z.resize(zn);
+  MomentFile f{key + ".f32.zst", m.n};
+  write_file_atomic((out / f.file).string(), z);
+  return f;
+}
+
+void write_moment_index(const std::string& dir, const std::map<std::string, MomentFile>& inputs,
+                        const std::map<std::string, std::string>& weights, int64_t tokens) {
+  const fs::path out = moments_folder(dir);
   if (tokens <= 0) fail(ExitCode::Runtime, "{}: second moments of no tokens", out.string());
   nlohmann::json index{{"format", "squish.moments/1"}, {"tokens", tokens}, {"inputs", nlohmann::json::object()}, {"weights", weights}};
-  for (const auto& [key, m] : inputs) {
-    std::vector<float> upper;
-    upper.reserve(size_t(m.n) * (m.n + 1) / 2);
-    for (int i = 0; i < m.n; ++i)
-      for (int j = i; j < m.n; ++j) upper.push_back(m.sum[size_t(i) * m.n + j] / static_cast<float>(tokens));
-    const size_t bytes = upper.size() * sizeof(float);
-    std::string z(ZSTD_compressBound(bytes), '\0');
-    const size_t zn = ZSTD_compress(z.data(), z.size(), upper.data(), bytes, 3);
-    if (ZSTD_isError(zn)) fail(ExitCode::Runtime, "{}: zstd: {}", out.string(), ZSTD_getErrorName(zn));
-    z.resize(zn);
-    const std::string file = key + ".f32.zst";
-    write_file_atomic((out / file).string(), z);
-    index["inputs"][key] = {{"file", file}, {"n", m.n}};
-  }
+  for (const auto& [key, f] : inputs) index["inputs"][key] = {{"file", f.file}, {"n", f.n}};
   for (const auto& [w, key] : weights)
     if (!inputs.count(key)) fail(ExitCode::Runtime, "moments: weight {} refers to no input {}", w, key);
   write_json_file((out / "index.json").string(), index);
+}
+
+void write_moments(const std::string& dir, const std::map<std::string, MomentSum>& inputs,
+                   const std::map<std::string, std::string>& weights, int64_t tokens) {
+  std::map<std::string, MomentFile> files;
+  for (const auto& [key, m] : inputs) files[key] = write_moment_file(dir, key, m, tokens);
+  write_moment_index(dir, files, weights, tokens);
 }
 
 namespace {

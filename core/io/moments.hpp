@@ -25,7 +25,16 @@ struct MomentSum {
   const float* sum = nullptr;  // n x n row-major, upper triangle used: Σ x xᵀ over `tokens`
 };
 
-// Writes <dir>/moments/ (files first, the index last; each atomically).
+// One input's file in <dir>/moments/ (atomically): H = sum / tokens.
+struct MomentFile {
+  std::string file;  // name inside moments/
+  int n = 0;
+};
+MomentFile write_moment_file(const std::string& dir, const std::string& key, MomentSum m, int64_t tokens);
+// <dir>/moments/index.json over files already written: `weights` maps each weight to its input.
+void write_moment_index(const std::string& dir, const std::map<std::string, MomentFile>& inputs,
+                        const std::map<std::string, std::string>& weights, int64_t tokens);
+// Both: every input's file, then the index.
 void write_moments(const std::string& dir, const std::map<std::string, MomentSum>& inputs,
                    const std::map<std::string, std::string>& weights, int64_t tokens);
 

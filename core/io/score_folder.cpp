@@ -257,9 +257,14 @@ void ScoreFolderWriter::write_fisher(const FisherFactors& f, int ncall, const st
   f.write(staging_.fisher_path(), ncall, dataset);
 }
 
+void ScoreFolderWriter::write_moment(const std::string& key, MomentSum m, int64_t tokens) {
+  moment_files_[key] = write_moment_file(staging_.dir(), key, m, tokens);
+}
+
 void ScoreFolderWriter::write_moments(const std::map<std::string, MomentSum>& inputs, const std::map<std::string, std::string>& weights,
                                       int64_t tokens) {
-  squish::write_moments(staging_.dir(), inputs, weights, tokens);
+  for (const auto& [key, m] : inputs) write_moment(key, m, tokens);
+  write_moment_index(staging_.dir(), moment_files_, weights, tokens);
 }
 
 void ScoreFolderWriter::commit(const nlohmann::json& scores) {

@@ -171,12 +171,17 @@ class ScoreFolderWriter {
   // `ncall` (calibration chunks) and `dataset` (the text's path) as llama.cpp records them.
   void write_imatrix(const Imatrix& means, int ncall, const std::string& dataset);
   void write_fisher(const FisherFactors& f, int ncall, const std::string& dataset);
+  // One input's second moments, as soon as they are complete (the score stage streams them
+  // layer by layer); the index is written by write_moments.
+  void write_moment(const std::string& key, MomentSum m, int64_t tokens);
+  // The given inputs' files, then moments/index.json over them and every write_moment before.
   void write_moments(const std::map<std::string, MomentSum>& inputs, const std::map<std::string, std::string>& weights, int64_t tokens);
   void commit(const nlohmann::json& scores);
 
  private:
   StagedDir staged_;
   ScoreFolder staging_;
+  std::map<std::string, MomentFile> moment_files_;
 };
 
 }  // namespace squish

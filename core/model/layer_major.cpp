@@ -45,6 +45,7 @@ LossResult layer_major_pass(ReferenceModel<F>& model, std::span<const int32_t> t
       put(cks, ck(l + 1, c), x);
       step();
     }
+    if (o.forward_done) o.forward_done(l);
   }
 
   // Loss head of every chunk: its dL/dx at the top.
@@ -62,6 +63,7 @@ LossResult layer_major_pass(ReferenceModel<F>& model, std::span<const int32_t> t
     put(dxs, c, dx);
     step();
   }
+  if (o.forward_done) o.forward_done(L);
 
   // Backward, layer by layer from the top, recomputing each layer from its checkpoint.
   MaskSet grads = MaskSet::filled(model.A, 0.0);

@@ -67,6 +67,7 @@ void ActivationStats::accumulate_output_grad(const std::string& weight, std::spa
 
 void ActivationStats::accumulate_moment(const std::string& input, const float* x, int tokens, int n) {
   auto& m = moments[input];
+  if (m.released) fail(ExitCode::Runtime, "second moments of {}: added to after they were complete and released", input);
   if (m.sum.empty()) m.n = n, m.sum.assign(size_t(n) * n, 0.0f);
   if (m.n != n) fail(ExitCode::Runtime, "second moments of {}: {} columns, had {}", input, n, m.n);
   // Σ x xᵀ over the chunk's rows, upper triangle only: row blocks [i0, i1) x columns [i0, n) as

@@ -69,6 +69,7 @@ struct ActivationStats {
     int n = 0;
     std::vector<float> sum;  // n x n, row-major; the upper triangle (j >= i) is kept
     int64_t count = 0;       // tokens
+    bool released = false;   // handed on and freed once complete (sum empty); adding more is an error
   };
   bool second_moments = false;
   std::map<std::string, SecondMoment> moments;

@@ -34,6 +34,9 @@ struct LayerMajorOptions {
   uint64_t activation_memory = 0;  // bytes of activation blocks kept in memory; the rest spill
   std::string scratch_dir;         // where the unnamed scratch file goes
   std::function<void(uint64_t done, uint64_t total)> progress;  // steps: (layer or head) x chunk
+  // Called when layer l's forward has seen every chunk (l = n_layer: the loss head), so the
+  // statistics of its inputs are complete: the caller may write and release them.
+  std::function<void(int l)> forward_done;
 };
 struct LayerMajorReport {
   uint64_t activation_memory_bytes = 0;  // activation blocks allocated in memory

@@ -74,8 +74,14 @@ class Importance final : public Node {
         return nlohmann::json::parse(shared);
       }
     }
+    // Every rank holds the sums; rank 0 writes them. The second moments go to the folder's
+    // staging area layer by layer as they are complete (scoring never holds all of them).
+    std::optional<ScoreFolderWriter> out;
+    if (ranks.rank() == 0) out.emplace(dir);
+    if (opt.moments)
+      opt.moment_sink = [&out](const std::string& key, MomentSum m, int64_t tokens) { out->write_moment(key, m, tokens); };
     ScoreResult r = score_model(model, text, opt);
-    if (ranks.rank() == 0) write_scores(r, dir);  // every rank holds the sums; one writes them
+    if (out) write_scores(r, *out);
     return std::move(r.scores);
   }
 
@@ -97,7 +103,7 @@ void register_nodes(NodeRegistry& r) {
           {"ctx", ParamType::Int, false, 512, "tokens per chunk", 2, 1 << 20},
           {"max_tokens", ParamType::Int, false, 0, "use at most this many tokens (0 = all)", 0},
           {"moments", ParamType::Bool, false, false, "also write moments/: E[x xᵀ] of every linear layer input (for method gptq; n² floats each)"},
-          {"memory", ParamType::String, false, "", "bound on scoring's memory (e.g. 8G): layer by layer, checkpoints beyond it in a scratch file; empty = whole model in memory"},
+          {"memory", ParamType::String, false, "", "bound on scoring's memory (e.g. 8G): layer by layer, checkpoints beyond it in a scratch file; empty = the memory available (with moments: layer by layer, every layer kept when they fit; without: the whole model in memory)"},
           {"scratch", ParamType::String, false, "", "folder for the scratch file (default: the output's parent folder)"},
           {"reuse", ParamType::Bool, false, false, "keep the scores already in 'output' when they were taken from this model, text and settings"}},
          [](const NodeContext& c) { return std::make_unique<Importance>(c); }});

@@ -16,6 +16,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <set>
 
 namespace fs = std::filesystem;
 
@@ -32,18 +33,27 @@ uint64_t layer_bytes(const ModelArch& a, int l) {
   return (2 * D + (Q + 2 * KV) * (D + 1) + D * (Q + 1) + FF * D * 3 + D) * sizeof(float);
 }
 
+enum class MomentsHeld { None, AllLayers, OneLayer };
+
 // Bytes of the statistics a run accumulates: importance sums, activation and gradient sums,
-// and the second moments when asked for.
-uint64_t statistics_bytes(const ModelArch& a, bool moments) {
-  uint64_t doubles = 4 * MaskSet::filled(a, 0.0).count(), floats = 0;
+// and the second moments when asked for: every layer's, or (streamed) one layer's at a time
+// plus the writer's copy of the largest input (its upper triangle and that compressed).
+uint64_t statistics_bytes(const ModelArch& a, MomentsHeld moments) {
+  uint64_t doubles = 4 * MaskSet::filled(a, 0.0).count(), all = 0, largest_layer = 0, largest_input = a.n_embd;
   for (int l = 0; l < a.n_layer(); ++l) {
     const auto& s = a.layers[l];
     const uint64_t D = a.n_embd, Q = uint64_t(s.n_head) * a.head_dim, KV = uint64_t(s.n_head_kv) * a.head_dim, FF = s.n_ff;
     doubles += 2 * (5 * D + Q + FF) + (Q + 2 * KV + 2 * D + 2 * FF);
-    if (moments) floats += 2 * D * D + Q * Q + FF * FF;
+    const uint64_t layer = 2 * D * D + Q * Q + FF * FF;
+    all += layer;
+    largest_layer = std::max(largest_layer, layer);
+    largest_input = std::max({largest_input, Q, FF});
   }
   doubles += 3 * uint64_t(a.n_embd) + a.n_vocab;
-  if (moments) floats += uint64_t(a.n_embd) * a.n_embd;
+  const uint64_t head = uint64_t(a.n_embd) * a.n_embd;
+  uint64_t floats = 0;
+  if (moments == MomentsHeld::AllLayers) floats = all + head;
+  if (moments == MomentsHeld::OneLayer) floats = std::max(largest_layer, head) + largest_input * (largest_input + 1);
   return doubles * sizeof(double) + floats * sizeof(float);
 }
 
@@ -59,7 +69,8 @@ void sum_over_ranks(const Ranks& ranks, const std::string& model_dir, MaskImport
   const auto walk = [&](auto&& fn) {
     for (auto* m : {&stats.entries, &stats.output_grads, &stats.input_sums})
       for (auto& [k, e] : *m) fn(k, e.sum_sq.size(), e.count);
-    for (auto& [k, m] : stats.moments) fn(k, m.sum.size(), m.count);
+    for (auto& [k, m] : stats.moments)
+      if (!m.released) fn(k, m.sum.size(), m.count);  // released ones were summed when complete
   };
   walk([&](const std::string& k, size_t n, int64_t& c) {
     keys += fmt::format("{}:{};", k, n);
@@ -80,7 +91,29 @@ void sum_over_ranks(const Ranks& ranks, const std::string& model_dir, MaskImport
   walk([&](const std::string&, size_t, int64_t& c) { c = counts[i++]; });
   for (auto* m : {&stats.entries, &stats.output_grads, &stats.input_sums})
     for (auto& [k, e] : *m) ranks.sum(std::span(e.sum_sq));
-  for (auto& [k, m] : stats.moments) ranks.sum(std::span(m.sum));
+  for (auto& [k, m] : stats.moments)
+    if (!m.released) ranks.sum(std::span(m.sum));
+}
+
+// Hands the second moments of layer l's inputs (l = n_layer: the output head's) to `sink` once
+// they are complete, summed over the ranks (rank 0's sink is called), and frees them.
+void release_moments(const Ranks& ranks, const ModelArch& a, ActivationStats& stats, int l, const MomentSink& sink) {
+  for (auto& [hf, m] : stats.moments) {  // key order: the same collectives on every rank
+    const auto named = arch::parse_hf_name(hf);
+    const int layer = named && named->layer >= 0 ? named->layer : a.n_layer();
+    if (m.released || layer != l) continue;
+    if (ranks.distributed()) {
+      ranks.sum(std::span(m.sum));
+      std::vector<int64_t> count{m.count};
+      ranks.sum(count);
+      m.count = count[0];
+    }
+    const auto gguf = gguf::hf_to_gguf_name(hf);
+    if (!gguf) fail(ExitCode::Runtime, "second moments of {}: no GGUF name", hf);
+    if (ranks.rank() == 0) sink(*gguf, MomentSum{m.n, m.sum.data()}, m.count);
+    std::vector<float>().swap(m.sum);
+    m.released = true;
+  }
 }
 
 }  // namespace
@@ -89,7 +122,10 @@ ScoreResult score_model(const std::string& model_dir, const std::string& text_pa
   if (opt.ctx < 8) fail(ExitCode::Usage, "score: ctx {} is too short", opt.ctx);
   const auto t0 = std::chrono::steady_clock::now();
   const Ranks& ranks = Ranks::world();
-  const bool streaming = opt.memory > 0;
+  // Moments handed on layer by layer need the layer-major pass (each layer sees every chunk
+  // before the next); so does an explicit bound.
+  const bool stream_moments = opt.moments && opt.moment_sink;
+  const bool streaming = opt.memory > 0 || stream_moments;
   const ModelConfig cfg = ModelConfig::load(model_dir);
   const std::string text = read_text_file(text_path, "calibration text");
   Tokenizer tok(Vocab::from_tokenizer_json((fs::path(model_dir) / "tokenizer.json").string(), cfg.vocab_size));
@@ -127,23 +163,32 @@ ScoreResult score_model(const std::string& model_dir, const std::string& text_pa
   uint64_t all_layers = 0, one_layer = 0;
   for (int l = 0; l < a.n_layer(); ++l) all_layers += layer_bytes(a, l), one_layer = std::max(one_layer, layer_bytes(a, l));
   const uint64_t work = Transformer::work_bytes(a, opt.ctx, opt.threads);
-  const uint64_t statistics = statistics_bytes(a, opt.moments);
+  const uint64_t statistics =
+      statistics_bytes(a, !opt.moments ? MomentsHeld::None : stream_moments ? MomentsHeld::OneLayer : MomentsHeld::AllLayers);
   // While a tensor is converted its source pages are resident too (released right after).
   uint64_t largest_source = 0;
   for (const auto& e : header.entries()) largest_source = std::max<uint64_t>(largest_source, e.nbytes);
-  const uint64_t fixed = baseline + global_bytes + (streaming ? one_layer : all_layers) + largest_source + work + statistics;
   const uint64_t activations = uint64_t(c1 - c0) * (a.n_layer() + 2) * uint64_t(opt.ctx) * a.n_embd * sizeof(float);
+  // The bound: the one given, else what the machine has. Without a given bound the layer-major
+  // pass keeps every layer it reads (read once) when they and the activations fit.
+  const uint64_t available = available_memory_bytes();
+  const uint64_t bound = opt.memory > 0 ? opt.memory : available > UINT64_MAX - baseline ? UINT64_MAX : baseline + available;
+  const uint64_t fixed_all = baseline + global_bytes + all_layers + largest_source + work + statistics;
+  const bool keep_layers = !streaming || (opt.memory == 0 && fixed_all <= bound && bound - fixed_all >= activations);
+  const uint64_t fixed = keep_layers ? fixed_all : fixed_all - all_layers + one_layer;
   uint64_t activation_memory = 0;
   const std::string what = fmt::format("{}: scoring (float32 globals {}, {} {}, work buffers {}, statistics {})", model_dir,
-                                       mib(global_bytes), streaming ? "one layer" : "all layers",
-                                       mib(streaming ? one_layer : all_layers), mib(work), mib(statistics));
+                                       mib(global_bytes), keep_layers ? "all layers" : "one layer",
+                                       mib(keep_layers ? all_layers : one_layer), mib(work), mib(statistics));
   if (streaming) {
     // Freed layers go back to the system at once: every Squish executable sets glibc's mmap
     // threshold to 1 MiB at start-up (core/cli/process_startup.cpp).
-    if (fixed > opt.memory)
-      fail(ExitCode::Usage, "{}: memory={} is below the {} that scoring this model layer by layer needs (process and text {}, float32 globals {}, one layer {} and the source of its largest tensor {}, work buffers {}, statistics {})",
-           model_dir, opt.memory, mib(fixed), mib(baseline), mib(global_bytes), mib(one_layer), mib(largest_source), mib(work), mib(statistics));
-    activation_memory = std::min(opt.memory - fixed, activations);
+    if (fixed > bound)
+      fail(opt.memory > 0 ? ExitCode::Usage : ExitCode::Runtime,
+           "{}: {} is below the {} that scoring this model layer by layer needs (process and text {}, float32 globals {}, one layer {} and the source of its largest tensor {}, work buffers {}, statistics {})",
+           model_dir, opt.memory > 0 ? fmt::format("memory={}", opt.memory) : fmt::format("the {} available", mib(bound)), mib(fixed),
+           mib(baseline), mib(global_bytes), mib(one_layer), mib(largest_source), mib(work), mib(statistics));
+    activation_memory = std::min(bound - fixed, activations);
     require_memory(fixed - baseline + activation_memory, what);  // the baseline is resident already
     if (activation_memory < activations) SpillStore::check_folder(opt.scratch_dir);  // before any work, not at the first spill
   } else {
@@ -152,7 +197,7 @@ ScoreResult score_model(const std::string& model_dir, const std::string& text_pa
 
   TransformerOptions topt;
   topt.threads = opt.threads;
-  Transformer model(SafetensorsWeights::open(model_dir, /*keep_layers=*/!streaming), topt);
+  Transformer model(SafetensorsWeights::open(model_dir, keep_layers), topt);
   MaskImportance importance(a);
   ScoreResult r;
   r.stats.second_moments = opt.moments;
@@ -166,6 +211,7 @@ ScoreResult score_model(const std::string& model_dir, const std::string& text_pa
     lo.activation_memory = activation_memory;
     lo.scratch_dir = opt.scratch_dir;
     if (report_progress) lo.progress = [&](uint64_t d, uint64_t t) { opt.progress(d * mine / t, mine); };
+    if (stream_moments) lo.forward_done = [&](int l) { release_moments(ranks, a, r.stats, l, opt.moment_sink); };
     total = model.mask_importance_by_layer(tokens, opt.ctx, c0, c1, importance, &r.stats, lo, &report);
   } else {
     const MaskSet ones = MaskSet::ones(a);
@@ -194,6 +240,8 @@ ScoreResult score_model(const std::string& model_dir, const std::string& text_pa
     rss.push_back(per_rank[3 * k]), scratch.push_back(per_rank[3 * k + 1]), scratch_io.push_back(per_rank[3 * k + 2]);
   r.run = {{"ranks", ranks.size()},
            {"mode", streaming ? "layer-major" : "in-memory"},
+           {"layers_kept", keep_layers},
+           {"moments_streamed", stream_moments},
            {"memory", opt.memory},
            {"planned_bytes", fixed + activation_memory},
            {"baseline_rss_bytes", baseline},
@@ -260,8 +308,8 @@ Imatrix imatrix_of(const ActivationStats& stats) {
 
 namespace {
 
-// Second moments by GGUF name: each input under the first weight that reads it; every weight
-// mapped to its input.
+// Second moments by GGUF name: each input under the first weight that reads it (those still
+// held; released ones were written already); every weight mapped to its input.
 struct MomentMaps {
   std::map<std::string, MomentSum> inputs;
   std::map<std::string, std::string> weights;
@@ -269,9 +317,11 @@ struct MomentMaps {
 };
 MomentMaps moment_maps_of(const ActivationStats& stats) {
   MomentMaps m;
+  std::set<std::string> all_inputs;
   for (const auto& [hf, s] : stats.moments)
     if (auto g = gguf::hf_to_gguf_name(hf)) {
-      m.inputs[*g] = {s.n, s.sum.data()};
+      all_inputs.insert(*g);
+      if (!s.released) m.inputs[*g] = {s.n, s.sum.data()};
       m.tokens = s.count;
     }
   for (const auto& [hf, e] : stats.entries) {
@@ -279,7 +329,7 @@ MomentMaps moment_maps_of(const ActivationStats& stats) {
     const auto named = arch::parse_hf_name(hf);
     if (!g || !named) continue;
     const std::string input = named->layer < 0 ? hf : arch::hf_name(arch::kind_of(named->kind->input_of), named->layer);
-    if (auto gi = gguf::hf_to_gguf_name(input); gi && m.inputs.count(*gi)) m.weights[*g] = *gi;
+    if (auto gi = gguf::hf_to_gguf_name(input); gi && all_inputs.count(*gi)) m.weights[*g] = *gi;
   }
   return m;
 }
@@ -287,9 +337,13 @@ MomentMaps moment_maps_of(const ActivationStats& stats) {
 }  // namespace
 
 void write_scores(const ScoreResult& r, const std::string& out_dir) {
+  ScoreFolderWriter out(out_dir);
+  write_scores(r, out);
+}
+
+void write_scores(const ScoreResult& r, ScoreFolderWriter& out) {
   // The set appears together (core/io/score_folder.hpp); scores.json, which stored_scores trusts
   // the folder by, moves last.
-  ScoreFolderWriter out(out_dir);
   std::vector<ChannelScores> channels;
   for (size_t l = 0; l < r.taylor.ffn.size(); ++l) {
     ChannelScores c;

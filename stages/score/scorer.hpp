@@ -15,6 +15,10 @@
 
 namespace squish::score {
 
+// Receives one input's second moments (GGUF name of the first weight reading it; Σ x xᵀ over
+// `tokens`) as soon as they are complete.
+using MomentSink = std::function<void(const std::string& key, MomentSum sum, int64_t tokens)>;
+
 struct ScoreOptions {
   int ctx = 512;         // tokens per chunk (next-token cross-entropy over the whole chunk)
   int64_t max_tokens = 0;  // 0 = the whole text
@@ -28,6 +32,12 @@ struct ScoreOptions {
   uint64_t memory = 0;
   std::string scratch_dir;  // the scratch file's folder (unnamed file; "" = the current folder)
   std::function<void(uint64_t done, uint64_t total)> progress;  // tokens
+  // With moments: when set, each layer's second moments are summed over the ranks and handed to
+  // the sink (on rank 0; set it on every rank) as soon as that layer's forward has seen every
+  // chunk, then freed, so scoring holds one layer's moments at a time (they are not in the
+  // result's stats). This takes the layer-major pass; without a memory bound it keeps every
+  // layer when they fit in the memory available.
+  MomentSink moment_sink;
 };
 
 // <dir>/moments/ (core/io/moments.hpp) from statistics collected with second_moments.
@@ -57,6 +67,8 @@ ScoreResult score_model(const std::string& model_dir, const std::string& text_pa
 // names), the Fisher factors (fisher_factors_of, the plan stage's sensitivity input) and, when
 // collected, the second moments. The set appears together. Creates `dir` if needed.
 void write_scores(const ScoreResult& r, const std::string& dir);
+// The same into a writer that may hold moments already (ScoreOptions::moment_sink), committed.
+void write_scores(const ScoreResult& r, ScoreFolderWriter& out);
 
 // Activation statistics as an importance matrix keyed by GGUF tensor names (core/io/imatrix.hpp).
 Imatrix imatrix_of(const ActivationStats& stats);
