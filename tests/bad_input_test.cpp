@@ -532,7 +532,7 @@ TEST(BadInputHyperparameters, OutOfRangeValuesAreRefused) {
     SCOPED_TRACE(key + " = " + value.dump());
     Scratch s;
     const std::string m = s.model();
-    edit_config(m, [&](json& c) { c[key] = value; });
+    edit_config(m, [&k = key, &v = value](json& c) { c[k] = v; });  // clang 14 cannot capture structured bindings
     s.freeze();
     expect_refused(squish_run(compress_cmd(m, s / "out.gguf")), 3, {"config.json", mention});
     s.expect_unchanged();
