@@ -75,13 +75,18 @@ class Importance final : public Node {
       }
     }
     // Every rank holds the sums; rank 0 writes them. The second moments go to the folder's
-    // staging area layer by layer as they are complete (scoring never holds all of them).
+    // staging area layer by layer as they are complete (scoring never holds all of them). The
+    // staging area is made at the first write, so a run refused at its start (a rank's text
+    // differs, a bound cannot be met) leaves nothing, even when MPI_Abort kills this rank.
     std::optional<ScoreFolderWriter> out;
-    if (ranks.rank() == 0) out.emplace(dir);
-    if (opt.moments)
-      opt.moment_sink = [&out](const std::string& key, MomentSum m, int64_t tokens) { out->write_moment(key, m, tokens); };
+    const auto writer = [&]() -> ScoreFolderWriter& {
+      if (!out) out.emplace(dir);
+      return *out;
+    };
+    if (opt.moments)  // called on rank 0 only
+      opt.moment_sink = [&](const std::string& key, MomentSum m, int64_t tokens) { writer().write_moment(key, m, tokens); };
     ScoreResult r = score_model(model, text, opt);
-    if (out) write_scores(r, *out);
+    if (ranks.rank() == 0) write_scores(r, writer());
     return std::move(r.scores);
   }
 
