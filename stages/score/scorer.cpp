@@ -118,151 +118,174 @@ void release_moments(const Ranks& ranks, const ModelArch& a, ActivationStats& st
 
 }  // namespace
 
-ScoreResult score_model(const std::string& model_dir, const std::string& text_path, const ScoreOptions& opt) {
-  if (opt.ctx < 8) fail(ExitCode::Usage, "score: ctx {} is too short", opt.ctx);
-  const auto t0 = std::chrono::steady_clock::now();
-  const Ranks& ranks = Ranks::world();
-  // Moments handed on layer by layer need the layer-major pass (each layer sees every chunk
-  // before the next); so does an explicit bound.
-  const bool stream_moments = opt.moments && opt.moment_sink;
-  const bool streaming = opt.memory > 0 || stream_moments;
-  const ModelConfig cfg = ModelConfig::load(model_dir);
-  const std::string text = read_text_file(text_path, "calibration text");
-  Tokenizer tok(Vocab::from_tokenizer_json((fs::path(model_dir) / "tokenizer.json").string(), cfg.vocab_size));
-  std::vector<int32_t> tokens = tok.encode(text, true);
-  const size_t n_all = tokens.size();
-  if (opt.max_tokens > 0 && tokens.size() > static_cast<size_t>(opt.max_tokens)) tokens.resize(opt.max_tokens);
-  const int chunks = static_cast<int>(tokens.size() / opt.ctx);
-  if (chunks == 0)
-    fail(ExitCode::InputData, "{}: {} tokens is less than one chunk of {}", text_path, tokens.size(), opt.ctx);
-  if (ranks.size() > chunks)
-    fail(ExitCode::Usage, "{}: {} chunks of {} tokens cannot be shared by {} ranks; use at most {} ranks", text_path, chunks,
-         opt.ctx, ranks.size(), chunks);
+namespace {
+
+// The calibration text as this rank sees it: its tokens, the chunks, this rank's share, and what
+// every rank must agree on (checked against rank 0 before any work).
+struct Calibration {
+  ModelConfig cfg;
+  std::string config_text, text;
+  SafetensorsModel header;
+  std::vector<int32_t> tokens;
+  size_t n_all = 0;  // tokens in the whole text
+  int chunks = 0, c0 = 0, c1 = 0;
+};
+
+Calibration load_calibration(const Ranks& ranks, const std::string& model_dir, const std::string& text_path, const ScoreOptions& opt) {
+  Calibration c{ModelConfig::load(model_dir), read_text_file((fs::path(model_dir) / "config.json").string(), "config.json"),
+                read_text_file(text_path, "calibration text"), SafetensorsModel::open(model_dir)};
+  Tokenizer tok(Vocab::from_tokenizer_json((fs::path(model_dir) / "tokenizer.json").string(), c.cfg.vocab_size));
+  c.tokens = tok.encode(c.text, true);
+  c.n_all = c.tokens.size();
+  if (opt.max_tokens > 0 && c.tokens.size() > static_cast<size_t>(opt.max_tokens)) c.tokens.resize(opt.max_tokens);
+  c.chunks = static_cast<int>(c.tokens.size() / opt.ctx);
+  if (c.chunks == 0)
+    fail(ExitCode::InputData, "{}: {} tokens is less than one chunk of {}", text_path, c.tokens.size(), opt.ctx);
+  if (ranks.size() > c.chunks)
+    fail(ExitCode::Usage, "{}: {} chunks of {} tokens cannot be shared by {} ranks; use at most {} ranks", text_path, c.chunks,
+         opt.ctx, ranks.size(), c.chunks);
   // Every rank must score the same thing: per-node copies of the model or text could differ.
   // Compared: config.json, the checkpoint's tensor names, dtypes and shapes (not the weights'
   // values: hashing them would read the whole model once more), the text and the settings.
-  const std::string config_text = read_text_file((fs::path(model_dir) / "config.json").string(), "config.json");
-  const SafetensorsModel header = SafetensorsModel::open(model_dir);
   std::string tensors;
-  for (const auto& e : header.entries()) tensors += fmt::format("{}:{}:{};", e.name, static_cast<int>(e.dtype), fmt::join(e.shape, "x"));
+  for (const auto& e : c.header.entries()) tensors += fmt::format("{}:{}:{};", e.name, static_cast<int>(e.dtype), fmt::join(e.shape, "x"));
   const auto sha = [](const std::string& t) { return sha256_hex(std::as_bytes(std::span(t.data(), t.size()))); };
-  const std::string fingerprint = fmt::format("config {} tensors {} text {} tokens {} ctx {} moments {}", sha(config_text),
-                                              sha(tensors), sha(text), tokens.size(), opt.ctx, opt.moments);
+  const std::string fingerprint = fmt::format("config {} tensors {} text {} tokens {} ctx {} moments {}", sha(c.config_text),
+                                              sha(tensors), sha(c.text), c.tokens.size(), opt.ctx, opt.moments);
   if (const std::string root = ranks.broadcast(fingerprint); root != fingerprint)
     fail(ExitCode::InputData, "rank {}: {} or the checkpoint in {} differs from rank 0's ({} here, {} there)", ranks.rank(),
          text_path, model_dir, fingerprint, root);
-  // What the process holds before the model (code, libraries, the text and its tokens): inside
-  // the bound, so the bound is on the whole process.
-  const uint64_t baseline = current_rss_bytes();
-  const int c0 = static_cast<int>(int64_t(chunks) * ranks.rank() / ranks.size());
-  const int c1 = static_cast<int>(int64_t(chunks) * (ranks.rank() + 1) / ranks.size());
+  c.c0 = static_cast<int>(int64_t(c.chunks) * ranks.rank() / ranks.size());
+  c.c1 = static_cast<int>(int64_t(c.chunks) * (ranks.rank() + 1) / ranks.size());
+  return c;
+}
 
-  // Memory, checked from the checkpoint's header before any weight is loaded.
-  const ModelArch a = arch_from_checkpoint(cfg, header);
+// How scoring fits in memory, decided from the checkpoint's header before any weight is loaded.
+struct MemoryPlan {
+  bool layer_major = false;   // layer by layer over all chunks (else chunk by chunk)
+  bool stream_moments = false;
+  bool keep_layers = true;    // layers stay resident once read
+  uint64_t baseline = 0;      // the process before the model (code, libraries, text, tokens)
+  uint64_t fixed = 0;         // baseline + weights held + work buffers + statistics
+  uint64_t activation_memory = 0;  // layer-major checkpoints and gradients kept in memory
+};
+
+MemoryPlan plan_memory(const ModelArch& a, const Calibration& cal, const std::string& model_dir, const ScoreOptions& opt) {
+  MemoryPlan m;
+  // Moments handed on layer by layer need the layer-major pass (each layer sees every chunk
+  // before the next); so does an explicit bound.
+  m.stream_moments = opt.moments && opt.moment_sink;
+  m.layer_major = opt.memory > 0 || m.stream_moments;
+  // What the process holds already is inside the bound, so the bound is on the whole process.
+  m.baseline = current_rss_bytes();
   const uint64_t global_bytes = (uint64_t(a.n_vocab) * a.n_embd * (a.tie_embeddings ? 1 : 2) + a.n_embd) * sizeof(float);
   uint64_t all_layers = 0, one_layer = 0;
   for (int l = 0; l < a.n_layer(); ++l) all_layers += layer_bytes(a, l), one_layer = std::max(one_layer, layer_bytes(a, l));
   const uint64_t work = Transformer::work_bytes(a, opt.ctx, opt.threads);
   const uint64_t statistics =
-      statistics_bytes(a, !opt.moments ? MomentsHeld::None : stream_moments ? MomentsHeld::OneLayer : MomentsHeld::AllLayers);
+      statistics_bytes(a, !opt.moments ? MomentsHeld::None : m.stream_moments ? MomentsHeld::OneLayer : MomentsHeld::AllLayers);
   // While a tensor is converted its source pages are resident too (released right after).
   uint64_t largest_source = 0;
-  for (const auto& e : header.entries()) largest_source = std::max<uint64_t>(largest_source, e.nbytes);
-  const uint64_t activations = uint64_t(c1 - c0) * (a.n_layer() + 2) * uint64_t(opt.ctx) * a.n_embd * sizeof(float);
+  for (const auto& e : cal.header.entries()) largest_source = std::max<uint64_t>(largest_source, e.nbytes);
+  const uint64_t activations = uint64_t(cal.c1 - cal.c0) * (a.n_layer() + 2) * uint64_t(opt.ctx) * a.n_embd * sizeof(float);
   // The bound: the one given, else what the machine has. Without a given bound the layer-major
   // pass keeps every layer it reads (read once) when they and the activations fit.
   const uint64_t available = available_memory_bytes();
-  const uint64_t bound = opt.memory > 0 ? opt.memory : available > UINT64_MAX - baseline ? UINT64_MAX : baseline + available;
-  const uint64_t fixed_all = baseline + global_bytes + all_layers + largest_source + work + statistics;
-  const bool keep_layers = !streaming || (opt.memory == 0 && fixed_all <= bound && bound - fixed_all >= activations);
-  const uint64_t fixed = keep_layers ? fixed_all : fixed_all - all_layers + one_layer;
-  uint64_t activation_memory = 0;
+  const uint64_t bound = opt.memory > 0 ? opt.memory : available > UINT64_MAX - m.baseline ? UINT64_MAX : m.baseline + available;
+  const uint64_t fixed_all = m.baseline + global_bytes + all_layers + largest_source + work + statistics;
+  m.keep_layers = !m.layer_major || (opt.memory == 0 && fixed_all <= bound && bound - fixed_all >= activations);
+  m.fixed = m.keep_layers ? fixed_all : fixed_all - all_layers + one_layer;
   const std::string what = fmt::format("{}: scoring (float32 globals {}, {} {}, work buffers {}, statistics {})", model_dir,
-                                       mib(global_bytes), keep_layers ? "all layers" : "one layer",
-                                       mib(keep_layers ? all_layers : one_layer), mib(work), mib(statistics));
-  if (streaming) {
-    // Freed layers go back to the system at once: every Squish executable sets glibc's mmap
-    // threshold to 1 MiB at start-up (core/cli/process_startup.cpp).
-    if (fixed > bound)
-      fail(opt.memory > 0 ? ExitCode::Usage : ExitCode::Runtime,
-           "{}: {} is below the {} that scoring this model layer by layer needs (process and text {}, float32 globals {}, one layer {} and the source of its largest tensor {}, work buffers {}, statistics {})",
-           model_dir, opt.memory > 0 ? fmt::format("memory={}", opt.memory) : fmt::format("the {} available", mib(bound)), mib(fixed),
-           mib(baseline), mib(global_bytes), mib(one_layer), mib(largest_source), mib(work), mib(statistics));
-    activation_memory = std::min(bound - fixed, activations);
-    require_memory(fixed - baseline + activation_memory, what);  // the baseline is resident already
-    if (activation_memory < activations) SpillStore::check_folder(opt.scratch_dir);  // before any work, not at the first spill
-  } else {
-    require_memory(fixed - baseline, what + "; --set memory=<bytes> scores layer by layer within that bound");
+                                       mib(global_bytes), m.keep_layers ? "all layers" : "one layer",
+                                       mib(m.keep_layers ? all_layers : one_layer), mib(work), mib(statistics));
+  if (!m.layer_major) {
+    require_memory(m.fixed - m.baseline, what + "; --set memory=<bytes> scores layer by layer within that bound");
+    return m;
   }
+  // Freed layers go back to the system at once: every Squish executable sets glibc's mmap
+  // threshold to 1 MiB at start-up (core/cli/process_startup.cpp).
+  if (m.fixed > bound)
+    fail(opt.memory > 0 ? ExitCode::Usage : ExitCode::Runtime,
+         "{}: {} is below the {} that scoring this model layer by layer needs (process and text {}, float32 globals {}, one layer {} and the source of its largest tensor {}, work buffers {}, statistics {})",
+         model_dir, opt.memory > 0 ? fmt::format("memory={}", opt.memory) : fmt::format("the {} available", mib(bound)), mib(m.fixed),
+         mib(m.baseline), mib(global_bytes), mib(one_layer), mib(largest_source), mib(work), mib(statistics));
+  m.activation_memory = std::min(bound - m.fixed, activations);
+  require_memory(m.fixed - m.baseline + m.activation_memory, what);  // the baseline is resident already
+  if (m.activation_memory < activations) SpillStore::check_folder(opt.scratch_dir);  // before any work, not at the first spill
+  return m;
+}
 
+// This rank's chunks through the model: importance, statistics (moments handed on when
+// streamed) and the loss.
+LossResult run_pass(const Ranks& ranks, const std::string& model_dir, const ModelArch& a, const Calibration& cal,
+                    const MemoryPlan& mem, const ScoreOptions& opt, MaskImportance& importance, ActivationStats& stats,
+                    LayerMajorReport& report) {
   TransformerOptions topt;
   topt.threads = opt.threads;
-  Transformer model(SafetensorsWeights::open(model_dir, keep_layers), topt);
-  MaskImportance importance(a);
-  ScoreResult r;
-  r.stats.second_moments = opt.moments;
-  LossResult total;
-  LayerMajorReport report;
-  const uint64_t used = static_cast<uint64_t>(chunks) * opt.ctx;
-  const uint64_t mine = static_cast<uint64_t>(c1 - c0) * opt.ctx;
+  Transformer model(SafetensorsWeights::open(model_dir, mem.keep_layers), topt);
+  const uint64_t mine = static_cast<uint64_t>(cal.c1 - cal.c0) * opt.ctx;
   const bool report_progress = opt.progress && ranks.rank() == 0;  // one progress stream per run
-  if (streaming) {
+  if (mem.layer_major) {
     LayerMajorOptions lo;
-    lo.activation_memory = activation_memory;
+    lo.activation_memory = mem.activation_memory;
     lo.scratch_dir = opt.scratch_dir;
     if (report_progress) lo.progress = [&](uint64_t d, uint64_t t) { opt.progress(d * mine / t, mine); };
-    if (stream_moments) lo.forward_done = [&](int l) { release_moments(ranks, a, r.stats, l, opt.moment_sink); };
-    total = model.mask_importance_by_layer(tokens, opt.ctx, c0, c1, importance, &r.stats, lo, &report);
-  } else {
-    const MaskSet ones = MaskSet::ones(a);
-    MaskSet grads;
-    for (int c = c0; c < c1; ++c) {
-      auto lr = model.loss_and_mask_grads(std::span(tokens).subspan(size_t(c) * opt.ctx, opt.ctx), 0, ones, grads, &r.stats);
-      importance.add(ones, grads);
-      total.nll_sum += lr.nll_sum;
-      total.count += lr.count;
-      if (report_progress) opt.progress(static_cast<uint64_t>(c + 1 - c0) * opt.ctx, mine);
-    }
+    if (mem.stream_moments) lo.forward_done = [&](int l) { release_moments(ranks, a, stats, l, opt.moment_sink); };
+    return model.mask_importance_by_layer(cal.tokens, opt.ctx, cal.c0, cal.c1, importance, &stats, lo, &report);
   }
-  // Per rank: peak RSS, scratch bytes (slot r of a vector summed over the ranks).
+  LossResult total;
+  const MaskSet ones = MaskSet::ones(a);
+  MaskSet grads;
+  for (int c = cal.c0; c < cal.c1; ++c) {
+    auto lr = model.loss_and_mask_grads(std::span(cal.tokens).subspan(size_t(c) * opt.ctx, opt.ctx), 0, ones, grads, &stats);
+    importance.add(ones, grads);
+    total.nll_sum += lr.nll_sum;
+    total.count += lr.count;
+    if (report_progress) opt.progress(static_cast<uint64_t>(c + 1 - cal.c0) * opt.ctx, mine);
+  }
+  return total;
+}
+
+// scores.json's "run": how it ran, with each rank's peak RSS and scratch bytes.
+nlohmann::json run_record(const Ranks& ranks, const MemoryPlan& mem, const ScoreOptions& opt, const LayerMajorReport& report) {
+  // Slot r of a vector summed over the ranks.
   std::vector<int64_t> per_rank(3 * size_t(ranks.size()), 0);
   per_rank[3 * ranks.rank()] = static_cast<int64_t>(peak_rss_bytes());
   per_rank[3 * ranks.rank() + 1] = static_cast<int64_t>(report.scratch_bytes_peak);
   per_rank[3 * ranks.rank() + 2] = static_cast<int64_t>(report.scratch_bytes_written + report.scratch_bytes_read);
   ranks.sum(per_rank);
-  if (ranks.distributed()) sum_over_ranks(ranks, model_dir, importance, r.stats, total, c1 - c0);
-  r.chunks = chunks;
-  r.taylor = importance.taylor();
-  r.fisher = importance.fisher();
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   nlohmann::json rss = nlohmann::json::array(), scratch = nlohmann::json::array(), scratch_io = nlohmann::json::array();
   for (int k = 0; k < ranks.size(); ++k)
     rss.push_back(per_rank[3 * k]), scratch.push_back(per_rank[3 * k + 1]), scratch_io.push_back(per_rank[3 * k + 2]);
-  r.run = {{"ranks", ranks.size()},
-           {"mode", streaming ? "layer-major" : "in-memory"},
-           {"layers_kept", keep_layers},
-           {"moments_streamed", stream_moments},
-           {"memory", opt.memory},
-           {"planned_bytes", fixed + activation_memory},
-           {"baseline_rss_bytes", baseline},
-           {"activation_memory_bytes", streaming ? report.activation_memory_bytes : 0},
-           {"peak_rss_bytes", rss},
-           {"scratch_bytes_peak", scratch},
-           {"scratch_bytes_moved", scratch_io}};
+  return {{"ranks", ranks.size()},
+          {"mode", mem.layer_major ? "layer-major" : "in-memory"},
+          {"layers_kept", mem.keep_layers},
+          {"moments_streamed", mem.stream_moments},
+          {"memory", opt.memory},
+          {"planned_bytes", mem.fixed + mem.activation_memory},
+          {"baseline_rss_bytes", mem.baseline},
+          {"activation_memory_bytes", mem.layer_major ? report.activation_memory_bytes : 0},
+          {"peak_rss_bytes", rss},
+          {"scratch_bytes_peak", scratch},
+          {"scratch_bytes_moved", scratch_io}};
+}
 
+nlohmann::json scores_document(const std::string& model_dir, const std::string& text_path, const ModelArch& a, const Calibration& cal,
+                               const ScoreOptions& opt, const ScoreResult& r, const LossResult& total, double seconds) {
   ScoresSummary summary;
-  summary.model = {fs::absolute(model_dir).string(), cfg.arch, sha256_hex(std::as_bytes(std::span(config_text.data(), config_text.size()))),
-                   a.n_layer(), a.head_dim};
-  auto& cal = summary.calibration;
-  cal.path = fs::absolute(text_path).string();
-  cal.sha256 = sha256_hex(std::as_bytes(std::span(text.data(), text.size())));
-  cal.bytes = text.size();
-  cal.tokens = n_all;
-  cal.tokens_used = used;
-  cal.chunks = chunks;
-  cal.ctx = opt.ctx;
-  cal.max_tokens = opt.max_tokens;
-  cal.moments = opt.moments;
+  summary.model = {fs::absolute(model_dir).string(), cal.cfg.arch,
+                   sha256_hex(std::as_bytes(std::span(cal.config_text.data(), cal.config_text.size()))), a.n_layer(), a.head_dim};
+  const uint64_t used = static_cast<uint64_t>(cal.chunks) * opt.ctx;
+  auto& c = summary.calibration;
+  c.path = fs::absolute(text_path).string();
+  c.sha256 = sha256_hex(std::as_bytes(std::span(cal.text.data(), cal.text.size())));
+  c.bytes = cal.text.size();
+  c.tokens = cal.n_all;
+  c.tokens_used = used;
+  c.chunks = cal.chunks;
+  c.ctx = opt.ctx;
+  c.max_tokens = opt.max_tokens;
+  c.moments = opt.moments;
   summary.method = {{"name", "mask-gradient"},
                     {"taylor", "E|m * dL/dm| over chunks (first-order Taylor importance; LLM-Pruner)"},
                     {"fisher", "E[(dL/dm)^2] over chunks (Michel et al. 2019)"},
@@ -280,7 +303,31 @@ ScoreResult score_model(const std::string& model_dir, const std::string& text_pa
                               {r.taylor.kv[l], r.fisher.kv[l]},
                               {r.taylor.attn[l], r.fisher.attn[l]},
                               {r.taylor.mlp[l], r.fisher.mlp[l]}});
-  r.scores = summary.to_json();
+  return summary.to_json();
+}
+
+}  // namespace
+
+ScoreResult score_model(const std::string& model_dir, const std::string& text_path, const ScoreOptions& opt) {
+  if (opt.ctx < 8) fail(ExitCode::Usage, "score: ctx {} is too short", opt.ctx);
+  const auto t0 = std::chrono::steady_clock::now();
+  const Ranks& ranks = Ranks::world();
+  const Calibration cal = load_calibration(ranks, model_dir, text_path, opt);
+  const ModelArch a = arch_from_checkpoint(cal.cfg, cal.header);
+  const MemoryPlan mem = plan_memory(a, cal, model_dir, opt);
+
+  MaskImportance importance(a);
+  ScoreResult r;
+  r.stats.second_moments = opt.moments;
+  LayerMajorReport report;
+  LossResult total = run_pass(ranks, model_dir, a, cal, mem, opt, importance, r.stats, report);
+  r.run = run_record(ranks, mem, opt, report);
+  if (ranks.distributed()) sum_over_ranks(ranks, model_dir, importance, r.stats, total, cal.c1 - cal.c0);
+  r.chunks = cal.chunks;
+  r.taylor = importance.taylor();
+  r.fisher = importance.fisher();
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  r.scores = scores_document(model_dir, text_path, a, cal, opt, r, total, seconds);
   return r;
 }
 
