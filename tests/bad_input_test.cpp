@@ -337,7 +337,9 @@ TEST(BadInputText, ReportsStayValidJsonWithInvalidUtf8) {
   r = squish_run("--events jsonl " + pipeline("generate") + " --set model=" + q(model) + " --set prompt=" + q("\xff\xfe") + " --set n=2");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   for (const auto& l : lines(r.err)) {
-    if (l.front() == '{') EXPECT_TRUE(json::accept(l)) << l;
+    if (l.front() == '{') {
+      EXPECT_TRUE(json::accept(l)) << l;
+    }
   }
 }
 

@@ -4,6 +4,7 @@
 #include "core/base/error.hpp"
 #include "tests/test_util.hpp"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -80,7 +81,7 @@ TEST(GgufWriter, ConcurrentOutOfOrderWritesAndParts) {
   test::TempDir dir;
   std::vector<TensorDecl> decls;
   for (int i = 0; i < 24; ++i)
-    decls.push_back({"t" + std::to_string(i), {int64_t(32 * (1 + i % 5)), int64_t(1 + i % 3)},
+    decls.push_back({fmt::format("t{}", i), {int64_t(32 * (1 + i % 5)), int64_t(1 + i % 3)},
                      i % 3 == 0 ? GGMLType::Q8_0 : i % 3 == 1 ? GGMLType::F16 : GGMLType::Q4_K});
   decls.back().ne = {256, 3};  // Q4_K needs 256-element rows
   for (auto& d : decls)
@@ -139,7 +140,9 @@ TEST(GgufWriter, AbandonedWriterLeavesNothing) {
     Writer w(path, {{"general.architecture", "x"}}, {{"a", {32}, GGMLType::F32}, {"b", {32}, GGMLType::F32}});
     // An O_TMPFILE inode has no name until commit; a named temporary sits beside the target.
     EXPECT_EQ(listing(dir.path()).size(), w.temp_path().empty() ? 1u : 2u);
-    if (!w.temp_path().empty()) EXPECT_EQ(fs::path(w.temp_path()).parent_path(), dir.path());
+    if (!w.temp_path().empty()) {
+      EXPECT_EQ(fs::path(w.temp_path()).parent_path(), dir.path());
+    }
     w.write_tensor(0, pattern(128, 0));
     // commit() refuses while a tensor is missing, naming it.
     try {

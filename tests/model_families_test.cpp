@@ -84,15 +84,22 @@ std::string synthesize(const test::TempDir& tmp, const std::string& name, const 
 
 double float_ppl(const std::string& dir, const std::vector<int32_t>& ids, int ctx) {
   Transformer model(SafetensorsWeights::open(dir), {.threads = 2});
-  return perplexity(model, ids, {.n_ctx = ctx, .bos_token = 1}).ppl;
+  PerplexityOptions opt;
+  opt.n_ctx = ctx;
+  opt.bos_token = 1;
+  return perplexity(model, ids, opt).ppl;
 }
 
 // With an F32 cache, as the float model keeps k and v, so the two differ only in the order of
 // float sums (F16 rounding of the cache would move the perplexity more than that).
 double engine_ppl(const std::string& gguf, const std::vector<int32_t>& ids, int ctx) {
-  return perplexity(infer::Model::load(gguf), ids,
-                    {.n_ctx = ctx, .bos_token = 1, .max_chunks = 0, .threads = 2, .kv_type = infer::KVType::F32})
-      .ppl;
+  PerplexityOptions opt;
+  opt.n_ctx = ctx;
+  opt.bos_token = 1;
+  opt.max_chunks = 0;
+  opt.threads = 2;
+  opt.kv_type = infer::KVType::F32;
+  return perplexity(infer::Model::load(gguf), ids, opt).ppl;
 }
 
 // A feature (window, rope scaling) as both implementations see it: the float model on the HF
@@ -137,7 +144,11 @@ TEST(ModelFamilies, FloatModelAndEngineAgreeOnCoder28m) {
   // checked above: |δ| <= Δ = 1e-4 * scale for every logit. KL(p||q) = log E_p[e^δ] - E_p[δ] <=
   // (range of δ)²/8 <= Δ²/2 (Hoeffding's lemma), whatever the CPU.
   auto all = read_token_ids(test::shared("reference/tokens/coder-28m.code-humaneval.ids"));
-  const PerplexityOptions two{.n_ctx = 512, .bos_token = -1, .max_chunks = 2, .threads = 2};
+  PerplexityOptions two;
+  two.n_ctx = 512;
+  two.bos_token = -1;
+  two.max_chunks = 2;
+  two.threads = 2;
   PerplexityOptions two_f32 = two;
   two_f32.kv_type = infer::KVType::F32;
   const KlResult same = kl_divergence(infer::Model::load(tmp / "f32.gguf"), model, all, two_f32);

@@ -20,7 +20,11 @@ TEST(ModelPerplexity, Coder28mHumanEvalMatchesTransformers) {
   EXPECT_EQ(weights->arch().layers[0].n_head_kv, 4);
   Transformer model(weights, {.threads = 2});
   auto t0 = std::chrono::steady_clock::now();
-  auto r = perplexity(model, ids, {.n_ctx = 512, .bos_token = -1, .max_chunks = 0, .progress = {}});  // qwen2: no BOS
+  PerplexityOptions opt;
+  opt.n_ctx = 512;
+  opt.bos_token = -1;  // qwen2: no BOS
+  opt.max_chunks = 0;
+  auto r = perplexity(model, ids, opt);
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   EXPECT_EQ(r.chunks, 68);
   EXPECT_EQ(r.scored, 68 * 255);
@@ -44,7 +48,11 @@ TEST(ModelPerplexity, Stories260kMatchesLlamaCpp) {
   ASSERT_EQ(weights->config().bos_token_id, 1);
   ids.insert(ids.begin(), 1);
   Transformer model(weights, {.threads = 2});
-  auto r = perplexity(model, ids, {.n_ctx = 256, .bos_token = 1, .max_chunks = 0, .progress = {}});
+  PerplexityOptions opt;
+  opt.n_ctx = 256;
+  opt.bos_token = 1;
+  opt.max_chunks = 0;
+  auto r = perplexity(model, ids, opt);
   EXPECT_EQ(r.chunks, 60);
   EXPECT_NEAR(r.ppl, 5.4278, 5.4278 * 5e-4);  // llama.cpp's own kernels: a margin, as above (3% of it used)
 }

@@ -14,8 +14,12 @@
 #include <type_traits>
 
 // Byte/bit exactness needs every a*b+c rounded twice, as written: forbid FMA contraction here
-// (GCC contracts by default whenever FMA is available, e.g. in the AVX2 target functions).
+// (GCC contracts by default whenever FMA is available, e.g. in the AVX2 target functions). The
+// quant area is also built with -ffp-contract=off (core/CMakeLists.txt), which is what clang,
+// without this pragma, goes by.
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC optimize("fp-contract=off")
+#endif
 
 namespace squish {
 namespace {

@@ -214,7 +214,9 @@ SQUISH_AVX512 inline float q8_dot(int64_t nb, const Block* x, const BlockQ8_0* y
 }
 
 SQUISH_AVX512 float dot_q8_0(int64_t nb, const BlockQ8_0* x, const BlockQ8_0* y) {
-  return q8_dot(nb, x, y, [](const BlockQ8_0& b) SQUISH_AVX512 { return load256(b.qs); });
+  // [&], not []: a lambda without captures also converts to a plain function pointer, and that
+  // function would return an AVX vector without AVX enabled (GCC's -Wpsabi).
+  return q8_dot(nb, x, y, [&](const BlockQ8_0& b) SQUISH_AVX512 { return load256(b.qs); });
 }
 
 SQUISH_AVX512 float dot_q4_0(int64_t nb, const BlockQ4_0* x, const BlockQ8_0* y) {

@@ -52,7 +52,7 @@ struct Point {
   std::string recovery;
   std::string tag;
   uint64_t params = 0, bytes = 0;
-  std::vector<nlohmann::json> results;  // per eval: the perplexity report
+  std::vector<nlohmann::json> results{};  // per eval: the perplexity report
 };
 
 [[noreturn]] void usage(const std::string& why) {

@@ -18,7 +18,11 @@ std::string shard(const std::vector<std::pair<std::string, std::vector<int>>>& t
   for (const auto& [name, shape] : tensors) {
     size_t n = 4;
     std::string s;
-    for (int d : shape) n *= static_cast<size_t>(d), s += (s.empty() ? "" : ",") + std::to_string(d);
+    for (int d : shape) {
+      n *= static_cast<size_t>(d);
+      if (!s.empty()) s += ',';
+      s += std::to_string(d);
+    }
     header += ",\"" + name + "\":{\"dtype\":\"F32\",\"shape\":[" + s + "],\"data_offsets\":[" + std::to_string(off) + "," +
               std::to_string(off + n) + "]}";
     off += n;

@@ -4,6 +4,8 @@
 #include "core/base/error.hpp"
 #include "core/runtime/plugin_api.hpp"
 
+#include <fmt/format.h>
+
 #include <atomic>
 #include <chrono>
 #include <thread>
@@ -27,7 +29,7 @@ class CounterSource final : public Node {
     if (next_ >= count_) return false;
     if (next_ == fail_at_) fail(ExitCode::InputData, "counter source: planned failure at message {}", next_);
     Tensor t;
-    t.name = "t" + std::to_string(next_++);
+    t.name = fmt::format("t{}", next_++);
     t.dtype = DType::F32;
     t.shape = {4};
     t.data = Buffer::owned(std::vector<std::byte>(16));
