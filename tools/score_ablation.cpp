@@ -1,8 +1,14 @@
-// squish-score-ablation: does the score stage find the KV groups that matter?
-// Masks out, in every layer, the KV group with the lowest score, the highest score, or a random
-// one (mean of 5 seeds), and measures perplexity (llama.cpp protocol) on evaluation texts.
-//   squish-score-ablation MODEL_DIR SCORES_A.json [SCORES_B.json ...] -- EVAL.txt[:max_chunks] ...
-// Prints a Markdown table. A measurement program, not a test: figures go in closing notes.
+// squish-score-ablation: do the score stage's KV-group scores find the groups that matter?
+// Masks out, in every layer, the KV group with the lowest Taylor score, the highest, or a random
+// one (mean of 5 seeds), and measures the float model's perplexity (512-token chunks, second half
+// scored: llama.cpp's protocol) on each evaluation text. If the scores mean anything, removing the
+// lowest-scored groups costs least and the highest-scored most.
+//
+//   build/bin/squish-score-ablation MODEL_DIR SCORES_A.json [SCORES_B.json ...] -- EVAL.txt[:MAX_CHUNKS] ...
+//
+// Each SCORES.json is the scores.json of a score folder for MODEL_DIR (docs/scores.md), e.g. from
+// different calibration texts; the highest and random rows use the first. Prints a Markdown table:
+// one row per selection, one PPL column per text, with the unmasked model as the baseline row.
 #include "core/io/text_file.hpp"
 #include "core/model/perplexity.hpp"
 #include "core/model/transformer.hpp"

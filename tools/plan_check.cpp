@@ -1,12 +1,17 @@
 // squish-plan-check: does the plan stage's predictor rank single-tensor quantizations the way
 // the model's output does? For N single-tensor swaps (one weight quantized to one type, every
 // other weight float), measures the mean KL divergence of the float model's next-token
-// distribution (second half of each chunk, llama.cpp's protocol) against the unmodified model,
-// and prints it beside the measurements' predicted loss, with the Spearman rank correlation.
-//   squish-plan-check MODEL_DIR STATS_DIR EVAL.txt [N_SWAPS=24] [CHUNKS=8] [METHOD=rtn|gptq]
-// With gptq, each swap quantizes its tensor with GPTQ (as compress would) and the predictions are
-// the gptq measurements (full second moments).
-// A measurement program, not a test: figures go in closing notes.
+// distribution (second half of each 512-token chunk, llama.cpp's protocol) against the
+// unmodified model, and prints it beside the measurements' predicted loss; then the Spearman
+// rank correlation of the two (and the log-log Pearson correlation).
+//
+//   build/bin/squish-plan-check MODEL_DIR STATS_DIR EVAL.txt [N_SWAPS=24] [CHUNKS=8] [METHOD=rtn|gptq]
+//
+// MODEL_DIR is the Hugging Face folder, STATS_DIR the score stage's output for it (its imatrix;
+// with gptq, also its second moments). With gptq each swap quantizes its tensor with GPTQ (as
+// compress would) and the predictions are the gptq measurements. Prints a Markdown table, one row
+// per swap, and the correlations. The README quotes coder-28m's; docs/plan.md describes the
+// predictor.
 #include "core/arch/architecture.hpp"
 #include "core/io/imatrix.hpp"
 #include "core/io/moments.hpp"

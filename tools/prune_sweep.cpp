@@ -5,13 +5,15 @@
 // log beside its file); the score stage's statistics and the measurements are taken once and
 // reused by every point.
 //
-//   squish-prune-sweep --model DIR --text CALIB.txt --eval A.txt[:CHUNKS][,B.txt[:CHUNKS]] --out DIR
+//   build/bin/squish-prune-sweep --model DIR --text CALIB.txt --eval A.txt[:CHUNKS][,B.txt[:CHUNKS]] --out DIR
 //       [--kv 0.125,0.25,0.375,0.5] [--ffn 0.1,0.2,0.3] [--recovery none,bias,refit]
 //       [--bpw 16] [--max-tokens 0] [--threads 0] [--pipelines DIR] [--kl true|false]
 //
 // Writes <out>/sweep.json, sweep.md (the table) and sweep.svg; exit code of the first failing
 // run (its log named), 2 for bad arguments. Points already finished in <out> (file, recipe and
-// reports) are read back, so an interrupted sweep resumes where it stopped.
+// reports) are read back, so an interrupted sweep resumes where it stopped. squish-run is taken
+// from beside this program (build/bin). docs/pruning.md shows a sweep of coder-28m
+// (docs/pruning-sweep/).
 #include "core/gguf/gguf.hpp"
 #include "core/io/atomic_file.hpp"
 #include "core/io/text_file.hpp"
