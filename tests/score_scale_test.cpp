@@ -290,7 +290,9 @@ TEST(ScoreStreaming, CoderUnderAMemoryBoundBelowItsFloatSizeGivesTheSameArtifact
   SQUISH_REQUIRE_SHARED();
   test::TempDir tmp;
   const uint64_t bound = *parse_byte_size(kBound);
-  if (!test::kSanitized) ASSERT_LT(bound, float32_bytes(test::shared("models/coder-28m")));
+  if (!test::kSanitized) {
+    ASSERT_LT(bound, float32_bytes(test::shared("models/coder-28m")));
+  }
   auto whole = test::squish_run(score_args(tmp / "whole", ""));
   ASSERT_EQ(whole.exit_code, 0) << whole.err;
   auto streamed = test::squish_run(score_args(tmp / "streamed", std::string("--set memory=") + kBound));

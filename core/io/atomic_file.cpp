@@ -2,6 +2,8 @@
 
 #include "core/base/error.hpp"
 
+#include <fmt/format.h>
+
 #include <array>
 #include <atomic>
 #include <cerrno>
@@ -64,7 +66,7 @@ AtomicFile::AtomicFile(std::string path) : path_(std::move(path)) {
 #endif
   // Filesystems without O_TMPFILE: a named temporary, removed on failure and on SIGINT, SIGTERM
   // and SIGHUP; after SIGKILL it stays as .<name>.tmp.XXXXXX (docs: stale temporaries).
-  std::string tmpl = (dir / ("." + p.filename().string() + ".tmp.XXXXXX")).string();
+  std::string tmpl = (dir / fmt::format(".{}.tmp.XXXXXX", p.filename().string())).string();
   slot_ = claim_slot(tmpl);  // before the file exists: a signal in between finds no file, harmlessly
   fd_ = ::mkstemp(tmpl.data());
   if (fd_ < 0) {
@@ -118,7 +120,7 @@ void AtomicFile::commit() {
   if (!dir_.empty()) {
     // Give the anonymous inode a name beside the target, then rename it over the target
     // (linkat cannot replace an existing file). The name lives only between the two calls.
-    std::string tmpl = (fs::path(dir_) / ("." + fs::path(path_).filename().string() + ".tmp.XXXXXX")).string();
+    std::string tmpl = (fs::path(dir_) / fmt::format(".{}.tmp.XXXXXX", fs::path(path_).filename().string())).string();
     for (int attempt = 0;; ++attempt) {
       std::string name = tmpl;
       const int probe = ::mkstemp(name.data());  // a unique name; removed, then linked to

@@ -2,6 +2,8 @@
 
 #include "core/base/error.hpp"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
@@ -47,7 +49,7 @@ StagedDir::StagedDir(std::string dest) : dest_(std::move(dest)) {
     fail(ExitCode::Runtime, "{}: cannot create output folder: a file of that name exists", dest_);
   into_existing_ = fs::is_directory(d, ec);
   const fs::path parent = into_existing_ ? d : (d.parent_path().empty() ? fs::path(".") : d.parent_path());
-  const std::string prefix = into_existing_ ? ".staging-" : "." + d.filename().string() + ".staging-";
+  const std::string prefix = into_existing_ ? std::string(".staging-") : fmt::format(".{}.staging-", d.filename().string());
   if (!into_existing_) {
     fs::create_directories(parent, ec);
     if (!fs::is_directory(parent)) fail(ExitCode::Runtime, "{}: cannot create output folder: {}", dest_, ec.message());

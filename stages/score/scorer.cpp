@@ -126,7 +126,7 @@ struct Calibration {
   ModelConfig cfg;
   std::string config_text, text;
   SafetensorsModel header;
-  std::vector<int32_t> tokens;
+  std::vector<int32_t> tokens{};
   size_t n_all = 0;  // tokens in the whole text
   int chunks = 0, c0 = 0, c1 = 0;
 };
