@@ -1,5 +1,7 @@
 #pragma once
 // Shared helpers for tests: where things are, temp dirs, running squish-run.
+#include "tests/sanitized.hpp"
+
 #include <filesystem>
 #include <string>
 
@@ -51,7 +53,7 @@ void write_file(const std::string& path, const std::string& data);
 
 // Sanitizers shadow every mapped byte and keep their own allocator: memory figures (RSS, address
 // space limits) mean nothing under them, so tests of those skip there.
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#ifdef SQUISH_SANITIZED
 #define SQUISH_SKIP_UNDER_SANITIZERS(why) GTEST_SKIP() << "under a sanitizer: " << why
 namespace squish::test { inline constexpr bool kSanitized = true; }
 #else

@@ -93,7 +93,7 @@ TEST(TokenizerBpe, VocabMatchesLlamaCppGgufMetadata) {
   size_t compared = 0;
   for (const auto& [key, value] : ref.metadata()) {
     if (key.rfind("tokenizer.ggml.", 0) != 0) continue;
-    const auto it = std::find_if(kv.begin(), kv.end(), [&](const auto& p) { return p.first == key; });
+    const auto it = std::find_if(kv.begin(), kv.end(), [&k = key](const auto& p) { return p.first == k; });  // clang 14 cannot capture structured bindings
     ASSERT_NE(it, kv.end()) << key << " not produced";
     EXPECT_TRUE(it->second == value) << key << ": " << it->second.to_string() << " vs " << value.to_string();
     ++compared;

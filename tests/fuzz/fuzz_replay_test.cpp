@@ -4,6 +4,7 @@
 // escape, and it must not crash, hang or exhaust memory. Each input runs in a child process
 // (address space 4 GB, 60 s) so one crash names its file and does not stop the others.
 #include "tests/fuzz/fuzz_common.hpp"
+#include "tests/sanitized.hpp"
 
 #include <gtest/gtest.h>
 
@@ -49,7 +50,7 @@ std::string run_one(squish::fuzz::TargetFn fn, const std::string& file) {
   if (pid < 0) return "fork failed";
   if (pid == 0) {
     ::close(pipefd[0]);
-#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+#ifndef SQUISH_SANITIZED
     // (sanitizers reserve terabytes of shadow address space: no limit under them)
     rlimit as{4ull << 30, 4ull << 30};
     ::setrlimit(RLIMIT_AS, &as);
