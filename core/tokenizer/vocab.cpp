@@ -111,6 +111,188 @@ std::string detect_pre(const json& tj, const std::string& path) {
   return pre;
 }
 
+// tokenizer.json's tokens by id: the model vocabulary, then added tokens (which may extend it
+// and win on a shared id). By id, so that "lowest id first" is the maps' order.
+struct TokenTable {
+  struct Added {
+    std::string content;
+    bool special = false;
+  };
+  std::map<int64_t, Added> added;
+  std::map<int64_t, std::string> vocab;
+  int64_t n = 0;                                   // the vocabulary's size
+  std::vector<std::optional<std::string>> by_id;  // n entries; empty: an id no token has
+};
+
+TokenTable read_token_table(const json& tj, const json& model, const std::string& path, int n_vocab) {
+  TokenTable t;
+  // Ids are integers below 2^24 (config.json's vocab_size bound), so nothing below truncates
+  // or sizes a table from a hostile number.
+  constexpr int64_t kMaxId = int64_t(1) << 24;
+  const auto token_id = [&](const json& id, const std::string& text) {
+    if (!id.is_number_integer() || (id.is_number_unsigned() ? id.get<uint64_t>() >= uint64_t(kMaxId) : id.get<int64_t>() < 0))
+      fail(ExitCode::InputData, "{}: token '{}' has id {}, not an integer in 0..{}", path, text, json_text(id), kMaxId - 1);
+    return id.get<int64_t>();
+  };
+  if (!model.at("vocab").is_object()) fail(ExitCode::InputData, "{}: model.vocab must be an object of token: id", path);
+  for (const auto& [text, id] : model.at("vocab").items()) t.vocab[token_id(id, text)] = text;
+  if (tj.contains("added_tokens") && tj["added_tokens"].is_array())
+    for (const json& a : tj["added_tokens"]) {
+      const std::string content = a.at("content");
+      t.added[token_id(a.at("id"), content)] = {content, a.value("special", false)};
+    }
+  int64_t max_id = -1;
+  if (!t.vocab.empty()) max_id = t.vocab.rbegin()->first;
+  if (!t.added.empty()) max_id = std::max(max_id, t.added.rbegin()->first);
+  // The model's vocab_size decides the vocabulary size (as the converter's), else the tokenizer's,
+  // whose ids must then be nearly dense (unlisted ids become padding tokens).
+  const int64_t listed = static_cast<int64_t>(t.vocab.size() + t.added.size());
+  if (n_vocab <= 0 && max_id + 1 > 2 * listed + 1024)
+    fail(ExitCode::InputData, "{}: highest token id {} but only {} tokens listed (ids must be nearly contiguous)", path, max_id, listed);
+  t.n = n_vocab > 0 ? n_vocab : max_id + 1;
+  const auto check = [&](int64_t id, const std::string& text) {
+    if (id < 0 || id >= t.n) fail(ExitCode::InputData, "{}: token id {} ('{}') is outside vocab_size {}", path, id, text, t.n);
+  };
+  for (const auto& [id, text] : t.vocab) check(id, text);
+  for (const auto& [id, a] : t.added) check(id, a.content);
+  t.by_id.resize(static_cast<size_t>(t.n));
+  for (const auto& [id, text] : t.vocab) t.by_id[static_cast<size_t>(id)] = text;
+  for (const auto& [id, a] : t.added) t.by_id[static_cast<size_t>(id)] = a.content;
+  return t;
+}
+
+// Special-token ids (SpecialVocab): the tokenizer_config.json string looked up among the added
+// tokens (lowest id first), else config.json's <typ>_token_id. Then add_bos/add_eos:
+// tokenizer_config.json's flags, else what the post-processor template does (a special token
+// first / last); add_bos is always written, add_eos only when known. And the chat template.
+void read_special_tokens(Vocab& v, const json& tj, const TokenTable& t, const std::optional<json>& tcfg, const std::optional<json>& cfg) {
+  const auto special_id = [&](const std::string& typ) -> int32_t {
+    if (tcfg && tcfg->is_object() && tcfg->contains(typ + "_token"))
+      if (const auto content = token_content((*tcfg)[typ + "_token"]))
+        for (const auto& [id, a] : t.added)
+          if (a.content == *content) return static_cast<int32_t>(id);
+    const std::string key = typ + "_token_id";
+    if (cfg && cfg->is_object() && cfg->contains(key) && (*cfg)[key].is_number_integer()) {
+      const int64_t id = (*cfg)[key];
+      if (id >= 0 && id < t.n) return static_cast<int32_t>(id);
+    }
+    return -1;
+  };
+  v.bos = special_id("bos");
+  v.eos = special_id("eos");
+  v.unk = special_id("unk");
+  v.sep = special_id("sep");
+  v.pad = special_id("pad");
+
+  const json* single = nullptr;
+  if (tj.contains("post_processor") && tj["post_processor"].is_object()) {
+    std::vector<const json*> procs;
+    flatten(tj["post_processor"], "processors", procs);
+    for (const json* p : procs)
+      if (p->value("type", "") == "TemplateProcessing" && p->contains("single") && (*p)["single"].is_array() && !(*p)["single"].empty())
+        single = &(*p)["single"];
+  }
+  const std::optional<bool> tc_bos = json_bool(tcfg, "add_bos_token"), tc_eos = json_bool(tcfg, "add_eos_token");
+  v.add_bos = tc_bos ? *tc_bos : single && single->front().contains("SpecialToken");
+  v.has_add_eos = tc_eos || single;
+  v.add_eos = tc_eos ? *tc_eos : single && single->back().contains("SpecialToken");
+  if (tcfg && tcfg->is_object() && tcfg->contains("chat_template") && (*tcfg)["chat_template"].is_string())
+    v.chat_template = (*tcfg)["chat_template"];
+}
+
+// Byte-level BPE (convert_hf_to_gguf.py _set_vocab_gpt2).
+void fill_byte_level(Vocab& v, const json& tj, const json& model, TokenTable& t, const std::string& path) {
+  v.model = "gpt2";
+  v.pre = detect_pre(tj, path);
+  v.ignore_merges = model.value("ignore_merges", false);
+  for (int64_t i = 0; i < t.n; ++i) {
+    auto& text = t.by_id[static_cast<size_t>(i)];
+    TokenType type = TokenType::Normal;
+    if (!text) {
+      text = fmt::format("[PAD{}]", i);
+      type = TokenType::Unused;
+    } else if (auto it = t.added.find(i); it != t.added.end()) {
+      if (it->second.special || looks_special(*text)) {
+        type = TokenType::Control;
+      } else {
+        type = TokenType::UserDefined;
+        replace_all(*text, kSpmSpace, " ");  // the converter pre-normalizes user-defined spaces
+      }
+    }
+    v.tokens[static_cast<size_t>(i)] = std::move(*text);
+    v.token_types[static_cast<size_t>(i)] = static_cast<int32_t>(type);
+  }
+  // Merges: "a b" strings, or [a, b] pairs (spaces inside a part become U+0120, as the
+  // converter writes them).
+  for (const json& m : model.value("merges", json::array())) {
+    if (m.is_string()) {
+      v.merges.push_back(m.get<std::string>());
+    } else if (m.is_array() && m.size() == 2) {
+      std::string a = m[0], b = m[1];
+      replace_all(a, " ", "\xC4\xA0");
+      replace_all(b, " ", "\xC4\xA0");
+      v.merges.push_back(a + " " + b);
+    } else {
+      fail(ExitCode::InputData, "{}: unknown merges format", path);
+    }
+  }
+}
+
+// SentencePiece-style BPE with byte fallback, written as convert_hf_to_gguf.py's
+// _set_vocab_sentencepiece would from the original tokenizer.model: the unk_token is Unknown,
+// added tokens Control (flagged or looking special) or UserDefined, <0xXX> Byte. Normal pieces
+// score -0, -1, -2, ... in id order (SentencePiece BPE scores a piece by minus its merge rank;
+// HF's converter orders ids the same way), other pieces 0, padding -1000.
+void fill_sentencepiece(Vocab& v, const json& tj, const json& model, TokenTable& t, const std::string& path) {
+  v.model = "llama";
+  std::vector<const json*> norms;
+  if (tj.contains("normalizer")) flatten(tj["normalizer"], "normalizers", norms);
+  std::vector<const json*> pres;
+  if (tj.contains("pre_tokenizer")) flatten(tj["pre_tokenizer"], "pretokenizers", pres);
+  bool prepend = false;
+  for (const json* nz : norms) {
+    const std::string type = nz->value("type", "");
+    if (type == "Prepend" && nz->value("prepend", "") == kSpmSpace) {
+      prepend = true;
+    } else if (type == "Replace" && nz->contains("pattern") && (*nz)["pattern"].value("String", "") == " " &&
+               nz->value("content", "") == kSpmSpace) {
+      // spaces become '▁': what the SPM tokenizer always does
+    } else {
+      fail(ExitCode::InputData, "{}: unsupported normalizer '{}'", path, type);
+    }
+  }
+  for (const json* p : pres) {
+    if (p->value("type", "") != "Metaspace" || p->value("replacement", "") != kSpmSpace)
+      fail(ExitCode::InputData, "{}: unsupported pre-tokenizer '{}' for a byte-fallback BPE", path, p->value("type", ""));
+    prepend = p->value("prepend_scheme", "always") != "never" || p->value("add_prefix_space", false);
+  }
+  v.add_space_prefix = prepend;
+  const std::string unk_text = model.contains("unk_token") && model["unk_token"].is_string() ? model["unk_token"].get<std::string>() : "";
+  v.scores.resize(static_cast<size_t>(t.n));
+  int32_t rank = 0;
+  for (int64_t i = 0; i < t.n; ++i) {
+    auto& text = t.by_id[static_cast<size_t>(i)];
+    TokenType type = TokenType::Normal;
+    float score = 0.0f;
+    if (!text) {
+      text = fmt::format("[PAD{}]", i);
+      type = TokenType::Unused;
+      score = -1000.0f;
+    } else if (!unk_text.empty() && *text == unk_text) {
+      type = TokenType::Unknown;
+    } else if (auto it = t.added.find(i); it != t.added.end()) {
+      type = it->second.special || looks_special(*text) ? TokenType::Control : TokenType::UserDefined;
+    } else if (is_byte_piece(*text)) {
+      type = TokenType::Byte;
+    } else {
+      score = -static_cast<float>(rank++);
+    }
+    v.scores[static_cast<size_t>(i)] = score;
+    v.tokens[static_cast<size_t>(i)] = std::move(*text);
+    v.token_types[static_cast<size_t>(i)] = static_cast<int32_t>(type);
+  }
+}
+
 }  // namespace
 
 Vocab Vocab::from_tokenizer_json(const std::string& path, int n_vocab) {
@@ -122,185 +304,12 @@ Vocab Vocab::from_tokenizer_json(const std::string& path, int n_vocab) {
     const json& model = tj.at("model");
     if (model.value("type", "") != "BPE")
       fail(ExitCode::InputData, "{}: unsupported tokenizer model '{}' (only BPE)", path, model.value("type", ""));
-    const bool byte_fallback = model.value("byte_fallback", false);
-
-    // Tokens by id: the model vocabulary, then added tokens (which may extend it and win on
-    // a shared id). By id, so that "lowest id first" below is the map order.
-    struct Added {
-      std::string content;
-      bool special;
-    };
-    std::map<int64_t, Added> added;
-    std::map<int64_t, std::string> vocab;
-    // Ids are integers below 2^24 (config.json's vocab_size bound), so nothing below truncates
-    // or sizes a table from a hostile number.
-    constexpr int64_t kMaxId = int64_t(1) << 24;
-    const auto token_id = [&](const json& id, const std::string& text) {
-      if (!id.is_number_integer() || (id.is_number_unsigned() ? id.get<uint64_t>() >= uint64_t(kMaxId) : id.get<int64_t>() < 0))
-        fail(ExitCode::InputData, "{}: token '{}' has id {}, not an integer in 0..{}", path, text, json_text(id), kMaxId - 1);
-      return id.get<int64_t>();
-    };
-    if (!model.at("vocab").is_object()) fail(ExitCode::InputData, "{}: model.vocab must be an object of token: id", path);
-    for (const auto& [text, id] : model.at("vocab").items()) vocab[token_id(id, text)] = text;
-    if (tj.contains("added_tokens") && tj["added_tokens"].is_array())
-      for (const json& a : tj["added_tokens"]) {
-        const std::string content = a.at("content");
-        added[token_id(a.at("id"), content)] = {content, a.value("special", false)};
-      }
-    int64_t max_id = -1;
-    if (!vocab.empty()) max_id = vocab.rbegin()->first;
-    if (!added.empty()) max_id = std::max(max_id, added.rbegin()->first);
-    // The model's vocab_size decides the vocabulary size (as the converter's), else the tokenizer's,
-    // whose ids must then be nearly dense (unlisted ids become padding tokens).
-    const int64_t listed = static_cast<int64_t>(vocab.size() + added.size());
-    if (n_vocab <= 0 && max_id + 1 > 2 * listed + 1024)
-      fail(ExitCode::InputData, "{}: highest token id {} but only {} tokens listed (ids must be nearly contiguous)", path, max_id, listed);
-    const int64_t n = n_vocab > 0 ? n_vocab : max_id + 1;
-    const auto check = [&](int64_t id, const std::string& text) {
-      if (id < 0 || id >= n)
-        fail(ExitCode::InputData, "{}: token id {} ('{}') is outside vocab_size {}", path, id, text, n);
-    };
-    for (const auto& [id, text] : vocab) check(id, text);
-    for (const auto& [id, a] : added) check(id, a.content);
-    std::vector<std::optional<std::string>> by_id(static_cast<size_t>(n));
-    for (const auto& [id, text] : vocab) by_id[static_cast<size_t>(id)] = text;
-    for (const auto& [id, a] : added) by_id[static_cast<size_t>(id)] = a.content;
-
-    // Special-token ids (SpecialVocab): the tokenizer_config.json string looked up among the
-    // added tokens (lowest id first), else config.json's <typ>_token_id.
-    const std::optional<json> tcfg = read_json(dir / "tokenizer_config.json", false);
-    const std::optional<json> cfg = read_json(dir / "config.json", false);
-    const auto special_id = [&](const std::string& typ) -> int32_t {
-      if (tcfg && tcfg->is_object() && tcfg->contains(typ + "_token"))
-        if (const auto content = token_content((*tcfg)[typ + "_token"]))
-          for (const auto& [id, a] : added)
-            if (a.content == *content) return static_cast<int32_t>(id);
-      const std::string key = typ + "_token_id";
-      if (cfg && cfg->is_object() && cfg->contains(key) && (*cfg)[key].is_number_integer()) {
-        const int64_t id = (*cfg)[key];
-        if (id >= 0 && id < n) return static_cast<int32_t>(id);
-      }
-      return -1;
-    };
-    v.bos = special_id("bos");
-    v.eos = special_id("eos");
-    v.unk = special_id("unk");
-    v.sep = special_id("sep");
-    v.pad = special_id("pad");
-
-    // add_bos/add_eos: tokenizer_config.json's flags, else what the post-processor template does
-    // (a special token first / last). add_bos is always written; add_eos only when known.
-    const json* single = nullptr;
-    if (tj.contains("post_processor") && tj["post_processor"].is_object()) {
-      std::vector<const json*> procs;
-      flatten(tj["post_processor"], "processors", procs);
-      for (const json* p : procs)
-        if (p->value("type", "") == "TemplateProcessing" && p->contains("single") && (*p)["single"].is_array() &&
-            !(*p)["single"].empty())
-          single = &(*p)["single"];
-    }
-    const std::optional<bool> tc_bos = json_bool(tcfg, "add_bos_token"), tc_eos = json_bool(tcfg, "add_eos_token");
-    v.add_bos = tc_bos ? *tc_bos : single && single->front().contains("SpecialToken");
-    v.has_add_eos = tc_eos || single;
-    v.add_eos = tc_eos ? *tc_eos : single && single->back().contains("SpecialToken");
-    if (tcfg && tcfg->is_object() && tcfg->contains("chat_template") && (*tcfg)["chat_template"].is_string())
-      v.chat_template = (*tcfg)["chat_template"];
-
-    v.tokens.resize(static_cast<size_t>(n));
-    v.token_types.resize(static_cast<size_t>(n));
-    if (!byte_fallback) {
-      // Byte-level BPE (convert_hf_to_gguf.py _set_vocab_gpt2).
-      v.model = "gpt2";
-      v.pre = detect_pre(tj, path);
-      v.ignore_merges = model.value("ignore_merges", false);
-      for (int64_t i = 0; i < n; ++i) {
-        auto& text = by_id[static_cast<size_t>(i)];
-        TokenType type = TokenType::Normal;
-        if (!text) {
-          text = fmt::format("[PAD{}]", i);
-          type = TokenType::Unused;
-        } else if (auto it = added.find(i); it != added.end()) {
-          if (it->second.special || looks_special(*text)) {
-            type = TokenType::Control;
-          } else {
-            type = TokenType::UserDefined;
-            replace_all(*text, kSpmSpace, " ");  // the converter pre-normalizes user-defined spaces
-          }
-        }
-        v.tokens[static_cast<size_t>(i)] = std::move(*text);
-        v.token_types[static_cast<size_t>(i)] = static_cast<int32_t>(type);
-      }
-      // Merges: "a b" strings, or [a, b] pairs (spaces inside a part become U+0120, as the
-      // converter writes them).
-      for (const json& m : model.value("merges", json::array())) {
-        if (m.is_string()) {
-          v.merges.push_back(m.get<std::string>());
-        } else if (m.is_array() && m.size() == 2) {
-          std::string a = m[0], b = m[1];
-          replace_all(a, " ", "\xC4\xA0");
-          replace_all(b, " ", "\xC4\xA0");
-          v.merges.push_back(a + " " + b);
-        } else {
-          fail(ExitCode::InputData, "{}: unknown merges format", path);
-        }
-      }
-    } else {
-      // SentencePiece-style BPE with byte fallback, written as convert_hf_to_gguf.py's
-      // _set_vocab_sentencepiece would from the original tokenizer.model: the unk_token is
-      // Unknown, added tokens Control (flagged or looking special) or UserDefined, <0xXX> Byte.
-      // Normal pieces score -0, -1, -2, ... in id order (SentencePiece BPE scores a piece by
-      // minus its merge rank; HF's converter orders ids the same way), other pieces 0, padding
-      // -1000.
-      v.model = "llama";
-      std::vector<const json*> norms;
-      if (tj.contains("normalizer")) flatten(tj["normalizer"], "normalizers", norms);
-      std::vector<const json*> pres;
-      if (tj.contains("pre_tokenizer")) flatten(tj["pre_tokenizer"], "pretokenizers", pres);
-      bool prepend = false;
-      for (const json* nz : norms) {
-        const std::string type = nz->value("type", "");
-        if (type == "Prepend" && nz->value("prepend", "") == kSpmSpace) {
-          prepend = true;
-        } else if (type == "Replace" && nz->contains("pattern") && (*nz)["pattern"].value("String", "") == " " &&
-                   nz->value("content", "") == kSpmSpace) {
-          // spaces become '▁': what the SPM tokenizer always does
-        } else {
-          fail(ExitCode::InputData, "{}: unsupported normalizer '{}'", path, type);
-        }
-      }
-      for (const json* p : pres) {
-        if (p->value("type", "") != "Metaspace" || p->value("replacement", "") != kSpmSpace)
-          fail(ExitCode::InputData, "{}: unsupported pre-tokenizer '{}' for a byte-fallback BPE", path,
-               p->value("type", ""));
-        prepend = p->value("prepend_scheme", "always") != "never" || p->value("add_prefix_space", false);
-      }
-      v.add_space_prefix = prepend;
-      const std::string unk_text =
-          model.contains("unk_token") && model["unk_token"].is_string() ? model["unk_token"].get<std::string>() : "";
-      v.scores.resize(static_cast<size_t>(n));
-      int32_t rank = 0;
-      for (int64_t i = 0; i < n; ++i) {
-        auto& text = by_id[static_cast<size_t>(i)];
-        TokenType type = TokenType::Normal;
-        float score = 0.0f;
-        if (!text) {
-          text = fmt::format("[PAD{}]", i);
-          type = TokenType::Unused;
-          score = -1000.0f;
-        } else if (!unk_text.empty() && *text == unk_text) {
-          type = TokenType::Unknown;
-        } else if (auto it = added.find(i); it != added.end()) {
-          type = it->second.special || looks_special(*text) ? TokenType::Control : TokenType::UserDefined;
-        } else if (is_byte_piece(*text)) {
-          type = TokenType::Byte;
-        } else {
-          score = -static_cast<float>(rank++);
-        }
-        v.scores[static_cast<size_t>(i)] = score;
-        v.tokens[static_cast<size_t>(i)] = std::move(*text);
-        v.token_types[static_cast<size_t>(i)] = static_cast<int32_t>(type);
-      }
-    }
+    TokenTable table = read_token_table(tj, model, path, n_vocab);
+    read_special_tokens(v, tj, table, read_json(dir / "tokenizer_config.json", false), read_json(dir / "config.json", false));
+    v.tokens.resize(static_cast<size_t>(table.n));
+    v.token_types.resize(static_cast<size_t>(table.n));
+    if (model.value("byte_fallback", false)) fill_sentencepiece(v, tj, model, table, path);
+    else fill_byte_level(v, tj, model, table, path);
   } catch (const json::exception& e) {
     fail_json_shape(path, "malformed tokenizer.json", e);
   }
