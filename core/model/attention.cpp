@@ -268,15 +268,16 @@ void expand(const E* K, const E* V, int D, int n, float* kf, float* vf) {
 
 }  // namespace
 
+// The size is arch's (the planner's device budget counts the same bytes); its padding is this
+// file's key block.
+static_assert(kB == arch::kKvCacheBlock, "the KV cache's key block is arch::kKvCacheBlock");
+
 uint64_t KVCache::bytes_needed(const arch::ModelArch& a, int n_ctx, KVType type) {
-  const uint64_t pad = uint64_t(n_ctx + kB - 1) / kB * kB;
-  uint64_t heads = 0;
-  for (const auto& L : a.layers) heads += uint64_t(L.n_head_kv);
-  return heads * 2 * pad * uint64_t(a.head_dim) * (type == KVType::F16 ? 2 : 4);
+  return a.kv_cache_bytes(n_ctx, type == KVType::F16 ? 2 : 4);
 }
 
 KVCache::KVCache(const arch::ModelArch& a, int n_ctx, KVType type)
-    : type_(type), n_ctx_(n_ctx), n_ctx_pad_((n_ctx + kB - 1) / kB * kB), head_dim_(a.head_dim) {
+    : type_(type), n_ctx_(n_ctx), n_ctx_pad_(arch::kv_cache_positions(n_ctx)), head_dim_(a.head_dim) {
   size_t offset = 0;
   for (const auto& L : a.layers) {
     layers_.push_back({L.n_head, L.n_head_kv, offset});
