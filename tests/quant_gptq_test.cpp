@@ -3,7 +3,11 @@
 //    weight is its grid value, and writing the levels back gives the same bytes;
 //  - GPTQ's blocks decode the same with the scalar and the AVX2 dequantizers, are deterministic,
 //    and have a lower output error tr((W - Q) H (W - Q)ᵀ) than ggml's importance-weighted
-//    rounding of the same types, on a layer whose inputs are correlated.
+//    rounding of the same types, on a layer whose inputs are correlated;
+//  - the float factor of H⁻¹ (blocked, parallel Cholesky and triangular inverse) is within the
+//    backward-error bounds of those algorithms, and GPTQ takes it only when it is as accurate as
+//    kFloatFactorTolerance says (else the double reference).
+#include "core/linalg/spd.hpp"
 #include "core/quant/gptq.hpp"
 #include "core/quant/levels.hpp"
 #include "core/quant/quantize.hpp"
@@ -140,6 +144,98 @@ TEST(GptqEdges, DeadInputsAndSingularStatistics) {
   dequantize_row(GGMLType::Q4_K, g.data(), d.data(), L.cols * L.rows);
   for (float v : d) ASSERT_TRUE(std::isfinite(v));
   EXPECT_THROW(quant::gptq_quantize(GGMLType::F16, L.W.data(), L.rows, L.cols, L.H.data(), nullptr), std::exception);
+}
+
+// ‖Uᵀ U H_d − I‖_F / √n in double, H_d = H + damp·mean(diag)·I: the factor's error as GPTQ
+// applies it (RMS over unit vectors).
+double exact_residual(const std::vector<float>& U, const std::vector<float>& H, int64_t n, double damp) {
+  double mean = 0;
+  for (int64_t i = 0; i < n; ++i) mean += H[i * n + i];
+  mean /= double(n);
+  std::vector<double> u(U.begin(), U.end()), h(H.begin(), H.end()), uh(size_t(n * n)), r(size_t(n * n));
+  for (int64_t i = 0; i < n; ++i) h[i * n + i] += damp * mean;
+  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(n), int(n), int(n), 1.0, u.data(), int(n), h.data(), int(n), 0.0, uh.data(), int(n));
+  cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(n), int(n), int(n), 1.0, u.data(), int(n), uh.data(), int(n), 0.0, r.data(), int(n));
+  double e = 0;
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < n; ++j) e += (r[i * n + j] - (i == j)) * (r[i * n + j] - (i == j));
+  return std::sqrt(e / double(n));
+}
+
+// The blocked float Cholesky and triangular inverse (several tiles, a ragged last one) within the
+// componentwise backward-error bounds (Higham, Accuracy and Stability, Thm 10.3 and §14.2, with
+// γ_k = k u / (1 − k u)): |L Lᵀ − A| <= γ_{n+1} |L| |Lᵀ| for Cholesky in any summation order,
+// and |X L − I| <= c_n u |X| |L| for the blocked inverse, taken here as γ_{3n}.
+TEST(FloatFactor, CholeskyAndInverseWithinBackwardErrorBounds) {
+  Layer L = correlated_layer(21);
+  const int n = 700;  // 5 tiles of 128 and a ragged one, from the layer's 1024 inputs
+  std::vector<float> a(size_t(n) * n);
+  for (int i = 0; i < n; ++i)
+    for (int j = 0; j < n; ++j) a[size_t(i) * n + j] = L.H[size_t(i) * L.cols + j] + (i == j ? 0.05f : 0.0f);
+  std::vector<float> f = a;
+  ASSERT_TRUE(linalg::cholesky_lower(f.data(), n));
+  auto l = [&](int r, int c) { return r >= c ? double(f[size_t(r) + size_t(c) * n]) : 0.0; };  // column-major
+  const double u = std::ldexp(1.0, -24);
+  auto gamma = [u](double k) { return k * u / (1 - k * u); };
+  double worst = 0;
+  for (int i = 0; i < n; ++i)
+    for (int j = 0; j <= i; ++j) {
+      double s = 0, abs = 0;
+      for (int k = 0; k <= j; ++k) s += l(i, k) * l(j, k), abs += std::fabs(l(i, k) * l(j, k));
+      const double bound = gamma(n + 1) * abs;
+      ASSERT_LE(std::fabs(s - a[size_t(i) * n + j]), bound) << i << "," << j;
+      worst = std::max(worst, std::fabs(s - a[size_t(i) * n + j]) / bound);
+    }
+  std::printf("Cholesky: worst error %.3g of the bound\n", worst);
+  std::vector<float> x = f;
+  linalg::invert_lower(x.data(), n);
+  auto xi = [&](int r, int c) { return r >= c ? double(x[size_t(r) + size_t(c) * n]) : 0.0; };
+  worst = 0;
+  for (int i = 0; i < n; ++i)
+    for (int j = 0; j <= i; ++j) {
+      double s = 0, abs = 0;
+      for (int k = j; k <= i; ++k) s += xi(i, k) * l(k, j), abs += std::fabs(xi(i, k) * l(k, j));
+      const double bound = gamma(3 * n) * abs;
+      ASSERT_LE(std::fabs(s - (i == j)), bound) << i << "," << j;
+      worst = std::max(worst, std::fabs(s - (i == j)) / bound);
+    }
+  std::printf("inverse: worst error %.3g of the bound\n", worst);
+  std::vector<float> indefinite = a;
+  indefinite[size_t(n / 2) * n + n / 2] = -1.0f;
+  EXPECT_FALSE(linalg::cholesky_lower(indefinite.data(), n));
+}
+
+// GPTQ's factor: the float form where it is accurate to kFloatFactorTolerance (checked exactly
+// here, in double, not by the probes it uses), the double reference where float is not enough.
+TEST(FloatFactor, TakenOnlyWhenAccurate) {
+  const Layer L = correlated_layer(23);
+  const auto f = quant::gptq_factor(L.H.data(), L.cols);
+  EXPECT_FALSE(f.in_double);
+  const double r = exact_residual(f.U, L.H, L.cols, quant::kDefaultDamp);
+  std::printf("float factor: probe residual %.3g, exact %.3g\n", f.float_residual, r);
+  EXPECT_LE(r, quant::kFloatFactorTolerance);
+  quant::GptqOptions ref;
+  ref.double_factor = true;
+  const auto d = quant::gptq_factor(L.H.data(), L.cols, ref);
+  EXPECT_TRUE(d.in_double);
+  EXPECT_LE(exact_residual(d.U, L.H, L.cols, quant::kDefaultDamp), r);
+
+  // Nearly singular (rank 48 + tiny noise, damping 1e-9): float cannot hold H⁻¹ to 1e-3.
+  Layer S = correlated_layer(25);
+  quant::GptqOptions tiny;
+  tiny.damp = 1e-9;
+  std::vector<float> h(S.H.size());
+  const int64_t n = S.cols;
+  const auto z = gaussian(size_t(n * 48), 26, 1.f);
+  cblas_ssyrk(CblasRowMajor, CblasUpper, CblasNoTrans, int(n), 48, 1.f, z.data(), 48, 0.f, h.data(), int(n));
+  for (int64_t i = 0; i < n; ++i) {
+    h[i * n + i] += 1e-6f;
+    for (int64_t j = 0; j < i; ++j) h[i * n + j] = h[j * n + i];
+  }
+  const auto s = quant::gptq_factor(h.data(), n, tiny);
+  std::printf("near-singular: float residual %.3g, in double %d\n", s.float_residual, int(s.in_double));
+  EXPECT_TRUE(s.in_double);
+  for (float v : s.U) ASSERT_TRUE(std::isfinite(v));
 }
 
 std::string type_name(const ::testing::TestParamInfo<GGMLType>& i) { return ggml_type_name(i.param); }

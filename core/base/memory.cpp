@@ -11,6 +11,7 @@
 #include <fstream>
 #include <limits>
 #include <string>
+#include <sys/mman.h>
 #include <sys/resource.h>
 
 namespace squish {
@@ -83,6 +84,14 @@ std::optional<uint64_t> parse_byte_size(std::string_view s) {
   const double v = std::strtod(number.c_str(), nullptr) * scale;
   if (!(v >= 0) || v >= 1.8e19) return std::nullopt;
   return static_cast<uint64_t>(v);
+}
+
+void advise_huge_pages(void* p, size_t bytes) {
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  if (bytes < kHuge) return;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(kHuge - 1);
+  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
 }
 
 }  // namespace squish

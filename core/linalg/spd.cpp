@@ -2,7 +2,12 @@
 
 #include "core/base/error.hpp"
 
+#include <cblas.h>
+#include <oneapi/tbb/parallel_for.h>
+
+#include <algorithm>
 #include <cstddef>
+#include <utility>
 
 // LAPACK from OpenBLAS (Fortran calling convention: trailing hidden string lengths). Declared
 // here only: this file is the one user of LAPACK.
@@ -11,6 +16,8 @@ void dpotrf_(const char* uplo, const int* n, double* a, const int* lda, int* inf
 void dpotri_(const char* uplo, const int* n, double* a, const int* lda, int* info, size_t uplo_len);
 void dpotrs_(const char* uplo, const int* n, const int* nrhs, const double* a, const int* lda, double* b, const int* ldb, int* info,
              size_t uplo_len);
+void spotrf_(const char* uplo, const int* n, float* a, const int* lda, int* info, size_t uplo_len);
+void strtri_(const char* uplo, const char* diag, const int* n, float* a, const int* lda, int* info, size_t uplo_len, size_t diag_len);
 }
 
 namespace squish::linalg {
@@ -52,6 +59,78 @@ bool upper_cholesky(std::vector<double>& a, int n) {
   int info = 0;
   dpotrf_("U", &n, a.data(), &n, &info, 1);
   return info == 0;
+}
+
+namespace {
+
+// Tile edge: large enough that each tile's sgemm runs near the machine's rate, small enough that
+// each step's trailing update still has tens of tiles for the threads. A function of n alone.
+int tile_for(int n) { return n < 8192 ? 128 : 256; }
+
+size_t at(int row, int col, int n) { return size_t(row) + size_t(col) * size_t(n); }
+
+}  // namespace
+
+bool cholesky_lower(float* a, int n) {
+  const int kTile = tile_for(n);
+  // Right-looking: factor the diagonal tile, solve the panel below it, update the trailing lower
+  // triangle; each step's tiles run in parallel.
+  for (int k0 = 0; k0 < n; k0 += kTile) {
+    const int kb = std::min(kTile, n - k0), r0 = k0 + kb, rest = n - r0;
+    float* akk = a + at(k0, k0, n);
+    int info = 0;
+    spotrf_("L", &kb, akk, &n, &info, 1);
+    if (info != 0) return false;
+    if (rest == 0) break;
+    const int tiles = (rest + kTile - 1) / kTile;
+    tbb::parallel_for(0, tiles, [&](int t) {  // A_ik <- A_ik L_kk⁻ᵀ
+      const int i0 = r0 + t * kTile, ib = std::min(kTile, n - i0);
+      cblas_strsm(CblasColMajor, CblasRight, CblasLower, CblasTrans, CblasNonUnit, ib, kb, 1.0f, akk, n, a + at(i0, k0, n), n);
+    });
+    std::vector<std::pair<int, int>> pairs;  // (i, j) tiles of the trailing lower triangle
+    for (int i = 0; i < tiles; ++i)
+      for (int j = 0; j <= i; ++j) pairs.emplace_back(i, j);
+    tbb::parallel_for(size_t(0), pairs.size(), [&](size_t p) {  // A_ij -= A_ik A_jkᵀ
+      const int i0 = r0 + pairs[p].first * kTile, j0 = r0 + pairs[p].second * kTile;
+      const int ib = std::min(kTile, n - i0), jb = std::min(kTile, n - j0);
+      if (i0 == j0)
+        cblas_ssyrk(CblasColMajor, CblasLower, CblasNoTrans, ib, kb, -1.0f, a + at(i0, k0, n), n, 1.0f, a + at(i0, i0, n), n);
+      else
+        cblas_sgemm(CblasColMajor, CblasNoTrans, CblasTrans, ib, jb, kb, -1.0f, a + at(i0, k0, n), n, a + at(j0, k0, n), n, 1.0f,
+                    a + at(i0, j0, n), n);
+    });
+  }
+  return true;
+}
+
+void invert_lower(float* l, int n) {
+  const int kTile = tile_for(n);
+  // Block columns from the last to the first: with X = L⁻¹ already in place right of column
+  // j0 + jb, X_jj = L_jj⁻¹ and X_(below j) = -X_(below) L_(below j) X_jj, the product formed
+  // tile by tile in a scratch panel (n x kTile) and copied back.
+  std::vector<float> panel(size_t(n) * kTile);
+  for (int j0 = (n - 1) / kTile * kTile; j0 >= 0; j0 -= kTile) {
+    const int jb = std::min(kTile, n - j0), r0 = j0 + jb, rest = n - r0;
+    float* xjj = l + at(j0, j0, n);
+    if (rest > 0) {
+      const int tiles = (rest + kTile - 1) / kTile;
+      tbb::parallel_for(0, tiles, [&](int t) {  // panel_i = sum_{m <= i} X_im L_mj
+        const int i0 = r0 + t * kTile, ib = std::min(kTile, n - i0);
+        float* p = panel.data() + size_t(i0 - r0);
+        for (int c = 0; c < jb; ++c) std::copy_n(l + at(i0, j0 + c, n), ib, p + size_t(c) * rest);
+        cblas_strmm(CblasColMajor, CblasLeft, CblasLower, CblasNoTrans, CblasNonUnit, ib, jb, 1.0f, l + at(i0, i0, n), n, p, rest);
+        if (i0 > r0)
+          cblas_sgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, ib, jb, i0 - r0, 1.0f, l + at(i0, r0, n), n, l + at(r0, j0, n), n, 1.0f, p,
+                      rest);
+      });
+    }
+    int info = 0;
+    strtri_("L", "N", &jb, xjj, &n, &info, 1, 1);
+    if (info != 0) fail(ExitCode::Runtime, "triangular inverse: zero on the diagonal at {}", j0 + info - 1);
+    if (rest == 0) continue;
+    cblas_strmm(CblasColMajor, CblasRight, CblasLower, CblasNoTrans, CblasNonUnit, rest, jb, -1.0f, xjj, n, panel.data(), rest);
+    for (int c = 0; c < jb; ++c) std::copy_n(panel.data() + size_t(c) * rest, rest, l + at(r0, j0 + c, n));
+  }
 }
 
 }  // namespace squish::linalg

@@ -29,7 +29,15 @@ struct GptqOptions {
   // Columns by decreasing H_ii, with every block's scales fixed up front from the original
   // weights ("static groups"); the file keeps the original column order.
   bool act_order = false;
+  // The reference factor in double precision (4/3 n³ flops, one thread) instead of the float
+  // one, which is taken only when its measured residual is within kFloatFactorTolerance.
+  bool double_factor = false;
 };
+
+// Largest || Uᵀ U H_d v - v || / || v || (two fixed probes) at which the float factor is used.
+// GPTQ's updates are U's rows, so a relative error e in them moves each update by ~e and adds
+// O(e²) to the output error it removes: at 1e-3, a millionth of it.
+inline constexpr double kFloatFactorTolerance = 1e-3;
 
 // What GPTQ needs of H, computed once per layer input (q/k/v share one, as do gate/up, and every
 // candidate type of a measurement): the upper Cholesky factor U of the damped H⁻¹ (n x n,
@@ -41,6 +49,8 @@ struct GptqFactor {
   std::vector<float> U;
   std::vector<int> perm;   // act-order: processing position -> column
   std::vector<float> diag; // H_ii (the scale search's weights without an imatrix)
+  double float_residual = 0; // the float factor's probe residual (0 when not tried)
+  bool in_double = false;    // the double-precision reference was used
 };
 GptqFactor gptq_factor(const float* H, int64_t cols, const GptqOptions& opt = {});
 
