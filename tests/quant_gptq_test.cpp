@@ -123,6 +123,33 @@ TEST_P(Gptq, LowerOutputErrorThanRoundingValidAndDeterministic) {
   }
   EXPECT_EQ(quant::gptq_quantize(t, L.W.data(), L.rows, L.cols, L.H.data(), nullptr), g);
 
+  // GPTQ's own account of its error (the OBS identity, damping taken out) is the explicit
+  // tr((W - Q) H (W - Q)ᵀ), to the accuracy of the factor: exact for an exact U, so off by the
+  // factor's relative error (at most kFloatFactorTolerance, what the float factor is accepted
+  // at) times the damped error it is a share of, plus the float updates' rounding, relative
+  // u·|W|/|W - Q| (~5e-6 at Q8_0, well inside).
+  for (bool in_double : {false, true}) {
+    quant::GptqOptions o;
+    o.double_factor = in_double;
+    const auto f = quant::gptq_factor(L.H.data(), L.cols, o);
+    std::vector<double> rows;
+    const auto q = quant::gptq_quantize(t, L.W.data(), L.rows, L.cols, f, nullptr, o, &rows);
+    double own = 0, damped = 0;
+    for (double r : rows) own += r;
+    own /= double(L.rows);
+    const double explicit_error = quant::output_error(t, L.W.data(), q.data(), L.rows, L.cols, L.H.data());
+    std::vector<float> d(size_t(L.cols));
+    for (int64_t r = 0; r < L.rows; ++r) {
+      dequantize_row(t, q.data() + r * ggml_row_size(t, L.cols), d.data(), L.cols);
+      for (int64_t j = 0; j < L.cols; ++j) damped += f.ridge * (L.W[r * L.cols + j] - d[j]) * (L.W[r * L.cols + j] - d[j]);
+    }
+    damped = damped / double(L.rows) + explicit_error;
+    const double tol = quant::kFloatFactorTolerance * damped;
+    std::printf("%s %s factor: own error %.6g, explicit %.6g (diff %.2g of the damped error)\n", ggml_type_name(t), in_double ? "double" : "float",
+                own, explicit_error, std::fabs(own - explicit_error) / damped);
+    EXPECT_NEAR(own, explicit_error, tol);
+  }
+
   // Act-order (static blocks, columns by decreasing H_ii): also well below rounding, and the
   // blocks keep the original column order (decoded errors are measured against W as is).
   quant::GptqOptions ao;

@@ -42,7 +42,7 @@ Damping damping_of(const float* H, int n) {
 }
 
 // The reference: three double-precision LAPACK steps (H = L Lᵀ, H⁻¹, H⁻¹ = Uᵀ U), 4/3 n³ flops.
-std::vector<float> inverse_cholesky_upper_double(const float* H, int n, double damp) {
+std::vector<float> inverse_cholesky_upper_double(const float* H, int n, double damp, double* ridge_used) {
   // Symmetric, so row- and column-major agree; LAPACK sees column-major below.
   std::vector<double> a(H, H + size_t(n) * n);
   const double mean_diag = linalg::mean_diagonal(a, n, n);
@@ -53,7 +53,9 @@ std::vector<float> inverse_cholesky_upper_double(const float* H, int n, double d
       d = mean_diag;
     }
   }
-  std::vector<double> f = linalg::damped_cholesky(std::move(a), n, n, mean_diag, damp, kDampAttempts, kWhat).lower;  // H = L Lᵀ
+  linalg::DampedCholesky c = linalg::damped_cholesky(std::move(a), n, n, mean_diag, damp, kDampAttempts, kWhat);  // H = L Lᵀ
+  *ridge_used = c.ridge * mean_diag;
+  std::vector<double> f = std::move(c.lower);
   linalg::inverse_from_cholesky(f, n, kWhat);                                                                          // H⁻¹
   if (!linalg::upper_cholesky(f, n)) fail(ExitCode::InputData, "{} not positive definite after inversion", kWhat);  // H⁻¹ = Uᵀ U
   std::vector<float> u = large_zeroed<float>(size_t(n) * n);  // U(i, j) = f[i + j n] for i <= j
@@ -127,16 +129,18 @@ double factor_residual(const float* H, int n, const std::vector<float>& u, doubl
 
 // The float form when its residual is within kFloatFactorTolerance, else the double reference.
 std::vector<float> inverse_cholesky_upper(const float* H, int n, const GptqOptions& opt, GptqFactor& f) {
+  const Damping dm = damping_of(H, n);
+  f.mean_diag = dm.mean_diag;
   if (!opt.double_factor) {
-    const Damping dm = damping_of(H, n);
     std::vector<float> u;
     if (inverse_cholesky_upper_float(H, n, opt.damp, dm, u)) {
       f.float_residual = factor_residual(H, n, u, opt.damp, dm);
+      f.ridge = opt.damp * dm.mean_diag;
       if (f.float_residual <= kFloatFactorTolerance) return u;
     }
   }
   f.in_double = true;
-  return inverse_cholesky_upper_double(H, n, opt.damp);
+  return inverse_cholesky_upper_double(H, n, opt.damp, &f.ridge);
 }
 
 }  // namespace
@@ -170,7 +174,7 @@ std::vector<std::byte> gptq_quantize(GGMLType type, const float* W, int64_t rows
 }
 
 std::vector<std::byte> gptq_quantize(GGMLType type, const float* W, int64_t rows, int64_t cols, const GptqFactor& f,
-                                     const float* imatrix, const GptqOptions& opt) {
+                                     const float* imatrix, const GptqOptions& opt, std::vector<double>* row_error) {
   if (!gptq_supported(type)) fail(ExitCode::Usage, "GPTQ: {} is not supported (Q8_0, Q4_0, Q2_K..Q6_K are)", ggml_type_name(type));
   const auto* tr = ggml_type_traits(type);
   const int bs = tr->block_size;
@@ -188,6 +192,7 @@ std::vector<std::byte> gptq_quantize(GGMLType type, const float* W, int64_t rows
   const bool static_blocks = f.act_order;
   auto col = [&](int i) { return static_blocks ? f.perm[size_t(i)] : i; };  // processing position -> column
   std::vector<std::byte> out = large_zeroed<std::byte>(row_bytes * static_cast<size_t>(rows));
+  if (row_error) row_error->assign(size_t(rows), 0.0);
   constexpr int64_t kRowsPerTask = 128;
   // Each thread's working rows, allocated once per call (fresh pages cost a fault each).
   struct Scratch {
@@ -237,6 +242,7 @@ std::vector<std::byte> gptq_quantize(GGMLType type, const float* W, int64_t rows
           const float q = step[at] * static_cast<float>(l - g.zero) - mn[at];
           const float ei = (wr[i] - q) / d;
           err[size_t(r) * B + (i - b0)] = ei;
+          if (row_error) (*row_error)[size_t(r0 + r)] += double(ei) * ei;
           for (int j = i + 1; j < b1; ++j) wr[j] -= ei * urow[j];
         }
       }
@@ -246,6 +252,19 @@ std::vector<std::byte> gptq_quantize(GGMLType type, const float* W, int64_t rows
     }
     for (int64_t r = 0; r < nr; ++r)
       for (int b = 0; b < n / bs; ++b) tr->write_levels(rows_out + size_t(r) * row_bytes + size_t(b) * block_bytes, lv.data() + size_t(r) * n + size_t(b) * bs);
+    if (!row_error) return;
+    // Σ e² is the error on H_d = H + ridge·I (dead inputs: mean_diag + ridge where H has 0):
+    // take the damping's share, Σ_j (ridge + [dead j]·mean_diag) (w_j − q_j)², back out.
+    std::vector<float> q(static_cast<size_t>(n));
+    for (int64_t r = 0; r < nr; ++r) {
+      dequantize_row(type, rows_out + size_t(r) * row_bytes, q.data(), cols);
+      double damped_share = 0;
+      for (int j = 0; j < n; ++j) {
+        const double d = double(W[(r0 + r) * cols + j]) - q[size_t(j)];
+        damped_share += (f.ridge + (f.diag[size_t(j)] > 0 ? 0.0 : f.mean_diag)) * d * d;
+      }
+      (*row_error)[size_t(r0 + r)] -= damped_share;
+    }
   });
   return out;
 }

@@ -50,6 +50,8 @@ struct GptqFactor {
   std::vector<int> perm;   // act-order: processing position -> column
   std::vector<float> diag; // H_ii (the scale search's weights without an imatrix)
   double float_residual = 0; // the float factor's probe residual (0 when not tried)
+  double mean_diag = 1;      // H's mean diagonal (a dead input's curvature in H_d)
+  double ridge = 0;          // added to H's diagonal: damp x mean_diag (or more, if that failed)
   bool in_double = false;    // the double-precision reference was used
 };
 GptqFactor gptq_factor(const float* H, int64_t cols, const GptqOptions& opt = {});
@@ -63,9 +65,13 @@ bool gptq_supported(GGMLType type);
 // (nullptr: diag(H), which is the same statistic). Parallel over row blocks (TBB).
 std::vector<std::byte> gptq_quantize(GGMLType type, const float* W, int64_t rows, int64_t cols, const float* H,
                                      const float* imatrix, const GptqOptions& opt = {});
-// The same with a factor from gptq_factor(H, cols, opt) (same damp and act_order).
+// The same with a factor from gptq_factor(H, cols, opt) (same damp and act_order). With
+// `row_error`, each row's output error (W - Q)_r H (W - Q)_rᵀ as GPTQ's own bookkeeping gives it,
+// without a second pass over H: each column's scaled error e = (w - q) / U_ii, spread onto the
+// later columns along U's row, adds exactly e² to the error on the damped H_d (the OBS identity,
+// exact for U exact), from which the damping's share Σ (H_d - H)_jj (w - q)_j² is taken out.
 std::vector<std::byte> gptq_quantize(GGMLType type, const float* W, int64_t rows, int64_t cols, const GptqFactor& factor,
-                                     const float* imatrix, const GptqOptions& opt = {});
+                                     const float* imatrix, const GptqOptions& opt = {}, std::vector<double>* row_error = nullptr);
 
 // tr((W - Q) H (W - Q)ᵀ) / rows, Q the dequantized `q` (the output error GPTQ minimises).
 double output_error(GGMLType type, const float* W, const std::byte* q, int64_t rows, int64_t cols, const float* H);

@@ -15,7 +15,6 @@
 #include "core/recipe/recipe.hpp"
 #include "core/base/error.hpp"
 
-#include <cblas.h>
 #include <oneapi/tbb/parallel_for.h>
 #include <oneapi/tbb/task_arena.h>
 
@@ -85,41 +84,22 @@ Candidate evaluate(GGMLType type, const std::vector<float>& w, int64_t rows, int
   return c;
 }
 
-// GPTQ's result at `type`, with the full second moments in the prediction.
-Candidate evaluate_gptq(GGMLType type, const std::vector<float>& w, int64_t rows, int64_t n, const std::vector<float>& h,
-                        const quant::GptqFactor& factor, const std::vector<float>& out, const float* imatrix) {
+// GPTQ's result at `type`, with the full second moments in the prediction: each row's
+// (W - Q) H (W - Q)ᵀ from GPTQ's own bookkeeping (gptq_quantize's row_error), which saves a
+// second rows x n² pass over H per type.
+Candidate evaluate_gptq(GGMLType type, const std::vector<float>& w, int64_t rows, int64_t n, const quant::GptqFactor& factor,
+                        const std::vector<float>& out, const float* imatrix) {
   Candidate c{type};
   c.bytes = aligned(ggml_row_size(type, n) * uint64_t(rows));
   quant::GptqOptions o;
   o.damp = factor.damp;
-  const std::vector<std::byte> q = quant::gptq_quantize(type, w.data(), rows, n, factor, imatrix, o);
-  const int64_t chunk = 32;
-  std::vector<Partial> parts(size_t((rows + chunk - 1) / chunk));
-  tbb::parallel_for(int64_t{0}, (rows + chunk - 1) / chunk, [&](int64_t b) {
-    const int64_t r0 = b * chunk, r1 = std::min(rows, r0 + chunk), nr = r1 - r0;
-    std::vector<float> dw(size_t(nr * n)), dwh(size_t(nr * n));
-    const size_t rb = ggml_row_size(type, n);
-    for (int64_t r = r0; r < r1; ++r) {
-      float* d = dw.data() + size_t(r - r0) * n;
-      dequantize_row(type, q.data() + rb * size_t(r), d, n);
-      for (int64_t j = 0; j < n; ++j) d[j] = w[size_t(r * n + j)] - d[j];
-    }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(nr), int(n), int(n), 1.0f, dw.data(), int(n), h.data(), int(n), 0.0f,
-                dwh.data(), int(n));
-    double p = 0, e = 0, s = 0;
-    for (int64_t r = 0; r < nr; ++r) {
-      double row = 0, row_ref = 0;
-      for (int64_t j = 0; j < n; ++j) {
-        row += double(dw[size_t(r * n + j)]) * dwh[size_t(r * n + j)];
-        const double x = w[size_t((r0 + r) * n + j)];
-        row_ref += h[size_t(j * n + j)] * x * x;
-      }
-      p += out[size_t(r0 + r)] * row;
-      e += row, s += row_ref;
-    }
-    parts[size_t(b)] = {p, e, s};
-  });
-  const auto [pred, err, ref] = sum(parts);
+  std::vector<double> row_error;
+  quant::gptq_quantize(type, w.data(), rows, n, factor, imatrix, o, &row_error);
+  double pred = 0, err = 0, ref = 0;  // in row order: the same bytes on every run
+  for (int64_t r = 0; r < rows; ++r) {
+    pred += out[size_t(r)] * row_error[size_t(r)], err += row_error[size_t(r)];
+    for (int64_t j = 0; j < n; ++j) ref += double(factor.diag[size_t(j)]) * w[size_t(r * n + j)] * w[size_t(r * n + j)];
+  }
   c.predicted = 0.5 * std::max(0.0, pred);
   c.rel_error = ref > 0 ? std::max(0.0, err) / ref : 0;
   return c;
@@ -146,6 +126,9 @@ Measurements measure(const std::string& model_dir, const std::string& stats_dir,
   for (const auto& pt : base.tensors)
     if (pt.kind->weight_matrix()) weights.push_back(&pt);
   tbb::task_arena arena(opt.threads > 0 ? opt.threads : tbb::task_arena::automatic);
+  // The current input's GPTQ factor, for every weight that reads it and every candidate.
+  std::optional<std::string> input;
+  quant::GptqFactor factor;
   for (size_t i = 0; i < weights.size(); ++i) {
     const auto& pt = *weights[i];
     const int64_t n = pt.ne[0], rows = pt.ne[1];
@@ -157,22 +140,22 @@ Measurements measure(const std::string& model_dir, const std::string& stats_dir,
     TensorMeasure tm{pt.gguf_name, pt.ne, {}};
     // As compress: GPTQ for weight matrices with second moments (not a tied embedding's lookup).
     const bool gptq = moments && recipe::gptq_kind(*pt.kind) && moments->has(pt.gguf_name);
-    std::vector<float> h;
-    quant::GptqFactor factor;  // once per tensor, for every candidate type
-    if (gptq) {
+    if (gptq && moments->input_of(pt.gguf_name) != input) {  // q/k/v (gate/up) follow each other and share theirs
+      input = moments->input_of(pt.gguf_name);
+      factor = {};
       int hn = 0;
-      h = moments->load(pt.gguf_name, &hn);
+      const std::vector<float> h = moments->load(pt.gguf_name, &hn);
       if (hn != n) fail(ExitCode::InputData, "{}: the moments of {} are {} x {}, the tensor has {} columns", moments->dir(), pt.gguf_name, hn, hn, n);
       quant::GptqOptions o;
       o.damp = opt.gptq_damp;
-      factor = quant::gptq_factor(h.data(), n, o);
+      factor = arena.execute([&] { return quant::gptq_factor(h.data(), n, o); });
     }
     arena.execute([&] {
       for (GGMLType t : candidate_types()) {
         if (n % ggml_type_traits(t)->block_size != 0) continue;  // the block does not fit a row
         if (const PluginType* p = plugin_type(t); p && !p->supports_row(n)) continue;
         const float* tw = ggml_type_traits(t)->quantized ? imp : nullptr;
-        tm.candidates.push_back(gptq && recipe::gptq_applies(*pt.kind, t) ? evaluate_gptq(t, w, rows, n, h, factor, out, tw)
+        tm.candidates.push_back(gptq && recipe::gptq_applies(*pt.kind, t) ? evaluate_gptq(t, w, rows, n, factor, out, tw)
                                                                   : evaluate(t, w, rows, n, in, out, tw));
       }
     });
