@@ -53,13 +53,6 @@ void write_moment_index(const std::string& dir, const std::map<std::string, Mome
   write_json_file((out / "index.json").string(), index);
 }
 
-void write_moments(const std::string& dir, const std::map<std::string, MomentSum>& inputs,
-                   const std::map<std::string, std::string>& weights, int64_t tokens) {
-  std::map<std::string, MomentFile> files;
-  for (const auto& [key, m] : inputs) files[key] = write_moment_file(dir, key, m, tokens);
-  write_moment_index(dir, files, weights, tokens);
-}
-
 namespace {
 fs::path index_of(const std::string& stats_dir) { return fs::path(stats_dir) / kMomentsFolder / "index.json"; }
 }  // namespace

@@ -34,9 +34,6 @@ MomentFile write_moment_file(const std::string& dir, const std::string& key, Mom
 // <dir>/moments/index.json over files already written: `weights` maps each weight to its input.
 void write_moment_index(const std::string& dir, const std::map<std::string, MomentFile>& inputs,
                         const std::map<std::string, std::string>& weights, int64_t tokens);
-// Both: every input's file, then the index.
-void write_moments(const std::string& dir, const std::map<std::string, MomentSum>& inputs,
-                   const std::map<std::string, std::string>& weights, int64_t tokens);
 
 class Moments {
  public:

@@ -188,12 +188,15 @@ MemoryPlan plan_memory(const ModelArch& a, const Calibration& cal, const std::st
   uint64_t largest_source = 0;
   for (const auto& e : cal.header.entries()) largest_source = std::max<uint64_t>(largest_source, e.nbytes);
   const uint64_t activations = uint64_t(cal.c1 - cal.c0) * (a.n_layer() + 2) * uint64_t(opt.ctx) * a.n_embd * sizeof(float);
-  // The bound: the one given, else what the machine has. Without a given bound the layer-major
-  // pass keeps every layer it reads (read once) when they and the activations fit.
+  // The bound: the one given, else what the machine has. The layer-major pass holds one layer
+  // at a time: it reads each layer twice (forward, then backward), but the page cache keeps the
+  // source bytes without counting against the process, and converting a layer to float takes
+  // a second against minutes of compute, while keeping them all would hold the whole float32
+  // model (8 GB for a 4-layer slice of a 32B).
   const uint64_t available = available_memory_bytes();
   const uint64_t bound = opt.memory > 0 ? opt.memory : available > UINT64_MAX - m.baseline ? UINT64_MAX : m.baseline + available;
   const uint64_t fixed_all = m.baseline + global_bytes + all_layers + largest_source + work + statistics;
-  m.keep_layers = !m.layer_major || (opt.memory == 0 && fixed_all <= bound && bound - fixed_all >= activations);
+  m.keep_layers = !m.layer_major;
   m.fixed = m.keep_layers ? fixed_all : fixed_all - all_layers + one_layer;
   const std::string what = fmt::format("{}: scoring (float32 globals {}, {} {}, work buffers {}, statistics {})", model_dir,
                                        mib(global_bytes), m.keep_layers ? "all layers" : "one layer",
@@ -407,11 +410,6 @@ void write_scores(const ScoreResult& r, ScoreFolderWriter& out) {
     out.write_moments(m.inputs, m.weights, m.tokens);
   }
   out.commit(r.scores);
-}
-
-void write_moments_of(const ActivationStats& stats, const std::string& dir) {
-  const MomentMaps m = moment_maps_of(stats);
-  write_moments(dir, m.inputs, m.weights, m.tokens);
 }
 
 std::optional<nlohmann::json> stored_scores(const std::string& model_dir, const std::string& text_path, const ScoreOptions& opt,

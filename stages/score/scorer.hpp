@@ -40,9 +40,6 @@ struct ScoreOptions {
   MomentSink moment_sink;
 };
 
-// <dir>/moments/ (core/io/moments.hpp) from statistics collected with second_moments.
-void write_moments_of(const ActivationStats& stats, const std::string& dir);
-
 // The scores.json already in `dir` when it was taken from this model (same folder, config.json
 // and weights not newer), this calibration text (same SHA-256) and these options, with all its
 // artifacts beside it; nullopt otherwise.
