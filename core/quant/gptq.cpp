@@ -71,34 +71,32 @@ std::vector<float> inverse_cholesky_upper_double(const float* H, int n, double d
 bool inverse_cholesky_upper_float(const float* H, int n, double damp, const Damping& dm, std::vector<float>& u) {
   u = large_zeroed<float>(size_t(n) * n);
   const auto rev = [n](int i) { return n - 1 - i; };
-  {
-    const float ridge = static_cast<float>(damp * dm.mean_diag);
-    tbb::parallel_for(0, n, [&](int c) {  // lower triangle of J H J, column-major: column c, rows c..n-1
-      const int hc = rev(c);
-      float* col = u.data() + size_t(c) * n;
-      if (dm.dead[size_t(hc)]) {
-        std::fill(col + c, col + n, 0.0f);
-      } else {
-        const float* hrow = H + size_t(hc) * n;  // H symmetric: row hc is column hc
-        for (int r = c; r < n; ++r) col[r] = dm.dead[size_t(rev(r))] ? 0.0f : hrow[rev(r)];
-      }
-      col[c] = (dm.dead[size_t(hc)] ? static_cast<float>(dm.mean_diag) : H[size_t(hc) * n + hc]) + ridge;
-    });
-    if (!linalg::cholesky_lower(u.data(), n)) return false;
-    linalg::invert_lower(u.data(), n);
-    // U(i, j) = X(n-1-i, n-1-j), X = L⁻¹ column-major: an in-place swap of position i n + j with
-    // (n-1-j) n + (n-1-i) (an involution), in tiles for the cache; below the diagonal, zeros.
-    constexpr int T = 64;
-    tbb::parallel_for(0, (n + T - 1) / T, [&](int bi) {
-      for (int bj = 0; bj < (n + T - 1) / T; ++bj)
-        for (int i = bi * T; i < std::min(n, bi * T + T); ++i)
-          for (int j = bj * T; j < std::min(n, bj * T + T); ++j) {
-            const size_t k = size_t(i) * n + j, s = size_t(rev(j)) * n + rev(i);
-            if (k < s) std::swap(u[k], u[s]);
-          }
-    });
-    tbb::parallel_for(1, n, [&](int i) { std::fill_n(u.data() + size_t(i) * n, i, 0.0f); });
-  }
+  const float ridge = static_cast<float>(damp * dm.mean_diag);
+  tbb::parallel_for(0, n, [&](int c) {  // lower triangle of J H J, column-major: column c, rows c..n-1
+    const int hc = rev(c);
+    float* col = u.data() + size_t(c) * n;
+    if (dm.dead[size_t(hc)]) {
+      std::fill(col + c, col + n, 0.0f);
+    } else {
+      const float* hrow = H + size_t(hc) * n;  // H symmetric: row hc is column hc
+      for (int r = c; r < n; ++r) col[r] = dm.dead[size_t(rev(r))] ? 0.0f : hrow[rev(r)];
+    }
+    col[c] = (dm.dead[size_t(hc)] ? static_cast<float>(dm.mean_diag) : H[size_t(hc) * n + hc]) + ridge;
+  });
+  if (!linalg::cholesky_lower(u.data(), n)) return false;
+  linalg::invert_lower(u.data(), n);
+  // U(i, j) = X(n-1-i, n-1-j), X = L⁻¹ column-major: an in-place swap of position i n + j with
+  // (n-1-j) n + (n-1-i) (an involution), in tiles for the cache; below the diagonal, zeros.
+  constexpr int T = 64;
+  tbb::parallel_for(0, (n + T - 1) / T, [&](int bi) {
+    for (int bj = 0; bj < (n + T - 1) / T; ++bj)
+      for (int i = bi * T; i < std::min(n, bi * T + T); ++i)
+        for (int j = bj * T; j < std::min(n, bj * T + T); ++j) {
+          const size_t k = size_t(i) * n + j, s = size_t(rev(j)) * n + rev(i);
+          if (k < s) std::swap(u[k], u[s]);
+        }
+  });
+  tbb::parallel_for(1, n, [&](int i) { std::fill_n(u.data() + size_t(i) * n, i, 0.0f); });
   return true;
 }
 
