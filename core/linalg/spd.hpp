@@ -34,10 +34,6 @@ void solve_with_cholesky(const std::vector<double>& lower, int n, double* b, int
 // Returns false when A is not positive definite.
 bool upper_cholesky(std::vector<double>& a, int n);
 
-}  // namespace squish::linalg
-
-namespace squish::linalg {
-
 // Float, blocked and parallel (TBB) forms for the large factors (GPTQ's H at n = 18,944 or
 // 27,648: n³/3 flops each). Each tile is a single-threaded BLAS call and the tiles depend on n
 // only, so the bits do not depend on the thread count; TBB rather than OpenBLAS's own threads

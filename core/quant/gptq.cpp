@@ -37,22 +37,20 @@ Damping damping_of(const float* H, int n) {
   double s = 0;
   for (int i = 0; i < n; ++i) s += H[size_t(i) * n + i], d.dead[size_t(i)] = H[size_t(i) * n + i] <= 0;
   s = n ? s / n : 0;
-  d.mean_diag = s > 0 ? s : 1;  // as linalg::mean_diagonal
+  d.mean_diag = s > 0 ? s : 1;  // no signal at all: the ridge sets the scale
   return d;
 }
 
 // The reference: three double-precision LAPACK steps (H = L Lᵀ, H⁻¹, H⁻¹ = Uᵀ U), 4/3 n³ flops.
-std::vector<float> inverse_cholesky_upper_double(const float* H, int n, double damp, double* ridge_used) {
+std::vector<float> inverse_cholesky_upper_double(const float* H, int n, double damp, const Damping& dm, double* ridge_used) {
   // Symmetric, so row- and column-major agree; LAPACK sees column-major below.
   std::vector<double> a(H, H + size_t(n) * n);
-  const double mean_diag = linalg::mean_diagonal(a, n, n);
-  for (int i = 0; i < n; ++i) {
-    double& d = a[size_t(i) * n + i];
-    if (d <= 0) {  // a dead input: no coupling, unit curvature
+  const double mean_diag = dm.mean_diag;
+  for (int i = 0; i < n; ++i)
+    if (dm.dead[size_t(i)]) {  // a dead input: no coupling, unit curvature
       for (int j = 0; j < n; ++j) a[size_t(i) * n + j] = a[size_t(j) * n + i] = 0;
-      d = mean_diag;
+      a[size_t(i) * n + i] = mean_diag;
     }
-  }
   linalg::DampedCholesky c = linalg::damped_cholesky(std::move(a), n, n, mean_diag, damp, kDampAttempts, kWhat);  // H = L Lᵀ
   *ridge_used = c.ridge * mean_diag;
   std::vector<double> f = std::move(c.lower);
@@ -138,7 +136,7 @@ std::vector<float> inverse_cholesky_upper(const float* H, int n, const GptqOptio
     }
   }
   f.in_double = true;
-  return inverse_cholesky_upper_double(H, n, opt.damp, &f.ridge);
+  return inverse_cholesky_upper_double(H, n, opt.damp, dm, &f.ridge);
 }
 
 }  // namespace
