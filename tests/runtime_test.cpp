@@ -1,6 +1,7 @@
 // squish-run end to end: pipelines, plugin host errors, bad inputs, limits, events.
 #include "core/io/safetensors_writer.hpp"
 #include "core/io/sha256.hpp"
+#include "core/runtime/flight_budget.hpp"
 #include "core/runtime/plugin_api.hpp"
 #include "tests/test_util.hpp"
 
@@ -10,6 +11,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <sstream>
 
 using namespace squish;
@@ -234,6 +236,8 @@ TEST(Runtime, PipelineValidationErrors) {
        "bad node name '-a'"},
       {"node_name_dot", "name: x\nplugins: [io]\nnodes:\n  a.b: {kind: io.safetensors_source, params: {model: m}}\n", 2,
        "bad node name 'a.b'"},
+      {"in_flight_bytes", "name: x\nplugins: [io]\nsettings: {max_in_flight_bytes: lots}\nnodes:\n  a: {kind: io.safetensors_source, params: {model: m}}\n", 2,
+       ":3:33: 'max_in_flight_bytes' must be auto, 0 or a size such as 4G, got 'lots'"},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.name);
@@ -317,6 +321,80 @@ TEST(Runtime, InFlightMessagesAreBounded) {
   EXPECT_EQ(out["received"], 200);
   EXPECT_LE(out["max_live"].get<int>(), 3);
   EXPECT_GE(out["max_live"].get<int>(), 1);
+}
+
+// The byte budget against a model of oneTBB's limiter (count L in [0, slots], +1 when it admits
+// a message while L < slots, moved by the budget's decrements): in random orders of producing,
+// admitting and releasing tensors of random sizes, the budget never asks for a move the limiter
+// would clamp, L always equals what live messages hold, a message is admitted only when the
+// ones already in flight weigh at most slots - 1 (so bytes in flight stay below the bound plus
+// the newest tensor), and everything is given back at the end.
+TEST(FlightBudget, KeepsTheLimitersAccountExact) {
+  std::mt19937_64 rng(7);
+  for (const size_t slots : {1, 3, 8}) {
+    for (const uint64_t unit : {0, 100, 1000}) {
+      SCOPED_TRACE(fmt::format("{} slots of {} bytes", slots, unit));
+      FlightBudget budget(slots);
+      budget.set_unit(unit);
+      int64_t limiter = 0;  // the limiter's count
+      std::vector<std::shared_ptr<FlightBudget::Share>> admitted;
+      std::shared_ptr<FlightBudget::Share> waiting;  // produced, not admitted yet (the source reads one ahead)
+      int produced = 0;
+      auto held = [&] {
+        int64_t h = waiting ? int64_t(waiting->held) - 1 : 0;
+        for (const auto& s : admitted) h += int64_t(s->held);
+        return h;
+      };
+      while (produced < 400 || waiting || !admitted.empty()) {
+        const int action = static_cast<int>(rng() % 3);
+        if (action == 0 && !waiting && produced < 400) {
+          size_t take = 0;
+          const uint64_t bytes = rng() % 4 == 0 ? rng() % (12 * std::max<uint64_t>(unit, 1)) : rng() % std::max<uint64_t>(unit, 1);
+          waiting = budget.admit(bytes, take);
+          ++produced;
+          ASSERT_GE(waiting->weight, 1u);
+          ASSERT_LE(waiting->weight, slots);
+          if (unit > 0) {
+            ASSERT_EQ(waiting->weight, std::clamp<uint64_t>((bytes + unit - 1) / unit, 1, slots));
+          }
+          ASSERT_LE(limiter + int64_t(take), int64_t(slots)) << "a decrement the limiter would clamp";
+          limiter += int64_t(take);
+        } else if (action == 1 && waiting && limiter < int64_t(slots)) {
+          size_t in_flight = 0;
+          for (const auto& s : admitted) in_flight += s->weight;
+          ASSERT_LE(in_flight, slots - 1);
+          ++limiter;
+          admitted.push_back(std::move(waiting));
+          waiting = nullptr;
+        } else if (action == 2 && !admitted.empty()) {
+          const size_t k = rng() % admitted.size();
+          const auto s = admitted[k];
+          admitted.erase(admitted.begin() + int64_t(k));
+          const size_t back = budget.release(s);
+          ASSERT_LE(int64_t(back), limiter) << "a release the limiter would clamp";
+          limiter -= int64_t(back);
+        }
+        ASSERT_EQ(limiter, held());
+      }
+      EXPECT_EQ(limiter, 0);
+    }
+  }
+}
+
+// The same budget in a graph: with 4 slots of 1 KiB, a 10,000-byte tensor takes every slot, so
+// no two of them are alive at once (counting messages alone lets the source run ahead to the
+// next one, two messages later); it still passes, and the 16-byte ones between them flow.
+TEST(Runtime, InFlightBytesAreBounded) {
+  test::TempDir tmp;
+  test::write_file(tmp / "p.yaml", "name: bounded\nplugins: [testkit]\nsettings: {max_in_flight: 4, max_in_flight_bytes: 4096}\nnodes:\n"
+                                   "  src: {kind: testkit.counter_source, params: {count: 300, bytes: 16, big_bytes: 10000, big_every: 2}}\n"
+                                   "  sink: {kind: testkit.slow_sink, parallel: true, params: {output: '${pipeline_dir}/out.json', sleep_us: 200}}\n"
+                                   "edges: [src -> sink]\n");
+  auto r = test::run(testkit_env() + test::binary_dir() + "/bin/squish-run " + tmp / "p.yaml");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto out = nlohmann::json::parse(test::read_file(tmp / "out.json"));
+  EXPECT_EQ(out["received"], 300);
+  EXPECT_LT(out["max_live_bytes"].get<int64_t>(), 2 * 10000);
 }
 
 // A source with an input edge starts only after that node has finished: every document the

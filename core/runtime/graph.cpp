@@ -1,6 +1,8 @@
 #include "core/runtime/graph.hpp"
+#include "core/runtime/flight_budget.hpp"
 
 #include "core/base/error.hpp"
+#include "core/base/memory.hpp"
 
 #include <oneapi/tbb/flow_graph.h>
 #include <oneapi/tbb/global_control.h>
@@ -18,12 +20,14 @@ namespace squish {
 namespace {
 
 using Multi = flow::multifunction_node<Message, std::tuple<Message>>;
+using Limiter = flow::limiter_node<Message, long long>;  // decrements by a count (negative: takes slots)
 
 struct Counters {
   std::atomic<uint64_t> in{0}, out{0}, bytes_in{0}, bytes_out{0};
 };
 
 uint64_t message_bytes(const Message& m) { return m.is_tensor() ? m.tensor().nbytes() : 0; }
+
 
 class PortEmitter final : public Emitter {
  public:
@@ -116,6 +120,7 @@ class GraphRunner::Run {
 
   void build_graph() {
     limiters_.resize(n_);
+    budgets_.resize(n_);
     gates_.resize(n_);
     sources_.resize(n_);
     multis_.resize(n_);
@@ -135,15 +140,18 @@ class GraphRunner::Run {
     for (const auto& e : p_.edges) flow::make_edge(sender_of(index_[e.from]), receiver_of(index_[e.to]));
   }
 
-  // A source: an input_node behind a limiter of max_in_flight messages; with input edges, a gate
-  // that hands it their documents (it starts only once those nodes have finished).
+  // A source: an input_node behind a limiter of max_in_flight messages, weighted by their bytes;
+  // with input edges, a gate that hands it their documents (it starts only once those nodes
+  // have finished).
   void build_source(size_t i) {
     Node* impl = impls_[i].get();
     Counters& c = counters_[i];
-    limiters_[i] = std::make_unique<flow::limiter_node<Message>>(g_, static_cast<size_t>(p_.max_in_flight));
+    limiters_[i] = std::make_unique<Limiter>(g_, static_cast<size_t>(p_.max_in_flight));
+    budgets_[i] = std::make_unique<FlightBudget>(static_cast<size_t>(p_.max_in_flight));
     auto* limiter = limiters_[i].get();
+    auto* budget = budgets_[i].get();
     const uint64_t total = impl->expected_count();
-    sources_[i] = std::make_unique<flow::input_node<Message>>(g_, [this, i, impl, limiter, total, &c](oneapi::tbb::flow_control& fc) {
+    sources_[i] = std::make_unique<flow::input_node<Message>>(g_, [this, i, impl, limiter, budget, total, &c](oneapi::tbb::flow_control& fc) {
       BodyScope scope(epoch_, bodies_done_);
       Message m;
       try {
@@ -159,11 +167,14 @@ class GraphRunner::Run {
       const uint64_t done = c.out.fetch_add(1) + 1;
       const uint64_t bytes = c.bytes_out.fetch_add(message_bytes(m)) + message_bytes(m);
       events_.progress(p_.nodes[i].name, "messages", done, total, bytes);
-      // The slot returns to the limiter when the last message derived from this one dies.
+      // The slots return to the limiter when the last message derived from this one dies.
+      size_t take_now = 0;
+      auto share = budget->admit(message_bytes(m), take_now);
+      if (take_now) limiter->decrementer().try_put(-static_cast<long long>(take_now));
       auto inner = std::move(m.ticket);
-      m.ticket = std::shared_ptr<void>(nullptr, [limiter, inner](void*) mutable {
+      m.ticket = std::shared_ptr<void>(nullptr, [limiter, budget, share, inner](void*) mutable {
         inner.reset();
-        limiter->decrementer().try_put(flow::continue_msg());
+        if (const size_t back = budget->release(share)) limiter->decrementer().try_put(static_cast<long long>(back));
       });
       epoch_.fetch_add(1, std::memory_order_release);
       return m;
@@ -206,6 +217,16 @@ class GraphRunner::Run {
     });
   }
 
+  // The byte bound on a source's messages in flight, taken when it starts: what the pipeline
+  // says, else an eighth of the memory available then: on its way a tensor costs up to ~4x its
+  // source bytes (the mapped source pages, a float32 copy, the output), and half of what is
+  // available is left to the nodes' own state. 0 = no bound.
+  uint64_t in_flight_bytes() const {
+    if (p_.max_in_flight_bytes) return *p_.max_in_flight_bytes;
+    const uint64_t available = available_memory_bytes();
+    return available == UINT64_MAX ? 0 : available / 8;
+  }
+
   bool inputs_finished(size_t i) const {
     return std::all_of(preds_[i].begin(), preds_[i].end(), [&](size_t p) { return finished_[p] != 0; });
   }
@@ -232,6 +253,7 @@ class GraphRunner::Run {
       for (size_t i : starting) {
         activated_[i] = 1;
         started.push_back(p_.nodes[i].name);
+        budgets_[i]->set_unit(in_flight_bytes() / static_cast<uint64_t>(p_.max_in_flight));
         epoch_.fetch_add(1, std::memory_order_release);
         sources_[i]->activate();
       }
@@ -325,7 +347,8 @@ class GraphRunner::Run {
   std::vector<std::unique_ptr<Node>> impls_;
   std::vector<Counters> counters_;
   std::vector<NodeContext> contexts_;
-  std::vector<std::unique_ptr<flow::limiter_node<Message>>> limiters_;
+  std::vector<std::unique_ptr<Limiter>> limiters_;
+  std::vector<std::unique_ptr<FlightBudget>> budgets_;
   std::vector<std::unique_ptr<Multi>> gates_;  // a gated source's inputs (documents before it starts)
   std::vector<std::unique_ptr<flow::input_node<Message>>> sources_;
   std::vector<std::unique_ptr<Multi>> multis_;

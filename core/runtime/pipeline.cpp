@@ -2,6 +2,7 @@
 #include "core/io/text_file.hpp"
 
 #include "core/base/error.hpp"
+#include "core/base/memory.hpp"
 
 #include <fmt/ranges.h>
 #include <yaml-cpp/yaml.h>
@@ -270,8 +271,17 @@ class Loader {
   void read_settings(const YAML::Node& s) {
     if (!s) return;
     if (!s.IsMap()) err(s, "'settings' must be a mapping");
-    check_keys(s, {"max_in_flight", "threads"});
+    check_keys(s, {"max_in_flight", "max_in_flight_bytes", "threads"});
     if (s["max_in_flight"]) p_.max_in_flight = positive_int(s["max_in_flight"], "max_in_flight", 1);
+    if (const auto b = s["max_in_flight_bytes"]) {
+      if (!b.IsScalar()) err(b, "'max_in_flight_bytes' must be auto, 0 or a size such as 4G");
+      const std::string text = substitute(b.Scalar(), b);
+      if (text != "auto") {
+        const auto bytes = parse_byte_size(text);
+        if (!bytes) err(b, "'max_in_flight_bytes' must be auto, 0 or a size such as 4G, got '{}'", text);
+        p_.max_in_flight_bytes = *bytes;
+      }
+    }
     if (s["threads"]) p_.threads = positive_int(s["threads"], "threads", 0);
   }
 
@@ -612,7 +622,8 @@ const PipelineNode& Pipeline::node(const std::string& name) const {
 std::string Pipeline::describe() const {
   std::string s = fmt::format("pipeline '{}' ({})\n", name, file);
   if (!description.empty()) s += "  " + description + "\n";
-  s += fmt::format("  plugins: {}\n  settings: max_in_flight={} threads={}\n", fmt::join(plugins, ", "), max_in_flight,
+  s += fmt::format("  plugins: {}\n  settings: max_in_flight={} max_in_flight_bytes={} threads={}\n", fmt::join(plugins, ", "),
+                   max_in_flight, max_in_flight_bytes ? std::to_string(*max_in_flight_bytes) : std::string("auto"),
                    threads == 0 ? std::string("all") : std::to_string(threads));
   s += "  variables:\n";
   for (const auto& [n, v] : variables)

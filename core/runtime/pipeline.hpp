@@ -6,7 +6,7 @@
 //   name: compress
 //   plugins: [io, compress]
 //   variables: {model: ~, output: out.gguf}      # ~ = required, set with --set model=...
-//   settings: {max_in_flight: 8, threads: 0}
+//   settings: {max_in_flight: 8, max_in_flight_bytes: auto, threads: 0}
 //   nodes:
 //     recipe: {kind: compress.recipe, params: {model: "${model}", preset: Q8_0}}
 //     read:   {kind: io.safetensors_source, params: {model: "${model}"}}
@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include <map>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -61,6 +62,9 @@ struct Pipeline {
   std::vector<PipelineNode> nodes;  // in topological order after load()
   std::vector<PipelineEdge> edges;
   int max_in_flight = 8;  // tensors in flight between a source and the sinks
+  // Bytes of source messages in flight (a large tensor takes several of the max_in_flight slots):
+  // nullopt = "auto", an eighth of the memory available when the source starts; 0 = no byte bound.
+  std::optional<uint64_t> max_in_flight_bytes;
   int threads = 0;        // 0 = all cores
 
   // overrides: "--set" pairs: `name=value` for variables, `node.param=value` for parameters.

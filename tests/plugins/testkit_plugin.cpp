@@ -13,13 +13,24 @@
 namespace squish {
 namespace {
 
-std::atomic<int64_t> g_live{0}, g_max_live{0};
+std::atomic<int64_t> g_live{0}, g_max_live{0}, g_live_bytes{0}, g_max_live_bytes{0};
 
-// Emits `count` small tensors and tracks how many are alive at once (through their tickets).
+void raise_to(std::atomic<int64_t>& max, int64_t v) {
+  int64_t m = max.load();
+  while (v > m && !max.compare_exchange_weak(m, v)) {}
+}
+
+// Emits `count` tensors of `bytes` (every `big_every`-th of `big_bytes`) and tracks how many,
+// and how many bytes, are alive at once (through their tickets).
 class CounterSource final : public Node {
  public:
   explicit CounterSource(const NodeContext& c)
-      : count_(c.params["count"].get<int64_t>()), fail_at_(c.params["fail_at"].get<int64_t>()), needs_(c.params["needs_documents"].get<int64_t>()) {}
+      : count_(c.params["count"].get<int64_t>()),
+        fail_at_(c.params["fail_at"].get<int64_t>()),
+        needs_(c.params["needs_documents"].get<int64_t>()),
+        bytes_(c.params["bytes"].get<int64_t>()),
+        big_bytes_(c.params["big_bytes"].get<int64_t>()),
+        big_every_(c.params["big_every"].get<int64_t>()) {}
   // Documents on input edges (a gated source) arrive before the first produce().
   void consume(const Message& in, Emitter&) override {
     if (!in.is_tensor()) ++documents_;
@@ -28,21 +39,21 @@ class CounterSource final : public Node {
     if (documents_ < needs_) fail(ExitCode::InputData, "counter source: started after {} of {} documents", documents_, needs_);
     if (next_ >= count_) return false;
     if (next_ == fail_at_) fail(ExitCode::InputData, "counter source: planned failure at message {}", next_);
+    const int64_t bytes = big_every_ > 0 && next_ % big_every_ == 0 ? big_bytes_ : bytes_;
     Tensor t;
     t.name = fmt::format("t{}", next_++);
     t.dtype = DType::F32;
-    t.shape = {4};
-    t.data = Buffer::owned(std::vector<std::byte>(16));
-    const int64_t live = ++g_live;
-    int64_t m = g_max_live.load();
-    while (live > m && !g_max_live.compare_exchange_weak(m, live)) {}
-    out = Message::of(std::move(t), std::shared_ptr<void>(nullptr, [](void*) { --g_live; }));
+    t.shape = {bytes / 4};
+    t.data = Buffer::owned(std::vector<std::byte>(size_t(bytes / 4 * 4)));
+    raise_to(g_max_live, ++g_live);
+    raise_to(g_max_live_bytes, g_live_bytes += bytes);
+    out = Message::of(std::move(t), std::shared_ptr<void>(nullptr, [bytes](void*) { --g_live, g_live_bytes -= bytes; }));
     return true;
   }
   uint64_t expected_count() const override { return count_; }
 
  private:
-  int64_t count_, fail_at_, needs_, next_ = 0, documents_ = 0;
+  int64_t count_, fail_at_, needs_, bytes_, big_bytes_, big_every_, next_ = 0, documents_ = 0;
 };
 
 // Counts what it consumes; when finished, announces the count as a document.
@@ -72,6 +83,7 @@ class SlowSink final : public Node {
   void finish(Emitter&) override {
     write_file_atomic(output_, nlohmann::json{{"received", received_.load()},
                                               {"max_live", g_max_live.load()},
+                                              {"max_live_bytes", g_max_live_bytes.load()},
                                               {"documents", documents_.load()},
                                               {"documents_after_tensors", documents_after_tensors_.load()}}
                                    .dump());
@@ -92,7 +104,10 @@ class SlowSink final : public Node {
   r.add({"testkit.counter_source", "emit N small tensors, tracking how many are alive", NodeRole::Source, false,
          {{"count", ParamType::Int, false, 100, ""},
           {"fail_at", ParamType::Int, false, -1, "throw at this message"},
-          {"needs_documents", ParamType::Int, false, 0, "fail unless this many documents arrived before the first message"}},
+          {"needs_documents", ParamType::Int, false, 0, "fail unless this many documents arrived before the first message"},
+          {"bytes", ParamType::Int, false, 16, "bytes of each tensor"},
+          {"big_bytes", ParamType::Int, false, 0, "bytes of every big_every-th tensor"},
+          {"big_every", ParamType::Int, false, 0, "0 = all tensors of `bytes`"}},
          [](const NodeContext& c) { return std::make_unique<CounterSource>(c); }});
   r.add({"testkit.announce", "count messages; emit the count as a document when finished", NodeRole::Transform, false, {},
          [](const NodeContext& c) { return std::make_unique<Announce>(c); }});
