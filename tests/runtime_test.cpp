@@ -11,6 +11,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <random>
 #include <sstream>
 
@@ -395,6 +396,42 @@ TEST(Runtime, InFlightBytesAreBounded) {
   auto out = nlohmann::json::parse(test::read_file(tmp / "out.json"));
   EXPECT_EQ(out["received"], 300);
   EXPECT_LT(out["max_live_bytes"].get<int64_t>(), 2 * 10000);
+}
+
+// Progress events carry the time left at the rate since the node's first report: each
+// eta_seconds is that rate times the remaining work, recomputed here from the events' own
+// times (rounded to 1 ms, eta to 0.1 s: the tolerance), and it comes once a second has passed.
+TEST(Runtime, ProgressEventsEstimateTimeLeft) {
+  test::TempDir tmp;
+  test::write_file(tmp / "p.yaml", "name: eta\nplugins: [testkit]\nsettings: {max_in_flight: 2}\nnodes:\n"
+                                   "  src: {kind: testkit.counter_source, params: {count: 80}}\n"
+                                   "  sink: {kind: testkit.slow_sink, params: {output: '${pipeline_dir}/out.json', sleep_us: 50000}}\n"
+                                   "edges: [src -> sink]\n");
+  auto r = test::run(testkit_env() + test::binary_dir() + "/bin/squish-run --events-file " + tmp / "ev.jsonl" + " " + tmp / "p.yaml");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::istringstream lines(test::read_file(tmp / "ev.jsonl"));
+  std::optional<std::pair<double, uint64_t>> first;
+  int with_eta = 0;
+  for (std::string line; std::getline(lines, line);) {
+    const auto e = nlohmann::json::parse(line);
+    if (e["event"] != "node_progress" || e["node"] != "src") continue;
+    const double t = e["t"].get<double>();
+    const uint64_t done = e["done"].get<uint64_t>(), total = e["total"].get<uint64_t>();
+    if (!first) {
+      first = {t, done};
+      EXPECT_FALSE(e.contains("eta_seconds"));
+      continue;
+    }
+    if (!e.contains("eta_seconds")) {
+      EXPECT_TRUE(t - first->first < 1.0 + 1e-3 || done >= total) << line;
+      continue;
+    }
+    ++with_eta;
+    const double rate = (t - first->first) / double(done - first->second);
+    const double slack = 2e-3 / double(done - first->second) * double(total - done) + 0.05 + 1e-9;
+    EXPECT_NEAR(e["eta_seconds"].get<double>(), rate * double(total - done), slack) << line;
+  }
+  EXPECT_GT(with_eta, 0);
 }
 
 // A source with an input edge starts only after that node has finished: every document the

@@ -6,11 +6,22 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
 #include <fstream>
 #include <string_view>
 #include <string>
 
 namespace squish {
+
+namespace {
+// 42s, 3m05s, 2h10m.
+std::string duration_text(double s) {
+  const auto whole = static_cast<int64_t>(std::llround(s));
+  if (whole < 60) return fmt::format("{}s", whole);
+  if (whole < 3600) return fmt::format("{}m{:02}s", whole / 60, whole % 60);
+  return fmt::format("{}h{:02}m", whole / 3600, whole % 3600 / 60);
+}
+}  // namespace
 
 EventSink::EventSink(std::FILE* jsonl, bool tty_progress)
     : jsonl_(jsonl), tty_(tty_progress), start_(std::chrono::steady_clock::now()) {}
@@ -45,9 +56,15 @@ void EventSink::progress(const std::string& node, const std::string& unit, uint6
   const auto now = std::chrono::steady_clock::now();
   const double t = seconds();
   bool send_json = false;
+  double eta = -1;
   {
     std::lock_guard lock(mu_);
     const bool last = total && done >= total;
+    // The remaining work at the average rate since the first report (a unit changes with the
+    // phase of a node, so it restarts the clock).
+    auto [it, fresh] = progress_start_.try_emplace(node + '\n' + unit, t, done);
+    if (!fresh && total > done && done > it->second.second && t - it->second.first >= 1.0)
+      eta = (t - it->second.first) / double(done - it->second.second) * double(total - done);
     const double prev = last_progress_time_.value(node, -1.0);
     if (last || prev < 0 || t - prev >= 0.25) {
       last_progress_time_[node] = t;
@@ -64,6 +81,7 @@ void EventSink::progress(const std::string& node, const std::string& unit, uint6
         bar = fmt::format("{} {}", done, unit);
       }
       if (bytes) bar += fmt::format("  {:.1f} MB", bytes / 1e6);
+      if (eta >= 0) bar += "  ETA " + duration_text(eta);
       fmt::print(stderr, "\r\033[K{}: {}  {:.1f}s", node, bar, t);
       std::fflush(stderr);
       line_drawn_ = true;
@@ -72,6 +90,7 @@ void EventSink::progress(const std::string& node, const std::string& unit, uint6
   if (send_json) {
     nlohmann::json f{{"node", node}, {"unit", unit}, {"done", done}, {"total", total}};
     if (bytes) f["bytes"] = bytes;
+    if (eta >= 0) f["eta_seconds"] = std::round(eta * 10) / 10;
     emit("node_progress", std::move(f));
   }
 }

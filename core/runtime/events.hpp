@@ -3,7 +3,7 @@
 // Event schema (one object per line, always with "event" and "t" = seconds since start):
 //   pipeline_start {pipeline, file, nodes}
 //   node_start {node, kind}
-//   node_progress {node, unit, done, total, bytes}
+//   node_progress {node, unit, done, total, bytes, eta_seconds}  (eta: at the rate since the node's first progress)
 //   node_finish {node, messages_in, messages_out, bytes_in, bytes_out, seconds}
 //   wave_finish {wave, sources, nodes, seconds, peak_rss_bytes, peak_since_wave_start}
 //   warning {node?, message}
@@ -13,6 +13,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <map>
 #include <mutex>
 #include <string>
 
@@ -38,6 +39,8 @@ class EventSink {
   std::chrono::steady_clock::time_point start_;
   std::chrono::steady_clock::time_point last_draw_{};
   nlohmann::json last_progress_time_ = nlohmann::json::object();
+  // Per node and unit: when progress was first reported and how much was done then.
+  std::map<std::string, std::pair<double, uint64_t>> progress_start_;
 };
 
 // Peak resident set size of this process (VmHWM), in bytes.
