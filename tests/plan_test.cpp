@@ -13,6 +13,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <limits>
 #include <random>
 #include <sstream>
@@ -188,6 +189,46 @@ TEST(Plan, BudgetDeterminismAndInfeasible) {
   }
 }
 
+// An interrupted measurement resumes: a run stopped after 4 tensors (in the middle of the
+// q/k/v that share a GPTQ factor) leaves them in the checkpoint, a torn line after them is
+// dropped, and the next run measures only the rest and gives the same bytes as one
+// uninterrupted run. Other inputs (another damping) start afresh.
+TEST(Plan, InterruptedMeasurementResumes) {
+  test::TempDir tmp;
+  const std::string model = tmp / "model";
+  write_test_model(model);
+  auto r = test::squish_run(fmt::format("{}/pipelines/score.yaml --no-progress --set model={} --set text={}/models/stories260K/LICENSE "
+                                        "--set output={} --set ctx=64 --set moments=true",
+                                        test::source_dir(), model, test::source_dir(), tmp / "stats"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  MeasureOptions opt;
+  opt.method = "gptq";
+  const std::string whole = measure(model, tmp / "stats", opt).to_json().dump();
+
+  opt.checkpoint = tmp / "m.partial";
+  uint64_t measured = 0, resumed_at = 0;
+  opt.resumed = [&](uint64_t stored, uint64_t) { resumed_at = stored; };
+  opt.progress = [&](uint64_t done, uint64_t) {
+    ++measured;
+    if (done == 4) throw std::runtime_error("killed");
+  };
+  EXPECT_THROW(measure(model, tmp / "stats", opt), std::runtime_error);
+  EXPECT_EQ(resumed_at, 0u);
+  { std::ofstream(opt.checkpoint, std::ios::app) << "{\"name\": \"blk.0.attn_v.weig"; }  // killed mid-line
+  measured = 0;
+  opt.progress = [&](uint64_t, uint64_t) { ++measured; };
+  const Measurements again = measure(model, tmp / "stats", opt);
+  EXPECT_EQ(resumed_at, 4u);
+  EXPECT_EQ(measured, again.tensors.size() - 4);
+  EXPECT_EQ(again.to_json().dump(), whole);
+
+  // Another damping is another measurement: nothing is taken from the checkpoint.
+  resumed_at = 0;
+  opt.gptq_damp = 0.02;
+  measure(model, tmp / "stats", opt);
+  EXPECT_EQ(resumed_at, 0u);
+}
+
 // Device budgets keep the engine's F16 KV cache of the context free.
 TEST(Plan, DeviceBudgetCountsTheKvCache) {
   const auto base = recipe::resolve(recipe::CompressionRecipe::from_preset("F32"), test::source_dir() + "/models/stories260K");
@@ -242,6 +283,7 @@ TEST(SquishPipeline, OneGraphFromTextToVerifiedFile) {
   EXPECT_LE(std::filesystem::file_size(a), size);
   for (const char* f : {"scores.json", "imatrix.dat", "fisher.dat", "moments/index.json", "measurements.json", "recipe.json", "recipe.svg", "verify.json"})
     EXPECT_TRUE(std::filesystem::exists(a + ".squish/" + f)) << f;
+  EXPECT_FALSE(std::filesystem::exists(a + ".squish/measurements.json.partial"));  // the checkpoint goes once the whole is stored
   EXPECT_TRUE(nlohmann::json::parse(test::read_file(a + ".squish/verify.json"))["ok"].get<bool>());
   std::vector<nlohmann::json> waves;
   for (auto& e : read_events(a + ".events"))

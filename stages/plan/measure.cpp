@@ -18,7 +18,11 @@
 #include <oneapi/tbb/parallel_for.h>
 #include <oneapi/tbb/task_arena.h>
 
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <optional>
 #include <tuple>
 
@@ -105,6 +109,74 @@ Candidate evaluate_gptq(GGMLType type, const std::vector<float>& w, int64_t rows
   return c;
 }
 
+nlohmann::json tensor_json(const TensorMeasure& tm) {
+  nlohmann::json c = nlohmann::json::array();
+  for (const auto& k : tm.candidates)
+    c.push_back({{"type", ggml_type_name(k.type)}, {"bytes", k.bytes}, {"predicted", k.predicted}, {"rel_error", k.rel_error}});
+  return {{"name", tm.name}, {"ne", tm.ne}, {"candidates", c}};
+}
+
+// Throws nlohmann::json exceptions for a wrong shape, Error(InputData) for wrong values.
+TensorMeasure tensor_from_json(const nlohmann::json& t, const std::string& origin) {
+  auto bad = [&](const std::string& what) { fail(ExitCode::InputData, "{}: invalid measurements: {}", origin, what); };
+  TensorMeasure tm{t.at("name").get<std::string>(), t.at("ne").get<std::vector<int64_t>>(), {}};
+  for (const auto& c : t.at("candidates")) {
+    auto type = ggml_type_from_name(c.at("type").get<std::string>());
+    if (!type) bad("unknown type " + json_text(c.at("type")) + " (a plugin's type needs its plugin loaded: squish-run --plugin NAME)");
+    const double p = c.at("predicted").get<double>();
+    if (!std::isfinite(p) || p < 0) bad(tm.name + ": predicted loss must be finite and >= 0");
+    tm.candidates.push_back({*type, c.at("bytes").get<uint64_t>(), p, c.value("rel_error", 0.0)});
+  }
+  if (tm.candidates.empty()) bad(tm.name + ": no candidates");
+  return tm;
+}
+
+// The tensors measured so far, one JSON line each under a first line naming what they were
+// measured from, flushed as each one finishes: a run killed after hours resumes where it
+// stopped. A torn last line (killed mid-write) is dropped; another identity starts afresh.
+class Checkpoint {
+ public:
+  Checkpoint(std::string path, const nlohmann::json& identity) : path_(std::move(path)), kept_(identity.dump() + "\n") {
+    if (std::ifstream in(path_); in) {
+      std::string line;
+      if (std::getline(in, line) && nlohmann::json::parse(line, nullptr, false) == identity) {
+        while (std::getline(in, line) && !in.eof()) {  // a line without its newline was torn
+          const auto t = nlohmann::json::parse(line, nullptr, false);
+          if (t.is_discarded()) break;
+          try {
+            stored_.push_back(tensor_from_json(t, path_));
+          } catch (const std::exception&) {
+            break;
+          }
+          kept_ += line + "\n";
+        }
+      }
+    }
+  }
+  ~Checkpoint() {
+    if (out_) std::fclose(out_);
+  }
+  Checkpoint(const Checkpoint&) = delete;
+  Checkpoint& operator=(const Checkpoint&) = delete;
+  const std::vector<TensorMeasure>& stored() const { return stored_; }
+  void append(const TensorMeasure& tm) {
+    if (!out_) {  // at the first tensor: nothing is left behind by a run that measured none
+      write_file_atomic(path_, kept_);  // exactly the lines kept, so appending continues cleanly
+      out_ = std::fopen(path_.c_str(), "ab");
+      if (!out_) fail(ExitCode::Runtime, "{}: cannot append measurements: {}", path_, std::strerror(errno));
+    }
+    const std::string line = tensor_json(tm).dump() + "\n";
+    if (std::fwrite(line.data(), 1, line.size(), out_) != line.size() || std::fflush(out_) != 0)
+      fail(ExitCode::Runtime, "{}: cannot append measurements: {}", path_, std::strerror(errno));
+  }
+
+ private:
+  std::string path_;
+  std::string kept_;  // the identity line and the stored tensors' lines
+  std::vector<TensorMeasure> stored_;
+  std::FILE* out_ = nullptr;
+};
+
 }  // namespace
 
 Measurements measure(const std::string& model_dir, const std::string& stats_dir, const MeasureOptions& opt) {
@@ -125,11 +197,28 @@ Measurements measure(const std::string& model_dir, const std::string& stats_dir,
   std::vector<const recipe::PlannedTensor*> weights;
   for (const auto& pt : base.tensors)
     if (pt.kind->weight_matrix()) weights.push_back(&pt);
+  // What an interrupted run of the same measurement stored: the tensors it finished, in order.
+  std::optional<Checkpoint> checkpoint;
+  size_t first = 0;
+  if (!opt.checkpoint.empty()) {
+    std::error_code ec;
+    const auto fisher_file = folder.fisher_path();
+    const auto fisher_time = fs::last_write_time(fisher_file, ec).time_since_epoch().count();
+    const nlohmann::json identity{{"format", "squish.measurements-checkpoint/1"}, {"model", m.model}, {"stats", m.stats},
+                                  {"method", m.method}, {"gptq_damp", m.gptq_damp}, {"types", candidate_type_names()},
+                                  {"fisher", fmt::format("{} bytes, written {}", fs::file_size(fisher_file, ec), fisher_time)}};
+    checkpoint.emplace(opt.checkpoint, identity);
+    const auto& stored = checkpoint->stored();
+    while (first < std::min(stored.size(), weights.size()) && stored[first].name == weights[first]->gguf_name &&
+           stored[first].ne == weights[first]->ne)
+      m.tensors.push_back(stored[first++]);
+    if (first > 0 && opt.resumed) opt.resumed(first, weights.size());
+  }
   tbb::task_arena arena(opt.threads > 0 ? opt.threads : tbb::task_arena::automatic);
   // The current input's GPTQ factor, for every weight that reads it and every candidate.
   std::optional<std::string> input;
   quant::GptqFactor factor;
-  for (size_t i = 0; i < weights.size(); ++i) {
+  for (size_t i = first; i < weights.size(); ++i) {
     const auto& pt = *weights[i];
     const int64_t n = pt.ne[0], rows = pt.ne[1];
     const std::vector<float> w = st.load(pt.hf_name).to_f32();
@@ -160,6 +249,7 @@ Measurements measure(const std::string& model_dir, const std::string& stats_dir,
       }
     });
     if (tm.candidates.empty()) fail(ExitCode::InputData, "{}: no candidate type fits rows of {}", pt.gguf_name, n);
+    if (checkpoint) checkpoint->append(tm);
     m.tensors.push_back(std::move(tm));
     if (opt.progress) opt.progress(i + 1, weights.size());
   }
@@ -168,12 +258,7 @@ Measurements measure(const std::string& model_dir, const std::string& stats_dir,
 
 nlohmann::json Measurements::to_json() const {
   nlohmann::json t = nlohmann::json::array();
-  for (const auto& tm : tensors) {
-    nlohmann::json c = nlohmann::json::array();
-    for (const auto& k : tm.candidates)
-      c.push_back({{"type", ggml_type_name(k.type)}, {"bytes", k.bytes}, {"predicted", k.predicted}, {"rel_error", k.rel_error}});
-    t.push_back({{"name", tm.name}, {"ne", tm.ne}, {"candidates", c}});
-  }
+  for (const auto& tm : tensors) t.push_back(tensor_json(tm));
   nlohmann::json j{{"format", "squish.measurements/1"},
                    {"model", model},
                    {"types", candidate_type_names()},
@@ -200,18 +285,7 @@ Measurements Measurements::from_json(const nlohmann::json& j, const std::string&
       m.method = j.value("method", "rtn");
       if (!recipe::is_quant_method(m.method)) bad("method must be rtn or gptq");
       m.gptq_damp = j.value("gptq_damp", quant::kDefaultDamp);
-      for (const auto& t : j.at("tensors")) {
-        TensorMeasure tm{t.at("name").get<std::string>(), t.at("ne").get<std::vector<int64_t>>(), {}};
-        for (const auto& c : t.at("candidates")) {
-          auto type = ggml_type_from_name(c.at("type").get<std::string>());
-          if (!type) bad("unknown type " + json_text(c.at("type")) + " (a plugin's type needs its plugin loaded: squish-run --plugin NAME)");
-          const double p = c.at("predicted").get<double>();
-          if (!std::isfinite(p) || p < 0) bad(tm.name + ": predicted loss must be finite and >= 0");
-          tm.candidates.push_back({*type, c.at("bytes").get<uint64_t>(), p, c.value("rel_error", 0.0)});
-        }
-        if (tm.candidates.empty()) bad(tm.name + ": no candidates");
-        m.tensors.push_back(std::move(tm));
-      }
+      for (const auto& t : j.at("tensors")) m.tensors.push_back(tensor_from_json(t, origin));
     } catch (const nlohmann::json::exception& e) {
       bad(e.what());
     }

@@ -57,6 +57,11 @@ struct MeasureOptions {
   std::string method = "rtn";  // "gptq" needs <stats>/moments/
   double gptq_damp = quant::kDefaultDamp;
   std::function<void(uint64_t done, uint64_t total)> progress;  // tensors
+  // A file the tensors measured so far are appended to as they finish; a later call with the
+  // same inputs starts after them (an interrupted run resumes). Empty = none. The caller
+  // removes it once the full measurements are stored.
+  std::string checkpoint;
+  std::function<void(uint64_t stored, uint64_t total)> resumed;  // called when a checkpoint is taken up
 };
 
 // Throws Error(InputData) naming the file when the statistics miss a tensor or disagree in size.

@@ -77,9 +77,15 @@ class MeasureNode final : public Node {
     opt.method = method;
     opt.gptq_damp = damp;
     opt.progress = [this](uint64_t done, uint64_t total) { ctx_.progress("tensors measured", done, total); };
+    opt.checkpoint = output + ".partial";
+    if (!p["reuse"].get<bool>()) std::filesystem::remove(opt.checkpoint, ec);
+    opt.resumed = [this, &opt](uint64_t stored, uint64_t total) {
+      ctx_.warn(fmt::format("resuming an interrupted measurement: {} of {} tensors taken from {}", stored, total, opt.checkpoint));
+    };
     const Measurements m = measure(model, stats, opt);
     nlohmann::json j = m.to_json();
     write_json_file(output, j);
+    std::filesystem::remove(opt.checkpoint, ec);
     out = Message::of(Document{"measurements", std::move(j)});
     return true;
   }
