@@ -35,6 +35,15 @@ void write_test_model(const std::string& dir) {
                              so);
 }
 
+// The test model written to <dir>/model and scored on a short text into <dir>/stats.
+void write_and_score_test_model(const std::string& dir, bool moments) {
+  write_test_model(dir + "/model");
+  auto r = test::squish_run(fmt::format("{}/pipelines/score.yaml --no-progress --set model={}/model --set text={}/models/stories260K/LICENSE "
+                                        "--set output={}/stats --set ctx=64 --set moments={}",
+                                        test::source_dir(), dir, test::source_dir(), dir, moments));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+}
+
 std::vector<nlohmann::json> read_events(const std::string& path) {
   std::vector<nlohmann::json> v;
   std::istringstream in(test::read_file(path));
@@ -125,11 +134,7 @@ TEST(PlanAllocate, InfeasibleBudgetNamesTheSmallestReachable) {
 TEST(Plan, BudgetDeterminismAndInfeasible) {
   test::TempDir tmp;
   const std::string model = tmp / "model";
-  write_test_model(model);
-  auto r = test::squish_run(fmt::format("{}/pipelines/score.yaml --no-progress --set model={} --set text={}/models/stories260K/LICENSE "
-                                        "--set output={} --set ctx=64",
-                                        test::source_dir(), model, test::source_dir(), tmp / "stats"));
-  ASSERT_EQ(r.exit_code, 0) << r.err;
+  ASSERT_NO_FATAL_FAILURE(write_and_score_test_model(tmp.path().string(), false));
   const Measurements m = measure(model, tmp / "stats");
   ASSERT_FALSE(m.tensors.empty());
   for (const auto& t : m.tensors)
@@ -165,8 +170,8 @@ TEST(Plan, BudgetDeterminismAndInfeasible) {
     EXPECT_EQ(p.recipe.to_json().dump(), again.recipe.to_json().dump());
     const std::string recipe_path = tmp / fmt::format("r{}.json", frac);
     test::write_file(recipe_path, p.recipe.to_json().dump(1));
-    r = test::squish_run(fmt::format("{}/pipelines/compress.yaml --no-progress --set model={} --set recipe={} --set output={}",
-                                     test::source_dir(), model, recipe_path, tmp / "m.gguf"));
+    const auto r = test::squish_run(fmt::format("{}/pipelines/compress.yaml --no-progress --set model={} --set recipe={} --set output={}",
+                                                test::source_dir(), model, recipe_path, tmp / "m.gguf"));
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_EQ(std::filesystem::file_size(tmp / "m.gguf"), p.file_bytes);
   }
@@ -196,11 +201,7 @@ TEST(Plan, BudgetDeterminismAndInfeasible) {
 TEST(Plan, InterruptedMeasurementResumes) {
   test::TempDir tmp;
   const std::string model = tmp / "model";
-  write_test_model(model);
-  auto r = test::squish_run(fmt::format("{}/pipelines/score.yaml --no-progress --set model={} --set text={}/models/stories260K/LICENSE "
-                                        "--set output={} --set ctx=64 --set moments=true",
-                                        test::source_dir(), model, test::source_dir(), tmp / "stats"));
-  ASSERT_EQ(r.exit_code, 0) << r.err;
+  ASSERT_NO_FATAL_FAILURE(write_and_score_test_model(tmp.path().string(), true));
   MeasureOptions opt;
   opt.method = "gptq";
   const std::string whole = measure(model, tmp / "stats", opt).to_json().dump();

@@ -23,6 +23,20 @@ namespace {
 std::string pipelines() { return test::source_dir() + "/pipelines"; }
 std::string testkit_env() { return std::string("SQUISH_PLUGIN_PATH=") + SQUISH_TEST_PLUGIN_DIR + " "; }
 
+// Runs a testkit source -> slow sink pipeline (settings and the nodes' parameters as the inside
+// of YAML flow mappings) and returns what the sink saw.
+nlohmann::json run_counter_to_sink(const std::string& settings, const std::string& source, const std::string& sink) {
+  test::TempDir tmp;
+  test::write_file(tmp / "p.yaml", fmt::format("name: bounded\nplugins: [testkit]\nsettings: {{{}}}\nnodes:\n"
+                                               "  src: {{kind: testkit.counter_source, params: {{{}}}}}\n"
+                                               "  sink: {{kind: testkit.slow_sink, parallel: true, params: {{{}, output: '${{pipeline_dir}}/out.json'}}}}\n"
+                                               "edges: [src -> sink]\n",
+                                               settings, source, sink));
+  auto r = test::run(testkit_env() + test::binary_dir() + "/bin/squish-run " + tmp / "p.yaml");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  return r.exit_code == 0 ? nlohmann::json::parse(test::read_file(tmp / "out.json")) : nlohmann::json::object();
+}
+
 // Exactly one line of error output, naming what it must.
 void expect_one_line_error(const test::RunResult& r, int code, const std::string& must_contain) {
   EXPECT_EQ(r.exit_code, code) << r.err;
@@ -311,14 +325,7 @@ TEST(Runtime, PluginFilesThatAreNotPluginsAreRefusedBeforeLoading) {
 
 // The limiter bounds messages in flight however fast the source is and however slow the sink.
 TEST(Runtime, InFlightMessagesAreBounded) {
-  test::TempDir tmp;
-  test::write_file(tmp / "p.yaml", "name: bounded\nplugins: [testkit]\nsettings: {max_in_flight: 3}\nnodes:\n"
-                                   "  src: {kind: testkit.counter_source, params: {count: 200}}\n"
-                                   "  sink: {kind: testkit.slow_sink, parallel: true, params: {output: '${pipeline_dir}/out.json', sleep_us: 300}}\n"
-                                   "edges: [src -> sink]\n");
-  auto r = test::run(testkit_env() + test::binary_dir() + "/bin/squish-run " + tmp / "p.yaml");
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  auto out = nlohmann::json::parse(test::read_file(tmp / "out.json"));
+  const auto out = run_counter_to_sink("max_in_flight: 3", "count: 200", "sleep_us: 300");
   EXPECT_EQ(out["received"], 200);
   EXPECT_LE(out["max_live"].get<int>(), 3);
   EXPECT_GE(out["max_live"].get<int>(), 1);
@@ -386,14 +393,8 @@ TEST(FlightBudget, KeepsTheLimitersAccountExact) {
 // no two of them are alive at once (counting messages alone lets the source run ahead to the
 // next one, two messages later); it still passes, and the 16-byte ones between them flow.
 TEST(Runtime, InFlightBytesAreBounded) {
-  test::TempDir tmp;
-  test::write_file(tmp / "p.yaml", "name: bounded\nplugins: [testkit]\nsettings: {max_in_flight: 4, max_in_flight_bytes: 4096}\nnodes:\n"
-                                   "  src: {kind: testkit.counter_source, params: {count: 300, bytes: 16, big_bytes: 10000, big_every: 2}}\n"
-                                   "  sink: {kind: testkit.slow_sink, parallel: true, params: {output: '${pipeline_dir}/out.json', sleep_us: 200}}\n"
-                                   "edges: [src -> sink]\n");
-  auto r = test::run(testkit_env() + test::binary_dir() + "/bin/squish-run " + tmp / "p.yaml");
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  auto out = nlohmann::json::parse(test::read_file(tmp / "out.json"));
+  const auto out = run_counter_to_sink("max_in_flight: 4, max_in_flight_bytes: 4096", "count: 300, bytes: 16, big_bytes: 10000, big_every: 2",
+                                       "sleep_us: 200");
   EXPECT_EQ(out["received"], 300);
   EXPECT_LT(out["max_live_bytes"].get<int64_t>(), 2 * 10000);
 }
