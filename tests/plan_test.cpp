@@ -310,6 +310,36 @@ TEST(SquishPipeline, OneGraphFromTextToVerifiedFile) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(test::read_file(split), test::read_file(a));
 
+  // A budget that holds every weight at F16 measures F16 only and stores no measurements; its
+  // recipe is the one the full measurements plan for that budget.
+  const uint64_t roomy = recipe::resolve(recipe::CompressionRecipe::from_preset("F16"), model).file_bytes + 16384;
+  const std::string f16 = tmp / "f16.gguf";
+  r = run(f16, roomy, f16 + ".squish");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("F16 measured only"), std::string::npos) << r.err;
+  EXPECT_FALSE(std::filesystem::exists(f16 + ".squish/measurements.json"));
+  r = test::squish_run(fmt::format("{}/pipelines/plan.yaml --no-progress --set model={} --set stats={}.squish --set size={} --set output={}",
+                                   test::source_dir(), model, a, roomy, tmp / "full.json"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto shortcut = nlohmann::json::parse(test::read_file(f16 + ".squish/recipe.json"))["tensors"];
+  const auto full = nlohmann::json::parse(test::read_file(tmp / "full.json"))["tensors"];
+  ASSERT_EQ(shortcut.size(), full.size());
+  for (size_t i = 0; i < full.size(); ++i) {  // the same types and predictions; the reason says why
+    EXPECT_EQ(shortcut[i]["match"], full[i]["match"]);
+    EXPECT_EQ(shortcut[i]["type"], full[i]["type"]);
+    const std::string why = shortcut[i]["reason"], prediction = full[i]["reason"].get<std::string>().substr(0, why.find(" (F16 only"));
+    EXPECT_EQ(why.substr(0, why.find(" (F16 only")), prediction.substr(0, prediction.find(" vs "))) << why;
+    EXPECT_NE(why.find("the budget holds every weight at F16"), std::string::npos) << why;
+  }
+
+  // Just above the F16 preset's size, the plan's own header does not fit beside all-F16
+  // weights: everything is measured and stored, and the plan takes a smaller type somewhere.
+  const std::string tight = tmp / "tight.gguf";
+  r = run(tight, roomy - 16384 + 100, f16 + ".squish");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.err.find("F16 measured only"), std::string::npos) << r.err;
+  EXPECT_TRUE(std::filesystem::exists(f16 + ".squish/measurements.json"));
+
   // Infeasible: exit 3 naming the smallest file; no output, no temporary file left.
   const std::string none = tmp / "none.gguf";
   r = run(none, q2.file_bytes / 2, a + ".squish");

@@ -18,6 +18,7 @@
 #include <oneapi/tbb/parallel_for.h>
 #include <oneapi/tbb/task_arena.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -228,7 +229,9 @@ Measurements measure(const std::string& model_dir, const std::string& stats_dir,
     const float* imp = im != imatrix.end() && im->second.size() == size_t(n) ? im->second.data() : nullptr;
     TensorMeasure tm{pt.gguf_name, pt.ne, {}};
     // As compress: GPTQ for weight matrices with second moments (not a tied embedding's lookup).
-    const bool gptq = moments && recipe::gptq_kind(*pt.kind) && moments->has(pt.gguf_name);
+    const std::vector<GGMLType> types = opt.only_types.empty() ? candidate_types() : opt.only_types;
+    const bool gptq = moments && recipe::gptq_kind(*pt.kind) && moments->has(pt.gguf_name) &&
+                      std::any_of(types.begin(), types.end(), [&](GGMLType t) { return recipe::gptq_applies(*pt.kind, t); });
     if (gptq && moments->input_of(pt.gguf_name) != input) {  // q/k/v (gate/up) follow each other and share theirs
       input = moments->input_of(pt.gguf_name);
       factor = {};
@@ -240,7 +243,7 @@ Measurements measure(const std::string& model_dir, const std::string& stats_dir,
       factor = arena.execute([&] { return quant::gptq_factor(h.data(), n, o); });
     }
     arena.execute([&] {
-      for (GGMLType t : candidate_types()) {
+      for (GGMLType t : types) {
         if (n % ggml_type_traits(t)->block_size != 0) continue;  // the block does not fit a row
         if (const PluginType* p = plugin_type(t); p && !p->supports_row(n)) continue;
         const float* tw = ggml_type_traits(t)->quantized ? imp : nullptr;
@@ -271,6 +274,7 @@ nlohmann::json Measurements::to_json() const {
                                                                 ScoreFolder::kFisherFile)},
                    {"tensors", t}};
   if (method == "gptq") j["gptq_damp"] = gptq_damp;
+  if (!scope.empty()) j["scope"] = scope;
   return j;
 }
 
@@ -285,6 +289,7 @@ Measurements Measurements::from_json(const nlohmann::json& j, const std::string&
       m.method = j.value("method", "rtn");
       if (!recipe::is_quant_method(m.method)) bad("method must be rtn or gptq");
       m.gptq_damp = j.value("gptq_damp", quant::kDefaultDamp);
+      m.scope = j.value("scope", "");
       for (const auto& t : j.at("tensors")) m.tensors.push_back(tensor_from_json(t, origin));
     } catch (const nlohmann::json::exception& e) {
       bad(e.what());

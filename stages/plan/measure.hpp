@@ -40,6 +40,7 @@ struct Measurements {
   std::string stats;       // score output folder (core/io/score_folder.hpp)
   std::string method = "rtn";  // the quantizer measured: "rtn" | "gptq" (recipes planned from it use it)
   double gptq_damp = quant::kDefaultDamp;
+  std::string scope;       // why only some types were measured ("" = every candidate)
   std::vector<TensorMeasure> tensors;
   nlohmann::json to_json() const;
   static Measurements from_json(const nlohmann::json& j, const std::string& origin);
@@ -57,6 +58,7 @@ struct MeasureOptions {
   std::string method = "rtn";  // "gptq" needs <stats>/moments/
   double gptq_damp = quant::kDefaultDamp;
   std::function<void(uint64_t done, uint64_t total)> progress;  // tensors
+  std::vector<GGMLType> only_types;  // measure these candidates only (empty = candidate_types())
   // A file the tensors measured so far are appended to as they finish; a later call with the
   // same inputs starts after them (an interrupted run resumes). Empty = none. The caller
   // removes it once the full measurements are stored.

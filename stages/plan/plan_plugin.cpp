@@ -43,6 +43,20 @@ std::string pruning_text(const recipe::CompressionRecipe& r) {
   return s + "\n";
 }
 
+// The budget a plan node's (or measure node's) parameters name: size, bpw, device or memory.
+Target target_of(const nlohmann::json& p) {
+  Target t;
+  const int64_t size = p["size"].get<int64_t>();
+  if (size < 0) fail(ExitCode::Usage, "size must be >= 0 (got {})", size);
+  t.size = static_cast<uint64_t>(size);
+  t.bpw = p["bpw"].get<double>();
+  t.device = p["device"].get<std::string>();
+  t.memory_gb = p["memory"].get<double>();
+  t.ctx = static_cast<int>(p["ctx"].get<int64_t>());
+  if (!(t.bpw >= 0) || !(t.memory_gb >= 0)) fail(ExitCode::Usage, "bpw and memory must be >= 0");
+  return t;
+}
+
 class MeasureNode final : public Node {
  public:
   explicit MeasureNode(const NodeContext& ctx) : ctx_(ctx) {}
@@ -76,6 +90,35 @@ class MeasureNode final : public Node {
     opt.threads = ctx_.threads_param();
     opt.method = method;
     opt.gptq_damp = damp;
+    // Where the budget holds every weight at F16, that is each one's least-loss type (its error
+    // is half-precision rounding, orders below Q8_0's), so the plan is all-F16 whatever the other
+    // types would measure: only F16 is measured (when that plan, header included, fits), and
+    // nothing is stored (another budget needs every type).
+    const Target target = target_of(p);
+    if (target.size || target.bpw > 0 || !target.device.empty() || target.memory_gb > 0) {
+      std::string why;
+      const uint64_t budget = budget_bytes(target, recipe::resolve(recipe::CompressionRecipe::from_preset("F32"), model), &why);
+      const uint64_t f16 = recipe::resolve(recipe::CompressionRecipe::from_preset("F16"), model).file_bytes;
+      if (f16 <= budget) {
+        MeasureOptions f16_only = opt;
+        f16_only.only_types = {GGMLType::F16};
+        f16_only.progress = [this](uint64_t done, uint64_t total) { ctx_.progress("tensors measured (F16 only)", done, total); };
+        Measurements m = measure(model, stats, f16_only);
+        m.scope = fmt::format("F16 only measured: the budget holds every weight at F16, {} bytes", f16);
+        bool fits = true;
+        try {
+          plan::plan(m, model, target);
+        } catch (const Error& e) {
+          if (e.code() != ExitCode::InputData) throw;
+          fits = false;  // the plan's header does not fit beside them: measure everything
+        }
+        if (fits) {
+          ctx_.warn(fmt::format("the budget ({}) holds every weight at F16 ({} bytes): F16 measured only", why, f16));
+          out = Message::of(Document{"measurements", m.to_json()});
+          return true;
+        }
+      }
+    }
     opt.progress = [this](uint64_t done, uint64_t total) { ctx_.progress("tensors measured", done, total); };
     opt.checkpoint = output + ".partial";
     if (!p["reuse"].get<bool>()) std::filesystem::remove(opt.checkpoint, ec);
@@ -102,15 +145,7 @@ class RecipeNode final : public Node {
   void consume(const Message& in, Emitter& out) override {
     if (in.is_tensor() || in.document().kind != "measurements") return out.emit(in);
     const auto& p = ctx_.params;
-    Target t;
-    const int64_t size = p["size"].get<int64_t>();
-    if (size < 0) fail(ExitCode::Usage, "size must be >= 0 (got {})", size);
-    t.size = static_cast<uint64_t>(size);
-    t.bpw = p["bpw"].get<double>();
-    t.device = p["device"].get<std::string>();
-    t.memory_gb = p["memory"].get<double>();
-    t.ctx = static_cast<int>(p["ctx"].get<int64_t>());
-    if (!(t.bpw >= 0) || !(t.memory_gb >= 0)) fail(ExitCode::Usage, "bpw and memory must be >= 0");
+    const Target t = target_of(p);
     const Measurements m = Measurements::from_json(in.document().body, "measurements");
     // What to remove (and how compress repairs it), then the types for what is left.
     PruneTarget pt;
@@ -194,7 +229,13 @@ void register_nodes(NodeRegistry& r) {
           {"reuse", ParamType::Bool, false, true, "reuse the output file when it holds this model's measurements"},
           {"method", ParamType::String, false, "rtn", fmt::format("the quantizer to measure and plan for: rtn | gptq (needs {}/)", kMomentsFolder)},
           {"damp", ParamType::Float, false, quant::kDefaultDamp, "GPTQ dampening, fraction of H's mean diagonal", 0, 1e6},
-          {"threads", ParamType::Int, false, 0, "worker threads (0 = the pipeline's setting / all cores)", 0, 4096}},
+          {"threads", ParamType::Int, false, 0, "worker threads (0 = the pipeline's setting / all cores)", 0, 4096},
+          // The plan's budget, when known: a budget that holds every weight at F16 needs F16 measured only.
+          {"size", ParamType::Int, false, 0, "the plan's file size budget in bytes (0 = not known here)", 0},
+          {"bpw", ParamType::Float, false, 0.0, "the plan's budget in bits per source parameter", 0, 64},
+          {"device", ParamType::String, false, "", "the plan's device preset"},
+          {"memory", ParamType::Float, false, 0.0, "the plan's usable memory in GB", 0, 1e6},
+          {"ctx", ParamType::Int, false, 4096, "context whose KV cache a device budget keeps free", 0, 1 << 24}},
          [](const NodeContext& c) { return std::make_unique<MeasureNode>(c); }});
   r.add({"plan.recipe", "choose one type per tensor: least predicted loss with the whole file within the budget", NodeRole::Transform, false,
          {{"model", ParamType::Path, true, nullptr, "Hugging Face model folder"},

@@ -76,6 +76,8 @@ recipe::CompressionRecipe make_recipe(const Measurements& m, const std::vector<I
     std::string reason = fmt::format("{}: {} — predicted dL {:.3g}", tm.name, ggml_type_name(c.type), c.predicted);
     if (lower)
       reason += fmt::format(" vs {:.3g} at {} ({} bytes less)", lower->predicted, ggml_type_name(lower->type), c.bytes - lower->bytes);
+    else if (!m.scope.empty())
+      reason += " (" + m.scope + ")";
     reason += "; least total predicted loss within the budget (knapsack)";
     r.tensors.push_back({tm.name, c.type, reason});
   }
