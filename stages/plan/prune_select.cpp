@@ -36,8 +36,10 @@ prune::RemovalCost projection_cost(const SafetensorsModel& st, const Stats& s, a
                                    double damp) {
   const arch::TensorKind& kind = arch::projection_reading(unit);
   const std::string gguf = arch::gguf_name(kind, layer);
-  const Tensor t = st.load(arch::hf_name(kind, layer));
+  const SafetensorsEntry& e = st.at(arch::hf_name(kind, layer));
+  const Tensor t = st.load(e);
   const std::vector<float> w = t.to_f32();
+  st.release(e);  // the float copy is what is used: the mapped pages leave RSS
   const int64_t rows = t.shape.at(0);
   const int n = static_cast<int>(t.shape.at(1));
   prune::InputStats in;
