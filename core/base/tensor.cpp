@@ -54,6 +54,13 @@ class OwnedBuffer final : public Buffer {
  private:
   std::vector<std::byte> data_;
 };
+class OwnedFloats final : public Buffer {
+ public:
+  explicit OwnedFloats(std::vector<float> d) : data_(std::move(d)) {}
+  std::span<const std::byte> bytes() const override { return std::as_bytes(std::span(data_)); }
+ private:
+  std::vector<float> data_;
+};
 class ViewBuffer final : public Buffer {
  public:
   ViewBuffer(std::span<const std::byte> d, std::shared_ptr<const void> owner) : data_(d), owner_(std::move(owner)) {}
@@ -63,6 +70,8 @@ class ViewBuffer final : public Buffer {
   std::shared_ptr<const void> owner_;
 };
 }  // namespace
+
+std::shared_ptr<const Buffer> Buffer::owned_floats(std::vector<float> data) { return std::make_shared<OwnedFloats>(std::move(data)); }
 
 std::shared_ptr<const Buffer> Buffer::owned(std::vector<std::byte> data) {
   return std::make_shared<OwnedBuffer>(std::move(data));

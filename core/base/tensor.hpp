@@ -28,6 +28,8 @@ class Buffer {
   virtual ~Buffer() = default;
   virtual std::span<const std::byte> bytes() const = 0;
   static std::shared_ptr<const Buffer> owned(std::vector<std::byte> data);
+  // Float32 values as bytes, without a copy (a tensor built from a computed float vector).
+  static std::shared_ptr<const Buffer> owned_floats(std::vector<float> data);
   // A view that keeps `owner` alive as long as the view lives.
   static std::shared_ptr<const Buffer> view(std::span<const std::byte> data, std::shared_ptr<const void> owner);
 };

@@ -51,7 +51,7 @@ std::vector<float> prune_tensor(const Tensor& in, const PlannedTensor& p, const 
   return out;
 }
 
-std::vector<std::byte> quantize_tensor(const std::vector<float>& data, const PlannedTensor& p, const float* imatrix) {
+std::vector<std::byte> quantize_tensor(std::span<const float> data, const PlannedTensor& p, const float* imatrix) {
   const int64_t n_per_row = p.ne[0];
   const int64_t nrows = static_cast<int64_t>(data.size()) / n_per_row;
   const size_t row_bytes = ggml_row_size(p.type, n_per_row);

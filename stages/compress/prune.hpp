@@ -5,6 +5,7 @@
 #include "core/base/tensor.hpp"
 #include "core/recipe/recipe.hpp"
 
+#include <span>
 #include <vector>
 
 namespace squish::compress {
@@ -14,6 +15,6 @@ using namespace squish::recipe;
 std::vector<float> prune_tensor(const Tensor& in, const PlannedTensor& plan, const std::string& origin);
 
 // Quantizes a pruned tensor (rows of ne[0] floats) to plan.type; multithreaded over rows.
-std::vector<std::byte> quantize_tensor(const std::vector<float>& data, const PlannedTensor& plan, const float* imatrix = nullptr);
+std::vector<std::byte> quantize_tensor(std::span<const float> data, const PlannedTensor& plan, const float* imatrix = nullptr);
 
 }  // namespace squish::compress
