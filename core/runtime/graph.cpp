@@ -28,7 +28,6 @@ struct Counters {
 
 uint64_t message_bytes(const Message& m) { return m.is_tensor() ? m.tensor().nbytes() : 0; }
 
-
 class PortEmitter final : public Emitter {
  public:
   PortEmitter(Counters& c, std::function<void(Message)> put) : c_(c), put_(std::move(put)) {}
