@@ -62,7 +62,7 @@ class GraphRunner::Run {
     // limiters and the graph still exist.
     sources_.clear();
     impls_.clear();
-    g_.wait_for_all();
+    wait_all();
     rethrow_first_error();
   }
 
@@ -171,9 +171,13 @@ class GraphRunner::Run {
       auto share = budget->admit(message_bytes(m), take_now);
       if (take_now) limiter->decrementer().try_put(-static_cast<long long>(take_now));
       auto inner = std::move(m.ticket);
-      m.ticket = std::shared_ptr<void>(nullptr, [limiter, budget, share, inner](void*) mutable {
+      // The ticket dies inside TBB, outside any body: it states the same ordering as BodyScope
+      // (the budget's lock is instrumented code, unlike the limiter it replaced).
+      m.ticket = std::shared_ptr<void>(nullptr, [this, limiter, budget, share, inner](void*) mutable {
+        (void)epoch_.load(std::memory_order_acquire);
         inner.reset();
         if (const size_t back = budget->release(share)) limiter->decrementer().try_put(static_cast<long long>(back));
+        bodies_done_.fetch_add(1, std::memory_order_release);
       });
       epoch_.fetch_add(1, std::memory_order_release);
       return m;
