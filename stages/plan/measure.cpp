@@ -215,6 +215,7 @@ Measurements measure(const std::string& model_dir, const std::string& stats_dir,
       m.tensors.push_back(stored[first++]);
     if (first > 0 && opt.resumed) opt.resumed(first, weights.size());
   }
+  const std::vector<GGMLType> types = opt.only_types.empty() ? candidate_types() : opt.only_types;
   tbb::task_arena arena(opt.threads > 0 ? opt.threads : tbb::task_arena::automatic);
   // The current input's GPTQ factor, for every weight that reads it and every candidate.
   std::optional<std::string> input;
@@ -224,15 +225,15 @@ Measurements measure(const std::string& model_dir, const std::string& stats_dir,
     const int64_t n = pt.ne[0], rows = pt.ne[1];
     // A float copy; the mapped source pages go at once (else every weight read stays in RSS:
     // 15.6 GB by the end of a 7B).
-    const std::vector<float> w = st.load(pt.hf_name).to_f32();
-    st.release(st.at(pt.hf_name));
+    const SafetensorsEntry& source = st.at(pt.hf_name);
+    const std::vector<float> w = st.load(source).to_f32();
+    st.release(source);
     const auto& in = fisher.at(pt.gguf_name, FisherFactor::In, size_t(n));
     const auto& out = fisher.at(pt.gguf_name, FisherFactor::Out, size_t(rows));
     auto im = imatrix.find(pt.gguf_name);  // as compress: the imatrix weights the rounding when present
     const float* imp = im != imatrix.end() && im->second.size() == size_t(n) ? im->second.data() : nullptr;
     TensorMeasure tm{pt.gguf_name, pt.ne, {}};
     // As compress: GPTQ for weight matrices with second moments (not a tied embedding's lookup).
-    const std::vector<GGMLType> types = opt.only_types.empty() ? candidate_types() : opt.only_types;
     const bool gptq = moments && recipe::gptq_kind(*pt.kind) && moments->has(pt.gguf_name) &&
                       std::any_of(types.begin(), types.end(), [&](GGMLType t) { return recipe::gptq_applies(*pt.kind, t); });
     if (gptq && moments->input_of(pt.gguf_name) != input) {  // q/k/v (gate/up) follow each other and share theirs
