@@ -334,23 +334,12 @@ TEST(ScoreStreaming, MemorySettingsThatCannotWorkAreRefusedBeforeAnythingIsWritt
 // MPI: mpirun -np 2 on this machine.
 
 namespace {
-bool have_mpirun() { return test::run("command -v mpirun >/dev/null 2>&1").exit_code == 0; }
+using test::mpirun;
 
-// ../shared, no sanitizer (Open MPI's own allocations read as leaks), and mpirun (CI has it).
-#define SQUISH_REQUIRE_MPIRUN()                                                      \
-  SQUISH_REQUIRE_SHARED();                                                           \
-  SQUISH_SKIP_UNDER_SANITIZERS("Open MPI's own allocations read as leaks");          \
-  if (!have_mpirun()) {                                                              \
-    if (std::getenv("CI")) FAIL() << "mpirun is missing (.ci/deps installs openmpi-bin)"; \
-    GTEST_SKIP() << "mpirun is missing";                                             \
-  }
-
-// Root in containers and CI: Open MPI refuses root unless told; shared memory without CMA.
-std::string mpirun(int np, const std::string& command) {
-  return fmt::format("OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl_vader_single_copy_mechanism=none "
-                     "OMPI_MCA_rmaps_base_oversubscribe=1 mpirun -np {} {}",
-                     np, command);
-}
+// ../shared and mpirun.
+#define SQUISH_REQUIRE_SHARED_AND_MPIRUN() \
+  SQUISH_REQUIRE_SHARED();                 \
+  SQUISH_REQUIRE_MPIRUN()
 
 std::string squish_run_bin() { return test::binary_dir() + "/bin/squish-run"; }
 
@@ -433,7 +422,7 @@ void expect_same_artifacts(const std::string& one, const std::string& two) {
 }  // namespace
 
 TEST(ScoreMpi, TwoRanksGiveOneProcesssArtifactsInMemoryAndLayerMajor) {
-  SQUISH_REQUIRE_MPIRUN();
+  SQUISH_REQUIRE_SHARED_AND_MPIRUN();
   test::TempDir tmp;
   auto one = test::squish_run(score_args(tmp / "one", ""));
   ASSERT_EQ(one.exit_code, 0) << one.err;
@@ -455,7 +444,7 @@ TEST(ScoreMpi, TwoRanksGiveOneProcesssArtifactsInMemoryAndLayerMajor) {
 }
 
 TEST(ScoreMpi, AFailingRankEndsTheRunWithItsErrorAndNothingWritten) {
-  SQUISH_REQUIRE_MPIRUN();
+  SQUISH_REQUIRE_SHARED_AND_MPIRUN();
   test::TempDir tmp;
   fs::create_directory(tmp / "work");
   const std::string other = tmp / "other.txt";

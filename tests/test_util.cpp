@@ -1,5 +1,7 @@
 #include "tests/test_util.hpp"
 
+#include <fmt/format.h>
+
 #include <array>
 #include <cstdio>
 #include <cstdlib>
@@ -60,5 +62,13 @@ RunResult run(const std::string& cmdline) {
 }
 
 RunResult squish_run(const std::string& args) { return run(binary_dir() + "/bin/squish-run " + args); }
+
+bool have_mpirun() { return run("command -v mpirun >/dev/null 2>&1").exit_code == 0; }
+
+std::string mpirun(int np, const std::string& command) {
+  return fmt::format("OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl_vader_single_copy_mechanism=none "
+                     "OMPI_MCA_rmaps_base_oversubscribe=1 mpirun -np {} {}",
+                     np, command);
+}
 
 }  // namespace squish::test

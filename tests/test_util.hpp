@@ -41,6 +41,12 @@ RunResult squish_run(const std::string& args);
 std::string read_file(const std::string& path);
 void write_file(const std::string& path, const std::string& data);
 
+// Open MPI's mpirun on this machine (CI installs openmpi-bin).
+bool have_mpirun();
+// `command` as np ranks on this machine: root allowed (containers, CI), oversubscribed cores,
+// shared memory without CMA.
+std::string mpirun(int np, const std::string& command);
+
 }  // namespace squish::test
 
 #define SQUISH_REQUIRE_SHARED()                                              \
@@ -49,6 +55,17 @@ void write_file(const std::string& path, const std::string& data);
       if (std::getenv("CI")) FAIL() << "../shared is missing";               \
       GTEST_SKIP() << "../shared is missing";                                \
     }                                                                        \
+  } while (0)
+
+// Tests that launch ranks: no sanitizer (Open MPI's own allocations read as leaks), and mpirun
+// (a failure in CI, which has it).
+#define SQUISH_REQUIRE_MPIRUN()                                                            \
+  do {                                                                                     \
+    SQUISH_SKIP_UNDER_SANITIZERS("Open MPI's own allocations read as leaks");              \
+    if (!::squish::test::have_mpirun()) {                                                  \
+      if (std::getenv("CI")) FAIL() << "mpirun is missing (.ci/deps installs openmpi-bin)"; \
+      GTEST_SKIP() << "mpirun is missing";                                                 \
+    }                                                                                      \
   } while (0)
 
 // Sanitizers shadow every mapped byte and keep their own allocator: memory figures (RSS, address

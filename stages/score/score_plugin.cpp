@@ -3,7 +3,7 @@
 #include "core/base/error.hpp"
 #include "core/runtime/plugin_api.hpp"
 #include "core/base/memory.hpp"
-#include "stages/score/ranks.hpp"
+#include "core/runtime/ranks.hpp"
 #include "stages/score/scorer.hpp"
 
 #include <filesystem>

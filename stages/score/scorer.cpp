@@ -10,7 +10,7 @@
 #include "core/runtime/events.hpp"
 #include "core/base/memory.hpp"
 #include "core/tokenizer/tokenizer.hpp"
-#include "stages/score/ranks.hpp"
+#include "core/runtime/ranks.hpp"
 
 #include <fmt/ranges.h>
 

@@ -55,7 +55,7 @@ struct ScoreResult {
 };
 
 // Scores the model in `model_dir` (HF folder) on the text file `text_path`. Launched by mpirun
-// (stages/score/ranks.hpp), each rank scores its share of the chunks and every statistic is
+// (core/runtime/ranks.hpp), each rank scores its share of the chunks and every statistic is
 // summed over the ranks: all ranks return the same result.
 ScoreResult score_model(const std::string& model_dir, const std::string& text_path, const ScoreOptions& opt);
 

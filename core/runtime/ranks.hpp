@@ -1,13 +1,15 @@
 #pragma once
-// The processes one score run is spread over. Launched by mpirun (Open MPI; any launcher that
+// The processes one run is spread over (scoring splits the calibration chunks, measuring the
+// layers). Launched by mpirun (Open MPI; any launcher that
 // sets PMIx/PMI variables), each process is one rank of MPI_COMM_WORLD; otherwise the run is
 // one rank and MPI is never initialized: the same binary runs alone without mpirun.
 // Collectives are MPI's (sums with MPI_Allreduce); nothing here is a protocol of our own.
 #include <cstdint>
 #include <span>
 #include <string>
+#include <vector>
 
-namespace squish::score {
+namespace squish {
 
 class Ranks {
  public:
@@ -24,6 +26,8 @@ class Ranks {
   void sum(std::span<int64_t> v) const;
   // Rank 0's value on every rank.
   std::string broadcast(const std::string& s) const;
+  // Every rank's string, in rank order, on every rank (MPI_Allgatherv).
+  std::vector<std::string> all_gather(const std::string& s) const;
   // Ends every rank of the run with `exit_code` after `message` (one line, to stderr): a failing
   // rank cannot leave the others waiting in a collective (MPI_Abort).
   [[noreturn]] void abort(int exit_code, const std::string& message) const;
@@ -34,4 +38,4 @@ class Ranks {
   int rank_ = 0, size_ = 1;
 };
 
-}  // namespace squish::score
+}  // namespace squish

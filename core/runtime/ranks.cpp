@@ -1,4 +1,4 @@
-#include "stages/score/ranks.hpp"
+#include "core/runtime/ranks.hpp"
 
 #include "core/base/error.hpp"
 #include "core/runtime/launcher.hpp"
@@ -17,7 +17,7 @@
 #include <mpi.h>
 #endif
 
-namespace squish::score {
+namespace squish {
 
 namespace {
 #ifdef SQUISH_HAVE_MPI
@@ -57,8 +57,9 @@ Ranks::Ranks() {
   int initialized = 0;
   MPI_Initialized(&initialized);
   if (!initialized) {
-    // SERIALIZED: MPI starts on the flow graph's thread that runs the score node and is
-    // finalized on the main thread at exit; calls never overlap.
+    // SERIALIZED: MPI starts on the flow graph's thread that runs the first node that asks
+    // (score, measure) and is finalized on the main thread at exit; the nodes that use it run
+    // in different waves and call it from their own thread only, so calls never overlap.
     int provided = 0;
     check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided), "MPI_Init_thread");
     std::atexit(finalize_at_exit);
@@ -70,7 +71,7 @@ Ranks::Ranks() {
   check(MPI_Comm_size(MPI_COMM_WORLD, &size_), "MPI_Comm_size");
 #else
   if (launcher.size > 1)
-    fail(ExitCode::Usage, "score: launched as {} MPI ranks, but this build has no MPI (install libopenmpi-dev and rebuild)",
+    fail(ExitCode::Usage, "launched as {} MPI ranks, but this build has no MPI (install libopenmpi-dev and rebuild)",
          launcher.size);
 #endif
 }
@@ -110,6 +111,26 @@ std::string Ranks::broadcast(const std::string& s) const {
 #endif
 }
 
+std::vector<std::string> Ranks::all_gather(const std::string& s) const {
+#ifdef SQUISH_HAVE_MPI
+  if (!distributed()) return {s};
+  if (s.size() > uint64_t(std::numeric_limits<int>::max())) fail(ExitCode::Runtime, "MPI: gather of {} bytes", s.size());
+  const int mine = static_cast<int>(s.size());
+  std::vector<int> sizes(static_cast<size_t>(size_)), offsets(static_cast<size_t>(size_));
+  check(MPI_Allgather(&mine, 1, MPI_INT, sizes.data(), 1, MPI_INT, MPI_COMM_WORLD), "MPI_Allgather");
+  int64_t total = 0;
+  for (int r = 0; r < size_; ++r) offsets[size_t(r)] = static_cast<int>(total), total += sizes[size_t(r)];
+  if (total > std::numeric_limits<int>::max()) fail(ExitCode::Runtime, "MPI: gather of {} bytes", total);
+  std::string all(size_t(total), '\0');
+  check(MPI_Allgatherv(s.data(), mine, MPI_CHAR, all.data(), sizes.data(), offsets.data(), MPI_CHAR, MPI_COMM_WORLD), "MPI_Allgatherv");
+  std::vector<std::string> out;
+  for (int r = 0; r < size_; ++r) out.push_back(all.substr(size_t(offsets[size_t(r)]), size_t(sizes[size_t(r)])));
+  return out;
+#else
+  return {s};
+#endif
+}
+
 void Ranks::abort(int exit_code, const std::string& message) const {
   std::fputs(fmt::format("squish-run: rank {} of {}: {}\n", rank_, size_, message).c_str(), stderr);
   std::fflush(stderr);
@@ -119,4 +140,4 @@ void Ranks::abort(int exit_code, const std::string& message) const {
   std::_Exit(exit_code);
 }
 
-}  // namespace squish::score
+}  // namespace squish
