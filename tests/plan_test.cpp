@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <map>
 #include <random>
 #include <sstream>
 
@@ -223,10 +224,140 @@ TEST(Plan, InterruptedMeasurementResumes) {
   EXPECT_EQ(measured, again.tensors.size() - 4);
   EXPECT_EQ(again.to_json().dump(), whole);
 
+  // What another rank of an MPI run left beside it (<file>.rank1) is taken up too, and removed
+  // with the rest.
+  remove_checkpoint(opt.checkpoint);
+  EXPECT_FALSE(std::filesystem::exists(opt.checkpoint));
+  opt.progress = [&](uint64_t done, uint64_t) {
+    if (done == 3) throw std::runtime_error("killed");
+  };
+  EXPECT_THROW(measure(model, tmp / "stats", opt), std::runtime_error);
+  std::filesystem::rename(opt.checkpoint, opt.checkpoint + ".rank1");
+  opt.progress = nullptr;
+  resumed_at = 0;
+  EXPECT_EQ(measure(model, tmp / "stats", opt).to_json().dump(), whole);
+  EXPECT_EQ(resumed_at, 3u);
+  remove_checkpoint(opt.checkpoint);
+  EXPECT_FALSE(std::filesystem::exists(opt.checkpoint + ".rank1"));
+  EXPECT_FALSE(std::filesystem::exists(opt.checkpoint));
+
   // Another damping is another measurement: nothing is taken from the checkpoint.
   resumed_at = 0;
   opt.gptq_damp = 0.02;
   measure(model, tmp / "stats", opt);
+  EXPECT_EQ(resumed_at, 0u);
+}
+
+// Under mpirun the ranks share the layers out and every rank gets the whole: the measurements and
+// the plan are the same bytes as one process's (each rank with one thread, the process with two),
+// rank 0 measured only its share, and no checkpoint is left.
+TEST(PlanMpi, TwoRanksMeasureWhatOneProcessDoes) {
+  SQUISH_REQUIRE_MPIRUN();
+  test::TempDir tmp;
+  ASSERT_NO_FATAL_FAILURE(write_and_score_test_model(tmp.path().string(), true));
+  test::write_file(tmp / "measure.yaml", R"(name: measure-gptq
+description: GPTQ measurements and a plan
+plugins: [plan]
+variables:
+  model: {default: ~, help: model}
+  stats: {default: ~, help: statistics}
+  out: {default: ~, help: output prefix}
+  threads: {default: "0", help: threads}
+nodes:
+  measure:
+    kind: plan.measure
+    params: {model: "${model}", stats: "${stats}", output: "${out}.json", method: gptq, threads: "${threads}"}
+  recipe:
+    kind: plan.recipe
+    params: {model: "${model}", output: "${out}.recipe.json", bpw: "4"}
+edges: ["measure -> recipe"]
+)");
+  auto args = [&](const std::string& out, int threads) {
+    return fmt::format("{} --no-progress --events-file {}.events --set model={} --set stats={} --set out={} --set threads={}", tmp / "measure.yaml",
+                       out, tmp / "model", tmp / "stats", out, threads);
+  };
+  const std::string one = tmp / "one", two = tmp / "two";
+  auto r = test::squish_run(args(one, 2));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = test::run(test::mpirun(2, test::binary_dir() + "/bin/squish-run " + args(two, 1)));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(test::read_file(two + ".json"), test::read_file(one + ".json"));
+  EXPECT_EQ(test::read_file(two + ".recipe.json"), test::read_file(one + ".recipe.json"));
+  for (const auto& e : std::filesystem::directory_iterator(tmp.path()))
+    EXPECT_EQ(e.path().string().find(".partial"), std::string::npos) << e.path();
+  const size_t weights = Measurements::load(one + ".json").tensors.size();
+  uint64_t rank0_total = 0;
+  for (auto& e : read_events(two + ".events"))
+    if (e["event"] == "node_progress" && e["node"] == "measure") rank0_total = e["total"].get<uint64_t>();
+  EXPECT_GT(rank0_total, 0u);
+  EXPECT_LT(rank0_total, weights);
+}
+
+// GPTQ at the anchor types only: the anchors' candidates are the every-type measurement's to the
+// bit, every other tensor and type the same, and each estimated type is the rounding proxy (the
+// rtn measurement) times GPTQ's ratio to it at the anchors either side, interpolated
+// geometrically in bits per weight (the formats' block sizes: ggml-common.h). The two are
+// different measurements to a resumed run.
+TEST(Plan, GptqEstimatesFollowTheAnchors) {
+  test::TempDir tmp;
+  const std::string model = tmp / "model";
+  ASSERT_NO_FATAL_FAILURE(write_and_score_test_model(tmp.path().string(), true));
+  MeasureOptions opt;
+  opt.method = "gptq";
+  const Measurements anchors = measure(model, tmp / "stats", opt);
+  EXPECT_EQ(anchors.gptq_estimated, (std::vector<GGMLType>{GGMLType::Q4_K, GGMLType::Q5_K, GGMLType::Q8_0}));
+  EXPECT_EQ(Measurements::from_json(anchors.to_json(), "test").to_json(), anchors.to_json());
+  opt.gptq_every_type = true;
+  const Measurements every = measure(model, tmp / "stats", opt);
+  EXPECT_TRUE(every.gptq_estimated.empty());
+  EXPECT_EQ(gptq_estimated_types(opt), every.gptq_estimated);
+  opt.method = "rtn";
+  const Measurements rtn = measure(model, tmp / "stats", opt);
+  const std::map<GGMLType, double> bpw = {{GGMLType::Q2_K, 84 * 8 / 256.0}, {GGMLType::Q3_K, 110 * 8 / 256.0},
+                                          {GGMLType::Q4_K, 144 * 8 / 256.0}, {GGMLType::Q5_K, 176 * 8 / 256.0},
+                                          {GGMLType::Q6_K, 210 * 8 / 256.0}, {GGMLType::Q8_0, 34 * 8 / 32.0}};
+  ASSERT_EQ(anchors.tensors.size(), every.tensors.size());
+  int estimated = 0;
+  for (size_t i = 0; i < anchors.tensors.size(); ++i) {
+    const auto &a = anchors.tensors[i], &e = every.tensors[i], &r = rtn.tensors[i];
+    ASSERT_EQ(a.candidates.size(), e.candidates.size()) << a.name;
+    auto at = [](const TensorMeasure& tm, GGMLType t) {
+      for (const auto& c : tm.candidates)
+        if (c.type == t) return c;
+      ADD_FAILURE() << tm.name << " has no " << ggml_type_name(t);
+      return Candidate{};
+    };
+    // GPTQ's ratio to the proxy where it ran: a tensor without GPTQ (the embedding) has ratio 1.
+    auto ratio = [&](GGMLType t) { return at(e, t).predicted / at(r, t).predicted; };
+    for (const auto& c : a.candidates) {
+      const bool est = bpw.count(c.type) && c.type != GGMLType::Q2_K && c.type != GGMLType::Q3_K && c.type != GGMLType::Q6_K;
+      if (!est || ratio(GGMLType::Q3_K) == 1.0) {
+        EXPECT_EQ(c.predicted, at(e, c.type).predicted) << a.name << " " << ggml_type_name(c.type);
+        continue;
+      }
+      const GGMLType lo = c.type == GGMLType::Q8_0 ? GGMLType::Q6_K : GGMLType::Q3_K;
+      const GGMLType hi = GGMLType::Q6_K;
+      const double f = lo == hi ? 0.0 : (bpw.at(c.type) - bpw.at(lo)) / (bpw.at(hi) - bpw.at(lo));
+      const double want = at(r, c.type).predicted * std::pow(ratio(lo), 1 - f) * std::pow(ratio(hi), f);
+      EXPECT_NEAR(c.predicted, want, 1e-12 * want) << a.name << " " << ggml_type_name(c.type);  // a few roundings apart
+      ++estimated;
+    }
+  }
+  EXPECT_EQ(estimated, 3 * 15);  // 2 layers x 7 weights and the output with moments
+
+  // A checkpoint of one is not taken up by the other.
+  opt.method = "gptq";
+  opt.gptq_every_type = false;
+  opt.checkpoint = tmp / "m.partial";
+  opt.progress = [](uint64_t done, uint64_t) {
+    if (done == 3) throw std::runtime_error("killed");
+  };
+  EXPECT_THROW(measure(model, tmp / "stats", opt), std::runtime_error);
+  uint64_t resumed_at = 0;
+  opt.resumed = [&](uint64_t stored, uint64_t) { resumed_at = stored; };
+  opt.progress = nullptr;
+  opt.gptq_every_type = true;
+  EXPECT_EQ(measure(model, tmp / "stats", opt).to_json(), every.to_json());
   EXPECT_EQ(resumed_at, 0u);
 }
 

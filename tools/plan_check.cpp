@@ -5,13 +5,13 @@
 // unmodified model, and prints it beside the measurements' predicted loss; then the Spearman
 // rank correlation of the two (and the log-log Pearson correlation).
 //
-//   build/bin/squish-plan-check MODEL_DIR STATS_DIR EVAL.txt [N_SWAPS=24] [CHUNKS=8] [METHOD=rtn|gptq]
+//   build/bin/squish-plan-check MODEL_DIR STATS_DIR EVAL.txt [N_SWAPS=24] [CHUNKS=8] [METHOD=rtn|gptq] [GPTQ_TYPES=anchors|all]
 //
 // MODEL_DIR is the Hugging Face folder, STATS_DIR the score stage's output for it (its imatrix;
 // with gptq, also its second moments). With gptq each swap quantizes its tensor with GPTQ (as
-// compress would) and the predictions are the gptq measurements. Prints a Markdown table, one row
-// per swap, and the correlations. The README quotes coder-28m's; docs/plan.md describes the
-// predictor.
+// compress would) and the predictions are the gptq measurements (GPTQ run at the anchor types and
+// estimated at the others unless GPTQ_TYPES is all). Prints a Markdown table, one row per swap,
+// and the correlations. The README quotes coder-28m's; docs/plan.md describes the predictor.
 #include "core/arch/architecture.hpp"
 #include "core/io/imatrix.hpp"
 #include "core/io/moments.hpp"
@@ -72,13 +72,14 @@ std::vector<double> log_softmax(const float* z, int V) {
 int main(int argc, char** argv) {
   try {
     if (argc < 4) {
-      fmt::print(stderr, "usage: {} MODEL_DIR STATS_DIR EVAL.txt [N_SWAPS=24] [CHUNKS=8] [METHOD=rtn|gptq]\n", argv[0]);
+      fmt::print(stderr, "usage: {} MODEL_DIR STATS_DIR EVAL.txt [N_SWAPS=24] [CHUNKS=8] [METHOD=rtn|gptq] [GPTQ_TYPES=anchors|all]\n", argv[0]);
       return 2;
     }
     const std::string model_dir = argv[1], stats_dir = argv[2], eval = argv[3];
     const int n_swaps = argc > 4 ? std::stoi(argv[4]) : 24, max_chunks = argc > 5 ? std::stoi(argv[5]) : 8;
     plan::MeasureOptions mo;
     mo.method = argc > 6 ? argv[6] : "rtn";
+    mo.gptq_every_type = argc > 7 && std::string(argv[7]) == "all";
     const plan::Measurements m = plan::measure(model_dir, stats_dir, mo);
     const ScoreFolder folder(stats_dir);
     const auto moments = mo.method == "gptq" ? folder.moments() : std::nullopt;

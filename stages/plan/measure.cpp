@@ -1,7 +1,5 @@
 #include "stages/plan/measure.hpp"
 
-#include "core/quant/type_registry.hpp"
-
 #include "core/gguf/gguf.hpp"
 #include "core/io/atomic_file.hpp"
 #include "core/io/imatrix.hpp"
@@ -13,17 +11,23 @@
 #include "core/quant/quantize.hpp"
 #include "core/quant/type_registry.hpp"
 #include "core/recipe/recipe.hpp"
+#include "core/runtime/ranks.hpp"
 #include "core/base/error.hpp"
 
 #include <oneapi/tbb/parallel_for.h>
 #include <oneapi/tbb/task_arena.h>
 
+#include <fmt/ranges.h>
+
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <sstream>
 #include <optional>
 #include <tuple>
 
@@ -31,16 +35,30 @@ namespace squish::plan {
 
 namespace fs = std::filesystem;
 
-std::vector<std::string> candidate_type_names() {
+namespace {
+std::vector<std::string> type_names(const std::vector<GGMLType>& types) {
   std::vector<std::string> v;
-  for (GGMLType t : candidate_types()) v.push_back(ggml_type_name(t));
+  for (GGMLType t : types) v.push_back(ggml_type_name(t));
   return v;
 }
+}  // namespace
+
+std::vector<std::string> candidate_type_names() { return type_names(candidate_types()); }
 
 std::vector<GGMLType> candidate_types() {
   std::vector<GGMLType> t = {GGMLType::Q2_K, GGMLType::Q3_K, GGMLType::Q4_K, GGMLType::Q5_K, GGMLType::Q6_K, GGMLType::Q8_0, GGMLType::F16};
   for (const PluginType* p : plugin_types()) t.push_back(p->traits.type);  // types of loaded plugins compete too
   return t;
+}
+
+std::vector<GGMLType> gptq_estimated_types(const MeasureOptions& opt) {
+  const std::vector<GGMLType> types = opt.only_types.empty() ? candidate_types() : opt.only_types;
+  auto among = [&](GGMLType t) { return std::find(types.begin(), types.end(), t) != types.end(); };
+  std::vector<GGMLType> e;
+  if (opt.method != "gptq" || opt.gptq_every_type || std::none_of(std::begin(kGptqAnchors), std::end(kGptqAnchors), among)) return e;
+  for (GGMLType t : kGptqEstimated)
+    if (among(t)) e.push_back(t);
+  return e;
 }
 
 namespace {
@@ -110,6 +128,35 @@ Candidate evaluate_gptq(GGMLType type, const std::vector<float>& w, int64_t rows
   return c;
 }
 
+double bits_per_weight(GGMLType t) {
+  const auto* tr = ggml_type_traits(t);
+  return 8.0 * double(tr->type_size) / double(tr->block_size);
+}
+
+// GPTQ's ratio to the rounding proxy at one anchor type of one tensor.
+struct AnchorRatio {
+  double bpw, predicted, rel_error;
+};
+double ratio(double gptq, double proxy) { return proxy > 0 ? gptq / proxy : 1.0; }
+
+// The proxy candidate `c` scaled by GPTQ's ratio at the anchors: geometric interpolation in bits
+// per weight between the nearest anchors below and above, the nearest one beyond either end.
+Candidate estimate_gptq(Candidate c, const std::vector<AnchorRatio>& anchors) {
+  const double b = bits_per_weight(c.type);
+  const AnchorRatio *lo = nullptr, *hi = nullptr;
+  for (const auto& a : anchors) {
+    if (a.bpw <= b && (!lo || a.bpw > lo->bpw)) lo = &a;
+    if (a.bpw >= b && (!hi || a.bpw < hi->bpw)) hi = &a;
+  }
+  if (!lo) lo = hi;
+  if (!hi) hi = lo;
+  const double f = hi->bpw > lo->bpw ? (b - lo->bpw) / (hi->bpw - lo->bpw) : 0.0;
+  auto blend = [f](double x, double y) { return f == 0 ? x : f == 1 ? y : std::pow(x, 1 - f) * std::pow(y, f); };
+  c.predicted *= blend(lo->predicted, hi->predicted);
+  c.rel_error *= blend(lo->rel_error, hi->rel_error);
+  return c;
+}
+
 nlohmann::json tensor_json(const TensorMeasure& tm) {
   nlohmann::json c = nlohmann::json::array();
   for (const auto& k : tm.candidates)
@@ -135,31 +182,37 @@ TensorMeasure tensor_from_json(const nlohmann::json& t, const std::string& origi
 // The tensors measured so far, one JSON line each under a first line naming what they were
 // measured from, flushed as each one finishes: a run killed after hours resumes where it
 // stopped. A torn last line (killed mid-write) is dropped; another identity starts afresh.
+// The lines are kept whole (valid JSON of a tensor's measurements), in any order.
+std::vector<std::string> read_checkpoint(const std::string& path, const nlohmann::json& identity) {
+  std::vector<std::string> lines;
+  std::ifstream in(path);
+  std::string line;
+  if (!in || !std::getline(in, line) || nlohmann::json::parse(line, nullptr, false) != identity) return lines;
+  while (std::getline(in, line) && !in.eof()) {  // a line without its newline was torn
+    const auto t = nlohmann::json::parse(line, nullptr, false);
+    if (t.is_discarded()) break;
+    try {
+      tensor_from_json(t, path);
+    } catch (const std::exception&) {
+      break;
+    }
+    lines.push_back(line);
+  }
+  return lines;
+}
+
 class Checkpoint {
  public:
   Checkpoint(std::string path, const nlohmann::json& identity) : path_(std::move(path)), kept_(identity.dump() + "\n") {
-    if (std::ifstream in(path_); in) {
-      std::string line;
-      if (std::getline(in, line) && nlohmann::json::parse(line, nullptr, false) == identity) {
-        while (std::getline(in, line) && !in.eof()) {  // a line without its newline was torn
-          const auto t = nlohmann::json::parse(line, nullptr, false);
-          if (t.is_discarded()) break;
-          try {
-            stored_.push_back(tensor_from_json(t, path_));
-          } catch (const std::exception&) {
-            break;
-          }
-          kept_ += line + "\n";
-        }
-      }
-    }
+    lines_ = read_checkpoint(path_, identity);
+    for (const auto& line : lines_) kept_ += line + "\n";
   }
   ~Checkpoint() {
     if (out_) std::fclose(out_);
   }
   Checkpoint(const Checkpoint&) = delete;
   Checkpoint& operator=(const Checkpoint&) = delete;
-  const std::vector<TensorMeasure>& stored() const { return stored_; }
+  const std::vector<std::string>& lines() const { return lines_; }
   void append(const TensorMeasure& tm) {
     if (!out_) {  // at the first tensor: nothing is left behind by a run that measured none
       write_file_atomic(path_, kept_);  // exactly the lines kept, so appending continues cleanly
@@ -174,13 +227,68 @@ class Checkpoint {
  private:
   std::string path_;
   std::string kept_;  // the identity line and the stored tensors' lines
-  std::vector<TensorMeasure> stored_;
+  std::vector<std::string> lines_;
   std::FILE* out_ = nullptr;
 };
 
+// Rank r's checkpoint under MPI: rank 0 keeps the path given, the others <path>.rank<r> beside it.
+std::string rank_checkpoint(const std::string& path, int rank) { return rank == 0 ? path : fmt::format("{}.rank{}", path, rank); }
+
+// Other ranks' checkpoints on this filesystem (an MPI run on one machine, or with another count).
+std::vector<std::string> other_rank_checkpoints(const std::string& path) {
+  std::vector<std::string> found;
+  const fs::path p(path);
+  const std::string prefix = p.filename().string() + ".rank";
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(p.parent_path().empty() ? fs::path(".") : p.parent_path(), ec))
+    if (e.path().filename().string().starts_with(prefix)) found.push_back(e.path().string());
+  std::sort(found.begin(), found.end());
+  return found;
+}
+
+// The weights a rank measures: each layer's weights stay together (q/k/v and gate/up share a
+// GPTQ factor); layers and global tensors go, costliest first, to the least loaded rank (ties
+// to the lower rank), so every rank computes the same split.
+std::vector<size_t> share_of(const std::vector<size_t>& todo, const std::vector<double>& cost,
+                             const std::vector<const recipe::PlannedTensor*>& weights, const Ranks& ranks) {
+  if (!ranks.distributed()) return todo;
+  struct Group {
+    int layer;
+    double cost = 0;
+    std::vector<size_t> members;
+  };
+  std::vector<Group> groups;
+  for (size_t i : todo) {
+    const int layer = weights[i]->layer;
+    auto g = layer < 0 ? groups.end() : std::find_if(groups.begin(), groups.end(), [&](const Group& x) { return x.layer == layer; });
+    if (g == groups.end()) groups.push_back({layer, 0.0, {}}), g = groups.end() - 1;
+    g->cost += cost[i];
+    g->members.push_back(i);
+  }
+  std::stable_sort(groups.begin(), groups.end(), [](const Group& a, const Group& b) { return a.cost > b.cost; });
+  std::vector<double> load(size_t(ranks.size()), 0.0);
+  std::vector<size_t> mine;
+  for (const auto& g : groups) {
+    const size_t r = size_t(std::min_element(load.begin(), load.end()) - load.begin());
+    load[r] += g.cost;
+    if (int(r) == ranks.rank()) mine.insert(mine.end(), g.members.begin(), g.members.end());
+  }
+  std::sort(mine.begin(), mine.end());
+  return mine;
+}
+
 }  // namespace
 
+void remove_checkpoint(const std::string& path) {
+  const Ranks& ranks = Ranks::world();
+  std::error_code ec;
+  fs::remove(rank_checkpoint(path, ranks.rank()), ec);
+  if (ranks.rank() == 0)
+    for (const auto& f : other_rank_checkpoints(path)) fs::remove(f, ec);
+}
+
 Measurements measure(const std::string& model_dir, const std::string& stats_dir, const MeasureOptions& opt) {
+  const Ranks& ranks = Ranks::world();
   const ScoreFolder folder(stats_dir);
   const FisherFactors fisher = folder.fisher();
   const Imatrix imatrix = folder.imatrix_if_present().value_or(Imatrix{});
@@ -195,33 +303,68 @@ Measurements measure(const std::string& model_dir, const std::string& stats_dir,
   m.stats = fs::absolute(stats_dir).string();
   m.method = opt.method;
   m.gptq_damp = opt.gptq_damp;
+  m.gptq_estimated = gptq_estimated_types(opt);
+  auto estimated = [&](GGMLType t) { return std::find(m.gptq_estimated.begin(), m.gptq_estimated.end(), t) != m.gptq_estimated.end(); };
+  auto anchor = [](GGMLType t) { return std::find(std::begin(kGptqAnchors), std::end(kGptqAnchors), t) != std::end(kGptqAnchors); };
+  const std::vector<GGMLType> types = opt.only_types.empty() ? candidate_types() : opt.only_types;
   std::vector<const recipe::PlannedTensor*> weights;
   for (const auto& pt : base.tensors)
     if (pt.kind->weight_matrix()) weights.push_back(&pt);
-  // What an interrupted run of the same measurement stored: the tensors it finished, in order.
+  // As compress: GPTQ for weight matrices with second moments (not a tied embedding's lookup).
+  auto uses_gptq = [&](const recipe::PlannedTensor& pt) {
+    return moments && recipe::gptq_kind(*pt.kind) && moments->has(pt.gguf_name) &&
+           std::any_of(types.begin(), types.end(), [&](GGMLType t) { return recipe::gptq_applies(*pt.kind, t); });
+  };
+
+  // What interrupted runs of the same measurement stored (every rank's), by GGUF name.
+  std::map<std::string, TensorMeasure> measured;
+  auto take = [&](const std::string& lines, const std::string& origin) {
+    std::istringstream in(lines);
+    for (std::string line; std::getline(in, line);) {
+      TensorMeasure tm = tensor_from_json(nlohmann::json::parse(line), origin);
+      const std::string name = tm.name;
+      measured.emplace(name, std::move(tm));
+    }
+  };
   std::optional<Checkpoint> checkpoint;
-  size_t first = 0;
   if (!opt.checkpoint.empty()) {
     std::error_code ec;
     const auto fisher_file = folder.fisher_path();
     const auto fisher_time = fs::last_write_time(fisher_file, ec).time_since_epoch().count();
     const nlohmann::json identity{{"format", "squish.measurements-checkpoint/1"}, {"model", m.model}, {"stats", m.stats},
                                   {"method", m.method}, {"gptq_damp", m.gptq_damp}, {"types", candidate_type_names()},
+                                  {"gptq_estimated", type_names(m.gptq_estimated)},
                                   {"fisher", fmt::format("{} bytes, written {}", fs::file_size(fisher_file, ec), fisher_time)}};
-    checkpoint.emplace(opt.checkpoint, identity);
-    const auto& stored = checkpoint->stored();
-    while (first < std::min(stored.size(), weights.size()) && stored[first].name == weights[first]->gguf_name &&
-           stored[first].ne == weights[first]->ne)
-      m.tensors.push_back(stored[first++]);
-    if (first > 0 && opt.resumed) opt.resumed(first, weights.size());
+    checkpoint.emplace(rank_checkpoint(opt.checkpoint, ranks.rank()), identity);
+    std::string stored;
+    for (const auto& line : checkpoint->lines()) stored += line + "\n";
+    if (ranks.rank() == 0)
+      for (const auto& f : other_rank_checkpoints(opt.checkpoint))
+        for (const auto& line : read_checkpoint(f, identity)) stored += line + "\n";
+    for (const std::string& lines : ranks.all_gather(stored)) take(lines, opt.checkpoint);
   }
-  const std::vector<GGMLType> types = opt.only_types.empty() ? candidate_types() : opt.only_types;
+  std::vector<size_t> todo;
+  std::vector<double> cost(weights.size(), 0.0);  // for sharing the work out: GPTQ's ~rows n² + n³/3, else rows n
+  for (size_t i = 0; i < weights.size(); ++i) {
+    const auto& pt = *weights[i];
+    const auto it = measured.find(pt.gguf_name);
+    if (it != measured.end() && it->second.ne == pt.ne) continue;
+    measured.erase(pt.gguf_name);
+    todo.push_back(i);
+    const double n = double(pt.ne[0]), rows = double(pt.ne[1]);
+    cost[i] = uses_gptq(pt) ? rows * n * n + n * n * n / 3 : rows * n;
+  }
+  const uint64_t stored = weights.size() - todo.size();
+  if (stored > 0 && opt.resumed) opt.resumed(stored, weights.size());
+  const std::vector<size_t> mine = share_of(todo, cost, weights, ranks);
+
   tbb::task_arena arena(opt.threads > 0 ? opt.threads : tbb::task_arena::automatic);
   // The current input's GPTQ factor, for every weight that reads it and every candidate.
   std::optional<std::string> input;
   quant::GptqFactor factor;
-  for (size_t i = first; i < weights.size(); ++i) {
-    const auto& pt = *weights[i];
+  std::string lines;  // this rank's measurements, for the others
+  for (size_t k = 0; k < mine.size(); ++k) {
+    const auto& pt = *weights[mine[k]];
     const int64_t n = pt.ne[0], rows = pt.ne[1];
     // A float copy; the mapped source pages go at once (else every weight read stays in RSS:
     // 15.6 GB by the end of a 7B).
@@ -233,9 +376,7 @@ Measurements measure(const std::string& model_dir, const std::string& stats_dir,
     auto im = imatrix.find(pt.gguf_name);  // as compress: the imatrix weights the rounding when present
     const float* imp = im != imatrix.end() && im->second.size() == size_t(n) ? im->second.data() : nullptr;
     TensorMeasure tm{pt.gguf_name, pt.ne, {}};
-    // As compress: GPTQ for weight matrices with second moments (not a tied embedding's lookup).
-    const bool gptq = moments && recipe::gptq_kind(*pt.kind) && moments->has(pt.gguf_name) &&
-                      std::any_of(types.begin(), types.end(), [&](GGMLType t) { return recipe::gptq_applies(*pt.kind, t); });
+    const bool gptq = uses_gptq(pt);
     if (gptq && moments->input_of(pt.gguf_name) != input) {  // q/k/v (gate/up) follow each other and share theirs
       input = moments->input_of(pt.gguf_name);
       factor = {};
@@ -247,19 +388,45 @@ Measurements measure(const std::string& model_dir, const std::string& stats_dir,
       factor = arena.execute([&] { return quant::gptq_factor(h.data(), n, o); });
     }
     arena.execute([&] {
+      auto fits = [&](GGMLType t) {
+        const PluginType* p = plugin_type(t);
+        return n % ggml_type_traits(t)->block_size == 0 && (!p || p->supports_row(n));  // the block fits a row
+      };
+      // Estimates need an anchor GPTQ runs at for this tensor; without one every type is run.
+      const bool estimating = gptq && std::any_of(types.begin(), types.end(), [&](GGMLType t) {
+                                return anchor(t) && fits(t) && recipe::gptq_applies(*pt.kind, t);
+                              });
+      std::vector<AnchorRatio> anchors;
+      std::vector<size_t> pending;  // candidates holding the proxy until the anchors are known
       for (GGMLType t : types) {
-        if (n % ggml_type_traits(t)->block_size != 0) continue;  // the block does not fit a row
-        if (const PluginType* p = plugin_type(t); p && !p->supports_row(n)) continue;
+        if (!fits(t)) continue;
         const float* tw = ggml_type_traits(t)->quantized ? imp : nullptr;
-        tm.candidates.push_back(gptq && recipe::gptq_applies(*pt.kind, t) ? evaluate_gptq(t, w, rows, n, factor, out, tw)
-                                                                  : evaluate(t, w, rows, n, in, out, tw));
+        if (!gptq || !recipe::gptq_applies(*pt.kind, t)) {
+          tm.candidates.push_back(evaluate(t, w, rows, n, in, out, tw));
+        } else if (estimating && estimated(t)) {
+          pending.push_back(tm.candidates.size());
+          tm.candidates.push_back(evaluate(t, w, rows, n, in, out, tw));
+        } else {
+          tm.candidates.push_back(evaluate_gptq(t, w, rows, n, factor, out, tw));
+          if (estimating && anchor(t)) {
+            const Candidate proxy = evaluate(t, w, rows, n, in, out, tw), &g = tm.candidates.back();
+            anchors.push_back({bits_per_weight(t), ratio(g.predicted, proxy.predicted), ratio(g.rel_error, proxy.rel_error)});
+          }
+        }
       }
+      for (size_t c : pending) tm.candidates[c] = estimate_gptq(tm.candidates[c], anchors);
     });
     if (tm.candidates.empty()) fail(ExitCode::InputData, "{}: no candidate type fits rows of {}", pt.gguf_name, n);
     if (checkpoint) checkpoint->append(tm);
-    m.tensors.push_back(std::move(tm));
-    if (opt.progress) opt.progress(i + 1, weights.size());
+    if (ranks.distributed()) lines += tensor_json(tm).dump() + "\n";
+    measured.emplace(pt.gguf_name, std::move(tm));
+    if (opt.progress) opt.progress(stored + k + 1, stored + mine.size());
   }
+  // Every rank gets every rank's measurements (JSON keeps a double's bits: the same bytes as one process).
+  if (ranks.distributed())
+    for (int r = 0; const std::string& theirs : ranks.all_gather(lines))
+      if (r++ != ranks.rank()) take(theirs, fmt::format("rank {}", r - 1));
+  for (const auto* pt : weights) m.tensors.push_back(std::move(measured.at(pt->gguf_name)));
   return m;
 }
 
@@ -278,6 +445,13 @@ nlohmann::json Measurements::to_json() const {
                                                                 ScoreFolder::kFisherFile)},
                    {"tensors", t}};
   if (method == "gptq") j["gptq_damp"] = gptq_damp;
+  if (!gptq_estimated.empty()) {
+    j["gptq_estimated"] = type_names(gptq_estimated);
+    j["predictor"] = j["predictor"].get<std::string>() +
+                     fmt::format("; for {} GPTQ's prediction is estimated: the diagonal form times GPTQ's ratio to it at {}, "
+                                 "interpolated geometrically in bits per weight",
+                                 fmt::join(type_names(gptq_estimated), ", "), fmt::join(type_names({std::begin(kGptqAnchors), std::end(kGptqAnchors)}), ", "));
+  }
   if (!scope.empty()) j["scope"] = scope;
   return j;
 }
@@ -294,6 +468,11 @@ Measurements Measurements::from_json(const nlohmann::json& j, const std::string&
       if (!recipe::is_quant_method(m.method)) bad("method must be rtn or gptq");
       m.gptq_damp = j.value("gptq_damp", quant::kDefaultDamp);
       m.scope = j.value("scope", "");
+      for (const auto& name : j.value("gptq_estimated", nlohmann::json::array())) {
+        const auto t = ggml_type_from_name(name.get<std::string>());
+        if (!t) bad("unknown type in gptq_estimated: " + json_text(name));
+        m.gptq_estimated.push_back(*t);
+      }
       for (const auto& t : j.at("tensors")) m.tensors.push_back(tensor_from_json(t, origin));
     } catch (const nlohmann::json::exception& e) {
       bad(e.what());

@@ -8,8 +8,14 @@
 // cancel on the layer's inputs; its prediction takes the full input second moments H = E[x xᵀ]
 // (moments/) in place of their diagonal (the Kronecker-factored Fisher, diagonal in the output):
 //   dL(W, t) ~ 1/2 sum_i E[(n dL/dy_i)^2] (W - Q_t(W))_i H (W - Q_t(W))_iᵀ
-// Computed once (seconds: one quantization per tensor and type) and stored as a
-// `squish.measurements/1` JSON document (docs/plan.md); planning for a new budget reads it.
+// GPTQ is a tensor's dominant cost (a 7B's ffn_down: ~25 s per type on 2 cores), so by default it
+// runs at the anchor types Q2_K, Q3_K and Q6_K only. For Q4_K, Q5_K and Q8_0 the prediction is
+// the diagonal rounding proxy above times GPTQ's ratio to it, interpolated in bits per weight
+// (geometrically) between the anchors either side: on coder-28m that ratio is flat from Q3_K to
+// Q6_K within a few percent per tensor while it differs by up to 1.5x between tensors
+// (docs/plan.md has the errors and the plans it gives).
+// Computed once and stored as a `squish.measurements/1` JSON document (docs/plan.md); planning
+// for a new budget reads it.
 #include "core/quant/ggml_types.hpp"
 #include "core/quant/gptq.hpp"
 
@@ -40,6 +46,7 @@ struct Measurements {
   std::string stats;       // score output folder (core/io/score_folder.hpp)
   std::string method = "rtn";  // the quantizer measured: "rtn" | "gptq" (recipes planned from it use it)
   double gptq_damp = quant::kDefaultDamp;
+  std::vector<GGMLType> gptq_estimated;  // types whose GPTQ prediction was estimated from the anchors
   std::string scope;       // why only some types were measured ("" = every candidate)
   std::vector<TensorMeasure> tensors;
   nlohmann::json to_json() const;
@@ -53,20 +60,36 @@ std::vector<GGMLType> candidate_types();
 // set (a plugin loaded or not) is measured again.
 std::vector<std::string> candidate_type_names();
 
+// The types GPTQ runs at when not every type is measured, and those estimated from them.
+inline constexpr GGMLType kGptqAnchors[] = {GGMLType::Q2_K, GGMLType::Q3_K, GGMLType::Q6_K};
+inline constexpr GGMLType kGptqEstimated[] = {GGMLType::Q4_K, GGMLType::Q5_K, GGMLType::Q8_0};
+
 struct MeasureOptions {
   int threads = 0;
   std::string method = "rtn";  // "gptq" needs <stats>/moments/
   double gptq_damp = quant::kDefaultDamp;
+  bool gptq_every_type = false;  // run GPTQ at every type (else at kGptqAnchors, the rest estimated)
   std::function<void(uint64_t done, uint64_t total)> progress;  // tensors
   std::vector<GGMLType> only_types;  // measure these candidates only (empty = candidate_types())
   // A file the tensors measured so far are appended to as they finish; a later call with the
-  // same inputs starts after them (an interrupted run resumes). Empty = none. The caller
-  // removes it once the full measurements are stored.
+  // same inputs measures only the others (an interrupted run resumes). Empty = none. The caller
+  // removes it (remove_checkpoint) once the full measurements are stored.
   std::string checkpoint;
   std::function<void(uint64_t stored, uint64_t total)> resumed;  // called when a checkpoint is taken up
 };
 
+// The types whose GPTQ prediction `measure` estimates with these options (none for rtn, for
+// gptq_every_type, or when no anchor type is among the candidates).
+std::vector<GGMLType> gptq_estimated_types(const MeasureOptions& opt);
+
+// Under an MPI launcher (core/runtime/ranks.hpp) the weights are shared out among the ranks by
+// layer, each rank keeping its own checkpoint (<checkpoint>.rank<r> beside rank 0's), and every
+// rank returns the whole: the same bytes as one process. The model and statistics must be at the
+// same paths on every rank.
 // Throws Error(InputData) naming the file when the statistics miss a tensor or disagree in size.
 Measurements measure(const std::string& model_dir, const std::string& stats_dir, const MeasureOptions& opt = {});
+
+// Removes this rank's checkpoint of `measure` (rank 0: also the other ranks' it can see).
+void remove_checkpoint(const std::string& checkpoint);
 
 }  // namespace squish::plan

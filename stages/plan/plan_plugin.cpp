@@ -9,6 +9,7 @@
 #include "core/quant/gptq.hpp"
 #include "core/base/error.hpp"
 #include "core/runtime/plugin_api.hpp"
+#include "core/runtime/ranks.hpp"
 #include "core/recipe/recipe.hpp"
 #include "stages/plan/measure.hpp"
 #include "stages/plan/planner.hpp"
@@ -63,6 +64,22 @@ class MeasureNode final : public Node {
   bool produce(Message& out) override {
     if (done_) return false;
     done_ = true;
+    // Under mpirun the ranks share the weights out (measure.hpp); one that fails ends them all.
+    const Ranks& ranks = Ranks::world();
+    try {
+      out = Message::of(Document{"measurements", measurements(ranks)});
+    } catch (const Error& e) {
+      if (ranks.distributed()) ranks.abort(static_cast<int>(e.code()), e.what());
+      throw;
+    } catch (const std::exception& e) {
+      if (ranks.distributed()) ranks.abort(static_cast<int>(ExitCode::Runtime), fmt::format("internal error: {}", e.what()));
+      throw;
+    }
+    return true;
+  }
+
+ private:
+  nlohmann::json measurements(const Ranks& ranks) {
     const auto& p = ctx_.params;
     const std::string model = std::filesystem::absolute(p["model"].get<std::string>()).string();
     const std::string stats = std::filesystem::absolute(p["stats"].get<std::string>()).string();
@@ -74,22 +91,31 @@ class MeasureNode final : public Node {
     const double damp = p["damp"].get<double>();
     if (!recipe::is_quant_method(method)) fail(ExitCode::Usage, "method must be \"rtn\" or \"gptq\" (got '{}')", method);
     if (!(damp >= 0)) fail(ExitCode::Usage, "damp must be >= 0 (got {})", damp);
-    namespace fs = std::filesystem;
-    std::error_code ec;
-    const bool fresh = p["reuse"].get<bool>() && fs::exists(output) &&
-                       fs::last_write_time(output, ec) >= fs::last_write_time(ScoreFolder(stats).fisher_path(), ec) && !ec;
-    if (fresh && read_json_file(output, "measurements").value("types", nlohmann::json::array()) == nlohmann::json(candidate_type_names())) {
-      const Measurements m = Measurements::load(output);
-      if (m.model == model && m.stats == stats && m.method == method && (method != "gptq" || m.gptq_damp == damp)) {
-        ctx_.progress("tensors measured (stored)", m.tensors.size(), m.tensors.size());
-        out = Message::of(Document{"measurements", m.to_json()});
-        return true;
-      }
-    }
+    const std::string gptq_types = p["gptq_types"].get<std::string>();
+    if (gptq_types != "anchors" && gptq_types != "all") fail(ExitCode::Usage, "gptq_types must be \"anchors\" or \"all\" (got '{}')", gptq_types);
     MeasureOptions opt;
     opt.threads = ctx_.threads_param();
     opt.method = method;
     opt.gptq_damp = damp;
+    opt.gptq_every_type = gptq_types == "all";
+    namespace fs = std::filesystem;
+    std::error_code ec;
+    // Rank 0 decides for every rank (the others may not see its files).
+    std::string stored;
+    if (ranks.rank() == 0 && p["reuse"].get<bool>() && fs::exists(output) &&
+        fs::last_write_time(output, ec) >= fs::last_write_time(ScoreFolder(stats).fisher_path(), ec) && !ec &&
+        read_json_file(output, "measurements").value("types", nlohmann::json::array()) == nlohmann::json(candidate_type_names())) {
+      const Measurements m = Measurements::load(output);
+      if (m.model == model && m.stats == stats && m.method == method && (method != "gptq" || m.gptq_damp == damp) &&
+          m.gptq_estimated == gptq_estimated_types(opt))
+        stored = m.to_json().dump();
+    }
+    stored = ranks.broadcast(stored);
+    if (!stored.empty()) {
+      nlohmann::json j = nlohmann::json::parse(stored);
+      ctx_.progress("tensors measured (stored)", j["tensors"].size(), j["tensors"].size());
+      return j;
+    }
     // Where the budget holds every weight at F16, that is each one's least-loss type (its error
     // is half-precision rounding, orders below Q8_0's), so the plan is all-F16 whatever the other
     // types would measure: only F16 is measured (when that plan, header included, fits), and
@@ -114,26 +140,23 @@ class MeasureNode final : public Node {
         }
         if (fits) {
           ctx_.warn(fmt::format("the budget ({}) holds every weight at F16 ({} bytes): F16 measured only", why, f16));
-          out = Message::of(Document{"measurements", m.to_json()});
-          return true;
+          return m.to_json();
         }
       }
     }
     opt.progress = [this](uint64_t done, uint64_t total) { ctx_.progress("tensors measured", done, total); };
     opt.checkpoint = output + ".partial";
-    if (!p["reuse"].get<bool>()) std::filesystem::remove(opt.checkpoint, ec);
+    if (!p["reuse"].get<bool>()) remove_checkpoint(opt.checkpoint);
     opt.resumed = [this, &opt](uint64_t stored, uint64_t total) {
       ctx_.warn(fmt::format("resuming an interrupted measurement: {} of {} tensors taken from {}", stored, total, opt.checkpoint));
     };
     const Measurements m = measure(model, stats, opt);
     nlohmann::json j = m.to_json();
-    write_json_file(output, j);
-    std::filesystem::remove(opt.checkpoint, ec);
-    out = Message::of(Document{"measurements", std::move(j)});
-    return true;
+    if (ranks.rank() == 0) write_json_file(output, j);
+    remove_checkpoint(opt.checkpoint);
+    return j;
   }
 
- private:
   NodeContext ctx_;
   bool done_ = false;
 };
@@ -229,6 +252,8 @@ void register_nodes(NodeRegistry& r) {
           {"reuse", ParamType::Bool, false, true, "reuse the output file when it holds this model's measurements"},
           {"method", ParamType::String, false, "rtn", fmt::format("the quantizer to measure and plan for: rtn | gptq (needs {}/)", kMomentsFolder)},
           {"damp", ParamType::Float, false, quant::kDefaultDamp, "GPTQ dampening, fraction of H's mean diagonal", 0, 1e6},
+          {"gptq_types", ParamType::String, false, "anchors",
+           "gptq: anchors = GPTQ run at Q2_K, Q3_K, Q6_K and estimated at Q4_K, Q5_K, Q8_0 (half the time); all = run at every type"},
           {"threads", ParamType::Int, false, 0, "worker threads (0 = the pipeline's setting / all cores)", 0, 4096},
           // The plan's budget, when known: a budget that holds every weight at F16 needs F16 measured only.
           {"size", ParamType::Int, false, 0, "the plan's file size budget in bytes (0 = not known here)", 0},
