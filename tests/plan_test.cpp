@@ -291,6 +291,24 @@ edges: ["measure -> recipe"]
     if (e["event"] == "node_progress" && e["node"] == "measure") rank0_total = e["total"].get<uint64_t>();
   EXPECT_GT(rank0_total, 0u);
   EXPECT_LT(rank0_total, weights);
+
+  // A rank that sees another model (here: wider FFN, same tensor names) ends the run naming
+  // itself, exit 3, and nothing is written.
+  SyntheticOptions so;
+  so.tokenizer_from = test::source_dir() + "/models/stories260K";
+  write_synthetic_checkpoint(tmp / "other", {{"model_type", "llama"}, {"hidden_size", 256}, {"intermediate_size", 768},
+                                             {"num_hidden_layers", 2}, {"num_attention_heads", 4}, {"num_key_value_heads", 2},
+                                             {"vocab_size", 512}, {"max_position_embeddings", 256}, {"rms_norm_eps", 1e-5},
+                                             {"tie_word_embeddings", false}, {"bos_token_id", 1}, {"eos_token_id", 2}},
+                             so);
+  const std::string bad = tmp / "bad", run = test::binary_dir() + "/bin/squish-run ";
+  std::string rank1 = args(bad, 1);
+  rank1.replace(rank1.find("--set model=" + tmp / "model"), ("--set model=" + tmp / "model").size(), "--set model=" + tmp / "other");
+  r = test::run(test::mpirun(1, run + args(bad, 1) + " : -np 1 " + run + rank1));
+  EXPECT_EQ(r.exit_code, 3) << r.err;
+  EXPECT_NE(r.err.find("rank 1 of 2: the model " + tmp / "other"), std::string::npos) << r.err;
+  EXPECT_FALSE(std::filesystem::exists(bad + ".json"));
+  EXPECT_FALSE(std::filesystem::exists(bad + ".json.partial"));
 }
 
 // GPTQ at the anchor types only: the anchors' candidates are the every-type measurement's to the

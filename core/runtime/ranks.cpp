@@ -114,15 +114,17 @@ std::string Ranks::broadcast(const std::string& s) const {
 std::vector<std::string> Ranks::all_gather(const std::string& s) const {
 #ifdef SQUISH_HAVE_MPI
   if (!distributed()) return {s};
-  if (s.size() > uint64_t(std::numeric_limits<int>::max())) fail(ExitCode::Runtime, "MPI: gather of {} bytes", s.size());
-  const int mine = static_cast<int>(s.size());
-  std::vector<int> sizes(static_cast<size_t>(size_)), offsets(static_cast<size_t>(size_));
-  check(MPI_Allgather(&mine, 1, MPI_INT, sizes.data(), 1, MPI_INT, MPI_COMM_WORLD), "MPI_Allgather");
+  // Sizes first, as 64-bit: every rank sees the same total and fails (or not) together.
+  const int64_t mine = static_cast<int64_t>(s.size());
+  std::vector<int64_t> sizes(static_cast<size_t>(size_));
+  check(MPI_Allgather(&mine, 1, MPI_INT64_T, sizes.data(), 1, MPI_INT64_T, MPI_COMM_WORLD), "MPI_Allgather");
+  std::vector<int> counts(static_cast<size_t>(size_)), offsets(static_cast<size_t>(size_));
   int64_t total = 0;
-  for (int r = 0; r < size_; ++r) offsets[size_t(r)] = static_cast<int>(total), total += sizes[size_t(r)];
+  for (int r = 0; r < size_; ++r) counts[size_t(r)] = static_cast<int>(sizes[size_t(r)]), offsets[size_t(r)] = static_cast<int>(total), total += sizes[size_t(r)];
   if (total > std::numeric_limits<int>::max()) fail(ExitCode::Runtime, "MPI: gather of {} bytes", total);
   std::string all(size_t(total), '\0');
-  check(MPI_Allgatherv(s.data(), mine, MPI_CHAR, all.data(), sizes.data(), offsets.data(), MPI_CHAR, MPI_COMM_WORLD), "MPI_Allgatherv");
+  check(MPI_Allgatherv(s.data(), static_cast<int>(mine), MPI_CHAR, all.data(), counts.data(), offsets.data(), MPI_CHAR, MPI_COMM_WORLD),
+        "MPI_Allgatherv");
   std::vector<std::string> out;
   for (int r = 0; r < size_; ++r) out.push_back(all.substr(size_t(offsets[size_t(r)]), size_t(sizes[size_t(r)])));
   return out;

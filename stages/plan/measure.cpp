@@ -316,6 +316,15 @@ Measurements measure(const std::string& model_dir, const std::string& stats_dir,
            std::any_of(types.begin(), types.end(), [&](GGMLType t) { return recipe::gptq_applies(*pt.kind, t); });
   };
 
+  // The ranks must measure the same thing: what each sees of the inputs, against rank 0's.
+  if (ranks.distributed()) {
+    std::string seen = fmt::format("{} {} {} {}; fisher.dat {} bytes;", opt.method, opt.gptq_damp, fmt::join(type_names(types), ","),
+                                   fmt::join(type_names(m.gptq_estimated), ","), fs::file_size(folder.fisher_path()));
+    for (const auto* pt : weights) seen += fmt::format(" {} {}", pt->gguf_name, fmt::join(pt->ne, "x"));
+    if (ranks.broadcast(seen) != seen)
+      fail(ExitCode::InputData, "the model {} or the statistics {} differ from rank 0's (tensors, shapes, fisher.dat or options)", m.model,
+           m.stats);  // Ranks::abort names the rank
+  }
   // What interrupted runs of the same measurement stored (every rank's), by GGUF name.
   std::map<std::string, TensorMeasure> measured;
   auto take = [&](const std::string& lines, const std::string& origin) {
@@ -410,11 +419,15 @@ Measurements measure(const std::string& model_dir, const std::string& stats_dir,
           tm.candidates.push_back(evaluate_gptq(t, w, rows, n, factor, out, tw));
           if (estimating && anchor(t)) {
             const Candidate proxy = evaluate(t, w, rows, n, in, out, tw), &g = tm.candidates.back();
-            anchors.push_back({bits_per_weight(t), ratio(g.predicted, proxy.predicted), ratio(g.rel_error, proxy.rel_error)});
+            const AnchorRatio a{bits_per_weight(t), ratio(g.predicted, proxy.predicted), ratio(g.rel_error, proxy.rel_error)};
+            if (std::isfinite(a.predicted) && std::isfinite(a.rel_error)) anchors.push_back(a);  // a denormal proxy: no ratio
           }
         }
       }
-      for (size_t c : pending) tm.candidates[c] = estimate_gptq(tm.candidates[c], anchors);
+      for (size_t c : pending)  // estimated from the anchors; with none usable, GPTQ runs here too
+        tm.candidates[c] = anchors.empty() ? evaluate_gptq(tm.candidates[c].type, w, rows, n, factor, out,
+                                                          ggml_type_traits(tm.candidates[c].type)->quantized ? imp : nullptr)
+                                           : estimate_gptq(tm.candidates[c], anchors);
     });
     if (tm.candidates.empty()) fail(ExitCode::InputData, "{}: no candidate type fits rows of {}", pt.gguf_name, n);
     if (checkpoint) checkpoint->append(tm);

@@ -153,6 +153,7 @@ class MeasureNode final : public Node {
     const Measurements m = measure(model, stats, opt);
     nlohmann::json j = m.to_json();
     if (ranks.rank() == 0) write_json_file(output, j);
+    ranks.broadcast("stored");  // the checkpoints go once rank 0 has stored the whole (a failed write aborts every rank first)
     remove_checkpoint(opt.checkpoint);
     return j;
   }
@@ -253,7 +254,7 @@ void register_nodes(NodeRegistry& r) {
           {"method", ParamType::String, false, "rtn", fmt::format("the quantizer to measure and plan for: rtn | gptq (needs {}/)", kMomentsFolder)},
           {"damp", ParamType::Float, false, quant::kDefaultDamp, "GPTQ dampening, fraction of H's mean diagonal", 0, 1e6},
           {"gptq_types", ParamType::String, false, "anchors",
-           "gptq: anchors = GPTQ run at Q2_K, Q3_K, Q6_K and estimated at Q4_K, Q5_K, Q8_0 (half the time); all = run at every type"},
+           "gptq: anchors = GPTQ run at Q2_K, Q3_K, Q6_K and estimated at Q4_K, Q5_K, Q8_0 (half the GPTQ runs); all = run at every type"},
           {"threads", ParamType::Int, false, 0, "worker threads (0 = the pipeline's setting / all cores)", 0, 4096},
           // The plan's budget, when known: a budget that holds every weight at F16 needs F16 measured only.
           {"size", ParamType::Int, false, 0, "the plan's file size budget in bytes (0 = not known here)", 0},
