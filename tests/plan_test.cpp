@@ -25,11 +25,11 @@ using namespace squish::plan;
 namespace {
 
 // A 2-layer llama with K-quant-sized rows (256 columns), seeded: the same bytes on every run.
-void write_test_model(const std::string& dir) {
+void write_test_model(const std::string& dir, int ffn = 512) {
   SyntheticOptions so;
   so.tokenizer_from = test::source_dir() + "/models/stories260K";
   so.seed = 3;
-  write_synthetic_checkpoint(dir, {{"model_type", "llama"}, {"hidden_size", 256}, {"intermediate_size", 512},
+  write_synthetic_checkpoint(dir, {{"model_type", "llama"}, {"hidden_size", 256}, {"intermediate_size", ffn},
                                    {"num_hidden_layers", 2}, {"num_attention_heads", 4}, {"num_key_value_heads", 2},
                                    {"vocab_size", 512}, {"max_position_embeddings", 256}, {"rms_norm_eps", 1e-5},
                                    {"tie_word_embeddings", false}, {"bos_token_id", 1}, {"eos_token_id", 2}},
@@ -294,13 +294,7 @@ edges: ["measure -> recipe"]
 
   // A rank that sees another model (here: wider FFN, same tensor names) ends the run naming
   // itself, exit 3, and nothing is written.
-  SyntheticOptions so;
-  so.tokenizer_from = test::source_dir() + "/models/stories260K";
-  write_synthetic_checkpoint(tmp / "other", {{"model_type", "llama"}, {"hidden_size", 256}, {"intermediate_size", 768},
-                                             {"num_hidden_layers", 2}, {"num_attention_heads", 4}, {"num_key_value_heads", 2},
-                                             {"vocab_size", 512}, {"max_position_embeddings", 256}, {"rms_norm_eps", 1e-5},
-                                             {"tie_word_embeddings", false}, {"bos_token_id", 1}, {"eos_token_id", 2}},
-                             so);
+  write_test_model(tmp / "other", 768);
   const std::string bad = tmp / "bad", run = test::binary_dir() + "/bin/squish-run ";
   std::string rank1 = args(bad, 1);
   rank1.replace(rank1.find("--set model=" + tmp / "model"), ("--set model=" + tmp / "model").size(), "--set model=" + tmp / "other");
