@@ -4,9 +4,9 @@
 //  - GPTQ's blocks decode the same with the scalar and the AVX2 dequantizers, are deterministic,
 //    and have a lower output error tr((W - Q) H (W - Q)ᵀ) than ggml's importance-weighted
 //    rounding of the same types, on a layer whose inputs are correlated;
-//  - the float factor of H⁻¹ (blocked, parallel Cholesky and triangular inverse) is within the
-//    backward-error bounds of those algorithms, and GPTQ takes it only when it is as accurate as
-//    kFloatFactorTolerance says (else the double reference).
+//  - the factor of H⁻¹ (blocked, parallel Cholesky and triangular inverse, in float and double)
+//    is within the backward-error bounds of those algorithms, and GPTQ takes the float one only
+//    when it is as accurate as kFloatFactorTolerance says (else the double one, which is).
 #include "core/linalg/spd.hpp"
 #include "core/quant/gptq.hpp"
 #include "core/quant/levels.hpp"
@@ -18,6 +18,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -189,51 +190,56 @@ double exact_residual(const std::vector<float>& U, const std::vector<float>& H, 
   return std::sqrt(e / double(n));
 }
 
-// The blocked float Cholesky and triangular inverse (several tiles, a ragged last one) within the
+// The blocked Cholesky and triangular inverse (several tiles, a ragged last one) within the
 // componentwise backward-error bounds (Higham, Accuracy and Stability, Thm 10.3 and §14.2, with
-// γ_k = k u / (1 − k u)): |L Lᵀ − A| <= γ_{n+1} |L| |Lᵀ| for Cholesky in any summation order,
-// and |X L − I| <= c_n u |X| |L| for the blocked inverse, taken here as γ_{3n}.
-TEST(FloatFactor, CholeskyAndInverseWithinBackwardErrorBounds) {
+// γ_k = k u / (1 − k u), u the unit roundoff of T): |L Lᵀ − A| <= γ_{n+1} |L| |Lᵀ| for Cholesky
+// in any summation order, and |X L − I| <= c_n u |X| |L| for the blocked inverse, taken here as
+// γ_{3n}.
+template <typename T>
+void check_blocked_factor() {
   Layer L = correlated_layer(21);
   const int n = 700;  // 5 tiles of 128 and a ragged one, from the layer's 1024 inputs
-  std::vector<float> a(size_t(n) * n);
+  std::vector<T> a(size_t(n) * n);
   for (int i = 0; i < n; ++i)
-    for (int j = 0; j < n; ++j) a[size_t(i) * n + j] = L.H[size_t(i) * L.cols + j] + (i == j ? 0.05f : 0.0f);
-  std::vector<float> f = a;
+    for (int j = 0; j < n; ++j) a[size_t(i) * n + j] = T(L.H[size_t(i) * L.cols + j]) + (i == j ? T(0.05) : T(0));
+  std::vector<T> f = a;
   ASSERT_TRUE(linalg::cholesky_lower(f.data(), n));
   auto l = [&](int r, int c) { return r >= c ? double(f[size_t(r) + size_t(c) * n]) : 0.0; };  // column-major
-  const double u = std::ldexp(1.0, -24);
+  const double u = std::numeric_limits<T>::epsilon() / 2;
   auto gamma = [u](double k) { return k * u / (1 - k * u); };
   double worst = 0;
   for (int i = 0; i < n; ++i)
     for (int j = 0; j <= i; ++j) {
-      double s = 0, abs = 0;
-      for (int k = 0; k <= j; ++k) s += l(i, k) * l(j, k), abs += std::fabs(l(i, k) * l(j, k));
-      const double bound = gamma(n + 1) * abs;
-      ASSERT_LE(std::fabs(s - a[size_t(i) * n + j]), bound) << i << "," << j;
-      worst = std::max(worst, std::fabs(s - a[size_t(i) * n + j]) / bound);
+      long double s = 0, abs = 0;  // the check itself well below T's rounding
+      for (int k = 0; k <= j; ++k) s += (long double)l(i, k) * l(j, k), abs += std::fabs((long double)l(i, k) * l(j, k));
+      const double bound = gamma(n + 1) * double(abs), e = std::fabs(double(s - (long double)a[size_t(i) * n + j]));
+      ASSERT_LE(e, bound) << i << "," << j;
+      worst = std::max(worst, e / bound);
     }
-  std::printf("Cholesky: worst error %.3g of the bound\n", worst);
-  std::vector<float> x = f;
+  std::printf("%s Cholesky: worst error %.3g of the bound\n", sizeof(T) == 4 ? "float" : "double", worst);
+  std::vector<T> x = f;
   linalg::invert_lower(x.data(), n);
   auto xi = [&](int r, int c) { return r >= c ? double(x[size_t(r) + size_t(c) * n]) : 0.0; };
   worst = 0;
   for (int i = 0; i < n; ++i)
     for (int j = 0; j <= i; ++j) {
-      double s = 0, abs = 0;
-      for (int k = j; k <= i; ++k) s += xi(i, k) * l(k, j), abs += std::fabs(xi(i, k) * l(k, j));
-      const double bound = gamma(3 * n) * abs;
-      ASSERT_LE(std::fabs(s - (i == j)), bound) << i << "," << j;
-      worst = std::max(worst, std::fabs(s - (i == j)) / bound);
+      long double s = 0, abs = 0;
+      for (int k = j; k <= i; ++k) s += (long double)xi(i, k) * l(k, j), abs += std::fabs((long double)xi(i, k) * l(k, j));
+      const double bound = gamma(3 * n) * double(abs), e = std::fabs(double(s - (i == j)));
+      ASSERT_LE(e, bound) << i << "," << j;
+      worst = std::max(worst, e / bound);
     }
-  std::printf("inverse: worst error %.3g of the bound\n", worst);
-  std::vector<float> indefinite = a;
-  indefinite[size_t(n / 2) * n + n / 2] = -1.0f;
+  std::printf("%s inverse: worst error %.3g of the bound\n", sizeof(T) == 4 ? "float" : "double", worst);
+  std::vector<T> indefinite = a;
+  indefinite[size_t(n / 2) * n + n / 2] = T(-1);
   EXPECT_FALSE(linalg::cholesky_lower(indefinite.data(), n));
 }
+TEST(BlockedFactor, FloatWithinBackwardErrorBounds) { check_blocked_factor<float>(); }
+TEST(BlockedFactor, DoubleWithinBackwardErrorBounds) { check_blocked_factor<double>(); }
 
 // GPTQ's factor: the float form where it is accurate to kFloatFactorTolerance (checked exactly
-// here, in double, not by the probes it uses), the double reference where float is not enough.
+// here, in double, not by the probes it uses), the double form where float is not enough, and
+// that one accurate to it too.
 TEST(FloatFactor, TakenOnlyWhenAccurate) {
   const Layer L = correlated_layer(23);
   const auto f = quant::gptq_factor(L.H.data(), L.cols);
@@ -260,9 +266,23 @@ TEST(FloatFactor, TakenOnlyWhenAccurate) {
     for (int64_t j = 0; j < i; ++j) h[i * n + j] = h[j * n + i];
   }
   const auto s = quant::gptq_factor(h.data(), n, tiny);
-  std::printf("near-singular: float residual %.3g, in double %d\n", s.float_residual, int(s.in_double));
+  std::printf("near-singular: float residual %.3g, in double %d, ridge %.3g x mean diagonal\n", s.float_residual, int(s.in_double),
+              s.ridge / s.mean_diag);
   EXPECT_TRUE(s.in_double);
   for (float v : s.U) ASSERT_TRUE(std::isfinite(v));
+
+  // Between the two: damped enough to be positive definite in float, too ill-conditioned for the
+  // float factor (its error grows with n u κ), not for the double one, whose U is off by little
+  // more than its rounding to float (u κ). κ here ~ 1/damp: at 5e-4 about 4x either way.
+  quant::GptqOptions mid;
+  mid.damp = 5e-4;
+  const auto m = quant::gptq_factor(h.data(), n, mid);
+  const double rm = exact_residual(m.U, h, n, m.ridge / m.mean_diag);
+  std::printf("ill-conditioned: float residual %.3g, in double %d, exact residual then %.3g\n", m.float_residual, int(m.in_double), rm);
+  EXPECT_GT(m.float_residual, quant::kFloatFactorTolerance);
+  EXPECT_TRUE(m.in_double);
+  EXPECT_DOUBLE_EQ(m.ridge, mid.damp * m.mean_diag);
+  EXPECT_LE(rm, quant::kFloatFactorTolerance);
 }
 
 std::string type_name(const ::testing::TestParamInfo<GGMLType>& i) { return ggml_type_name(i.param); }

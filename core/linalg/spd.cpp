@@ -18,6 +18,7 @@ void dpotrs_(const char* uplo, const int* n, const int* nrhs, const double* a, c
              size_t uplo_len);
 void spotrf_(const char* uplo, const int* n, float* a, const int* lda, int* info, size_t uplo_len);
 void strtri_(const char* uplo, const char* diag, const int* n, float* a, const int* lda, int* info, size_t uplo_len, size_t diag_len);
+void dtrtri_(const char* uplo, const char* diag, const int* n, double* a, const int* lda, int* info, size_t uplo_len, size_t diag_len);
 }
 
 namespace squish::linalg {
@@ -55,12 +56,6 @@ void solve_with_cholesky(const std::vector<double>& f, int n, double* b, int nrh
   if (info != 0) fail(ExitCode::Runtime, "{}: solve failed (LAPACK info {})", what, info);
 }
 
-bool upper_cholesky(std::vector<double>& a, int n) {
-  int info = 0;
-  dpotrf_("U", &n, a.data(), &n, &info, 1);
-  return info == 0;
-}
-
 namespace {
 
 // Tile edge: large enough that each tile's sgemm runs near the machine's rate, small enough that
@@ -69,23 +64,55 @@ int tile_for(int n) { return n < 8192 ? 128 : 256; }
 
 size_t at(int row, int col, int n) { return size_t(row) + size_t(col) * size_t(n); }
 
+// The BLAS and LAPACK calls of the tiles, by element type (column-major throughout).
+void potrf_lower(int n, float* a, int lda, int* info) { spotrf_("L", &n, a, &lda, info, 1); }
+void potrf_lower(int n, double* a, int lda, int* info) { dpotrf_("L", &n, a, &lda, info, 1); }
+void trtri_lower(int n, float* a, int lda, int* info) { strtri_("L", "N", &n, a, &lda, info, 1, 1); }
+void trtri_lower(int n, double* a, int lda, int* info) { dtrtri_("L", "N", &n, a, &lda, info, 1, 1); }
+void trsm(CBLAS_SIDE s, CBLAS_UPLO u, CBLAS_TRANSPOSE t, int m, int n, float al, const float* a, int lda, float* b, int ldb) {
+  cblas_strsm(CblasColMajor, s, u, t, CblasNonUnit, m, n, al, a, lda, b, ldb);
+}
+void trsm(CBLAS_SIDE s, CBLAS_UPLO u, CBLAS_TRANSPOSE t, int m, int n, double al, const double* a, int lda, double* b, int ldb) {
+  cblas_dtrsm(CblasColMajor, s, u, t, CblasNonUnit, m, n, al, a, lda, b, ldb);
+}
+void trmm(CBLAS_SIDE s, CBLAS_UPLO u, CBLAS_TRANSPOSE t, int m, int n, float al, const float* a, int lda, float* b, int ldb) {
+  cblas_strmm(CblasColMajor, s, u, t, CblasNonUnit, m, n, al, a, lda, b, ldb);
+}
+void trmm(CBLAS_SIDE s, CBLAS_UPLO u, CBLAS_TRANSPOSE t, int m, int n, double al, const double* a, int lda, double* b, int ldb) {
+  cblas_dtrmm(CblasColMajor, s, u, t, CblasNonUnit, m, n, al, a, lda, b, ldb);
+}
+void syrk_lower(int n, int k, float al, const float* a, int lda, float be, float* c, int ldc) {
+  cblas_ssyrk(CblasColMajor, CblasLower, CblasNoTrans, n, k, al, a, lda, be, c, ldc);
+}
+void syrk_lower(int n, int k, double al, const double* a, int lda, double be, double* c, int ldc) {
+  cblas_dsyrk(CblasColMajor, CblasLower, CblasNoTrans, n, k, al, a, lda, be, c, ldc);
+}
+void gemm(CBLAS_TRANSPOSE tb, int m, int n, int k, float al, const float* a, int lda, const float* b, int ldb, float be, float* c, int ldc) {
+  cblas_sgemm(CblasColMajor, CblasNoTrans, tb, m, n, k, al, a, lda, b, ldb, be, c, ldc);
+}
+void gemm(CBLAS_TRANSPOSE tb, int m, int n, int k, double al, const double* a, int lda, const double* b, int ldb, double be, double* c,
+          int ldc) {
+  cblas_dgemm(CblasColMajor, CblasNoTrans, tb, m, n, k, al, a, lda, b, ldb, be, c, ldc);
+}
+
 }  // namespace
 
-bool cholesky_lower(float* a, int n) {
+template <typename T>
+bool cholesky_lower(T* a, int n) {
   const int kTile = tile_for(n);
   // Right-looking: factor the diagonal tile, solve the panel below it, update the trailing lower
   // triangle; each step's tiles run in parallel.
   for (int k0 = 0; k0 < n; k0 += kTile) {
     const int kb = std::min(kTile, n - k0), r0 = k0 + kb, rest = n - r0;
-    float* akk = a + at(k0, k0, n);
+    T* akk = a + at(k0, k0, n);
     int info = 0;
-    spotrf_("L", &kb, akk, &n, &info, 1);
+    potrf_lower(kb, akk, n, &info);
     if (info != 0) return false;
     if (rest == 0) break;
     const int tiles = (rest + kTile - 1) / kTile;
     tbb::parallel_for(0, tiles, [&](int t) {  // A_ik <- A_ik L_kk⁻ᵀ
       const int i0 = r0 + t * kTile, ib = std::min(kTile, n - i0);
-      cblas_strsm(CblasColMajor, CblasRight, CblasLower, CblasTrans, CblasNonUnit, ib, kb, 1.0f, akk, n, a + at(i0, k0, n), n);
+      trsm(CblasRight, CblasLower, CblasTrans, ib, kb, T(1), akk, n, a + at(i0, k0, n), n);
     });
     std::vector<std::pair<int, int>> pairs;  // (i, j) tiles of the trailing lower triangle
     for (int i = 0; i < tiles; ++i)
@@ -94,43 +121,46 @@ bool cholesky_lower(float* a, int n) {
       const int i0 = r0 + pairs[p].first * kTile, j0 = r0 + pairs[p].second * kTile;
       const int ib = std::min(kTile, n - i0), jb = std::min(kTile, n - j0);
       if (i0 == j0)
-        cblas_ssyrk(CblasColMajor, CblasLower, CblasNoTrans, ib, kb, -1.0f, a + at(i0, k0, n), n, 1.0f, a + at(i0, i0, n), n);
+        syrk_lower(ib, kb, T(-1), a + at(i0, k0, n), n, T(1), a + at(i0, i0, n), n);
       else
-        cblas_sgemm(CblasColMajor, CblasNoTrans, CblasTrans, ib, jb, kb, -1.0f, a + at(i0, k0, n), n, a + at(j0, k0, n), n, 1.0f,
-                    a + at(i0, j0, n), n);
+        gemm(CblasTrans, ib, jb, kb, T(-1), a + at(i0, k0, n), n, a + at(j0, k0, n), n, T(1), a + at(i0, j0, n), n);
     });
   }
   return true;
 }
 
-void invert_lower(float* l, int n) {
+template <typename T>
+void invert_lower(T* l, int n) {
   const int kTile = tile_for(n);
   // Block columns from the last to the first: with X = L⁻¹ already in place right of column
   // j0 + jb, X_jj = L_jj⁻¹ and X_(below j) = -X_(below) L_(below j) X_jj, the product formed
   // tile by tile in a scratch panel (n x kTile) and copied back.
-  std::vector<float> panel(size_t(n) * kTile);
+  std::vector<T> panel(size_t(n) * kTile);
   for (int j0 = (n - 1) / kTile * kTile; j0 >= 0; j0 -= kTile) {
     const int jb = std::min(kTile, n - j0), r0 = j0 + jb, rest = n - r0;
-    float* xjj = l + at(j0, j0, n);
+    T* xjj = l + at(j0, j0, n);
     if (rest > 0) {
       const int tiles = (rest + kTile - 1) / kTile;
       tbb::parallel_for(0, tiles, [&](int t) {  // panel_i = sum_{m <= i} X_im L_mj
         const int i0 = r0 + t * kTile, ib = std::min(kTile, n - i0);
-        float* p = panel.data() + size_t(i0 - r0);
+        T* p = panel.data() + size_t(i0 - r0);
         for (int c = 0; c < jb; ++c) std::copy_n(l + at(i0, j0 + c, n), ib, p + size_t(c) * rest);
-        cblas_strmm(CblasColMajor, CblasLeft, CblasLower, CblasNoTrans, CblasNonUnit, ib, jb, 1.0f, l + at(i0, i0, n), n, p, rest);
-        if (i0 > r0)
-          cblas_sgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, ib, jb, i0 - r0, 1.0f, l + at(i0, r0, n), n, l + at(r0, j0, n), n, 1.0f, p,
-                      rest);
+        trmm(CblasLeft, CblasLower, CblasNoTrans, ib, jb, T(1), l + at(i0, i0, n), n, p, rest);
+        if (i0 > r0) gemm(CblasNoTrans, ib, jb, i0 - r0, T(1), l + at(i0, r0, n), n, l + at(r0, j0, n), n, T(1), p, rest);
       });
     }
     int info = 0;
-    strtri_("L", "N", &jb, xjj, &n, &info, 1, 1);
+    trtri_lower(jb, xjj, n, &info);
     if (info != 0) fail(ExitCode::Runtime, "triangular inverse: zero on the diagonal at {}", j0 + info - 1);
     if (rest == 0) continue;
-    cblas_strmm(CblasColMajor, CblasRight, CblasLower, CblasNoTrans, CblasNonUnit, rest, jb, -1.0f, xjj, n, panel.data(), rest);
+    trmm(CblasRight, CblasLower, CblasNoTrans, rest, jb, T(-1), xjj, n, panel.data(), rest);
     for (int c = 0; c < jb; ++c) std::copy_n(panel.data() + size_t(c) * rest, rest, l + at(r0, j0 + c, n));
   }
 }
+
+template bool cholesky_lower<float>(float*, int);
+template bool cholesky_lower<double>(double*, int);
+template void invert_lower<float>(float*, int);
+template void invert_lower<double>(double*, int);
 
 }  // namespace squish::linalg

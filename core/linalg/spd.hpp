@@ -30,22 +30,21 @@ void inverse_from_cholesky(std::vector<double>& lower, int n, const char* what);
 // Solves A X = B for nrhs right-hand sides (B: n x nrhs, column-major, overwritten by X) from L.
 void solve_with_cholesky(const std::vector<double>& lower, int n, double* b, int nrhs, const char* what);
 
-// U with A = Uᵀ U (upper triangle, in place; the strict lower triangle keeps A's values).
-// Returns false when A is not positive definite.
-bool upper_cholesky(std::vector<double>& a, int n);
-
-// Float, blocked and parallel (TBB) forms for the large factors (GPTQ's H at n = 18,944 or
-// 27,648: n³/3 flops each). Each tile is a single-threaded BLAS call and the tiles depend on n
-// only, so the bits do not depend on the thread count; TBB rather than OpenBLAS's own threads
-// so that they share the process's one thread pool with the tensors quantized beside them.
-// Matrices are n x n floats, column-major.
+// Blocked and parallel (TBB) forms for the large factors (GPTQ's H at n = 18,944 or 27,648:
+// n³/3 flops each), for T = float or double. Each tile is a single-threaded BLAS call and the
+// tiles depend on n only, so the bits do not depend on the thread count; TBB rather than
+// OpenBLAS's own threads so that they share the process's one thread pool with the tensors
+// quantized beside them.
+// Matrices are n x n, column-major.
 
 // A = L Lᵀ in place (the lower triangle is read and overwritten by L; the strict upper triangle
 // is left as it was). Returns false when A is not positive definite.
-bool cholesky_lower(float* a, int n);
+template <typename T>
+bool cholesky_lower(T* a, int n);
 
 // L⁻¹ in place, for L lower triangular with a nonzero diagonal (the lower triangle; the strict
 // upper triangle is left as it was).
-void invert_lower(float* l, int n);
+template <typename T>
+void invert_lower(T* l, int n);
 
 }  // namespace squish::linalg

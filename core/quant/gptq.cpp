@@ -41,50 +41,35 @@ Damping damping_of(const float* H, int n) {
   return d;
 }
 
-// The reference: three double-precision LAPACK steps (H = L Lᵀ, H⁻¹, H⁻¹ = Uᵀ U), 4/3 n³ flops.
-std::vector<float> inverse_cholesky_upper_double(const float* H, int n, double damp, const Damping& dm, double* ridge_used) {
-  // Symmetric, so row- and column-major agree; LAPACK sees column-major below.
-  std::vector<double> a(H, H + size_t(n) * n);
-  const double mean_diag = dm.mean_diag;
-  for (int i = 0; i < n; ++i)
-    if (dm.dead[size_t(i)]) {  // a dead input: no coupling, unit curvature
-      for (int j = 0; j < n; ++j) a[size_t(i) * n + j] = a[size_t(j) * n + i] = 0;
-      a[size_t(i) * n + i] = mean_diag;
-    }
-  linalg::DampedCholesky c = linalg::damped_cholesky(std::move(a), n, n, mean_diag, damp, kDampAttempts, kWhat);  // H = L Lᵀ
-  *ridge_used = c.ridge * mean_diag;
-  std::vector<double> f = std::move(c.lower);
-  linalg::inverse_from_cholesky(f, n, kWhat);                                                                          // H⁻¹
-  if (!linalg::upper_cholesky(f, n)) fail(ExitCode::InputData, "{} not positive definite after inversion", kWhat);  // H⁻¹ = Uᵀ U
-  std::vector<float> u = large_zeroed<float>(size_t(n) * n);  // U(i, j) = f[i + j n] for i <= j
-  for (int i = 0; i < n; ++i)
-    for (int j = i; j < n; ++j) u[size_t(i) * n + j] = static_cast<float>(f[size_t(i) + size_t(j) * n]);
-  return u;
-}
-
-// The fast form, in float, 2/3 n³ flops, blocked and parallel: with J the reversal of the index
-// order, J H J = L Lᵀ gives H = (J L J)(J L J)ᵀ, J L J upper, so U = J L⁻¹ J directly (one
-// Cholesky and one triangular inverse instead of a Cholesky, an inverse and a second Cholesky).
-// False when J H J, damped, is not positive definite in float (the double form then decides).
-bool inverse_cholesky_upper_float(const float* H, int n, double damp, const Damping& dm, std::vector<float>& u) {
-  u = large_zeroed<float>(size_t(n) * n);
+// U through one Cholesky and one triangular inverse (2/3 n³ flops, blocked and parallel) instead
+// of a Cholesky, an inverse and a second Cholesky: with J the reversal of the index order,
+// J H J = L Lᵀ gives H = (J L J)(J L J)ᵀ, J L J upper, so U = J L⁻¹ J. Leaves X = L⁻¹ of the
+// damped J H J in `a` (n x n, column-major, lower triangle), in T = float (the fast form, kept
+// when its residual is small) or double (when float is not accurate enough). False when the
+// damped J H J is not positive definite in T.
+template <typename T>
+bool reversed_inverse_factor(const float* H, int n, double ridge, const Damping& dm, T* a) {
   const auto rev = [n](int i) { return n - 1 - i; };
-  const float ridge = static_cast<float>(damp * dm.mean_diag);
   tbb::parallel_for(0, n, [&](int c) {  // lower triangle of J H J, column-major: column c, rows c..n-1
     const int hc = rev(c);
-    float* col = u.data() + size_t(c) * n;
-    if (dm.dead[size_t(hc)]) {
-      std::fill(col + c, col + n, 0.0f);
+    T* col = a + size_t(c) * n;
+    if (dm.dead[size_t(hc)]) {  // a dead input: no coupling, unit curvature (the mean diagonal)
+      std::fill(col + c, col + n, T(0));
     } else {
       const float* hrow = H + size_t(hc) * n;  // H symmetric: row hc is column hc
-      for (int r = c; r < n; ++r) col[r] = dm.dead[size_t(rev(r))] ? 0.0f : hrow[rev(r)];
+      for (int r = c; r < n; ++r) col[r] = dm.dead[size_t(rev(r))] ? T(0) : T(hrow[rev(r)]);
     }
-    col[c] = (dm.dead[size_t(hc)] ? static_cast<float>(dm.mean_diag) : H[size_t(hc) * n + hc]) + ridge;
+    col[c] = T(dm.dead[size_t(hc)] ? dm.mean_diag : double(H[size_t(hc) * n + hc])) + T(ridge);
   });
-  if (!linalg::cholesky_lower(u.data(), n)) return false;
-  linalg::invert_lower(u.data(), n);
-  // U(i, j) = X(n-1-i, n-1-j), X = L⁻¹ column-major: an in-place swap of position i n + j with
-  // (n-1-j) n + (n-1-i) (an involution), in tiles for the cache; below the diagonal, zeros.
+  if (!linalg::cholesky_lower(a, n)) return false;
+  linalg::invert_lower(a, n);
+  return true;
+}
+
+// U(i, j) = X(n-1-i, n-1-j) in place: a swap of position i n + j with (n-1-j) n + (n-1-i) (an
+// involution), in tiles for the cache; below the diagonal, zeros.
+void reverse_in_place(std::vector<float>& u, int n) {
+  const auto rev = [n](int i) { return n - 1 - i; };
   constexpr int T = 64;
   tbb::parallel_for(0, (n + T - 1) / T, [&](int bi) {
     for (int bj = 0; bj < (n + T - 1) / T; ++bj)
@@ -95,7 +80,34 @@ bool inverse_cholesky_upper_float(const float* H, int n, double damp, const Damp
         }
   });
   tbb::parallel_for(1, n, [&](int i) { std::fill_n(u.data() + size_t(i) * n, i, 0.0f); });
+}
+
+// The float form, in place in u. False when the damped J H J is not positive definite in float.
+bool inverse_cholesky_upper_float(const float* H, int n, double damp, const Damping& dm, std::vector<float>& u) {
+  u = large_zeroed<float>(size_t(n) * n);
+  if (!reversed_inverse_factor(H, n, damp * dm.mean_diag, dm, u.data())) return false;
+  reverse_in_place(u, n);
   return true;
+}
+
+// The double form, for where float is not accurate enough (H ill-conditioned): twice the memory
+// and about twice the time of the float form. A matrix that is not positive definite even in
+// double gets 10x the damping, up to kDampAttempts times in all. `u` is reused when it has the size.
+void inverse_cholesky_upper_double(const float* H, int n, double damp, const Damping& dm, std::vector<float>& u, double* ridge_used) {
+  std::vector<double> x = large_zeroed<double>(size_t(n) * n);
+  double ridge = damp * dm.mean_diag;
+  for (int attempt = 0;; ++attempt, ridge *= 10) {
+    if (reversed_inverse_factor(H, n, ridge, dm, x.data())) break;
+    if (attempt + 1 == kDampAttempts) fail(ExitCode::InputData, "{} not positive definite even with damping", kWhat);
+  }
+  *ridge_used = ridge;
+  if (u.size() != size_t(n) * n) u = large_zeroed<float>(size_t(n) * n);
+  const auto rev = [n](int i) { return n - 1 - i; };
+  tbb::parallel_for(0, n, [&](int i) {  // U(i, j) = X(n-1-i, n-1-j), X column-major
+    float* row = u.data() + size_t(i) * n;
+    std::fill_n(row, i, 0.0f);
+    for (int j = i; j < n; ++j) row[j] = static_cast<float>(x[size_t(rev(i)) + size_t(rev(j)) * n]);
+  });
 }
 
 // || Uᵀ U H_d v - v || / || v || for two fixed ±1 probes v (H_d: H as damped): how far the float
@@ -123,12 +135,12 @@ double factor_residual(const float* H, int n, const std::vector<float>& u, doubl
   return worst;
 }
 
-// The float form when its residual is within kFloatFactorTolerance, else the double reference.
+// The float form when its residual is within kFloatFactorTolerance, else the double form.
 std::vector<float> inverse_cholesky_upper(const float* H, int n, const GptqOptions& opt, GptqFactor& f) {
   const Damping dm = damping_of(H, n);
   f.mean_diag = dm.mean_diag;
+  std::vector<float> u;
   if (!opt.double_factor) {
-    std::vector<float> u;
     if (inverse_cholesky_upper_float(H, n, opt.damp, dm, u)) {
       f.float_residual = factor_residual(H, n, u, opt.damp, dm);
       f.ridge = opt.damp * dm.mean_diag;
@@ -136,7 +148,8 @@ std::vector<float> inverse_cholesky_upper(const float* H, int n, const GptqOptio
     }
   }
   f.in_double = true;
-  return inverse_cholesky_upper_double(H, n, opt.damp, dm, &f.ridge);
+  inverse_cholesky_upper_double(H, n, opt.damp, dm, u, &f.ridge);
+  return u;
 }
 
 }  // namespace

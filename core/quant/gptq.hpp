@@ -29,8 +29,8 @@ struct GptqOptions {
   // Columns by decreasing H_ii, with every block's scales fixed up front from the original
   // weights ("static groups"); the file keeps the original column order.
   bool act_order = false;
-  // The reference factor in double precision (4/3 n³ flops, one thread) instead of the float
-  // one, which is taken only when its measured residual is within kFloatFactorTolerance.
+  // The factor in double precision (about twice the time and memory) instead of the float one,
+  // which is otherwise taken when its measured residual is within kFloatFactorTolerance.
   bool double_factor = false;
 };
 
@@ -52,7 +52,7 @@ struct GptqFactor {
   double float_residual = 0; // the float factor's probe residual (0 when not tried)
   double mean_diag = 1;      // H's mean diagonal (a dead input's curvature in H_d)
   double ridge = 0;          // added to H's diagonal: damp x mean_diag (or more, if that failed)
-  bool in_double = false;    // the double-precision reference was used
+  bool in_double = false;    // the factor was computed in double precision
 };
 GptqFactor gptq_factor(const float* H, int64_t cols, const GptqOptions& opt = {});
 
