@@ -133,6 +133,18 @@ std::vector<std::string> Ranks::all_gather(const std::string& s) const {
 #endif
 }
 
+void Ranks::run_or_abort_all(const std::function<void()>& f) const {
+  try {
+    f();
+  } catch (const Error& e) {
+    if (distributed()) abort(static_cast<int>(e.code()), e.what());
+    throw;
+  } catch (const std::exception& e) {  // out of memory, a library's own error: exit 5
+    if (distributed()) abort(static_cast<int>(ExitCode::Runtime), fmt::format("internal error: {}", e.what()));
+    throw;
+  }
+}
+
 void Ranks::abort(int exit_code, const std::string& message) const {
   std::fputs(fmt::format("squish-run: rank {} of {}: {}\n", rank_, size_, message).c_str(), stderr);
   std::fflush(stderr);

@@ -5,6 +5,7 @@
 // one rank and MPI is never initialized: the same binary runs alone without mpirun.
 // Collectives are MPI's (sums with MPI_Allreduce); nothing here is a protocol of our own.
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <vector>
@@ -31,6 +32,9 @@ class Ranks {
   // Ends every rank of the run with `exit_code` after `message` (one line, to stderr): a failing
   // rank cannot leave the others waiting in a collective (MPI_Abort).
   [[noreturn]] void abort(int exit_code, const std::string& message) const;
+  // Runs `f`; when it throws in a distributed run, aborts every rank with the error's exit code
+  // (Runtime for anything but an Error, as "internal error: ...") and message. Alone, rethrows.
+  void run_or_abort_all(const std::function<void()>& f) const;
 
  private:
   Ranks();

@@ -66,15 +66,7 @@ class MeasureNode final : public Node {
     done_ = true;
     // Under mpirun the ranks share the weights out (measure.hpp); one that fails ends them all.
     const Ranks& ranks = Ranks::world();
-    try {
-      out = Message::of(Document{"measurements", measurements(ranks)});
-    } catch (const Error& e) {
-      if (ranks.distributed()) ranks.abort(static_cast<int>(e.code()), e.what());
-      throw;
-    } catch (const std::exception& e) {
-      if (ranks.distributed()) ranks.abort(static_cast<int>(ExitCode::Runtime), fmt::format("internal error: {}", e.what()));
-      throw;
-    }
+    ranks.run_or_abort_all([&] { out = Message::of(Document{"measurements", measurements(ranks)}); });  // no rank left waiting
     return true;
   }
 

@@ -22,15 +22,7 @@ class Importance final : public Node {
     if (done_) return false;
     done_ = true;
     const Ranks& ranks = Ranks::world();
-    try {
-      out = Message::of(Document{"scores", score(ranks)});
-    } catch (const Error& e) {
-      if (ranks.distributed()) ranks.abort(static_cast<int>(e.code()), e.what());  // no rank left waiting
-      throw;
-    } catch (const std::exception& e) {  // out of memory, a library's own error: the same, exit 5
-      if (ranks.distributed()) ranks.abort(static_cast<int>(ExitCode::Runtime), fmt::format("internal error: {}", e.what()));
-      throw;
-    }
+    ranks.run_or_abort_all([&] { out = Message::of(Document{"scores", score(ranks)}); });  // no rank left waiting
     return true;
   }
 
