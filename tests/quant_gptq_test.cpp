@@ -273,7 +273,9 @@ TEST(FloatFactor, TakenOnlyWhenAccurate) {
 
   // Between the two: damped enough to be positive definite in float, too ill-conditioned for the
   // float factor (its error grows with n u κ), not for the double one, whose U is off by little
-  // more than its rounding to float (u κ). κ here ~ 1/damp: at 5e-4 about 4x either way.
+  // more than its rounding to float (u κ). κ here ≈ λmax / ridge ≈ (√n + √48)² / (damp · 48)
+  // ≈ 32 / damp, 6e4 at 5e-4, chosen so that each side is ~4x from the tolerance (as measured:
+  // float 4.1e-3, double 2.1e-4), slack for another CPU's BLAS kernels.
   quant::GptqOptions mid;
   mid.damp = 5e-4;
   const auto m = quant::gptq_factor(h.data(), n, mid);
