@@ -102,12 +102,10 @@ void inverse_cholesky_upper_double(const float* H, int n, double damp, const Dam
   }
   *ridge_used = ridge;
   if (u.size() != size_t(n) * n) u = large_zeroed<float>(size_t(n) * n);
-  const auto rev = [n](int i) { return n - 1 - i; };
-  tbb::parallel_for(0, n, [&](int i) {  // U(i, j) = X(n-1-i, n-1-j), X column-major
-    float* row = u.data() + size_t(i) * n;
-    std::fill_n(row, i, 0.0f);
-    for (int j = i; j < n; ++j) row[j] = static_cast<float>(x[size_t(rev(i)) + size_t(rev(j)) * n]);
+  tbb::parallel_for(0, n, [&](int c) {  // X in float, in the float form's layout; then as there
+    for (size_t k = size_t(c) * n; k < size_t(c + 1) * n; ++k) u[k] = static_cast<float>(x[k]);
   });
+  reverse_in_place(u, n);
 }
 
 // || Uᵀ U H_d v - v || / || v || for two fixed ±1 probes v (H_d: H as damped): how far the float
