@@ -373,6 +373,108 @@ TEST(Plan, GptqEstimatesFollowTheAnchors) {
   EXPECT_EQ(resumed_at, 0u);
 }
 
+// GPTQ measured on a sample of a weight's rows (gptq_candidate): when every row is alike, GPTQ's
+// ratio to the rounding proxy is the same on every row, so the sample's ratio times the proxy
+// over every row is the whole weight's measurement, however unevenly the output weights `out`
+// spread over the rows (the sample's plain sum scaled up would not be); a sample as large as
+// the weight is the whole measurement to the bit.
+TEST(Plan, GptqSampleOfRowsScalesTheProxy) {
+  const int64_t rows = 300, n = 256, tokens = 1024;
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal;
+  std::uniform_real_distribution<float> uniform(0.05f, 3.0f);
+  std::vector<float> row(n), w(size_t(rows * n)), x(size_t(tokens * n)), h(size_t(n * n), 0.0f), in(n), out(rows);
+  for (auto& v : row) v = normal(rng);
+  for (int64_t r = 0; r < rows; ++r) std::copy(row.begin(), row.end(), w.begin() + r * n);
+  for (int64_t t = 0; t < tokens; ++t) {  // correlated inputs: x_j = z_j + z_{j-1}
+    float prev = normal(rng);
+    for (int64_t j = 0; j < n; ++j) {
+      const float z = normal(rng);
+      x[size_t(t * n + j)] = z + prev, prev = z;
+    }
+  }
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      double sum = 0;
+      for (int64_t t = 0; t < tokens; ++t) sum += double(x[size_t(t * n + i)]) * x[size_t(t * n + j)];
+      h[size_t(i * n + j)] = float(sum / tokens);
+    }
+  for (int64_t j = 0; j < n; ++j) in[size_t(j)] = h[size_t(j * n + j)];
+  for (auto& v : out) v = uniform(rng);
+  const quant::GptqFactor factor = quant::gptq_factor(h.data(), n);
+  for (GGMLType t : {GGMLType::Q2_K, GGMLType::Q3_K, GGMLType::Q4_K, GGMLType::Q6_K}) {
+    SCOPED_TRACE(ggml_type_name(t));
+    const Candidate proxy = rounding_candidate(t, w.data(), rows, n, in, out.data(), nullptr);
+    const Candidate whole = gptq_candidate(t, w.data(), rows, n, factor, in, out.data(), nullptr, 0, proxy);
+    const Candidate sample = gptq_candidate(t, w.data(), rows, n, factor, in, out.data(), nullptr, 37, proxy);
+    const Candidate all = gptq_candidate(t, w.data(), rows, n, factor, in, out.data(), nullptr, rows, proxy);
+    EXPECT_EQ(all.predicted, whole.predicted);
+    EXPECT_EQ(all.rel_error, whole.rel_error);
+    EXPECT_EQ(sample.bytes, whole.bytes);
+    EXPECT_GT(whole.predicted, 0);
+    EXPECT_LT(whole.predicted, proxy.predicted);  // GPTQ's point
+    // Equal rows give equal errors up to the float rounding of GPTQ's updates (n of them per
+    // weight, 2^-24 each, relative), which the ratios carry over.
+    const double tol = double(n) * 0x1p-24;
+    EXPECT_NEAR(sample.predicted, whole.predicted, tol * whole.predicted);
+    EXPECT_NEAR(sample.rel_error, whole.rel_error, tol * whole.rel_error);
+  }
+}
+
+// measure() with a row sample: weights of at most gptq_rows rows are measured to the bit as
+// without it, larger ones differ, the measurements record the sample (and read back with it),
+// and a checkpoint taken without the sample is not taken up with it.
+TEST(Plan, GptqRowSampleInMeasurements) {
+  test::TempDir tmp;
+  const std::string model = tmp / "model";
+  ASSERT_NO_FATAL_FAILURE(write_and_score_test_model(tmp.path().string(), true));
+  MeasureOptions opt;
+  opt.method = "gptq";
+  opt.gptq_rows = 0;
+  const Measurements whole = measure(model, tmp / "stats", opt);
+  opt.gptq_rows = 200;  // q, o, down (256 rows), gate, up and output (512) sampled; k, v (128) not
+  const Measurements sampled = measure(model, tmp / "stats", opt);
+  EXPECT_EQ(whole.gptq_rows, 0);
+  EXPECT_EQ(sampled.gptq_rows, 200);
+  EXPECT_EQ(Measurements::from_json(sampled.to_json(), "test").to_json(), sampled.to_json());
+  EXPECT_NE(sampled.to_json()["predictor"].get<std::string>().find("200 rows"), std::string::npos);
+  ASSERT_EQ(whole.tensors.size(), sampled.tensors.size());
+  int same = 0, differ = 0;
+  for (size_t i = 0; i < whole.tensors.size(); ++i) {
+    const auto &a = whole.tensors[i], &b = sampled.tensors[i];
+    const bool small = a.ne[1] <= 200 || a.name == "token_embd.weight";  // the embedding has no GPTQ
+    ASSERT_EQ(a.candidates.size(), b.candidates.size());
+    bool all_equal = true;
+    for (size_t c = 0; c < a.candidates.size(); ++c) {
+      all_equal &= a.candidates[c].predicted == b.candidates[c].predicted;
+      EXPECT_EQ(a.candidates[c].bytes, b.candidates[c].bytes);
+      EXPECT_EQ(b.candidates[c].predicted > 0, a.candidates[c].predicted > 0) << a.name;
+    }
+    if (small) {
+      EXPECT_TRUE(all_equal) << a.name;
+      ++same;
+    } else {
+      EXPECT_FALSE(all_equal) << a.name;
+      ++differ;
+    }
+  }
+  EXPECT_EQ(same, 1 + 2 * 2);      // the embedding; k and v of 2 layers
+  EXPECT_EQ(differ, 1 + 2 * 5);    // the output; q, o, gate, up, down of 2 layers
+
+  opt.checkpoint = tmp / "m.partial";
+  opt.gptq_rows = 0;
+  opt.progress = [](uint64_t done, uint64_t) {
+    if (done == 3) throw std::runtime_error("killed");
+  };
+  EXPECT_THROW(measure(model, tmp / "stats", opt), std::runtime_error);
+  uint64_t resumed_at = 0;
+  opt.resumed = [&](uint64_t stored, uint64_t) { resumed_at = stored; };
+  opt.progress = nullptr;
+  opt.gptq_rows = 200;
+  EXPECT_EQ(measure(model, tmp / "stats", opt).to_json(), sampled.to_json());
+  EXPECT_EQ(resumed_at, 0u);
+}
+
 // Device budgets keep the engine's F16 KV cache of the context free.
 TEST(Plan, DeviceBudgetCountsTheKvCache) {
   const auto base = recipe::resolve(recipe::CompressionRecipe::from_preset("F32"), test::source_dir() + "/models/stories260K");

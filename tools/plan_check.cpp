@@ -5,7 +5,7 @@
 // unmodified model, and prints it beside the measurements' predicted loss; then the Spearman
 // rank correlation of the two (and the log-log Pearson correlation).
 //
-//   build/bin/squish-plan-check MODEL_DIR STATS_DIR EVAL.txt [N_SWAPS=24] [CHUNKS=8] [METHOD=rtn|gptq] [GPTQ_TYPES=anchors|all]
+//   build/bin/squish-plan-check MODEL_DIR STATS_DIR EVAL.txt [N_SWAPS=24] [CHUNKS=8] [METHOD=rtn|gptq] [GPTQ_TYPES=anchors|all] [GPTQ_ROWS=512]
 //
 // MODEL_DIR is the Hugging Face folder, STATS_DIR the score stage's output for it (its imatrix;
 // with gptq, also its second moments). With gptq each swap quantizes its tensor with GPTQ (as
@@ -72,7 +72,7 @@ std::vector<double> log_softmax(const float* z, int V) {
 int main(int argc, char** argv) {
   try {
     if (argc < 4) {
-      fmt::print(stderr, "usage: {} MODEL_DIR STATS_DIR EVAL.txt [N_SWAPS=24] [CHUNKS=8] [METHOD=rtn|gptq] [GPTQ_TYPES=anchors|all]\n", argv[0]);
+      fmt::print(stderr, "usage: {} MODEL_DIR STATS_DIR EVAL.txt [N_SWAPS=24] [CHUNKS=8] [METHOD=rtn|gptq] [GPTQ_TYPES=anchors|all] [GPTQ_ROWS=512]\n", argv[0]);
       return 2;
     }
     const std::string model_dir = argv[1], stats_dir = argv[2], eval = argv[3];
@@ -80,6 +80,7 @@ int main(int argc, char** argv) {
     plan::MeasureOptions mo;
     mo.method = argc > 6 ? argv[6] : "rtn";
     mo.gptq_every_type = argc > 7 && std::string(argv[7]) == "all";
+    mo.gptq_rows = argc > 8 ? std::stoll(argv[8]) : plan::kGptqSampleRows;
     const plan::Measurements m = plan::measure(model_dir, stats_dir, mo);
     const ScoreFolder folder(stats_dir);
     const auto moments = mo.method == "gptq" ? folder.moments() : std::nullopt;

@@ -75,59 +75,6 @@ std::tuple<double, double, double> sum(const std::vector<Partial>& parts) {
   return {pred, err, ref};
 }
 
-// Predicted loss and weighted relative error of quantizing W (rows x n) to `type`.
-Candidate evaluate(GGMLType type, const std::vector<float>& w, int64_t rows, int64_t n, const std::vector<float>& in,
-                   const std::vector<float>& out, const float* imatrix) {
-  Candidate c{type};
-  c.bytes = aligned(ggml_row_size(type, n) * uint64_t(rows));
-  const int64_t chunk = std::max<int64_t>(1, 65536 / n);
-  std::vector<Partial> parts(size_t((rows + chunk - 1) / chunk));
-  tbb::parallel_for(int64_t{0}, (rows + chunk - 1) / chunk, [&](int64_t b) {
-    const int64_t r0 = b * chunk, r1 = std::min(rows, r0 + chunk);
-    std::vector<std::byte> q(ggml_row_size(type, n) * size_t(r1 - r0));
-    quantize_rows(type, w.data() + r0 * n, q.data(), r1 - r0, n, imatrix);
-    std::vector<float> d(static_cast<size_t>(n));
-    double p = 0, e = 0, s = 0;
-    for (int64_t r = r0; r < r1; ++r) {
-      dequantize_row(type, q.data() + ggml_row_size(type, n) * size_t(r - r0), d.data(), n);
-      double row = 0, row_ref = 0;
-      for (int64_t j = 0; j < n; ++j) {
-        const double dw = double(w[size_t(r * n + j)]) - d[size_t(j)];
-        row += in[size_t(j)] * dw * dw;
-        row_ref += in[size_t(j)] * double(w[size_t(r * n + j)]) * w[size_t(r * n + j)];
-      }
-      p += out[size_t(r)] * row;
-      e += row, s += row_ref;
-    }
-    parts[size_t(b)] = {p, e, s};
-  });
-  const auto [pred, err, ref] = sum(parts);
-  c.predicted = 0.5 * pred;
-  c.rel_error = ref > 0 ? err / ref : 0;
-  return c;
-}
-
-// GPTQ's result at `type`, with the full second moments in the prediction: each row's
-// (W - Q) H (W - Q)ᵀ from GPTQ's own bookkeeping (gptq_quantize's row_error), which saves a
-// second rows x n² pass over H per type.
-Candidate evaluate_gptq(GGMLType type, const std::vector<float>& w, int64_t rows, int64_t n, const quant::GptqFactor& factor,
-                        const std::vector<float>& out, const float* imatrix) {
-  Candidate c{type};
-  c.bytes = aligned(ggml_row_size(type, n) * uint64_t(rows));
-  quant::GptqOptions o;
-  o.damp = factor.damp;
-  std::vector<double> row_error;
-  quant::gptq_quantize(type, w.data(), rows, n, factor, imatrix, o, &row_error);
-  double pred = 0, err = 0, ref = 0;  // in row order: the same bytes on every run
-  for (int64_t r = 0; r < rows; ++r) {
-    pred += out[size_t(r)] * row_error[size_t(r)], err += row_error[size_t(r)];
-    for (int64_t j = 0; j < n; ++j) ref += double(factor.diag[size_t(j)]) * w[size_t(r * n + j)] * w[size_t(r * n + j)];
-  }
-  c.predicted = 0.5 * std::max(0.0, pred);
-  c.rel_error = ref > 0 ? std::max(0.0, err) / ref : 0;
-  return c;
-}
-
 double bits_per_weight(GGMLType t) {
   const auto* tr = ggml_type_traits(t);
   return 8.0 * double(tr->type_size) / double(tr->block_size);
@@ -279,6 +226,90 @@ std::vector<size_t> share_of(const std::vector<size_t>& todo, const std::vector<
 
 }  // namespace
 
+// Predicted loss and weighted relative error of quantizing W (rows x n) to `type`.
+Candidate rounding_candidate(GGMLType type, const float* w, int64_t rows, int64_t n, const std::vector<float>& in, const float* out,
+                   const float* imatrix) {
+  Candidate c{type};
+  c.bytes = aligned(ggml_row_size(type, n) * uint64_t(rows));
+  const int64_t chunk = std::max<int64_t>(1, 65536 / n);
+  std::vector<Partial> parts(size_t((rows + chunk - 1) / chunk));
+  tbb::parallel_for(int64_t{0}, (rows + chunk - 1) / chunk, [&](int64_t b) {
+    const int64_t r0 = b * chunk, r1 = std::min(rows, r0 + chunk);
+    std::vector<std::byte> q(ggml_row_size(type, n) * size_t(r1 - r0));
+    quantize_rows(type, w + r0 * n, q.data(), r1 - r0, n, imatrix);
+    std::vector<float> d(static_cast<size_t>(n));
+    double p = 0, e = 0, s = 0;
+    for (int64_t r = r0; r < r1; ++r) {
+      dequantize_row(type, q.data() + ggml_row_size(type, n) * size_t(r - r0), d.data(), n);
+      double row = 0, row_ref = 0;
+      for (int64_t j = 0; j < n; ++j) {
+        const double dw = double(w[size_t(r * n + j)]) - d[size_t(j)];
+        row += in[size_t(j)] * dw * dw;
+        row_ref += in[size_t(j)] * double(w[size_t(r * n + j)]) * w[size_t(r * n + j)];
+      }
+      p += out[size_t(r)] * row;
+      e += row, s += row_ref;
+    }
+    parts[size_t(b)] = {p, e, s};
+  });
+  const auto [pred, err, ref] = sum(parts);
+  c.predicted = 0.5 * pred;
+  c.rel_error = ref > 0 ? err / ref : 0;
+  return c;
+}
+
+namespace {
+// The rows GPTQ is measured on: every row up to `sample` (0: every row), else `sample` rows
+// spread evenly, the middle row of each of `sample` equal spans.
+std::vector<int64_t> measured_rows(int64_t rows, int64_t sample) {
+  std::vector<int64_t> r;
+  const int64_t s = sample > 0 && sample < rows ? sample : rows;
+  for (int64_t i = 0; i < s; ++i) r.push_back(s == rows ? i : (2 * i + 1) * rows / (2 * s));
+  return r;
+}
+
+}  // namespace
+
+// GPTQ's result at `type`, with the full second moments in the prediction: each row's
+// (W - Q) H (W - Q)ᵀ from GPTQ's own bookkeeping (gptq_quantize's row_error), which saves a
+// second rows x n² pass over H per type. On a sample of the rows (measured_rows), the result is
+// `proxy` (the rounding proxy over every row) times GPTQ's ratio to the proxy on those rows.
+Candidate gptq_candidate(GGMLType type, const float* w, int64_t rows, int64_t n, const quant::GptqFactor& factor,
+                         const std::vector<float>& in, const float* out, const float* imatrix, int64_t sample, const Candidate& proxy) {
+  Candidate c{type};
+  c.bytes = aligned(ggml_row_size(type, n) * uint64_t(rows));
+  const std::vector<int64_t> picked = measured_rows(rows, sample);
+  const int64_t m = int64_t(picked.size());
+  std::vector<float> ws, outs;  // the sampled rows
+  if (m < rows) {
+    ws.resize(size_t(m * n));
+    outs.resize(size_t(m));
+    for (int64_t i = 0; i < m; ++i) {
+      std::copy_n(w + picked[size_t(i)] * n, n, ws.data() + i * n);
+      outs[size_t(i)] = out[size_t(picked[size_t(i)])];
+    }
+  }
+  const float* wm = m < rows ? ws.data() : w;
+  const float* om = m < rows ? outs.data() : out;
+  quant::GptqOptions o;
+  o.damp = factor.damp;
+  std::vector<double> row_error;
+  quant::gptq_quantize(type, wm, m, n, factor, imatrix, o, &row_error);
+  double pred = 0, err = 0, ref = 0;  // in row order: the same bytes on every run
+  for (int64_t r = 0; r < m; ++r) {
+    pred += om[size_t(r)] * row_error[size_t(r)], err += row_error[size_t(r)];
+    for (int64_t j = 0; j < n; ++j) ref += double(factor.diag[size_t(j)]) * wm[size_t(r * n + j)] * wm[size_t(r * n + j)];
+  }
+  c.predicted = 0.5 * std::max(0.0, pred);
+  c.rel_error = ref > 0 ? std::max(0.0, err) / ref : 0;
+  if (m == rows) return c;
+  const Candidate on_sample = rounding_candidate(type, wm, m, n, in, om, imatrix);
+  // Without a proxy to scale (it rounds these rows exactly): the sample's sum scaled to every row.
+  c.predicted = on_sample.predicted > 0 ? proxy.predicted * (c.predicted / on_sample.predicted) : c.predicted * double(rows) / double(m);
+  if (on_sample.rel_error > 0) c.rel_error = proxy.rel_error * (c.rel_error / on_sample.rel_error);
+  return c;
+}
+
 void remove_checkpoint(const std::string& path) {
   const Ranks& ranks = Ranks::world();
   std::error_code ec;
@@ -304,6 +335,8 @@ Measurements measure(const std::string& model_dir, const std::string& stats_dir,
   m.method = opt.method;
   m.gptq_damp = opt.gptq_damp;
   m.gptq_estimated = gptq_estimated_types(opt);
+  if (opt.gptq_rows < 0) fail(ExitCode::Usage, "gptq_rows must be >= 0 (got {})", opt.gptq_rows);
+  m.gptq_rows = opt.method == "gptq" ? opt.gptq_rows : 0;
   auto estimated = [&](GGMLType t) { return std::find(m.gptq_estimated.begin(), m.gptq_estimated.end(), t) != m.gptq_estimated.end(); };
   auto anchor = [](GGMLType t) { return std::find(std::begin(kGptqAnchors), std::end(kGptqAnchors), t) != std::end(kGptqAnchors); };
   const std::vector<GGMLType> types = opt.only_types.empty() ? candidate_types() : opt.only_types;
@@ -318,8 +351,8 @@ Measurements measure(const std::string& model_dir, const std::string& stats_dir,
 
   // The ranks must measure the same thing: what each sees of the inputs, against rank 0's.
   if (ranks.distributed()) {
-    std::string seen = fmt::format("{} {} {} {}; fisher.dat {} bytes;", opt.method, opt.gptq_damp, fmt::join(type_names(types), ","),
-                                   fmt::join(type_names(m.gptq_estimated), ","), fs::file_size(folder.fisher_path()));
+    std::string seen = fmt::format("{} {} {} {} {}; fisher.dat {} bytes;", opt.method, opt.gptq_damp, fmt::join(type_names(types), ","),
+                                   fmt::join(type_names(m.gptq_estimated), ","), m.gptq_rows, fs::file_size(folder.fisher_path()));
     for (const auto* pt : weights) seen += fmt::format(" {} {}", pt->gguf_name, fmt::join(pt->ne, "x"));
     if (ranks.broadcast(seen) != seen)
       fail(ExitCode::InputData, "the model {} or the statistics {} differ from rank 0's (tensors, shapes, fisher.dat or options)", m.model,
@@ -342,7 +375,7 @@ Measurements measure(const std::string& model_dir, const std::string& stats_dir,
     const auto fisher_time = fs::last_write_time(fisher_file, ec).time_since_epoch().count();
     const nlohmann::json identity{{"format", "squish.measurements-checkpoint/1"}, {"model", m.model}, {"stats", m.stats},
                                   {"method", m.method}, {"gptq_damp", m.gptq_damp}, {"types", candidate_type_names()},
-                                  {"gptq_estimated", type_names(m.gptq_estimated)},
+                                  {"gptq_estimated", type_names(m.gptq_estimated)}, {"gptq_rows", m.gptq_rows},
                                   {"fisher", fmt::format("{} bytes, written {}", fs::file_size(fisher_file, ec), fisher_time)}};
     checkpoint.emplace(rank_checkpoint(opt.checkpoint, ranks.rank()), identity);
     std::string stored;
@@ -411,22 +444,25 @@ Measurements measure(const std::string& model_dir, const std::string& stats_dir,
         if (!fits(t)) continue;
         const float* tw = ggml_type_traits(t)->quantized ? imp : nullptr;
         if (!gptq || !recipe::gptq_applies(*pt.kind, t)) {
-          tm.candidates.push_back(evaluate(t, w, rows, n, in, out, tw));
+          tm.candidates.push_back(rounding_candidate(t, w.data(), rows, n, in, out.data(), tw));
         } else if (estimating && estimated(t)) {
           pending.push_back(tm.candidates.size());
-          tm.candidates.push_back(evaluate(t, w, rows, n, in, out, tw));
+          tm.candidates.push_back(rounding_candidate(t, w.data(), rows, n, in, out.data(), tw));
         } else {
-          tm.candidates.push_back(evaluate_gptq(t, w, rows, n, factor, out, tw));
+          const bool sampled = opt.gptq_rows > 0 && rows > opt.gptq_rows;  // the proxy scales GPTQ's sample
+          const Candidate proxy = sampled || (estimating && anchor(t)) ? rounding_candidate(t, w.data(), rows, n, in, out.data(), tw) : Candidate{t};
+          tm.candidates.push_back(gptq_candidate(t, w.data(), rows, n, factor, in, out.data(), tw, opt.gptq_rows, proxy));
           if (estimating && anchor(t)) {
-            const Candidate proxy = evaluate(t, w, rows, n, in, out, tw), &g = tm.candidates.back();
+            const Candidate& g = tm.candidates.back();
             const AnchorRatio a{bits_per_weight(t), ratio(g.predicted, proxy.predicted), ratio(g.rel_error, proxy.rel_error)};
             if (std::isfinite(a.predicted) && std::isfinite(a.rel_error)) anchors.push_back(a);  // a denormal proxy: no ratio
           }
         }
       }
       for (size_t c : pending)  // estimated from the anchors; with none usable, GPTQ runs here too
-        tm.candidates[c] = anchors.empty() ? evaluate_gptq(tm.candidates[c].type, w, rows, n, factor, out,
-                                                          ggml_type_traits(tm.candidates[c].type)->quantized ? imp : nullptr)
+        tm.candidates[c] = anchors.empty() ? gptq_candidate(tm.candidates[c].type, w.data(), rows, n, factor, in, out.data(),
+                                                          ggml_type_traits(tm.candidates[c].type)->quantized ? imp : nullptr,
+                                                          opt.gptq_rows, tm.candidates[c])
                                            : estimate_gptq(tm.candidates[c], anchors);
     });
     if (tm.candidates.empty()) fail(ExitCode::InputData, "{}: no candidate type fits rows of {}", pt.gguf_name, n);
@@ -458,6 +494,13 @@ nlohmann::json Measurements::to_json() const {
                                                                 ScoreFolder::kFisherFile)},
                    {"tensors", t}};
   if (method == "gptq") j["gptq_damp"] = gptq_damp;
+  if (gptq_rows > 0) {
+    j["gptq_rows"] = gptq_rows;
+    j["predictor"] = j["predictor"].get<std::string>() +
+                     fmt::format("; for a weight of more than {0} rows GPTQ runs on {0} rows spread evenly, and its prediction is the "
+                                 "diagonal form over every row times GPTQ's ratio to it on those rows",
+                                 gptq_rows);
+  }
   if (!gptq_estimated.empty()) {
     j["gptq_estimated"] = type_names(gptq_estimated);
     j["predictor"] = j["predictor"].get<std::string>() +
@@ -481,6 +524,8 @@ Measurements Measurements::from_json(const nlohmann::json& j, const std::string&
       if (!recipe::is_quant_method(m.method)) bad("method must be rtn or gptq");
       m.gptq_damp = j.value("gptq_damp", quant::kDefaultDamp);
       m.scope = j.value("scope", "");
+      m.gptq_rows = j.value("gptq_rows", int64_t{0});
+      if (m.gptq_rows < 0) bad("gptq_rows must be >= 0");
       for (const auto& name : j.value("gptq_estimated", nlohmann::json::array())) {
         const auto t = ggml_type_from_name(name.get<std::string>());
         if (!t) bad("unknown type in gptq_estimated: " + json_text(name));

@@ -47,6 +47,7 @@ struct Measurements {
   std::string method = "rtn";  // the quantizer measured: "rtn" | "gptq" (recipes planned from it use it)
   double gptq_damp = quant::kDefaultDamp;
   std::vector<GGMLType> gptq_estimated;  // types whose GPTQ prediction was estimated from the anchors
+  int64_t gptq_rows = 0;   // GPTQ measured on this many rows of larger weights (0 = every row)
   std::string scope;       // why only some types were measured ("" = every candidate)
   std::vector<TensorMeasure> tensors;
   nlohmann::json to_json() const;
@@ -60,15 +61,34 @@ std::vector<GGMLType> candidate_types();
 // set (a plugin loaded or not) is measured again.
 std::vector<std::string> candidate_type_names();
 
+// One weight's candidates, as `measure` takes them. W: rows x n, row-major; in, out: its Fisher
+// factors (n and rows values); imatrix: the scale search's column weights (nullptr: none).
+// The diagonal rounding proxy over every row:
+Candidate rounding_candidate(GGMLType type, const float* W, int64_t rows, int64_t n, const std::vector<float>& in,
+                             const float* out, const float* imatrix);
+// GPTQ's, with `factor` from the weight's input moments. With 0 < sample_rows < rows, GPTQ runs on
+// sample_rows rows spread evenly and the result is `proxy` (rounding_candidate over every row)
+// times GPTQ's ratio to the proxy on those rows; otherwise on every row (and `proxy` is unused).
+Candidate gptq_candidate(GGMLType type, const float* W, int64_t rows, int64_t n, const quant::GptqFactor& factor,
+                         const std::vector<float>& in, const float* out, const float* imatrix, int64_t sample_rows,
+                         const Candidate& proxy);
+
 // The types GPTQ runs at when not every type is measured, and those estimated from them.
 inline constexpr GGMLType kGptqAnchors[] = {GGMLType::Q2_K, GGMLType::Q3_K, GGMLType::Q6_K};
 inline constexpr GGMLType kGptqEstimated[] = {GGMLType::Q4_K, GGMLType::Q5_K, GGMLType::Q8_0};
+
+// Rows a weight's GPTQ is measured on by default. A weight's rows are quantized independently
+// given its input's factor (ggml's blocks run along a row), so GPTQ on an even sample of them
+// gives its ratio to the rounding proxy on those rows; times the proxy over every row, that is
+// the prediction (a ratio estimator: rows that matter more weigh more in both).
+inline constexpr int64_t kGptqSampleRows = 512;
 
 struct MeasureOptions {
   int threads = 0;
   std::string method = "rtn";  // "gptq" needs <stats>/moments/
   double gptq_damp = quant::kDefaultDamp;
   bool gptq_every_type = false;  // run GPTQ at every type (else at kGptqAnchors, the rest estimated)
+  int64_t gptq_rows = kGptqSampleRows;  // rows GPTQ is measured on per weight (0 = every row)
   std::function<void(uint64_t done, uint64_t total)> progress;  // tensors
   std::vector<GGMLType> only_types;  // measure these candidates only (empty = candidate_types())
   // A file the tensors measured so far are appended to as they finish; a later call with the

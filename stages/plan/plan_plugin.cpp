@@ -90,6 +90,7 @@ class MeasureNode final : public Node {
     opt.method = method;
     opt.gptq_damp = damp;
     opt.gptq_every_type = gptq_types == "all";
+    opt.gptq_rows = p["gptq_rows"].get<int64_t>();
     namespace fs = std::filesystem;
     std::error_code ec;
     // Rank 0 decides for every rank (the others may not see its files).
@@ -99,7 +100,7 @@ class MeasureNode final : public Node {
         read_json_file(output, "measurements").value("types", nlohmann::json::array()) == nlohmann::json(candidate_type_names())) {
       const Measurements m = Measurements::load(output);
       if (m.model == model && m.stats == stats && m.method == method && (method != "gptq" || m.gptq_damp == damp) &&
-          m.gptq_estimated == gptq_estimated_types(opt))
+          m.gptq_estimated == gptq_estimated_types(opt) && m.gptq_rows == (method == "gptq" ? opt.gptq_rows : 0))
         stored = m.to_json().dump();
     }
     stored = ranks.broadcast(stored);
@@ -247,6 +248,10 @@ void register_nodes(NodeRegistry& r) {
           {"damp", ParamType::Float, false, quant::kDefaultDamp, "GPTQ dampening, fraction of H's mean diagonal", 0, 1e6},
           {"gptq_types", ParamType::String, false, "anchors",
            "gptq: anchors = GPTQ run at Q2_K, Q3_K, Q6_K and estimated at Q4_K, Q5_K, Q8_0 (half the GPTQ runs); all = run at every type"},
+          {"gptq_rows", ParamType::Int, false, kGptqSampleRows,
+           "gptq: rows of a weight GPTQ is measured on, spread evenly; its ratio to the rounding proxy there scales the proxy over "
+           "every row (0 = every row)",
+           0},
           {"threads", ParamType::Int, false, 0, "worker threads (0 = the pipeline's setting / all cores)", 0, 4096},
           // The plan's budget, when known: a budget that holds every weight at F16 needs F16 measured only.
           {"size", ParamType::Int, false, 0, "the plan's file size budget in bytes (0 = not known here)", 0},
