@@ -173,6 +173,30 @@ TEST(ScoreStreaming, LayerMajorEqualsChunkByChunkExactly) {
   ASSERT_EQ(sa.moments.size(), sb.moments.size());
   for (const auto& [k, m] : sa.moments) EXPECT_EQ(m.sum, sb.moments.at(k).sum) << k;
 
+  EXPECT_EQ(rep.layers_not_recomputed, 0);
+
+  // The top layers' forward activations kept for their backward (one layer's worth, then all
+  // three) instead of recomputed: the same bits. Per layer: 6 chunks x 64 tokens x (2 norms' rstd,
+  // q and o 64, k and v 32, three of width 64, three of the FFN's 96) floats.
+  const uint64_t per_layer = 6ull * 64 * (2 + 2 * 64 + 2 * 32 + 3 * 64 + 3 * 96) * sizeof(float);
+  for (int keep : {1, 3}) {
+    LayerMajorOptions k = o;
+    k.kept_memory = keep * per_layer + per_layer / 2;  // the half layer is not kept
+    Transformer c(SafetensorsWeights::open(dir, /*keep_layers=*/false), {});
+    MaskImportance ik(c.arch());
+    ActivationStats sk;
+    sk.second_moments = true;
+    LayerMajorReport rk;
+    const LossResult lk = c.mask_importance_by_layer(ids, 64, 0, 6, ik, &sk, k, &rk);
+    EXPECT_EQ(rk.layers_not_recomputed, keep);
+    EXPECT_EQ(rk.kept_activation_bytes, keep * per_layer);
+    EXPECT_EQ(lk.nll_sum, la.nll_sum);
+    EXPECT_EQ(ik.sums(), ia.sums());
+    same(sa.entries, sk.entries, "inputs, kept activations");
+    same(sa.output_grads, sk.output_grads, "output gradients, kept activations");
+    for (const auto& [key, m] : sa.moments) EXPECT_EQ(m.sum, sk.moments.at(key).sum) << key;
+  }
+
   // A share of the chunks (an MPI rank's) is the same arithmetic on just those chunks.
   MaskImportance ic(b.arch()), id(a.arch());
   const LossResult lc = b.mask_importance_by_layer(ids, 64, 2, 4, ic, nullptr, o);

@@ -6,6 +6,8 @@
 #include "core/io/spill_store.hpp"
 
 #include <algorithm>
+#include <array>
+#include <iterator>
 
 namespace squish {
 
@@ -31,6 +33,18 @@ LossResult layer_major_pass(ReferenceModel<F>& model, std::span<const int32_t> t
   uint64_t done = 0;
   const auto step = [&] { if (o.progress) o.progress(++done, steps); };
 
+  // The top layers whose activations fit o.kept_memory keep them for their backward.
+  constexpr size_t kKept = std::size(ReferenceModel<F>::kBackwardActs);
+  using Kept = std::array<Vec, kKept>;
+  int first_kept = L;
+  uint64_t kept_bytes = 0;
+  while (first_kept > 0) {
+    const uint64_t b = uint64_t(n) * model.backward_acts_values(first_kept - 1) * sizeof(F);
+    if (kept_bytes + b > o.kept_memory) break;
+    kept_bytes += b, --first_kept;
+  }
+  std::vector<std::vector<Kept>> kept(static_cast<size_t>(L));
+
   // Forward, layer by layer over the chunks.
   Vec x(TD), dx(TD);
   for (int c = 0; c < n; ++c) put(cks, ck(0, c), model.embed(chunk(c)));
@@ -41,6 +55,10 @@ LossResult layer_major_pass(ReferenceModel<F>& model, std::span<const int32_t> t
     for (int c = 0; c < n; ++c) {
       get(cks, ck(l, c), x);
       model.forward_layer(l, *held, x.data(), &masks, a, stats);
+      if (l >= first_kept) {
+        Kept& k = kept[size_t(l)].emplace_back();
+        for (size_t i = 0; i < kKept; ++i) k[i] = a.*ReferenceModel<F>::kBackwardActs[i];
+      }
       model.residual_out(a, m_mlp, x.data());
       put(cks, ck(l + 1, c), x);
       step();
@@ -76,7 +94,12 @@ LossResult layer_major_pass(ReferenceModel<F>& model, std::span<const int32_t> t
       std::fill(grads.kv[l].begin(), grads.kv[l].end(), 0.0);
       std::fill(grads.ffn[l].begin(), grads.ffn[l].end(), 0.0);
       grads.attn[l] = grads.mlp[l] = 0.0;
-      model.forward_layer(l, *held, x.data(), &masks, a, nullptr);
+      if (l >= first_kept) {  // the forward's activations back in place; a's buffers go
+        for (size_t i = 0; i < kKept; ++i) std::swap(a.*ReferenceModel<F>::kBackwardActs[i], kept[size_t(l)][size_t(c)][i]);
+        kept[size_t(l)][size_t(c)] = {};
+      } else {
+        model.forward_layer(l, *held, x.data(), &masks, a, nullptr);
+      }
       model.backward_layer(l, *held, x.data(), &masks, a, dx, grads, stats);
       importance.add_layer(l, masks, grads);
       put(dxs, c, dx);
@@ -95,6 +118,8 @@ LossResult layer_major_pass(ReferenceModel<F>& model, std::span<const int32_t> t
     rep->scratch_bytes_peak = dxs.scratch_bytes_peak() + cks.scratch_bytes_peak();
     rep->scratch_bytes_written = dxs.scratch_bytes_written() + cks.scratch_bytes_written();
     rep->scratch_bytes_read = dxs.scratch_bytes_read() + cks.scratch_bytes_read();
+    rep->layers_not_recomputed = L - first_kept;
+    rep->kept_activation_bytes = kept_bytes;
   }
   return r;
 }

@@ -75,6 +75,17 @@ struct ReferenceModel {
     Vec y_mlp;        // down_proj output
   };
 
+  // What backward_layer reads of a layer's activations (besides its input): a layer-major pass
+  // that keeps these from the forward skips recomputing the layer.
+  static constexpr Vec Acts::*kBackwardActs[] = {&Acts::rstd1, &Acts::q,    &Acts::k,     &Acts::v, &Acts::o, &Acts::y_attn,
+                                                 &Acts::x_mid, &Acts::rstd2, &Acts::g, &Acts::u, &Acts::a, &Acts::y_mlp};
+  // Their values for layer l at T tokens.
+  size_t backward_acts_values(int l) const {
+    const auto& s = A.layers[l];
+    const size_t q = size_t(s.n_head) * A.head_dim, kv = size_t(s.n_head_kv) * A.head_dim;
+    return size_t(T) * (2 + 2 * q + 2 * kv + 3 * size_t(A.n_embd) + 3 * size_t(s.n_ff));
+  }
+
   // Backward temporaries of one layer.
   struct Grads {
     Vec dy, dh, dg, du, dxn, datt, dq, dk, dv;

@@ -33,6 +33,9 @@ namespace squish {
 struct LayerMajorOptions {
   uint64_t activation_memory = 0;  // bytes of activation blocks kept in memory; the rest spill
   std::string scratch_dir;         // where the unnamed scratch file goes
+  // Bytes for the top layers' forward activations that backward reads, kept from the forward
+  // so those layers are not recomputed (the last layers forward are the first backward).
+  uint64_t kept_memory = 0;
   std::function<void(uint64_t done, uint64_t total)> progress;  // steps: (layer or head) x chunk
   // Called when layer l's forward has seen every chunk (l = n_layer: the loss head), so the
   // statistics of its inputs are complete: the caller may write and release them.
@@ -42,6 +45,8 @@ struct LayerMajorReport {
   uint64_t activation_memory_bytes = 0;  // activation blocks allocated in memory
   uint64_t scratch_bytes_peak = 0;       // largest the scratch file got
   uint64_t scratch_bytes_written = 0, scratch_bytes_read = 0;
+  int layers_not_recomputed = 0;         // layers whose backward used kept activations
+  uint64_t kept_activation_bytes = 0;    // the activations kept for them
 };
 
 enum class Precision { F32, F64 };  // F64: slow exact path for gradient checks

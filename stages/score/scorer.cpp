@@ -168,6 +168,7 @@ struct MemoryPlan {
   uint64_t baseline = 0;      // the process before the model (code, libraries, text, tokens)
   uint64_t fixed = 0;         // baseline + weights held + work buffers + statistics
   uint64_t activation_memory = 0;  // layer-major checkpoints and gradients kept in memory
+  uint64_t kept_memory = 0;        // the top layers' forward activations, kept for their backward
 };
 
 MemoryPlan plan_memory(const ModelArch& a, const Calibration& cal, const std::string& model_dir, const ScoreOptions& opt) {
@@ -213,6 +214,11 @@ MemoryPlan plan_memory(const ModelArch& a, const Calibration& cal, const std::st
          model_dir, opt.memory > 0 ? fmt::format("memory={}", opt.memory) : fmt::format("the {} available", mib(bound)), mib(m.fixed),
          mib(m.baseline), mib(global_bytes), mib(one_layer), mib(largest_source), mib(work), mib(statistics));
   m.activation_memory = std::min(bound - m.fixed, activations);
+  // Memory beyond that keeps the top layers' forward activations for their backward, which then
+  // does not recompute them (a third of a layer's work): up to a given bound, or up to half of
+  // the memory available, the other half left to the page cache and the rest of the machine.
+  const uint64_t for_speed = opt.memory > 0 ? bound : bound / 2;
+  if (m.activation_memory == activations && for_speed > m.fixed + activations) m.kept_memory = for_speed - m.fixed - activations;
   require_memory(m.fixed - m.baseline + m.activation_memory, what);  // the baseline is resident already
   if (m.activation_memory < activations) SpillStore::check_folder(opt.scratch_dir);  // before any work, not at the first spill
   return m;
@@ -232,6 +238,7 @@ LossResult run_pass(const Ranks& ranks, const std::string& model_dir, const Mode
     LayerMajorOptions lo;
     lo.activation_memory = mem.activation_memory;
     lo.scratch_dir = opt.scratch_dir;
+    lo.kept_memory = mem.kept_memory;
     if (report_progress) lo.progress = [&](uint64_t d, uint64_t t) { opt.progress(d * mine / t, mine); };
     if (mem.stream_moments) lo.forward_done = [&](int l) { release_moments(ranks, a, stats, l, opt.moment_sink); };
     return model.mask_importance_by_layer(cal.tokens, opt.ctx, cal.c0, cal.c1, importance, &stats, lo, &report);
@@ -265,9 +272,11 @@ nlohmann::json run_record(const Ranks& ranks, const MemoryPlan& mem, const Score
           {"layers_kept", mem.keep_layers},
           {"moments_streamed", mem.stream_moments},
           {"memory", opt.memory},
-          {"planned_bytes", mem.fixed + mem.activation_memory},
+          {"planned_bytes", mem.fixed + mem.activation_memory + report.kept_activation_bytes},
           {"baseline_rss_bytes", mem.baseline},
           {"activation_memory_bytes", mem.layer_major ? report.activation_memory_bytes : 0},
+          {"layers_not_recomputed", report.layers_not_recomputed},
+          {"kept_activation_bytes", report.kept_activation_bytes},
           {"peak_rss_bytes", rss},
           {"scratch_bytes_peak", scratch},
           {"scratch_bytes_moved", scratch_io}};
