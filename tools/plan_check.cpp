@@ -5,7 +5,7 @@
 // unmodified model, and prints it beside the measurements' predicted loss; then the Spearman
 // rank correlation of the two (and the log-log Pearson correlation).
 //
-//   build/bin/squish-plan-check MODEL_DIR STATS_DIR EVAL.txt [N_SWAPS=24] [CHUNKS=8] [METHOD=rtn|gptq] [GPTQ_TYPES=anchors|all] [GPTQ_ROWS=512]
+//   build/bin/squish-plan-check MODEL_DIR STATS_DIR EVAL.txt [N_SWAPS=24] [CHUNKS=8] [METHOD=rtn|gptq] [GPTQ_TYPES=anchors|all] [GPTQ_ROWS=256]
 //
 // MODEL_DIR is the Hugging Face folder, STATS_DIR the score stage's output for it (its imatrix;
 // with gptq, also its second moments). With gptq each swap quantizes its tensor with GPTQ (as
@@ -72,7 +72,7 @@ std::vector<double> log_softmax(const float* z, int V) {
 int main(int argc, char** argv) {
   try {
     if (argc < 4) {
-      fmt::print(stderr, "usage: {} MODEL_DIR STATS_DIR EVAL.txt [N_SWAPS=24] [CHUNKS=8] [METHOD=rtn|gptq] [GPTQ_TYPES=anchors|all] [GPTQ_ROWS=512]\n", argv[0]);
+      fmt::print(stderr, "usage: {} MODEL_DIR STATS_DIR EVAL.txt [N_SWAPS=24] [CHUNKS=8] [METHOD=rtn|gptq] [GPTQ_TYPES=anchors|all] [GPTQ_ROWS=256]\n", argv[0]);
       return 2;
     }
     const std::string model_dir = argv[1], stats_dir = argv[2], eval = argv[3];

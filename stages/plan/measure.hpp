@@ -81,7 +81,7 @@ inline constexpr GGMLType kGptqEstimated[] = {GGMLType::Q4_K, GGMLType::Q5_K, GG
 // given its input's factor (ggml's blocks run along a row), so GPTQ on an even sample of them
 // gives its ratio to the rounding proxy on those rows; times the proxy over every row, that is
 // the prediction (a ratio estimator: rows that matter more weigh more in both).
-inline constexpr int64_t kGptqSampleRows = 512;
+inline constexpr int64_t kGptqSampleRows = 256;
 
 struct MeasureOptions {
   int threads = 0;
