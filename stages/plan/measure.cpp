@@ -258,9 +258,6 @@ Candidate rounding_candidate(GGMLType type, const float* w, int64_t rows, int64_
   return c;
 }
 
-namespace {
-// The rows GPTQ is measured on: every row up to `sample` (0: every row), else `sample` rows
-// spread evenly, the middle row of each of `sample` equal spans.
 std::vector<int64_t> measured_rows(int64_t rows, int64_t sample) {
   std::vector<int64_t> r;
   const int64_t s = sample > 0 && sample < rows ? sample : rows;
@@ -268,45 +265,37 @@ std::vector<int64_t> measured_rows(int64_t rows, int64_t sample) {
   return r;
 }
 
-}  // namespace
+double sample_scale(const float* w, int64_t rows, int64_t n, const std::vector<float>& in, const float* out,
+                    const std::vector<int64_t>& picked) {
+  auto energy = [&](int64_t r) {
+    double e = 0;
+    for (int64_t j = 0; j < n; ++j) e += double(in[size_t(j)]) * w[size_t(r * n + j)] * w[size_t(r * n + j)];
+    return double(out[size_t(r)]) * e;
+  };
+  double all = 0, some = 0;  // in row order: the same bytes on every run
+  for (int64_t r = 0; r < rows; ++r) all += energy(r);
+  for (int64_t r : picked) some += energy(r);
+  return some > 0 ? all / some : double(rows) / double(picked.size());
+}
 
 // GPTQ's result at `type`, with the full second moments in the prediction: each row's
 // (W - Q) H (W - Q)ᵀ from GPTQ's own bookkeeping (gptq_quantize's row_error), which saves a
-// second rows x n² pass over H per type. On a sample of the rows (measured_rows), the result is
-// `proxy` (the rounding proxy over every row) times GPTQ's ratio to the proxy on those rows.
-Candidate gptq_candidate(GGMLType type, const float* w, int64_t rows, int64_t n, const quant::GptqFactor& factor,
-                         const std::vector<float>& in, const float* out, const float* imatrix, int64_t sample, const Candidate& proxy) {
+// second rows x n² pass over H per type.
+Candidate gptq_candidate(GGMLType type, const float* w, int64_t rows, int64_t n, const quant::GptqFactor& factor, const float* out,
+                         const float* imatrix) {
   Candidate c{type};
   c.bytes = aligned(ggml_row_size(type, n) * uint64_t(rows));
-  const std::vector<int64_t> picked = measured_rows(rows, sample);
-  const int64_t m = int64_t(picked.size());
-  std::vector<float> ws, outs;  // the sampled rows
-  if (m < rows) {
-    ws.resize(size_t(m * n));
-    outs.resize(size_t(m));
-    for (int64_t i = 0; i < m; ++i) {
-      std::copy_n(w + picked[size_t(i)] * n, n, ws.data() + i * n);
-      outs[size_t(i)] = out[size_t(picked[size_t(i)])];
-    }
-  }
-  const float* wm = m < rows ? ws.data() : w;
-  const float* om = m < rows ? outs.data() : out;
   quant::GptqOptions o;
   o.damp = factor.damp;
   std::vector<double> row_error;
-  quant::gptq_quantize(type, wm, m, n, factor, imatrix, o, &row_error);
+  quant::gptq_quantize(type, w, rows, n, factor, imatrix, o, &row_error);
   double pred = 0, err = 0, ref = 0;  // in row order: the same bytes on every run
-  for (int64_t r = 0; r < m; ++r) {
-    pred += om[size_t(r)] * row_error[size_t(r)], err += row_error[size_t(r)];
-    for (int64_t j = 0; j < n; ++j) ref += double(factor.diag[size_t(j)]) * wm[size_t(r * n + j)] * wm[size_t(r * n + j)];
+  for (int64_t r = 0; r < rows; ++r) {
+    pred += out[size_t(r)] * row_error[size_t(r)], err += row_error[size_t(r)];
+    for (int64_t j = 0; j < n; ++j) ref += double(factor.diag[size_t(j)]) * w[size_t(r * n + j)] * w[size_t(r * n + j)];
   }
   c.predicted = 0.5 * std::max(0.0, pred);
   c.rel_error = ref > 0 ? std::max(0.0, err) / ref : 0;
-  if (m == rows) return c;
-  const Candidate on_sample = rounding_candidate(type, wm, m, n, in, om, imatrix);
-  // Without a proxy to scale (it rounds these rows exactly): the sample's sum scaled to every row.
-  c.predicted = on_sample.predicted > 0 ? proxy.predicted * (c.predicted / on_sample.predicted) : c.predicted * double(rows) / double(m);
-  if (on_sample.rel_error > 0) c.rel_error = proxy.rel_error * (c.rel_error / on_sample.rel_error);
   return c;
 }
 
@@ -429,6 +418,25 @@ Measurements measure(const std::string& model_dir, const std::string& stats_dir,
       o.damp = opt.gptq_damp;
       factor = arena.execute([&] { return quant::gptq_factor(h.data(), n, o); });
     }
+    // A weight GPTQ runs on, of more than gptq_rows rows, is measured on an even sample of its
+    // rows, its predicted losses scaled by the sample's share of the Fisher-weighted energy.
+    const bool sampled = gptq && opt.gptq_rows > 0 && rows > opt.gptq_rows;
+    std::vector<float> ws, outs;
+    double scale = 1;
+    if (sampled) {
+      const std::vector<int64_t> picked = measured_rows(rows, opt.gptq_rows);
+      ws.resize(picked.size() * size_t(n));
+      outs.resize(picked.size());
+      for (size_t i = 0; i < picked.size(); ++i) {
+        std::copy_n(w.data() + picked[i] * n, n, ws.data() + i * size_t(n));
+        outs[i] = out[size_t(picked[i])];
+      }
+      scale = sample_scale(w.data(), rows, n, in, out.data(), picked);
+    }
+    const float* mw = sampled ? ws.data() : w.data();
+    const float* mo = sampled ? outs.data() : out.data();
+    const int64_t mrows = sampled ? int64_t(outs.size()) : rows;
+    std::vector<size_t> whole;  // candidates measured on every row all the same
     arena.execute([&] {
       auto fits = [&](GGMLType t) {
         const PluginType* p = plugin_type(t);
@@ -444,27 +452,36 @@ Measurements measure(const std::string& model_dir, const std::string& stats_dir,
         if (!fits(t)) continue;
         const float* tw = ggml_type_traits(t)->quantized ? imp : nullptr;
         if (!gptq || !recipe::gptq_applies(*pt.kind, t)) {
-          tm.candidates.push_back(rounding_candidate(t, w.data(), rows, n, in, out.data(), tw));
+          // F16's rounding touches few weights (a sample sees next to none of them) and costs
+          // little: every row.
+          const bool every_row = !ggml_type_traits(t)->quantized;
+          tm.candidates.push_back(every_row ? rounding_candidate(t, w.data(), rows, n, in, out.data(), tw)
+                                            : rounding_candidate(t, mw, mrows, n, in, mo, tw));
+          if (every_row) whole.push_back(tm.candidates.size() - 1);
         } else if (estimating && estimated(t)) {
           pending.push_back(tm.candidates.size());
-          tm.candidates.push_back(rounding_candidate(t, w.data(), rows, n, in, out.data(), tw));
+          tm.candidates.push_back(rounding_candidate(t, mw, mrows, n, in, mo, tw));
         } else {
-          const bool sampled = opt.gptq_rows > 0 && rows > opt.gptq_rows;  // the proxy scales GPTQ's sample
-          const Candidate proxy = sampled || (estimating && anchor(t)) ? rounding_candidate(t, w.data(), rows, n, in, out.data(), tw) : Candidate{t};
-          tm.candidates.push_back(gptq_candidate(t, w.data(), rows, n, factor, in, out.data(), tw, opt.gptq_rows, proxy));
+          tm.candidates.push_back(gptq_candidate(t, mw, mrows, n, factor, mo, tw));
           if (estimating && anchor(t)) {
-            const Candidate& g = tm.candidates.back();
+            const Candidate proxy = rounding_candidate(t, mw, mrows, n, in, mo, tw), &g = tm.candidates.back();
             const AnchorRatio a{bits_per_weight(t), ratio(g.predicted, proxy.predicted), ratio(g.rel_error, proxy.rel_error)};
             if (std::isfinite(a.predicted) && std::isfinite(a.rel_error)) anchors.push_back(a);  // a denormal proxy: no ratio
           }
         }
       }
       for (size_t c : pending)  // estimated from the anchors; with none usable, GPTQ runs here too
-        tm.candidates[c] = anchors.empty() ? gptq_candidate(tm.candidates[c].type, w.data(), rows, n, factor, in, out.data(),
-                                                          ggml_type_traits(tm.candidates[c].type)->quantized ? imp : nullptr,
-                                                          opt.gptq_rows, tm.candidates[c])
+        tm.candidates[c] = anchors.empty() ? gptq_candidate(tm.candidates[c].type, mw, mrows, n, factor, mo,
+                                                          ggml_type_traits(tm.candidates[c].type)->quantized ? imp : nullptr)
                                            : estimate_gptq(tm.candidates[c], anchors);
     });
+    if (sampled)
+      for (size_t i = 0; i < tm.candidates.size(); ++i) {
+        if (std::find(whole.begin(), whole.end(), i) != whole.end()) continue;
+        tm.candidates[i].bytes = aligned(ggml_row_size(tm.candidates[i].type, n) * uint64_t(rows));
+        tm.candidates[i].predicted *= scale;
+      }
+
     if (tm.candidates.empty()) fail(ExitCode::InputData, "{}: no candidate type fits rows of {}", pt.gguf_name, n);
     if (checkpoint) checkpoint->append(tm);
     if (ranks.distributed()) lines += tensor_json(tm).dump() + "\n";
@@ -497,8 +514,8 @@ nlohmann::json Measurements::to_json() const {
   if (gptq_rows > 0) {
     j["gptq_rows"] = gptq_rows;
     j["predictor"] = j["predictor"].get<std::string>() +
-                     fmt::format("; for a weight of more than {0} rows GPTQ runs on {0} rows spread evenly, and its prediction is the "
-                                 "diagonal form over every row times GPTQ's ratio to it on those rows",
+                     fmt::format("; a weight GPTQ runs on, of more than {0} rows, is measured on {0} rows spread evenly, its "
+                                 "predictions times the rows' share of sum_i E[(n dL/dy_i)^2] sum_j E[x_j^2] W_ij^2",
                                  gptq_rows);
   }
   if (!gptq_estimated.empty()) {

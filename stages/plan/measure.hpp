@@ -47,7 +47,7 @@ struct Measurements {
   std::string method = "rtn";  // the quantizer measured: "rtn" | "gptq" (recipes planned from it use it)
   double gptq_damp = quant::kDefaultDamp;
   std::vector<GGMLType> gptq_estimated;  // types whose GPTQ prediction was estimated from the anchors
-  int64_t gptq_rows = 0;   // GPTQ measured on this many rows of larger weights (0 = every row)
+  int64_t gptq_rows = 0;   // GPTQ weights measured on this many rows when larger (0 = every row)
   std::string scope;       // why only some types were measured ("" = every candidate)
   std::vector<TensorMeasure> tensors;
   nlohmann::json to_json() const;
@@ -66,21 +66,27 @@ std::vector<std::string> candidate_type_names();
 // The diagonal rounding proxy over every row:
 Candidate rounding_candidate(GGMLType type, const float* W, int64_t rows, int64_t n, const std::vector<float>& in,
                              const float* out, const float* imatrix);
-// GPTQ's, with `factor` from the weight's input moments. With 0 < sample_rows < rows, GPTQ runs on
-// sample_rows rows spread evenly and the result is `proxy` (rounding_candidate over every row)
-// times GPTQ's ratio to the proxy on those rows; otherwise on every row (and `proxy` is unused).
-Candidate gptq_candidate(GGMLType type, const float* W, int64_t rows, int64_t n, const quant::GptqFactor& factor,
-                         const std::vector<float>& in, const float* out, const float* imatrix, int64_t sample_rows,
-                         const Candidate& proxy);
+// GPTQ's, with `factor` from the weight's input moments.
+Candidate gptq_candidate(GGMLType type, const float* W, int64_t rows, int64_t n, const quant::GptqFactor& factor, const float* out,
+                         const float* imatrix);
+// The rows measured of a weight of `rows` rows: every row up to `sample` (0: every row), else
+// `sample` rows spread evenly, the middle row of each of `sample` equal spans.
+std::vector<int64_t> measured_rows(int64_t rows, int64_t sample);
+// What a prediction on the rows `picked` is multiplied by to stand for every row: their share of
+// the Fisher-weighted energy sum_r out_r sum_j in_j W_rj² (GPTQ's and the proxy's errors are
+// close to proportional to it row by row).
+double sample_scale(const float* W, int64_t rows, int64_t n, const std::vector<float>& in, const float* out,
+                    const std::vector<int64_t>& picked);
 
 // The types GPTQ runs at when not every type is measured, and those estimated from them.
 inline constexpr GGMLType kGptqAnchors[] = {GGMLType::Q2_K, GGMLType::Q3_K, GGMLType::Q6_K};
 inline constexpr GGMLType kGptqEstimated[] = {GGMLType::Q4_K, GGMLType::Q5_K, GGMLType::Q8_0};
 
-// Rows a weight's GPTQ is measured on by default. A weight's rows are quantized independently
-// given its input's factor (ggml's blocks run along a row), so GPTQ on an even sample of them
-// gives its ratio to the rounding proxy on those rows; times the proxy over every row, that is
-// the prediction (a ratio estimator: rows that matter more weigh more in both).
+// Rows a weight GPTQ runs on is measured on by default (0 = every row). Its rows are quantized
+// independently given its input's factor (ggml's blocks run along a row), so its loss is a sum
+// over rows: GPTQ and the rounding proxy run on an even sample of them, and the predictions are
+// scaled by the sample's share of the Fisher-weighted energy (sample_scale), a ratio estimator
+// of the relative error, where the rows that matter more weigh more.
 inline constexpr int64_t kGptqSampleRows = 256;
 
 struct MeasureOptions {
@@ -88,7 +94,7 @@ struct MeasureOptions {
   std::string method = "rtn";  // "gptq" needs <stats>/moments/
   double gptq_damp = quant::kDefaultDamp;
   bool gptq_every_type = false;  // run GPTQ at every type (else at kGptqAnchors, the rest estimated)
-  int64_t gptq_rows = kGptqSampleRows;  // rows GPTQ is measured on per weight (0 = every row)
+  int64_t gptq_rows = kGptqSampleRows;  // rows a GPTQ weight is measured on (0 = every row)
   std::function<void(uint64_t done, uint64_t total)> progress;  // tensors
   std::vector<GGMLType> only_types;  // measure these candidates only (empty = candidate_types())
   // A file the tensors measured so far are appended to as they finish; a later call with the

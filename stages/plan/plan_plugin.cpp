@@ -249,8 +249,8 @@ void register_nodes(NodeRegistry& r) {
           {"gptq_types", ParamType::String, false, "anchors",
            "gptq: anchors = GPTQ run at Q2_K, Q3_K, Q6_K and estimated at Q4_K, Q5_K, Q8_0 (half the GPTQ runs); all = run at every type"},
           {"gptq_rows", ParamType::Int, false, kGptqSampleRows,
-           "gptq: rows of a weight GPTQ is measured on, spread evenly; its ratio to the rounding proxy there scales the proxy over "
-           "every row (0 = every row)",
+           "gptq: a larger weight is measured on this many rows spread evenly, the predictions scaled by their share of the "
+           "Fisher-weighted energy (0 = every row)",
            0},
           {"threads", ParamType::Int, false, 0, "worker threads (0 = the pipeline's setting / all cores)", 0, 4096},
           // The plan's budget, when known: a budget that holds every weight at F16 needs F16 measured only.
