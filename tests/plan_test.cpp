@@ -53,6 +53,23 @@ std::vector<nlohmann::json> read_events(const std::string& path) {
   return v;
 }
 
+// A measurement with `first` killed after its third tensor (its checkpoint at `checkpoint`
+// kept), then one with `second` on the same checkpoint: how many stored tensors the second took
+// up, and what it measured.
+std::pair<uint64_t, Measurements> killed_then_resumed(const std::string& model, const std::string& stats, const std::string& checkpoint,
+                                                      MeasureOptions first, MeasureOptions second) {
+  first.checkpoint = second.checkpoint = checkpoint;
+  first.progress = [](uint64_t done, uint64_t) {
+    if (done == 3) throw std::runtime_error("killed");
+  };
+  EXPECT_THROW(measure(model, stats, first), std::runtime_error);
+  uint64_t resumed_at = 0;
+  second.resumed = [&](uint64_t stored, uint64_t) { resumed_at = stored; };
+  second.progress = nullptr;
+  Measurements m = measure(model, stats, second);
+  return {resumed_at, std::move(m)};
+}
+
 // Exhaustive optimum: least loss with bytes <= budget (infinity when nothing fits).
 double brute_force(const std::vector<std::vector<Option>>& items, uint64_t budget) {
   double best = std::numeric_limits<double>::infinity();
@@ -361,17 +378,10 @@ TEST(Plan, GptqEstimatesFollowTheAnchors) {
 
   // A checkpoint of one is not taken up by the other.
   opt.method = "gptq";
+  MeasureOptions every_type = opt;
   opt.gptq_every_type = false;
-  opt.checkpoint = tmp / "m.partial";
-  opt.progress = [](uint64_t done, uint64_t) {
-    if (done == 3) throw std::runtime_error("killed");
-  };
-  EXPECT_THROW(measure(model, tmp / "stats", opt), std::runtime_error);
-  uint64_t resumed_at = 0;
-  opt.resumed = [&](uint64_t stored, uint64_t) { resumed_at = stored; };
-  opt.progress = nullptr;
-  opt.gptq_every_type = true;
-  EXPECT_EQ(measure(model, tmp / "stats", opt).to_json(), every.to_json());
+  const auto [resumed_at, again] = killed_then_resumed(model, tmp / "stats", tmp / "m.partial", opt, every_type);
+  EXPECT_EQ(again.to_json(), every.to_json());
   EXPECT_EQ(resumed_at, 0u);
 }
 
@@ -480,17 +490,10 @@ TEST(Plan, GptqRowSampleInMeasurements) {
   EXPECT_EQ(same, 1 + 2 * 2);      // the embedding; k and v of 2 layers
   EXPECT_EQ(differ, 1 + 2 * 5);    // the output; q, o, gate, up, down of 2 layers
 
-  opt.checkpoint = tmp / "m.partial";
-  opt.gptq_rows = 0;
-  opt.progress = [](uint64_t done, uint64_t) {
-    if (done == 3) throw std::runtime_error("killed");
-  };
-  EXPECT_THROW(measure(model, tmp / "stats", opt), std::runtime_error);
-  uint64_t resumed_at = 0;
-  opt.resumed = [&](uint64_t stored, uint64_t) { resumed_at = stored; };
-  opt.progress = nullptr;
-  opt.gptq_rows = 200;
-  EXPECT_EQ(measure(model, tmp / "stats", opt).to_json(), sampled.to_json());
+  MeasureOptions every_row = opt;
+  every_row.gptq_rows = 0;
+  const auto [resumed_at, again] = killed_then_resumed(model, tmp / "stats", tmp / "m.partial", every_row, opt);
+  EXPECT_EQ(again.to_json(), sampled.to_json());
   EXPECT_EQ(resumed_at, 0u);
 }
 

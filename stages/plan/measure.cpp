@@ -228,7 +228,7 @@ std::vector<size_t> share_of(const std::vector<size_t>& todo, const std::vector<
 
 // Predicted loss and weighted relative error of quantizing W (rows x n) to `type`.
 Candidate rounding_candidate(GGMLType type, const float* w, int64_t rows, int64_t n, const std::vector<float>& in, const float* out,
-                   const float* imatrix) {
+                             const float* imatrix) {
   Candidate c{type};
   c.bytes = aligned(ggml_row_size(type, n) * uint64_t(rows));
   const int64_t chunk = std::max<int64_t>(1, 65536 / n);
@@ -481,7 +481,6 @@ Measurements measure(const std::string& model_dir, const std::string& stats_dir,
         tm.candidates[i].bytes = aligned(ggml_row_size(tm.candidates[i].type, n) * uint64_t(rows));
         tm.candidates[i].predicted *= scale;
       }
-
     if (tm.candidates.empty()) fail(ExitCode::InputData, "{}: no candidate type fits rows of {}", pt.gguf_name, n);
     if (checkpoint) checkpoint->append(tm);
     if (ranks.distributed()) lines += tensor_json(tm).dump() + "\n";
