@@ -436,7 +436,6 @@ Measurements measure(const std::string& model_dir, const std::string& stats_dir,
     const float* mw = sampled ? ws.data() : w.data();
     const float* mo = sampled ? outs.data() : out.data();
     const int64_t mrows = sampled ? int64_t(outs.size()) : rows;
-    std::vector<size_t> whole;  // candidates measured on every row all the same
     arena.execute([&] {
       auto fits = [&](GGMLType t) {
         const PluginType* p = plugin_type(t);
@@ -454,10 +453,8 @@ Measurements measure(const std::string& model_dir, const std::string& stats_dir,
         if (!gptq || !recipe::gptq_applies(*pt.kind, t)) {
           // F16's rounding touches few weights (a sample sees next to none of them) and costs
           // little: every row.
-          const bool every_row = !ggml_type_traits(t)->quantized;
-          tm.candidates.push_back(every_row ? rounding_candidate(t, w.data(), rows, n, in, out.data(), tw)
-                                            : rounding_candidate(t, mw, mrows, n, in, mo, tw));
-          if (every_row) whole.push_back(tm.candidates.size() - 1);
+          tm.candidates.push_back(ggml_type_traits(t)->quantized ? rounding_candidate(t, mw, mrows, n, in, mo, tw)
+                                                                 : rounding_candidate(t, w.data(), rows, n, in, out.data(), tw));
         } else if (estimating && estimated(t)) {
           pending.push_back(tm.candidates.size());
           tm.candidates.push_back(rounding_candidate(t, mw, mrows, n, in, mo, tw));
@@ -476,11 +473,11 @@ Measurements measure(const std::string& model_dir, const std::string& stats_dir,
                                            : estimate_gptq(tm.candidates[c], anchors);
     });
     if (sampled)
-      for (size_t i = 0; i < tm.candidates.size(); ++i) {
-        if (std::find(whole.begin(), whole.end(), i) != whole.end()) continue;
-        tm.candidates[i].bytes = aligned(ggml_row_size(tm.candidates[i].type, n) * uint64_t(rows));
-        tm.candidates[i].predicted *= scale;
-      }
+      for (auto& c : tm.candidates)
+        if (ggml_type_traits(c.type)->quantized) {  // the others were measured on every row
+          c.bytes = aligned(ggml_row_size(c.type, n) * uint64_t(rows));
+          c.predicted *= scale;
+        }
     if (tm.candidates.empty()) fail(ExitCode::InputData, "{}: no candidate type fits rows of {}", pt.gguf_name, n);
     if (checkpoint) checkpoint->append(tm);
     if (ranks.distributed()) lines += tensor_json(tm).dump() + "\n";
