@@ -1,7 +1,9 @@
 // Byte-exactness of Squish's quantizers against stock llama.cpp: every tensor of the reference
-// GGUFs made by llama-quantize (no imatrix) is re-quantized from the original safetensors weights
-// and must come out byte for byte identical.
+// GGUFs made by llama-quantize (without an imatrix, or with the one beside the files where llama.cpp
+// used one) is re-quantized from the original safetensors weights and must come out byte for
+// byte identical.
 #include "core/gguf/gguf.hpp"
+#include "core/io/imatrix.hpp"
 #include "core/io/safetensors.hpp"
 #include "core/quant/quantize.hpp"
 #include "test_util.hpp"
@@ -63,8 +65,10 @@ struct Checked {
 
 // Quantizes every tensor of `gguf_path` whose type Squish supports from the safetensors weights
 // and compares bytes. llama_heads: (n_head, n_head_kv) for Llama's q/k permutation, or none.
+// imatrix: llama-quantize's importance matrix, by GGUF tensor name (tensors it lacks, such as the
+// token embedding, are quantized without one, as llama-quantize does).
 Checked check_gguf(const std::string& gguf_path, const std::string& model_dir,
-                   std::optional<std::pair<int, int>> llama_heads, bool scalar = false) {
+                   std::optional<std::pair<int, int>> llama_heads, bool scalar = false, const Imatrix* imatrix = nullptr) {
   Checked out;
   const auto reader = gguf::Reader::open(gguf_path);
   const auto model = SafetensorsModel::open(model_dir);
@@ -92,6 +96,16 @@ Checked check_gguf(const std::string& gguf_path, const std::string& model_dir,
       const int n_head = t.name.ends_with("attn_q.weight") ? llama_heads->first : llama_heads->second;
       w = permute_heads(w, rows, cols, n_head);
     }
+    const float* importance = nullptr;
+    if (imatrix) {
+      if (auto it = imatrix->find(t.name); it != imatrix->end()) {
+        if (static_cast<int64_t>(it->second.size()) != cols) {
+          ADD_FAILURE() << "imatrix entry has " << it->second.size() << " values for " << cols << " columns";
+          continue;
+        }
+        importance = it->second.data();
+      }
+    }
     std::vector<std::byte> q(ggml_row_size(t.type, cols) * rows);
     if (q.size() != t.data.size()) {
       ADD_FAILURE() << "GGUF holds " << t.data.size() << " bytes, expected " << q.size();
@@ -99,9 +113,9 @@ Checked check_gguf(const std::string& gguf_path, const std::string& model_dir,
     }
     if (scalar) {  // the scalar reference, row by row (the default path may be AVX2)
       for (int64_t r = 0; r < rows; ++r)
-        ref::quantize_row(t.type, w.data() + r * cols, q.data() + r * ggml_row_size(t.type, cols), cols);
+        ref::quantize_row(t.type, w.data() + r * cols, q.data() + r * ggml_row_size(t.type, cols), cols, importance);
     } else {
-      quantize_rows(t.type, w.data(), q.data(), rows, cols);
+      quantize_rows(t.type, w.data(), q.data(), rows, cols, importance);
     }
     if (std::memcmp(q.data(), t.data.data(), q.size()) != 0) {
       const size_t row_size = ggml_row_size(t.type, cols);
@@ -168,6 +182,25 @@ TEST(QuantReference, StoriesQ8_0AndF16) {
                       test::shared("models/stories260K"), std::pair{8, 4});
   EXPECT_GT(c.tensors[GGMLType::Q8_0], 0);
   EXPECT_GT(c.tensors[GGMLType::F16], 0);
+}
+
+// llama.cpp's i-quants of tiny-iq (a random Llama: 4 q / 2 kv heads), made by llama-quantize
+// --pure with tiny-iq/imatrix.dat: every tensor of the one type, the token embedding included
+// (which the imatrix has no entry for).
+Checked check_tiny_iq(const char* file) {
+  const Imatrix im = read_imatrix(test::shared("reference/tiny-iq/imatrix.dat"));
+  return check_gguf(test::shared(std::string("reference/tiny-iq/") + file), test::shared("reference/tiny-iq"), std::pair{4, 2},
+                    /*scalar=*/false, &im);
+}
+
+TEST(QuantReference, TinyIqIQ4_NL) {
+  SQUISH_REQUIRE_SHARED();
+  EXPECT_EQ(check_tiny_iq("tiny-iq-IQ4_NL-pure.gguf").tensors[GGMLType::IQ4_NL], 15);
+}
+
+TEST(QuantReference, TinyIqIQ4_XS) {
+  SQUISH_REQUIRE_SHARED();
+  EXPECT_EQ(check_tiny_iq("tiny-iq-IQ4_XS-pure.gguf").tensors[GGMLType::IQ4_XS], 15);
 }
 
 }  // namespace

@@ -18,7 +18,8 @@ namespace squish {
 namespace {
 
 const GGMLType kTypes[] = {GGMLType::F32,  GGMLType::F16,  GGMLType::BF16, GGMLType::Q8_0, GGMLType::Q4_0,
-                           GGMLType::Q2_K, GGMLType::Q3_K, GGMLType::Q4_K, GGMLType::Q5_K, GGMLType::Q6_K};
+                           GGMLType::Q2_K, GGMLType::Q3_K, GGMLType::Q4_K, GGMLType::Q5_K, GGMLType::Q6_K,
+                           GGMLType::IQ4_NL, GGMLType::IQ4_XS};
 
 // n values: mostly gaussian, some heavy outliers, an all-zero 256-block, a constant block, a block
 // of tiny values and a block of positives only.
@@ -127,6 +128,24 @@ TEST_P(QuantSimd, VecDotAgreesWithDequantizedDot) {
       EXPECT_NEAR(simd->vec_dot(simd->self, n, wq.data(), xa.data()), exact, tol) << ggml_type_name(t) << " n=" << n << ": " << level;
     }
   }
+}
+
+// IQ4_XS's kernels sum each block's exact integer and then do the reference's float arithmetic:
+// equal to it bit for bit, whatever the summation order of the integers.
+TEST(QuantSimdIQ4_XS, DotsEqualTheReferenceExactly) {
+  if (!quant_simd_enabled()) GTEST_SKIP() << "no AVX2/FMA/F16C on this CPU (or SQUISH_NO_SIMD set)";
+  const GGMLType t = GGMLType::IQ4_XS;
+  const int64_t n = 4096;
+  const auto w = weights_like(n, 21);
+  std::mt19937 rng(8);
+  std::normal_distribution<float> g(0.f, 1.f);
+  std::vector<float> x(n);
+  for (auto& v : x) v = g(rng);
+  std::vector<uint8_t> wq(ggml_row_size(t, n)), xa(activation_row_size(t, n));
+  ref::quantize_row(t, w.data(), wq.data(), n, importance(n, 3).data());
+  ref::quantize_activations(t, x.data(), xa.data(), n);
+  const float want = ref::vec_dot(t, n, wq.data(), xa.data());
+  for (auto [level, simd] : simd_rows(t)) EXPECT_EQ(simd->vec_dot(simd->self, n, wq.data(), xa.data()), want) << level;
 }
 
 INSTANTIATE_TEST_SUITE_P(Types, QuantSimd, ::testing::ValuesIn(kTypes),

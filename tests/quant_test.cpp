@@ -51,7 +51,7 @@ std::vector<float> round_trip(GGMLType t, const std::vector<float>& x, int64_t n
 const std::map<GGMLType, double> kMaxRelRmse = {
     {GGMLType::F32, 0.0},    {GGMLType::F16, 4e-4},   {GGMLType::BF16, 3e-3},  {GGMLType::Q8_0, 0.01},
     {GGMLType::Q6_K, 0.03},  {GGMLType::Q5_K, 0.05},  {GGMLType::Q4_K, 0.1},   {GGMLType::Q4_0, 0.13},
-    {GGMLType::Q3_K, 0.22},  {GGMLType::Q2_K, 0.45},
+    {GGMLType::Q3_K, 0.22},  {GGMLType::Q2_K, 0.45},  {GGMLType::IQ4_NL, 0.1},  {GGMLType::IQ4_XS, 0.1},
 };
 
 TEST(Quant, RoundTripErrorWithinTypeBounds) {
@@ -129,7 +129,8 @@ TEST(Quant, ImatrixLowersWeightedError) {
     for (int64_t i = 0; i < n * rows; ++i) e += imatrix[i % n] * double(x[i] - y[i]) * (x[i] - y[i]);
     return e;
   };
-  for (GGMLType t : {GGMLType::Q2_K, GGMLType::Q3_K, GGMLType::Q4_K, GGMLType::Q5_K, GGMLType::Q6_K, GGMLType::Q4_0}) {
+  for (GGMLType t : {GGMLType::Q2_K, GGMLType::Q3_K, GGMLType::Q4_K, GGMLType::Q5_K, GGMLType::Q6_K, GGMLType::Q4_0,
+                     GGMLType::IQ4_NL, GGMLType::IQ4_XS}) {
     const double plain = weighted_err(round_trip(t, x, n));
     const double weighted = weighted_err(round_trip(t, x, n, imatrix.data()));
     EXPECT_LT(weighted, plain) << ggml_type_name(t);
@@ -143,7 +144,7 @@ TEST(Quant, ImatrixLowersWeightedError) {
 TEST(Quant, VecDotMatchesDequantizedDot) {
   const int64_t n = 4096;
   for (GGMLType t : {GGMLType::F32, GGMLType::F16, GGMLType::BF16, GGMLType::Q8_0, GGMLType::Q4_0, GGMLType::Q2_K,
-                     GGMLType::Q3_K, GGMLType::Q4_K, GGMLType::Q5_K, GGMLType::Q6_K}) {
+                     GGMLType::Q3_K, GGMLType::Q4_K, GGMLType::Q5_K, GGMLType::Q6_K, GGMLType::IQ4_NL, GGMLType::IQ4_XS}) {
     for (uint32_t seed = 0; seed < 4; ++seed) {
       const auto w = gaussian(n, 100 + seed, 0.05f);
       const auto x = gaussian(n, 200 + seed, 2.f);

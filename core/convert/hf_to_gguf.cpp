@@ -101,7 +101,8 @@ std::optional<LlamaFileType> llama_file_type_from_name(const std::string& name) 
       {"Q3_K_M", LlamaFileType::MOSTLY_Q3_K_M}, {"Q3_K_L", LlamaFileType::MOSTLY_Q3_K_L},
       {"Q4_K_S", LlamaFileType::MOSTLY_Q4_K_S}, {"Q4_K_M", LlamaFileType::MOSTLY_Q4_K_M},
       {"Q5_K_S", LlamaFileType::MOSTLY_Q5_K_S}, {"Q5_K_M", LlamaFileType::MOSTLY_Q5_K_M},
-      {"Q6_K", LlamaFileType::MOSTLY_Q6_K},
+      {"Q6_K", LlamaFileType::MOSTLY_Q6_K},    {"IQ4_NL", LlamaFileType::MOSTLY_IQ4_NL},
+      {"IQ4_XS", LlamaFileType::MOSTLY_IQ4_XS},
   };
   std::string up = name;
   for (auto& c : up) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));

@@ -86,6 +86,28 @@ struct BlockQ8_K {   // activations for K-quant dots: x = d * q, with 16-element
   int16_t bsums[kQK_K / 16];
 };
 
+// llama.cpp's 4-bit non-linear types (i-quants): each weight is a 4-bit index into the 16
+// levels below (denser near zero, as the weights are), times the block's scale.
+inline constexpr int8_t kIQ4NLValues[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+struct BlockIQ4_NL {  // 32 weights: w = d * values[q], low nibbles = weights 0..15, high = 16..31
+  static constexpr int kElems = kQK;
+  uint16_t d;
+  uint8_t qs[kQK / 2];
+};
+struct BlockIQ4_XS {  // 8 groups of 32: w = d * (ls - 32) * values[q], ls 6 bits (4 in scales_l, 2 in scales_h)
+  static constexpr int kElems = kQK_K;
+  uint16_t d;
+  uint16_t scales_h;             // group g's top 2 bits at bit 2g
+  uint8_t scales_l[kQK_K / 64];  // group g's low 4 bits: low nibble of byte g/2 for even g, high for odd
+  uint8_t qs[kQK_K / 2];         // per group 16 bytes: low nibbles weights 0..15, high 16..31
+};
+
+// Group g's 6-bit scale (0..63; the multiplier is ls - 32) of an IQ4_XS block.
+inline int iq4_xs_scale(const BlockIQ4_XS& b, int g) {
+  return ((b.scales_l[g / 2] >> (4 * (g % 2))) & 0xF) | (((b.scales_h >> (2 * g)) & 3) << 4);
+}
+
+static_assert(sizeof(BlockIQ4_NL) == 18 && sizeof(BlockIQ4_XS) == 136);
 static_assert(sizeof(BlockQ4_0) == 18 && sizeof(BlockQ8_0) == 34);
 static_assert(sizeof(BlockQ4_1) == 20 && sizeof(BlockQ5_0) == 22 && sizeof(BlockQ5_1) == 24 && sizeof(BlockQ8_1) == 36);
 static_assert(sizeof(BlockQ2_K) == 84 && sizeof(BlockQ3_K) == 110 && sizeof(BlockQ4_K) == 144);

@@ -261,6 +261,46 @@ SQUISH_AVX2 float dot_q4_0(int64_t nb, const BlockQ4_0* x, const BlockQ8_0* y) {
   return hsum_ps(_mm256_add_ps(acc0, acc1));
 }
 
+// IQ4_NL / IQ4_XS: 16 bytes of nibbles to the 32 signed levels of a group (weights 0..15 from the
+// low nibbles, 16..31 from the high), by one table lookup per 128-bit lane.
+SQUISH_AVX2 inline __m256i iq4_levels(const uint8_t* qs) {
+  const __m128i table = _mm_loadu_si128(reinterpret_cast<const __m128i*>(kIQ4NLValues));
+  const __m128i m4 = _mm_set1_epi8(0xF);
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+  return _mm256_set_m128i(_mm_shuffle_epi8(table, _mm_and_si128(_mm_srli_epi16(v, 4), m4)), _mm_shuffle_epi8(table, _mm_and_si128(v, m4)));
+}
+
+SQUISH_AVX2 float dot_iq4_nl(int64_t nb, const BlockIQ4_NL* x, const BlockQ8_0* y) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  auto block = [&](int64_t i) SQUISH_AVX2 {
+    return _mm256_mul_ps(_mm256_set1_ps(h2f(x[i].d) * h2f(y[i].d)), _mm256_cvtepi32_ps(dot_i8_lanes(iq4_levels(x[i].qs), loadu(y[i].qs))));
+  };
+  int64_t i = 0;
+  for (; i + 2 <= nb; i += 2) {
+    acc0 = _mm256_add_ps(acc0, block(i));
+    acc1 = _mm256_add_ps(acc1, block(i + 1));
+  }
+  for (; i < nb; ++i) acc0 = _mm256_add_ps(acc0, block(i));
+  return hsum_ps(_mm256_add_ps(acc0, acc1));
+}
+
+// The reference's exact per-block integer, then its float arithmetic: bit-identical to it.
+SQUISH_AVX2 float dot_iq4_xs(int64_t nb, const BlockIQ4_XS* x, const BlockQ8_K* y) {
+  float sumf = 0;
+  for (int64_t i = 0; i < nb; ++i) {
+    __m256i acc = _mm256_setzero_si256();
+    for (int g = 0; g < kQK_K / 32; ++g) {
+      const __m256i s = dot_i8_lanes(iq4_levels(x[i].qs + 16 * g), loadu(y[i].qs + 32 * g));
+      acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(s, _mm256_set1_epi32(iq4_xs_scale(x[i], g) - 32)));
+    }
+    __m128i h = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+    h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4E));
+    h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0xB1));
+    sumf += h2f(x[i].d) * y[i].d * static_cast<float>(_mm_cvtsi128_si32(h));
+  }
+  return sumf;
+}
+
 SQUISH_AVX2 inline __m256 load8(const uint16_t* p, std::false_type /*f16*/) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
@@ -315,6 +355,8 @@ void quant::table::install_avx2_dots(Rows& rows) {
   row(rows, GGMLType::Q4_K).vec_dot = vec_dot<dot_q4_K>;
   row(rows, GGMLType::Q5_K).vec_dot = vec_dot<dot_q5_K>;
   row(rows, GGMLType::Q6_K).vec_dot = vec_dot<dot_q6_K>;
+  row(rows, GGMLType::IQ4_NL).vec_dot = vec_dot<dot_iq4_nl>;
+  row(rows, GGMLType::IQ4_XS).vec_dot = vec_dot<dot_iq4_xs>;
   row(rows, GGMLType::Q8_K).from_float = from_float<quantize_q8_K>;
 }
 

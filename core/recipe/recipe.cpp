@@ -50,7 +50,8 @@ int layer_key(const std::string& k, const std::string& origin, const std::string
 
 const std::vector<std::string>& preset_names() {
   static const std::vector<std::string> names = {"F32",    "F16",    "BF16",   "Q8_0",   "Q6_K",   "Q5_K_M", "Q5_K_S",
-                                                 "Q4_K_M", "Q4_K_S", "Q4_0",   "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K"};
+                                                 "Q4_K_M", "Q4_K_S", "Q4_0",   "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K",
+                                                 "IQ4_XS", "IQ4_NL"};
   return names;
 }
 
@@ -65,7 +66,7 @@ bool is_recovery(const std::string& r) { return r == "none" || r == "bias" || r 
 CompressionRecipe CompressionRecipe::from_json(const nlohmann::json& j, const std::string& origin) {
   try {
     if (!j.is_object()) bad(origin, "not a JSON object");
-    static const std::set<std::string> allowed = {"format", "name", "preset", "tensors", "attention", "ffn_channels", "drop_layers",
+    static const std::set<std::string> allowed = {"format", "name", "preset", "preset_imatrix", "tensors", "attention", "ffn_channels", "drop_layers",
                                                   "block_fit", "device", "memory_budget_bytes", "source", "method", "gptq_damp",
                                                   "recovery", "recovery_damp", "removals"};
     for (auto it = j.begin(); it != j.end(); ++it)
@@ -83,6 +84,10 @@ CompressionRecipe CompressionRecipe::from_json(const nlohmann::json& j, const st
       if (std::find(names.begin(), names.end(), p) == names.end())
         bad(origin, fmt::format("unknown preset '{}' (known: {})", p, fmt::join(names, ", ")));
       r.preset = p;
+    }
+    if (j.contains("preset_imatrix")) {
+      if (!j["preset_imatrix"].is_boolean()) bad(origin, "preset_imatrix must be true or false");
+      r.preset_imatrix = j["preset_imatrix"].get<bool>();
     }
     if (j.contains("tensors")) {
       if (!j["tensors"].is_array()) bad(origin, "tensors must be a list of {match, type, reason}");
@@ -161,13 +166,14 @@ CompressionRecipe CompressionRecipe::from_json(const nlohmann::json& j, const st
 
 CompressionRecipe CompressionRecipe::load(const std::string& path) { return from_json(read_json_file(path, "recipe"), path); }
 
-CompressionRecipe CompressionRecipe::from_preset(const std::string& preset) {
-  return from_json({{"name", preset}, {"preset", preset}}, "preset " + preset);
+CompressionRecipe CompressionRecipe::from_preset(const std::string& preset, bool imatrix) {
+  return from_json({{"name", preset}, {"preset", preset}, {"preset_imatrix", imatrix}}, "preset " + preset);
 }
 
 nlohmann::json CompressionRecipe::to_json() const {
   nlohmann::json j{{"format", "squish.recipe/1"}, {"name", name}};
   if (preset) j["preset"] = *preset;
+  if (preset && preset_imatrix) j["preset_imatrix"] = true;
   if (!tensors.empty()) {
     j["tensors"] = nlohmann::json::array();
     for (const auto& t : tensors) j["tensors"].push_back({{"match", t.match}, {"type", ggml_type_name(t.type)}, {"reason", t.reason}});
@@ -203,6 +209,7 @@ namespace {
 struct PresetState {
   std::string preset;
   GGMLType base;
+  bool has_imatrix = false;
   bool has_output = false;
   int n_layer = 0;       // output layers
   int n_gqa = 1;         // n_head / n_head_kv of layer 0, as llama.cpp's hparams.n_gqa()
@@ -216,6 +223,8 @@ GGMLType preset_base(const std::string& p) {
   if (p == "Q8_0") return GGMLType::Q8_0;
   if (p == "Q4_0") return GGMLType::Q4_0;
   if (p == "Q6_K") return GGMLType::Q6_K;
+  if (p == "IQ4_XS") return GGMLType::IQ4_XS;
+  if (p == "IQ4_NL") return GGMLType::IQ4_NL;
   if (p.starts_with("Q5_K")) return GGMLType::Q5_K;
   if (p.starts_with("Q4_K")) return GGMLType::Q4_K;
   if (p.starts_with("Q3_K")) return GGMLType::Q3_K;
@@ -241,6 +250,7 @@ std::pair<GGMLType, std::string> preset_type(PresetState& s, const std::string& 
     else if (p == "Q3_K_M") t = i < 2 ? GGMLType::Q5_K : GGMLType::Q4_K, why = "Q3_K_M: attn_v gets more bits";
     else if (p == "Q3_K_L") t = GGMLType::Q5_K, why = "Q3_K_L: attn_v gets Q5_K";
     else if ((p == "Q4_K_M" || p == "Q5_K_M") && use_more_bits(i, n)) t = GGMLType::Q6_K, why = fmt::format("{}: attn_v of a sensitive layer gets Q6_K", p);
+    else if ((p == "IQ4_NL" || p == "IQ4_XS") && s.n_gqa >= 4) t = GGMLType::Q5_K, why = fmt::format("{}: attn_v with n_gqa {} gets Q5_K", p, s.n_gqa);
     else if (p == "Q4_K_S" && i < 4) t = GGMLType::Q5_K, why = "Q4_K_S: first attn_v layers get Q5_K";
   } else if (contains(name, "ffn_down")) {
     const int i = s.i_ffn_down++, n = s.n_layer;
@@ -248,6 +258,8 @@ std::pair<GGMLType, std::string> preset_type(PresetState& s, const std::string& 
     else if (p == "Q3_K_M") t = i < n / 16 ? GGMLType::Q5_K : GGMLType::Q4_K, why = "Q3_K_M: ffn_down gets more bits";
     else if (p == "Q3_K_L") t = GGMLType::Q5_K, why = "Q3_K_L: ffn_down gets Q5_K";
     else if (p == "Q4_K_M" && use_more_bits(i, n)) t = GGMLType::Q6_K, why = "Q4_K_M: ffn_down of a sensitive layer gets Q6_K";
+    else if ((p == "IQ4_NL" || p == "IQ4_XS") && i < n / 8 && !s.has_imatrix)
+      t = GGMLType::Q5_K, why = fmt::format("{} without an importance matrix: first ffn_down layers get Q5_K", p);
     else if (p == "Q5_K_M" && use_more_bits(i, n)) t = GGMLType::Q6_K, why = "Q5_K_M: ffn_down of a sensitive layer gets Q6_K";
     else if (p == "Q4_K_S" && i < n / 8) t = GGMLType::Q5_K, why = "Q4_K_S: first ffn_down layers get Q5_K";
   } else if (contains(name, "attn_output.weight")) {
@@ -259,11 +271,13 @@ std::pair<GGMLType, std::string> preset_type(PresetState& s, const std::string& 
 }
 
 // A type whose block fits a row of n elements: llama.cpp's fallback order, limited to the types
-// Squish implements (no Q5_0/Q5_1/IQ4_NL: K-quants of 2-4 bits fall back to Q4_0, 5-6 bits to Q8_0).
+// Squish implements (no Q5_0/Q5_1: Q4_K falls back to Q4_0, Q5_K to Q8_0 where llama.cpp takes
+// Q5_0 and Q5_1).
 GGMLType fallback_type(GGMLType t, int64_t n) {
   GGMLType f;
   switch (t) {
-    case GGMLType::Q2_K: case GGMLType::Q3_K: case GGMLType::Q4_K: f = GGMLType::Q4_0; break;
+    case GGMLType::Q2_K: case GGMLType::Q3_K: case GGMLType::IQ4_XS: f = GGMLType::IQ4_NL; break;
+    case GGMLType::Q4_K: f = GGMLType::Q4_0; break;
     case GGMLType::Q5_K: case GGMLType::Q6_K: f = GGMLType::Q8_0; break;
     default: f = GGMLType::F16;
   }
@@ -504,6 +518,7 @@ void assign_types(CompressPlan& plan, const std::string& origin) {
   if (recipe.preset) {
     ps.preset = *recipe.preset;
     ps.base = preset_base(ps.preset);
+    ps.has_imatrix = recipe.preset_imatrix;
     ps.n_layer = static_cast<int>(plan.layers.size());
     ps.n_gqa = plan.layers[0].n_head / std::max(1, plan.layers[0].n_head_kv);
     for (const auto& pt : plan.tensors) {
@@ -570,7 +585,7 @@ std::optional<gguf::LlamaFileType> file_type_of(const CompressPlan& plan) {
   static const std::map<GGMLType, std::string> ft = {{GGMLType::F32, "F32"},   {GGMLType::F16, "F16"},   {GGMLType::BF16, "BF16"},
                                                      {GGMLType::Q8_0, "Q8_0"}, {GGMLType::Q4_0, "Q4_0"}, {GGMLType::Q6_K, "Q6_K"},
                                                      {GGMLType::Q5_K, "Q5_K_M"}, {GGMLType::Q4_K, "Q4_K_M"}, {GGMLType::Q3_K, "Q3_K_M"},
-                                                     {GGMLType::Q2_K, "Q2_K"}};
+                                                     {GGMLType::Q2_K, "Q2_K"}, {GGMLType::IQ4_NL, "IQ4_NL"}, {GGMLType::IQ4_XS, "IQ4_XS"}};
   return gguf::llama_file_type_from_name(ft.at(dom));
 }
 

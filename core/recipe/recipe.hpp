@@ -36,6 +36,9 @@ struct CompressionRecipe {
   std::string name;
   std::string origin;                      // where it came from (file path), for error messages
   std::optional<std::string> preset;       // llama.cpp mixture, e.g. "Q4_K_M"
+  // The preset as llama-quantize mixes it when given an importance matrix (IQ4_NL and IQ4_XS
+  // give the first eighth of the ffn_down layers Q5_K without one; no other preset differs).
+  bool preset_imatrix = false;
   std::vector<TensorRule> tensors;         // overrides; the most specific match wins
   std::map<int, AttentionKeep> attention;  // by original layer index
   std::map<int, std::vector<int>> ffn_channels;  // by original layer: intermediate channels kept
@@ -55,7 +58,7 @@ struct CompressionRecipe {
 
   static CompressionRecipe from_json(const nlohmann::json& j, const std::string& origin);
   static CompressionRecipe load(const std::string& path);
-  static CompressionRecipe from_preset(const std::string& preset);  // {"preset": preset}
+  static CompressionRecipe from_preset(const std::string& preset, bool imatrix = false);  // {"preset": preset}
   nlohmann::json to_json() const;
 };
 

@@ -86,7 +86,11 @@ class RecipeSource final : public Node {
     const std::string preset = ctx.params["preset"].get<std::string>();
     if (recipe.empty() == preset.empty())
       fail(ExitCode::Usage, "give exactly one of 'recipe' (a recipe JSON file) or 'preset' (e.g. Q4_K_M)");
-    const CompressionRecipe r = recipe.empty() ? CompressionRecipe::from_preset(preset) : CompressionRecipe::load(recipe);
+    // A preset mixes as llama-quantize's does with or without the importance matrix the quantize
+    // node will use: its own `imatrix`, else the stats folder's.
+    const std::string imatrix = ctx.params["imatrix"].get<std::string>(), stats = ctx.params["stats"].get<std::string>();
+    const bool has_imatrix = !imatrix.empty() || (!stats.empty() && std::filesystem::exists(ScoreFolder(stats).imatrix_path()));
+    const CompressionRecipe r = recipe.empty() ? CompressionRecipe::from_preset(preset, has_imatrix) : CompressionRecipe::load(recipe);
     (void)resolve(r, model);  // every error in the recipe or the checkpoint, now
     doc_ = recipe_document(model, r);
   }
@@ -413,7 +417,9 @@ void register_nodes(NodeRegistry& r) {
          NodeRole::Source, false,
          {{"model", ParamType::Path, true, nullptr, "Hugging Face model folder"},
           {"recipe", ParamType::Path, false, "", "CompressionRecipe JSON file (docs/recipe.md)"},
-          {"preset", ParamType::String, false, "", "llama.cpp mixture instead of a recipe: Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_K_S, Q3_K_M, Q3_K_S, Q2_K, ..."}},
+          {"preset", ParamType::String, false, "", "llama.cpp mixture instead of a recipe: Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_K_S, Q3_K_M, Q3_K_S, Q2_K, IQ4_XS, ..."},
+          {"imatrix", ParamType::Path, false, "", "the quantize node's importance matrix, if any (a preset mixes as llama-quantize's with or without one)"},
+          {"stats", ParamType::Path, false, "", "the quantize node's stats folder, if any (its imatrix.dat counts as above)"}},
          [](const NodeContext& c) { return std::make_unique<RecipeSource>(c); }});
   r.add({"compress.prune", "prune heads, KV groups, FFN channels and layers as the recipe says, repair as its recovery says; output F32",
          NodeRole::Transform, true,
