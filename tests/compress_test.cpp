@@ -102,6 +102,31 @@ TEST(Compress, Stories260KQ8_0MatchesLlamaCpp) {
   EXPECT_EQ(mine.at("blk.0.ffn_down.weight").type, GGMLType::F16);  // 172 columns: no Q8_0 block fits
 }
 
+// llama.cpp's IQ4_XS mixture (llama_tensor_get_type) on coder-28m (n_gqa 4, tied embedding):
+// attn_v Q5_K, the tied embedding as output Q6_K, the rest IQ4_XS; without an importance matrix
+// the first eighth of ffn_down (layer 0 of 8) also Q5_K. With an imatrix the same mixture, run
+// through llama-quantize, gave every tensor's type and bytes of Squish's file (README).
+TEST(Compress, IQ4_XSPresetMixesAsLlamaQuantize) {
+  SQUISH_REQUIRE_SHARED();
+  for (bool imatrix : {true, false}) {
+    SCOPED_TRACE(imatrix ? "with an imatrix" : "without");
+    const auto plan = recipe::resolve(recipe::CompressionRecipe::from_preset("IQ4_XS", imatrix), test::shared("models/coder-28m"));
+    int iq4 = 0;
+    for (const auto& pt : plan.tensors) {
+      SCOPED_TRACE(pt.gguf_name);
+      if (pt.ne.size() < 2) continue;
+      GGMLType want = GGMLType::IQ4_XS;
+      if (pt.gguf_name.ends_with("attn_v.weight")) want = GGMLType::Q5_K;
+      if (pt.gguf_name == "token_embd.weight") want = GGMLType::Q6_K;
+      if (!imatrix && pt.gguf_name == "blk.0.ffn_down.weight") want = GGMLType::Q5_K;
+      EXPECT_EQ(pt.type, want) << pt.reason;
+      iq4 += pt.type == GGMLType::IQ4_XS;
+    }
+    EXPECT_EQ(iq4, imatrix ? 48 : 47);
+    EXPECT_EQ(recipe::CompressionRecipe::from_json(plan.recipe.to_json(), "round trip").preset_imatrix, imatrix);
+  }
+}
+
 // stories260K at Q4_K_M: rows of 64 and 172 fit no 256-block: documented fallbacks, and the
 // file round-trips through the reader with finite values.
 TEST(Compress, Stories260KQ4_K_MFallsBackAndRoundTrips) {
