@@ -96,7 +96,7 @@ void BM_VecDot(benchmark::State& state) {
 }
 
 const GGMLType kTypes[] = {GGMLType::F16,  GGMLType::BF16, GGMLType::Q8_0, GGMLType::Q4_0, GGMLType::Q2_K,
-                           GGMLType::Q3_K, GGMLType::Q4_K, GGMLType::Q5_K, GGMLType::Q6_K};
+                           GGMLType::Q3_K, GGMLType::Q4_K, GGMLType::Q5_K, GGMLType::Q6_K, GGMLType::IQ4_NL, GGMLType::IQ4_XS};
 
 void QuantArgs(benchmark::internal::Benchmark* b) {
   for (GGMLType t : kTypes)

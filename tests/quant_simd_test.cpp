@@ -130,24 +130,6 @@ TEST_P(QuantSimd, VecDotAgreesWithDequantizedDot) {
   }
 }
 
-// IQ4_XS's kernels sum each block's exact integer and then do the reference's float arithmetic:
-// equal to it bit for bit, whatever the summation order of the integers.
-TEST(QuantSimdIQ4_XS, DotsEqualTheReferenceExactly) {
-  if (!quant_simd_enabled()) GTEST_SKIP() << "no AVX2/FMA/F16C on this CPU (or SQUISH_NO_SIMD set)";
-  const GGMLType t = GGMLType::IQ4_XS;
-  const int64_t n = 4096;
-  const auto w = weights_like(n, 21);
-  std::mt19937 rng(8);
-  std::normal_distribution<float> g(0.f, 1.f);
-  std::vector<float> x(n);
-  for (auto& v : x) v = g(rng);
-  std::vector<uint8_t> wq(ggml_row_size(t, n)), xa(activation_row_size(t, n));
-  ref::quantize_row(t, w.data(), wq.data(), n, importance(n, 3).data());
-  ref::quantize_activations(t, x.data(), xa.data(), n);
-  const float want = ref::vec_dot(t, n, wq.data(), xa.data());
-  for (auto [level, simd] : simd_rows(t)) EXPECT_EQ(simd->vec_dot(simd->self, n, wq.data(), xa.data()), want) << level;
-}
-
 INSTANTIATE_TEST_SUITE_P(Types, QuantSimd, ::testing::ValuesIn(kTypes),
                          [](const auto& info) { return std::string(ggml_type_name(info.param)); });
 

@@ -1,6 +1,6 @@
 // llama.cpp's i-quants: scalar references of the quantizers (byte-identical to llama-quantize's,
 // with and without an importance matrix), dequantizers and dots. The SIMD dots are in
-// vec_dot_avx2.cpp and vec_dot_avx512.cpp beside the other types'.
+// vec_dot_avx2.cpp beside the other types' (the AVX-512 rows keep them: no AVX-512 form yet).
 //
 // IQ4_NL (blocks of 32) and IQ4_XS (super-blocks of 256 in 8 groups of 32) store each weight as a
 // 4-bit index into 16 fixed non-uniform levels (kIQ4NLValues) times a scale. The quantizer

@@ -270,35 +270,59 @@ SQUISH_AVX2 inline __m256i iq4_levels(const uint8_t* qs) {
   return _mm256_set_m128i(_mm_shuffle_epi8(table, _mm_and_si128(_mm_srli_epi16(v, 4), m4)), _mm_shuffle_epi8(table, _mm_and_si128(v, m4)));
 }
 
+// IQ4_NL, two blocks per step: block i's 16 bytes in the low lane, block i+1's in the high, so
+// the low nibbles are weights 0..15 of each and the high nibbles 16..31; the activations are
+// regrouped to match, and each lane's 4 partial sums take its own block's scale.
 SQUISH_AVX2 float dot_iq4_nl(int64_t nb, const BlockIQ4_NL* x, const BlockQ8_0* y) {
+  const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIQ4NLValues)));
+  const __m256i m4 = _mm256_set1_epi8(0xF), ones = _mm256_set1_epi16(1);
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  auto block = [&](int64_t i) SQUISH_AVX2 {
-    return _mm256_mul_ps(_mm256_set1_ps(h2f(x[i].d) * h2f(y[i].d)), _mm256_cvtepi32_ps(dot_i8_lanes(iq4_levels(x[i].qs), loadu(y[i].qs))));
-  };
   int64_t i = 0;
   for (; i + 2 <= nb; i += 2) {
-    acc0 = _mm256_add_ps(acc0, block(i));
-    acc1 = _mm256_add_ps(acc1, block(i + 1));
+    const __m256i v = _mm256_set_m128i(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x[i + 1].qs)),
+                                       _mm_loadu_si128(reinterpret_cast<const __m128i*>(x[i].qs)));
+    const __m256i lo = _mm256_shuffle_epi8(table, _mm256_and_si256(v, m4));
+    const __m256i hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+    const __m256i q0 = loadu(y[i].qs), q1 = loadu(y[i + 1].qs);
+    const __m256i q_lo = _mm256_permute2x128_si256(q0, q1, 0x20), q_hi = _mm256_permute2x128_si256(q0, q1, 0x31);
+    const __m256i s = _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(lo, lo), _mm256_sign_epi8(q_lo, lo)), ones),
+                                       _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(hi, hi), _mm256_sign_epi8(q_hi, hi)), ones));
+    const __m256 d = _mm256_set_m128(_mm_set1_ps(h2f(x[i + 1].d) * h2f(y[i + 1].d)), _mm_set1_ps(h2f(x[i].d) * h2f(y[i].d)));
+    if (i % 4 == 0) acc0 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), acc0);
+    else acc1 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), acc1);
   }
-  for (; i < nb; ++i) acc0 = _mm256_add_ps(acc0, block(i));
+  for (; i < nb; ++i)
+    acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * h2f(y[i].d)), _mm256_cvtepi32_ps(dot_i8_lanes(iq4_levels(x[i].qs), loadu(y[i].qs))), acc0);
   return hsum_ps(_mm256_add_ps(acc0, acc1));
 }
 
-// The reference's exact per-block integer, then its float arithmetic: bit-identical to it.
+// IQ4_XS, two groups per step: the low nibbles of their 32 bytes are weights 0..15 of each
+// group and the high nibbles weights 16..31, so the activations are regrouped to match (one
+// cross-lane permute each) instead of the levels. Each group's ls - 32 multiplies its 16-bit
+// pair sums in the `madd`; every block's integer is exact, and blocks are scaled and summed in
+// float lanes.
 SQUISH_AVX2 float dot_iq4_xs(int64_t nb, const BlockIQ4_XS* x, const BlockQ8_K* y) {
-  float sumf = 0;
+  const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIQ4NLValues)));
+  const __m256i m4 = _mm256_set1_epi8(0xF);
+  __m256 acc = _mm256_setzero_ps();
   for (int64_t i = 0; i < nb; ++i) {
-    __m256i acc = _mm256_setzero_si256();
-    for (int g = 0; g < kQK_K / 32; ++g) {
-      const __m256i s = dot_i8_lanes(iq4_levels(x[i].qs + 16 * g), loadu(y[i].qs + 32 * g));
-      acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(s, _mm256_set1_epi32(iq4_xs_scale(x[i], g) - 32)));
+    uint64_t ls = 0;  // each group's ls - 32 as a byte, in a register (a store and a wider load stall)
+    for (int g = 0; g < kQK_K / 32; ++g) ls |= uint64_t(uint8_t(iq4_xs_scale(x[i], g) - 32)) << (8 * g);
+    const __m128i sc8 = _mm_cvtsi64_si128(static_cast<long long>(ls));
+    __m256i isum = _mm256_setzero_si256();
+    for (int p = 0; p < 4; ++p) {
+      const __m256i v = loadu(x[i].qs + 32 * p);
+      const __m256i lo = _mm256_shuffle_epi8(table, _mm256_and_si256(v, m4));
+      const __m256i hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+      const __m256i q0 = loadu(y[i].qs + 64 * p), q1 = loadu(y[i].qs + 64 * p + 32);
+      const __m256i sc = pair_scales(sc8, p);
+      const __m256i q_lo = _mm256_permute2x128_si256(q0, q1, 0x20), q_hi = _mm256_permute2x128_si256(q0, q1, 0x31);
+      isum = _mm256_add_epi32(isum, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(lo, lo), _mm256_sign_epi8(q_lo, lo)), sc));
+      isum = _mm256_add_epi32(isum, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(hi, hi), _mm256_sign_epi8(q_hi, hi)), sc));
     }
-    __m128i h = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
-    h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4E));
-    h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0xB1));
-    sumf += h2f(x[i].d) * y[i].d * static_cast<float>(_mm_cvtsi128_si32(h));
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * y[i].d), _mm256_cvtepi32_ps(isum), acc);
   }
-  return sumf;
+  return hsum_ps(acc);
 }
 
 SQUISH_AVX2 inline __m256 load8(const uint16_t* p, std::false_type /*f16*/) {
