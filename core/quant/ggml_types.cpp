@@ -119,6 +119,7 @@ class Table {
     if (level >= SimdLevel::Avx2) {
       table::install_avx2_quantizers(rows_);
       table::install_avx2_dots(rows_);
+      table::install_avx2_iquants(rows_);
     }
     if (level >= SimdLevel::Avx512) {
       table::install_avx512_dots(rows_);

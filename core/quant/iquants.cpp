@@ -12,7 +12,10 @@
 #include "core/quant/blocks.hpp"
 #include "core/quant/quant_internal.hpp"
 #include "core/quant/type_table.hpp"
+#include "core/quant/unpack_avx2.hpp"
 #include "core/base/tensor.hpp"
+
+#include <immintrin.h>
 
 #include <algorithm>
 #include <cmath>
@@ -28,29 +31,27 @@ namespace {
 using namespace quant;
 using quant::detail::kGroupMaxEps;
 
-// The index of the level nearest x (ties to the upper level, as ggml's best_index_int8).
+// The index of the level nearest x, as ggml's best_index_int8: mu is the first level above x, the
+// lower one wins when strictly nearer (the same float comparison). ggml finds mu by a binary
+// search; counting the levels not above x finds the same mu without unpredictable branches (the
+// quantizer calls this 16 times per weight). A NaN counts every level, as the search ends there.
 int nearest_iq4_level(float x) {
   const int8_t* v = kIQ4NLValues;
   if (x <= v[0]) return 0;
   if (x >= v[15]) return 15;
-  int lo = 0, hi = 15;
-  while (hi - lo > 1) {
-    const int mid = (lo + hi) / 2;
-    if (x < v[mid]) hi = mid;
-    else lo = mid;
-  }
-  return x - v[hi - 1] < v[hi] - x ? hi - 1 : hi;
+  int mu = 1;
+  for (int k = 1; k < 15; ++k) mu += !(x < static_cast<float>(v[k]));
+  return x - v[mu - 1] < v[mu] - x ? mu - 1 : mu;
 }
 
 // sum w q x and sum w q² over a group with the levels nearest inv_scale * x.
 struct Fit {
   float sumqx = 0, sumq2 = 0;
 };
-Fit fit_at(const float* x, const float* w, int n, float inv_scale, uint8_t* L) {
+Fit fit_at(const float* x, const float* w, int n, float inv_scale) {
   Fit f;
   for (int j = 0; j < n; ++j) {
     const int l = nearest_iq4_level(inv_scale * x[j]);
-    if (L) L[j] = static_cast<uint8_t>(l);
     const float q = kIQ4NLValues[l];
     f.sumqx += w[j] * q * x[j];
     f.sumq2 += w[j] * q * q;
@@ -59,23 +60,67 @@ Fit fit_at(const float* x, const float* w, int n, float inv_scale, uint8_t* L) {
 }
 
 // The best scale of one group of 32 (0 for an all-zero group): the least-squares scale for the
-// levels of the extreme-mapping scale, then 15 trial scales, each refitted, the best kept. L gets
-// the first trial's levels (callers re-pick them under the final scale).
-float iq4_group_scale(const float* x, const float* w, int n, uint8_t* L) {
+// levels of the extreme-mapping scale, then 15 trial scales, each refitted, the best kept.
+constexpr int kTries = 7;
+float iq4_group_scale(const float* x, const float* w) {
   float amax = 0, max = 0;
-  for (int j = 0; j < n; ++j) {
+  for (int j = 0; j < 32; ++j) {
     const float ax = std::fabs(x[j]);
     if (ax > amax) amax = ax, max = x[j];
   }
   if (amax < kGroupMaxEps) return 0;
-  constexpr int kTries = 7;
   const float v0 = kIQ4NLValues[0];
-  Fit f = fit_at(x, w, n, 1 / (-max / v0), L);
+  Fit f = fit_at(x, w, 32, 1 / (-max / v0));
   float d = f.sumqx / f.sumq2, best = d * f.sumqx;
   for (int t = -kTries; t <= kTries; ++t) {
-    f = fit_at(x, w, n, static_cast<float>(t + kIQ4NLValues[0]) / max, nullptr);
+    f = fit_at(x, w, 32, static_cast<float>(t + kIQ4NLValues[0]) / max);
     if (f.sumq2 > 0 && f.sumqx * f.sumqx > best * f.sumq2) d = f.sumqx / f.sumq2, best = d * f.sumqx;
   }
+  return d;
+}
+
+// The same with the 16 fits side by side in two vectors of 8 lanes (lane 0: the extreme-mapping
+// scale, lane 8 + t: trial t): each lane does the scalar fit's float operations in the scalar
+// order, so the bytes are the same; only the fits run in parallel instead of one after another.
+SQUISH_AVX2 float iq4_group_scale_avx2(const float* x, const float* w) {
+  float amax = 0, max = 0;
+  for (int j = 0; j < 32; ++j) {
+    const float ax = std::fabs(x[j]);
+    if (ax > amax) amax = ax, max = x[j];
+  }
+  if (amax < kGroupMaxEps) return 0;
+  alignas(32) float inv[16], levels[16];
+  for (int k = 0; k < 16; ++k) levels[k] = kIQ4NLValues[k];
+  inv[0] = 1 / (-max / levels[0]);
+  for (int t = -kTries; t <= kTries; ++t) inv[8 + t] = static_cast<float>(t + kIQ4NLValues[0]) / max;
+  const __m256 lv_lo = _mm256_load_ps(levels), lv_hi = _mm256_load_ps(levels + 8);
+  const auto level_at = [&](__m256i i) SQUISH_AVX2 {  // levels[i], i in 0..15
+    const __m256 lo = _mm256_permutevar8x32_ps(lv_lo, i), hi = _mm256_permutevar8x32_ps(lv_hi, i);
+    return _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_cmpgt_epi32(i, _mm256_set1_epi32(7))));
+  };
+  __m256 inv_v[2] = {_mm256_load_ps(inv), _mm256_load_ps(inv + 8)};
+  __m256 sumqx[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()}, sumq2[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+  for (int j = 0; j < 32; ++j) {
+    const __m256 xj = _mm256_set1_ps(x[j]), wj = _mm256_set1_ps(w[j]);
+    for (int h = 0; h < 2; ++h) {
+      const __m256 al = _mm256_mul_ps(inv_v[h], xj);
+      // The first level above al (a NaN counts them all), then the nearer of it and the one below.
+      __m256i mu = _mm256_set1_epi32(1);
+      for (int k = 1; k < 15; ++k)
+        mu = _mm256_sub_epi32(mu, _mm256_castps_si256(_mm256_cmp_ps(al, _mm256_set1_ps(levels[k]), _CMP_NLT_UQ)));
+      const __m256i below = _mm256_sub_epi32(mu, _mm256_set1_epi32(1));
+      const __m256 lower_nearer = _mm256_cmp_ps(_mm256_sub_ps(al, level_at(below)), _mm256_sub_ps(level_at(mu), al), _CMP_LT_OQ);
+      const __m256 q = level_at(_mm256_add_epi32(mu, _mm256_castps_si256(lower_nearer)));
+      const __m256 wq = _mm256_mul_ps(wj, q);
+      sumqx[h] = _mm256_add_ps(sumqx[h], _mm256_mul_ps(wq, xj));
+      sumq2[h] = _mm256_add_ps(sumq2[h], _mm256_mul_ps(wq, q));
+    }
+  }
+  alignas(32) float qx[16], q2[16];
+  _mm256_store_ps(qx, sumqx[0]), _mm256_store_ps(qx + 8, sumqx[1]), _mm256_store_ps(q2, sumq2[0]), _mm256_store_ps(q2 + 8, sumq2[1]);
+  float d = qx[0] / q2[0], best = d * qx[0];
+  for (int t = -kTries; t <= kTries; ++t)
+    if (q2[8 + t] > 0 && qx[8 + t] * qx[8 + t] > best * q2[8 + t]) d = qx[8 + t] / q2[8 + t], best = d * qx[8 + t];
   return d;
 }
 
@@ -93,12 +138,16 @@ void pack_nibbles(const uint8_t* L, uint8_t* qs) {
   for (int j = 0; j < 16; ++j) qs[j] = static_cast<uint8_t>(L[j] | (L[16 + j] << 4));
 }
 
+// The quantizers, over the group scale search of a SIMD level.
+using GroupScale = float (*)(const float* x, const float* w);
+
+template <GroupScale Scale>
 void quantize_iq4_nl(const float* x, BlockIQ4_NL* y, int64_t nb, const float* importance) {
   float w[kQK];
   uint8_t L[kQK];
   for (int64_t i = 0; i < nb; ++i, x += kQK) {
     error_weights(x, importance ? importance + i * kQK : nullptr, kQK, w);
-    const float d = iq4_group_scale(x, w, kQK, L);
+    const float d = Scale(x, w);
     y[i].d = f32_to_f16(d);
     const float id = d ? 1 / d : 0.f;
     for (int j = 0; j < kQK; ++j) L[j] = static_cast<uint8_t>(nearest_iq4_level(id * x[j]));
@@ -106,6 +155,7 @@ void quantize_iq4_nl(const float* x, BlockIQ4_NL* y, int64_t nb, const float* im
   }
 }
 
+template <GroupScale Scale>
 void quantize_iq4_xs(const float* x, BlockIQ4_XS* y, int64_t nb, const float* importance) {
   constexpr int kGroups = kQK_K / 32;
   float w[kQK_K], scales[kGroups];
@@ -114,7 +164,7 @@ void quantize_iq4_xs(const float* x, BlockIQ4_XS* y, int64_t nb, const float* im
     error_weights(x, importance ? importance + i * kQK_K : nullptr, kQK_K, w);
     float max_scale = 0, amax_scale = 0;  // the group scale of largest magnitude, with its sign
     for (int g = 0; g < kGroups; ++g) {
-      scales[g] = iq4_group_scale(x + 32 * g, w + 32 * g, 32, L + 32 * g);
+      scales[g] = Scale(x + 32 * g, w + 32 * g);
       if (std::fabs(scales[g]) > amax_scale) amax_scale = std::fabs(scales[g]), max_scale = scales[g];
     }
     // Group scales as d * (ls - 32), ls in 0..63; the largest maps to -32.
@@ -197,8 +247,13 @@ void quant::table::install_reference_iquants(Rows& rows) {
     row(rows, t).dequantize_row = dequantize;
     row(rows, t).vec_dot = dot;
   };
-  set(GGMLType::IQ4_NL, quantize_rows<quantize_iq4_nl>, dequantize_row<dequantize_iq4_nl>, vec_dot<dot_iq4_nl>);
-  set(GGMLType::IQ4_XS, quantize_rows<quantize_iq4_xs>, dequantize_row<dequantize_iq4_xs>, vec_dot<dot_iq4_xs>);
+  set(GGMLType::IQ4_NL, quantize_rows<quantize_iq4_nl<iq4_group_scale>>, dequantize_row<dequantize_iq4_nl>, vec_dot<dot_iq4_nl>);
+  set(GGMLType::IQ4_XS, quantize_rows<quantize_iq4_xs<iq4_group_scale>>, dequantize_row<dequantize_iq4_xs>, vec_dot<dot_iq4_xs>);
+}
+
+void quant::table::install_avx2_iquants(Rows& rows) {
+  row(rows, GGMLType::IQ4_NL).quantize_rows = quantize_rows<quantize_iq4_nl<iq4_group_scale_avx2>>;
+  row(rows, GGMLType::IQ4_XS).quantize_rows = quantize_rows<quantize_iq4_xs<iq4_group_scale_avx2>>;
 }
 
 }  // namespace squish

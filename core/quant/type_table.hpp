@@ -76,6 +76,7 @@ void install_reference_panels(Rows& rows);      // row_panels.cpp: panel layout,
 // simd_level() >= Avx2:
 void install_avx2_quantizers(Rows& rows);       // quantize_avx2.cpp
 void install_avx2_dots(Rows& rows);             // vec_dot_avx2.cpp
+void install_avx2_iquants(Rows& rows);          // iquants.cpp: the i-quant quantizers' searches
 // simd_level() == Avx512 (VNNI):
 void install_avx512_dots(Rows& rows);           // vec_dot_avx512.cpp
 void install_qgemm(Rows& rows);                 // qgemm.cpp: weight rows to levels

@@ -46,7 +46,8 @@ std::vector<std::string> type_names(const std::vector<GGMLType>& types) {
 std::vector<std::string> candidate_type_names() { return type_names(candidate_types()); }
 
 std::vector<GGMLType> candidate_types() {
-  std::vector<GGMLType> t = {GGMLType::Q2_K, GGMLType::Q3_K, GGMLType::Q4_K, GGMLType::Q5_K, GGMLType::Q6_K, GGMLType::Q8_0, GGMLType::F16};
+  std::vector<GGMLType> t = {GGMLType::Q2_K,   GGMLType::Q3_K, GGMLType::IQ4_XS, GGMLType::Q4_K, GGMLType::IQ4_NL,
+                             GGMLType::Q5_K,   GGMLType::Q6_K, GGMLType::Q8_0,   GGMLType::F16};
   for (const PluginType* p : plugin_types()) t.push_back(p->traits.type);  // types of loaded plugins compete too
   return t;
 }

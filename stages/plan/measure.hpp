@@ -55,7 +55,7 @@ struct Measurements {
   static Measurements load(const std::string& path);
 };
 
-// Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_0, F16, and every type of a loaded plugin (squish-run --plugin).
+// Q2_K, Q3_K, IQ4_XS, Q4_K, IQ4_NL, Q5_K, Q6_K, Q8_0, F16, and every type of a loaded plugin (squish-run --plugin).
 std::vector<GGMLType> candidate_types();
 // Their names, as a measurements file records them ("types"): a stored file measured with another
 // set (a plugin loaded or not) is measured again.
