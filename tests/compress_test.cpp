@@ -1,5 +1,6 @@
 // The compress stage against stock llama.cpp: same weights + same preset => same tensor bytes
 // and the same metadata; pruning recipes => consistent shapes and head-count metadata.
+#include "core/base/error.hpp"
 #include "core/gguf/gguf.hpp"
 #include "core/convert/hf_to_gguf.hpp"
 #include "core/io/safetensors.hpp"
@@ -102,28 +103,46 @@ TEST(Compress, Stories260KQ8_0MatchesLlamaCpp) {
   EXPECT_EQ(mine.at("blk.0.ffn_down.weight").type, GGMLType::F16);  // 172 columns: no Q8_0 block fits
 }
 
-// llama.cpp's IQ4_XS mixture (llama_tensor_get_type) on coder-28m (n_gqa 4, tied embedding):
-// attn_v Q5_K, the tied embedding as output Q6_K, the rest IQ4_XS; without an importance matrix
-// the first eighth of ffn_down (layer 0 of 8) also Q5_K. With an imatrix the same mixture, run
-// through llama-quantize, gave every tensor's type and bytes of Squish's file (README).
-TEST(Compress, IQ4_XSPresetMixesAsLlamaQuantize) {
+// llama.cpp's IQ4_XS / IQ4_NL mixtures (llama_tensor_get_type) on coder-28m (n_gqa 4, tied
+// embedding): attn_v Q5_K, the tied embedding as output Q6_K, the rest the preset's type; without
+// an importance matrix the first eighth of ffn_down (layer 0 of 8) also Q5_K. With an imatrix the
+// IQ4_XS mixture, run through llama-quantize, gave every tensor's type and bytes of Squish's file
+// (README). preset_imatrix travels with the recipe and needs a preset.
+TEST(Compress, IQ4PresetsMixAsLlamaQuantize) {
   SQUISH_REQUIRE_SHARED();
-  for (bool imatrix : {true, false}) {
-    SCOPED_TRACE(imatrix ? "with an imatrix" : "without");
-    const auto plan = recipe::resolve(recipe::CompressionRecipe::from_preset("IQ4_XS", imatrix), test::shared("models/coder-28m"));
-    int iq4 = 0;
-    for (const auto& pt : plan.tensors) {
-      SCOPED_TRACE(pt.gguf_name);
-      if (pt.ne.size() < 2) continue;
-      GGMLType want = GGMLType::IQ4_XS;
-      if (pt.gguf_name.ends_with("attn_v.weight")) want = GGMLType::Q5_K;
-      if (pt.gguf_name == "token_embd.weight") want = GGMLType::Q6_K;
-      if (!imatrix && pt.gguf_name == "blk.0.ffn_down.weight") want = GGMLType::Q5_K;
-      EXPECT_EQ(pt.type, want) << pt.reason;
-      iq4 += pt.type == GGMLType::IQ4_XS;
+  for (const auto& [preset, base] : {std::pair{"IQ4_XS", GGMLType::IQ4_XS}, std::pair{"IQ4_NL", GGMLType::IQ4_NL}})
+    for (bool imatrix : {true, false}) {
+      SCOPED_TRACE(fmt::format("{} {}", preset, imatrix ? "with an imatrix" : "without"));
+      const auto plan = recipe::resolve(recipe::CompressionRecipe::from_preset(preset, imatrix), test::shared("models/coder-28m"));
+      int of_base = 0;
+      for (const auto& pt : plan.tensors) {
+        SCOPED_TRACE(pt.gguf_name);
+        if (pt.ne.size() < 2) continue;
+        GGMLType want = base;
+        if (pt.gguf_name.ends_with("attn_v.weight")) want = GGMLType::Q5_K;
+        if (pt.gguf_name == "token_embd.weight") want = GGMLType::Q6_K;
+        if (!imatrix && pt.gguf_name == "blk.0.ffn_down.weight") want = GGMLType::Q5_K;
+        EXPECT_EQ(pt.type, want) << pt.reason;
+        of_base += pt.type == base;
+      }
+      EXPECT_EQ(of_base, imatrix ? 48 : 47);
+      EXPECT_EQ(plan.recipe.to_json().contains("preset_imatrix"), imatrix);
+      EXPECT_EQ(recipe::CompressionRecipe::from_json(plan.recipe.to_json(), "round trip").preset_imatrix, imatrix);
     }
-    EXPECT_EQ(iq4, imatrix ? 48 : 47);
-    EXPECT_EQ(recipe::CompressionRecipe::from_json(plan.recipe.to_json(), "round trip").preset_imatrix, imatrix);
+  EXPECT_THROW(recipe::CompressionRecipe::from_json({{"preset_imatrix", true}, {"tensors", {{{"match", "*"}, {"type", "Q4_K"}}}}}, "no preset"),
+               squish::Error);
+}
+
+// stories260K (n_gqa 2: attn_v keeps the base type) at IQ4_XS: rows of 64 fit no 256-block and
+// fall back to IQ4_NL as in llama.cpp, the tied embedding's Q6_K to Q8_0, rows of 172 to F16.
+TEST(Compress, IQ4_XSFallsBackAsLlamaCpp) {
+  SQUISH_REQUIRE_SHARED();
+  const auto plan = recipe::resolve(recipe::CompressionRecipe::from_preset("IQ4_XS", true), test::shared("models/stories260K"));
+  for (const auto& pt : plan.tensors) {
+    SCOPED_TRACE(pt.gguf_name);
+    if (pt.ne.size() < 2) continue;
+    const GGMLType want = pt.gguf_name == "token_embd.weight" ? GGMLType::Q8_0 : pt.ne[0] % 32 ? GGMLType::F16 : GGMLType::IQ4_NL;
+    EXPECT_EQ(pt.type, want) << pt.reason;
   }
 }
 

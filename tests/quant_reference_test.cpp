@@ -187,20 +187,20 @@ TEST(QuantReference, StoriesQ8_0AndF16) {
 // llama.cpp's i-quants of tiny-iq (a random Llama: 4 q / 2 kv heads), made by llama-quantize
 // --pure with tiny-iq/imatrix.dat: every tensor of the one type, the token embedding included
 // (which the imatrix has no entry for).
-Checked check_tiny_iq(const char* file) {
+// `scalar`: the scalar references instead of this CPU's SIMD path.
+Checked check_tiny_iq(const char* file, bool scalar) {
   const Imatrix im = read_imatrix(test::shared("reference/tiny-iq/imatrix.dat"));
-  return check_gguf(test::shared(std::string("reference/tiny-iq/") + file), test::shared("reference/tiny-iq"), std::pair{4, 2},
-                    /*scalar=*/false, &im);
+  return check_gguf(test::shared(std::string("reference/tiny-iq/") + file), test::shared("reference/tiny-iq"), std::pair{4, 2}, scalar, &im);
 }
 
 TEST(QuantReference, TinyIqIQ4_NL) {
   SQUISH_REQUIRE_SHARED();
-  EXPECT_EQ(check_tiny_iq("tiny-iq-IQ4_NL-pure.gguf").tensors[GGMLType::IQ4_NL], 15);
+  for (bool scalar : {false, true}) EXPECT_EQ(check_tiny_iq("tiny-iq-IQ4_NL-pure.gguf", scalar).tensors[GGMLType::IQ4_NL], 15);
 }
 
 TEST(QuantReference, TinyIqIQ4_XS) {
   SQUISH_REQUIRE_SHARED();
-  EXPECT_EQ(check_tiny_iq("tiny-iq-IQ4_XS-pure.gguf").tensors[GGMLType::IQ4_XS], 15);
+  for (bool scalar : {false, true}) EXPECT_EQ(check_tiny_iq("tiny-iq-IQ4_XS-pure.gguf", scalar).tensors[GGMLType::IQ4_XS], 15);
 }
 
 }  // namespace

@@ -228,45 +228,6 @@ SQUISH_AVX512 float dot_q4_0(int64_t nb, const BlockQ4_0* x, const BlockQ8_0* y)
   });
 }
 
-// IQ4_NL: the 32 signed levels of a block by one table lookup per 128-bit lane.
-SQUISH_AVX512 float dot_iq4_nl(int64_t nb, const BlockIQ4_NL* x, const BlockQ8_0* y) {
-  const __m128i table = _mm_loadu_si128(reinterpret_cast<const __m128i*>(kIQ4NLValues));
-  const __m128i m4 = _mm_set1_epi8(0xF);
-  return q8_dot(nb, x, y, [&](const BlockIQ4_NL& b) SQUISH_AVX512 {
-    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs));
-    return _mm256_set_m128i(_mm_shuffle_epi8(table, _mm_and_si128(_mm_srli_epi16(v, 4), m4)), _mm_shuffle_epi8(table, _mm_and_si128(v, m4)));
-  });
-}
-
-// IQ4_XS: two groups (64 weights, 32 bytes of nibbles) per step. The levels go in weight order
-// (group 2c: low nibbles of bytes 0..15, then their high nibbles; group 2c+1: bytes 16..31), are
-// looked up per 128-bit lane, and `vpdpbusd` on |level| x (activation with the level's sign)
-// gives 16 exact int32 lanes, 8 per group, weighted by the group's ls - 32. The block's integer
-// is the reference's exactly, and so is its float arithmetic: bit-identical to it.
-SQUISH_AVX512 float dot_iq4_xs(int64_t nb, const BlockIQ4_XS* x, const BlockQ8_K* y) {
-  const __m512i table = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIQ4NLValues)));
-  const __m256i m4 = _mm256_set1_epi8(0xF);
-  float sumf = 0;
-  for (int64_t i = 0; i < nb; ++i) {
-    __m512i acc = _mm512_setzero_si512();
-    for (int c = 0; c < 4; ++c) {
-      const __m256i v = load256(x[i].qs + 32 * c);
-      const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-      const __m512i nib = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_permute2x128_si256(lo, hi, 0x20)),
-                                             _mm256_permute2x128_si256(lo, hi, 0x31), 1);
-      const __m512i lv = _mm512_shuffle_epi8(table, nib);
-      const __m512i q8 = load512(y[i].qs + 64 * c);
-      const __mmask64 neg = _mm512_movepi8_mask(lv);
-      const __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(lv), _mm512_mask_sub_epi8(q8, neg, _mm512_setzero_si512(), q8));
-      const __m512i sc = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(iq4_xs_scale(x[i], 2 * c) - 32)),
-                                            _mm256_set1_epi32(iq4_xs_scale(x[i], 2 * c + 1) - 32), 1);
-      acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(s, sc));
-    }
-    sumf += h2f(x[i].d) * y[i].d * static_cast<float>(_mm512_reduce_add_epi32(acc));
-  }
-  return sumf;
-}
-
 }  // namespace
 
 // Float weights keep the AVX2 kernels.
@@ -278,8 +239,6 @@ void quant::table::install_avx512_dots(Rows& rows) {
   row(rows, GGMLType::Q4_K).vec_dot = vec_dot<dot_q4_K>;
   row(rows, GGMLType::Q5_K).vec_dot = vec_dot<dot_q5_K>;
   row(rows, GGMLType::Q6_K).vec_dot = vec_dot<dot_q6_K>;
-  row(rows, GGMLType::IQ4_NL).vec_dot = vec_dot<dot_iq4_nl>;
-  row(rows, GGMLType::IQ4_XS).vec_dot = vec_dot<dot_iq4_xs>;
 }
 
 }  // namespace squish

@@ -87,6 +87,7 @@ CompressionRecipe CompressionRecipe::from_json(const nlohmann::json& j, const st
     }
     if (j.contains("preset_imatrix")) {
       if (!j["preset_imatrix"].is_boolean()) bad(origin, "preset_imatrix must be true or false");
+      if (!r.preset) bad(origin, "preset_imatrix needs a preset");
       r.preset_imatrix = j["preset_imatrix"].get<bool>();
     }
     if (j.contains("tensors")) {

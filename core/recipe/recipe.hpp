@@ -37,7 +37,9 @@ struct CompressionRecipe {
   std::string origin;                      // where it came from (file path), for error messages
   std::optional<std::string> preset;       // llama.cpp mixture, e.g. "Q4_K_M"
   // The preset as llama-quantize mixes it when given an importance matrix (IQ4_NL and IQ4_XS
-  // give the first eighth of the ffn_down layers Q5_K without one; no other preset differs).
+  // give the first eighth of the ffn_down layers Q5_K without one; llama.cpp's Q4_0 gives them
+  // Q4_1 with one, which Squish does not implement: Q4_0 stays Q4_0 there).
+  // compress.yaml's recipe node sets it from the imatrix its quantize node will use.
   bool preset_imatrix = false;
   std::vector<TensorRule> tensors;         // overrides; the most specific match wins
   std::map<int, AttentionKeep> attention;  // by original layer index

@@ -86,11 +86,12 @@ class RecipeSource final : public Node {
     const std::string preset = ctx.params["preset"].get<std::string>();
     if (recipe.empty() == preset.empty())
       fail(ExitCode::Usage, "give exactly one of 'recipe' (a recipe JSON file) or 'preset' (e.g. Q4_K_M)");
-    // A preset mixes as llama-quantize's does with or without the importance matrix the quantize
-    // node will use: its own `imatrix`, else the stats folder's.
+    // A preset (given here or in a recipe file) mixes as llama-quantize's does with or without the
+    // importance matrix the quantize node will use: its own `imatrix`, else the stats folder's.
     const std::string imatrix = ctx.params["imatrix"].get<std::string>(), stats = ctx.params["stats"].get<std::string>();
     const bool has_imatrix = !imatrix.empty() || (!stats.empty() && std::filesystem::exists(ScoreFolder(stats).imatrix_path()));
-    const CompressionRecipe r = recipe.empty() ? CompressionRecipe::from_preset(preset, has_imatrix) : CompressionRecipe::load(recipe);
+    CompressionRecipe r = recipe.empty() ? CompressionRecipe::from_preset(preset, has_imatrix) : CompressionRecipe::load(recipe);
+    if (r.preset) r.preset_imatrix = has_imatrix;
     (void)resolve(r, model);  // every error in the recipe or the checkpoint, now
     doc_ = recipe_document(model, r);
   }

@@ -73,7 +73,8 @@ std::unique_ptr<Node> make(const NodeContext&) { return std::make_unique<Nothing
 
 [[maybe_unused]] void register_compress(NodeRegistry& r) {
   r.add({"compress.recipe", "fake", NodeRole::Source, false,
-         {{"model", P::Path, true, nullptr, ""}, {"recipe", P::String, false, "", ""}, {"preset", P::String, false, "", ""}},
+         {{"model", P::Path, true, nullptr, ""}, {"recipe", P::String, false, "", ""}, {"preset", P::String, false, "", ""},
+          {"imatrix", P::String, false, "", ""}, {"stats", P::String, false, "", ""}},
          make});
   r.add({"compress.prune", "fake", NodeRole::Transform, true, {{"stats", P::String, false, "", ""}}, make});
   r.add({"compress.quantize", "fake", NodeRole::Transform, true,
