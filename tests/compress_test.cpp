@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <set>
 
 using namespace squish;
 using namespace squish::recipe;
@@ -132,6 +133,36 @@ TEST(Compress, IQ4PresetsMixAsLlamaQuantize) {
   EXPECT_THROW(recipe::CompressionRecipe::from_json({{"preset_imatrix", true}, {"tensors", {{{"match", "*"}, {"type", "Q4_K"}}}}}, "no preset"),
                squish::Error);
 }
+
+// llama.cpp's 3-bit i-quant mixtures on tiny-iq (n_gqa 2, tied embedding, 2 layers) with its
+// imatrix: IQ3_XS (attn_q/attn_k and the middle ffn_gate/ffn_up IQ3_XXS, the rest IQ3_S) and
+// IQ3_M (attn_v and attn_output Q4_K): every tensor's type and bytes as llama-quantize's.
+class IqMixtureMatchesLlamaCpp : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(IqMixtureMatchesLlamaCpp, EveryTensorIdentical) {
+  SQUISH_REQUIRE_SHARED();
+  const std::string preset = GetParam();
+  test::TempDir tmp;
+  const std::string dir = test::shared("reference/tiny-iq");
+  auto r = test::squish_run(compress_cmd(dir, fmt::format("preset={} --set imatrix={}/imatrix.dat", preset, dir), tmp / "out.gguf"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto mine = gguf::Reader::open(tmp / "out.gguf");
+  auto ref = gguf::Reader::open(fmt::format("{}/tiny-iq-{}.gguf", dir, preset));
+  ASSERT_EQ(mine.tensors().size(), ref.tensors().size());
+  std::set<GGMLType> types;
+  for (const auto& b : ref.tensors()) {
+    SCOPED_TRACE(b.name);
+    const auto* a = mine.find(b.name);
+    ASSERT_NE(a, nullptr);
+    EXPECT_EQ(a->type, b.type) << ggml_type_name(a->type) << " vs " << ggml_type_name(b.type);
+    EXPECT_TRUE(same_bytes(a->data, b.data)) << "tensor bytes differ";
+    types.insert(b.type);
+  }
+  EXPECT_GE(types.size(), 3u) << "a mixture, not one type";
+  EXPECT_EQ(mine.get("general.file_type")->to_string(), ref.get("general.file_type")->to_string());
+}
+
+INSTANTIATE_TEST_SUITE_P(TinyIq, IqMixtureMatchesLlamaCpp, ::testing::Values("IQ3_XS", "IQ3_M"));
 
 // stories260K (n_gqa 2: attn_v keeps the base type) at IQ4_XS: rows of 64 fit no 256-block and
 // fall back to IQ4_NL as in llama.cpp, the tied embedding's Q6_K to Q8_0, rows of 172 to F16.

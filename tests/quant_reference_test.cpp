@@ -203,5 +203,15 @@ TEST(QuantReference, TinyIqIQ4_XS) {
   for (bool scalar : {false, true}) EXPECT_EQ(check_tiny_iq("tiny-iq-IQ4_XS-pure.gguf", scalar).tensors[GGMLType::IQ4_XS], 15);
 }
 
+TEST(QuantReference, TinyIqIQ3_XXS) {
+  SQUISH_REQUIRE_SHARED();
+  for (bool scalar : {false, true}) EXPECT_EQ(check_tiny_iq("tiny-iq-IQ3_XXS-pure.gguf", scalar).tensors[GGMLType::IQ3_XXS], 15);
+}
+
+TEST(QuantReference, TinyIqIQ3_S) {
+  SQUISH_REQUIRE_SHARED();
+  for (bool scalar : {false, true}) EXPECT_EQ(check_tiny_iq("tiny-iq-IQ3_S-pure.gguf", scalar).tensors[GGMLType::IQ3_S], 15);
+}
+
 }  // namespace
 }  // namespace squish

@@ -19,7 +19,7 @@ namespace {
 
 const GGMLType kTypes[] = {GGMLType::F32,  GGMLType::F16,  GGMLType::BF16, GGMLType::Q8_0, GGMLType::Q4_0,
                            GGMLType::Q2_K, GGMLType::Q3_K, GGMLType::Q4_K, GGMLType::Q5_K, GGMLType::Q6_K,
-                           GGMLType::IQ4_NL, GGMLType::IQ4_XS};
+                           GGMLType::IQ4_NL, GGMLType::IQ4_XS, GGMLType::IQ3_XXS, GGMLType::IQ3_S};
 
 // n values: mostly gaussian, some heavy outliers, an all-zero 256-block, a constant block, a block
 // of tiny values and a block of positives only.

@@ -107,7 +107,25 @@ inline int iq4_xs_scale(const BlockIQ4_XS& b, int g) {
   return ((b.scales_l[g / 2] >> (4 * (g % 2))) & 0xF) | (((b.scales_h >> (2 * g)) & 3) << 4);
 }
 
+// llama.cpp's 3-bit i-quants: weights in groups of 4 (a point of a grid on the D4 lattice,
+// iq_grids.hpp) with their signs stored apart, under a 4-bit scale per group of 32.
+struct BlockIQ3_XXS {  // 8 groups of 32: w = d * (2s + 1) / 4 * grid[q] * sign
+  static constexpr int kElems = kQK_K;
+  uint16_t d;
+  uint8_t qs[kQK_K / 4];      // per group 8 indexes into the 256-point grid
+  uint8_t signs_scales[32];   // per group a uint32: 4 x 7 sign bits (kIQEvenSigns), the scale s in bits 28..31
+};
+struct BlockIQ3_S {  // 8 groups of 32: w = d * (2s + 1) * grid[q] * sign
+  static constexpr int kElems = kQK_K;
+  uint16_t d;
+  uint8_t qs[kQK_K / 4];      // per group 8 indexes into the 512-point grid, low 8 bits
+  uint8_t qh[kQK_K / 32];     // per group the 8 indexes' 9th bits
+  uint8_t signs[kQK_K / 8];   // one bit per weight
+  uint8_t scales[kQK_K / 64]; // group g's s in nibble g % 2 of byte g / 2
+};
+
 static_assert(sizeof(BlockIQ4_NL) == 18 && sizeof(BlockIQ4_XS) == 136);
+static_assert(sizeof(BlockIQ3_XXS) == 98 && sizeof(BlockIQ3_S) == 110);
 static_assert(sizeof(BlockQ4_0) == 18 && sizeof(BlockQ8_0) == 34);
 static_assert(sizeof(BlockQ4_1) == 20 && sizeof(BlockQ5_0) == 22 && sizeof(BlockQ5_1) == 24 && sizeof(BlockQ8_1) == 36);
 static_assert(sizeof(BlockQ2_K) == 84 && sizeof(BlockQ3_K) == 110 && sizeof(BlockQ4_K) == 144);

@@ -91,6 +91,8 @@ void describe_all(Rows& r) {
   describe<BlockQ6_K>(r, T::Q6_K, "Q6_K", true, count_fields<BlockQ6_K, f16_non_finite, offsetof(BlockQ6_K, d)>, T::Q8_K);
   describe<BlockIQ4_NL>(r, T::IQ4_NL, "IQ4_NL", true, count_fields<BlockIQ4_NL, f16_non_finite, offsetof(BlockIQ4_NL, d)>, T::Q8_0);
   describe<BlockIQ4_XS>(r, T::IQ4_XS, "IQ4_XS", true, count_fields<BlockIQ4_XS, f16_non_finite, offsetof(BlockIQ4_XS, d)>, T::Q8_K);
+  describe<BlockIQ3_XXS>(r, T::IQ3_XXS, "IQ3_XXS", true, count_fields<BlockIQ3_XXS, f16_non_finite, offsetof(BlockIQ3_XXS, d)>, T::Q8_K);
+  describe<BlockIQ3_S>(r, T::IQ3_S, "IQ3_S", true, count_fields<BlockIQ3_S, f16_non_finite, offsetof(BlockIQ3_S, d)>, T::Q8_K);
   describe<BlockQ8_K>(r, T::Q8_K, "Q8_K", true, count_fields<BlockQ8_K, f32_non_finite, offsetof(BlockQ8_K, d)>);
 }
 
@@ -114,6 +116,7 @@ class Table {
     table::install_reference_quantizers(rows_);
     table::install_reference_dots(rows_);
     table::install_reference_iquants(rows_);
+    table::install_reference_iq3(rows_);
     table::install_qgemm_packing(rows_);
     table::install_reference_panels(rows_);
     if (level >= SimdLevel::Avx2) {

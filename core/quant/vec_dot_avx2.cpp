@@ -1,6 +1,7 @@
 // AVX2 dot kernels. Each computes the same per-block integers as the scalar reference
 // (vec_dot.cpp) with SIMD, then does the reference's float arithmetic in the same order, so the
 // results are bit-identical to it.
+#include "core/quant/iq_grids.hpp"
 #include "core/quant/quantize.hpp"
 #include "core/quant/type_table.hpp"
 #include "core/quant/vec_dot.hpp"
@@ -366,6 +367,62 @@ float dot_f32(int64_t n, const float* w, const float* x) { return float_dot(n, w
 float dot_f16(int64_t n, const uint16_t* w, const float* x) { return float_dot(n, w, x, LoadF16{}, ScalarF16{}); }
 float dot_bf16(int64_t n, const uint16_t* w, const float* x) { return float_dot(n, w, x, LoadBF16{}, ScalarBF16{}); }
 
+// IQ3_XXS / IQ3_S: a group's 32 sign bits (bit j: weight j negative) as bytes, 0xFF where set.
+// Each byte of the broadcast word goes to the 8 bytes of its weights, then each byte tests its bit.
+SQUISH_AVX2 inline __m256i sign_bytes(uint32_t bits) {
+  const __m256i spread = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+  const __m256i bit = _mm256_set1_epi64x(static_cast<int64_t>(0x8040201008040201ull));
+  return _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(bits)), spread), bit), bit);
+}
+
+// One group of 32: grid bytes (unsigned) times signed activations, pairs summed to 16 bits
+// (|2 x 62 x 127| fits), then times the group's odd scale into 32-bit lanes.
+SQUISH_AVX2 inline __m256i iq3_group(__m256i grid, uint32_t sign_bits, const int8_t* q8, int scale) {
+  const __m256i q = _mm256_sign_epi8(loadu(q8), _mm256_or_si256(sign_bytes(sign_bits), _mm256_set1_epi8(1)));
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(grid, q), _mm256_set1_epi16(static_cast<int16_t>(scale)));
+}
+
+SQUISH_AVX2 float dot_iq3_xxs(int64_t nb, const BlockIQ3_XXS* x, const BlockQ8_K* y) {
+  const uint32_t* P = kIQ3XXSPoints.data();
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i) {
+    __m256i isum = _mm256_setzero_si256();
+    for (int ib = 0; ib < 8; ++ib) {
+      const uint8_t* q3 = x[i].qs + 8 * ib;
+      const __m256i grid = _mm256_set_epi32(static_cast<int>(P[q3[7]]), static_cast<int>(P[q3[6]]), static_cast<int>(P[q3[5]]),
+                                            static_cast<int>(P[q3[4]]), static_cast<int>(P[q3[3]]), static_cast<int>(P[q3[2]]),
+                                            static_cast<int>(P[q3[1]]), static_cast<int>(P[q3[0]]));
+      uint32_t aux;
+      std::memcpy(&aux, x[i].signs_scales + 4 * ib, 4);
+      const uint32_t signs = kIQEvenSigns[aux & 127] | (kIQEvenSigns[(aux >> 7) & 127] << 8) |
+                             (kIQEvenSigns[(aux >> 14) & 127] << 16) | (uint32_t{kIQEvenSigns[(aux >> 21) & 127]} << 24);
+      isum = _mm256_add_epi32(isum, iq3_group(grid, signs, y[i].qs + 32 * ib, static_cast<int>(2 * (aux >> 28) + 1)));
+    }
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * y[i].d), _mm256_cvtepi32_ps(isum), acc);
+  }
+  return 0.25f * hsum_ps(acc);
+}
+
+SQUISH_AVX2 float dot_iq3_s(int64_t nb, const BlockIQ3_S* x, const BlockQ8_K* y) {
+  const uint32_t* P = kIQ3SPoints.data();
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i) {
+    __m256i isum = _mm256_setzero_si256();
+    for (int ib = 0; ib < 8; ++ib) {
+      const uint8_t* q = x[i].qs + 8 * ib;
+      const unsigned h = x[i].qh[ib];
+      const auto at = [&](int k) { return static_cast<int>(P[q[k] | (((h >> k) & 1u) << 8)]); };
+      const __m256i grid = _mm256_set_epi32(at(7), at(6), at(5), at(4), at(3), at(2), at(1), at(0));
+      uint32_t signs;
+      std::memcpy(&signs, x[i].signs + 4 * ib, 4);
+      const int scale = 2 * ((x[i].scales[ib / 2] >> (4 * (ib % 2))) & 0xF) + 1;
+      isum = _mm256_add_epi32(isum, iq3_group(grid, signs, y[i].qs + 32 * ib, scale));
+    }
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * y[i].d), _mm256_cvtepi32_ps(isum), acc);
+  }
+  return hsum_ps(acc);
+}
+
 }  // namespace
 
 void quant::table::install_avx2_dots(Rows& rows) {
@@ -381,6 +438,8 @@ void quant::table::install_avx2_dots(Rows& rows) {
   row(rows, GGMLType::Q6_K).vec_dot = vec_dot<dot_q6_K>;
   row(rows, GGMLType::IQ4_NL).vec_dot = vec_dot<dot_iq4_nl>;
   row(rows, GGMLType::IQ4_XS).vec_dot = vec_dot<dot_iq4_xs>;
+  row(rows, GGMLType::IQ3_XXS).vec_dot = vec_dot<dot_iq3_xxs>;
+  row(rows, GGMLType::IQ3_S).vec_dot = vec_dot<dot_iq3_s>;
   row(rows, GGMLType::Q8_K).from_float = from_float<quantize_q8_K>;
 }
 

@@ -51,7 +51,7 @@ int layer_key(const std::string& k, const std::string& origin, const std::string
 const std::vector<std::string>& preset_names() {
   static const std::vector<std::string> names = {"F32",    "F16",    "BF16",   "Q8_0",   "Q6_K",   "Q5_K_M", "Q5_K_S",
                                                  "Q4_K_M", "Q4_K_S", "Q4_0",   "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K",
-                                                 "IQ4_XS", "IQ4_NL"};
+                                                 "IQ4_XS", "IQ4_NL", "IQ3_M",  "IQ3_S",  "IQ3_XS"};
   return names;
 }
 
@@ -214,7 +214,7 @@ struct PresetState {
   bool has_output = false;
   int n_layer = 0;       // output layers
   int n_gqa = 1;         // n_head / n_head_kv of layer 0, as llama.cpp's hparams.n_gqa()
-  int n_attention_wv = 0, i_attention_wv = 0, i_ffn_down = 0;
+  int n_attention_wv = 0, i_attention_wv = 0, i_ffn_down = 0, i_ffn_gate = 0, i_ffn_up = 0;
 };
 
 GGMLType preset_base(const std::string& p) {
@@ -226,6 +226,7 @@ GGMLType preset_base(const std::string& p) {
   if (p == "Q6_K") return GGMLType::Q6_K;
   if (p == "IQ4_XS") return GGMLType::IQ4_XS;
   if (p == "IQ4_NL") return GGMLType::IQ4_NL;
+  if (p == "IQ3_XS" || p == "IQ3_S" || p == "IQ3_M") return GGMLType::IQ3_S;
   if (p.starts_with("Q5_K")) return GGMLType::Q5_K;
   if (p.starts_with("Q4_K")) return GGMLType::Q4_K;
   if (p.starts_with("Q3_K")) return GGMLType::Q3_K;
@@ -252,11 +253,14 @@ std::pair<GGMLType, std::string> preset_type(PresetState& s, const std::string& 
     else if (p == "Q3_K_L") t = GGMLType::Q5_K, why = "Q3_K_L: attn_v gets Q5_K";
     else if ((p == "Q4_K_M" || p == "Q5_K_M") && use_more_bits(i, n)) t = GGMLType::Q6_K, why = fmt::format("{}: attn_v of a sensitive layer gets Q6_K", p);
     else if ((p == "IQ4_NL" || p == "IQ4_XS") && s.n_gqa >= 4) t = GGMLType::Q5_K, why = fmt::format("{}: attn_v with n_gqa {} gets Q5_K", p, s.n_gqa);
+    else if ((p == "IQ3_XS" || p == "IQ3_S") && s.n_gqa >= 4) t = GGMLType::Q4_K, why = fmt::format("{}: attn_v with n_gqa {} gets Q4_K", p, s.n_gqa);
+    else if (p == "IQ3_M") t = GGMLType::Q4_K, why = "IQ3_M: attn_v gets Q4_K";
     else if (p == "Q4_K_S" && i < 4) t = GGMLType::Q5_K, why = "Q4_K_S: first attn_v layers get Q5_K";
   } else if (contains(name, "ffn_down")) {
     const int i = s.i_ffn_down++, n = s.n_layer;
     if (p == "Q2_K") t = GGMLType::Q3_K, why = "Q2_K: ffn_down gets Q3_K";
     else if (p == "Q3_K_M") t = i < n / 16 ? GGMLType::Q5_K : GGMLType::Q4_K, why = "Q3_K_M: ffn_down gets more bits";
+    else if (p == "IQ3_M" && i < n / 8) t = GGMLType::Q4_K, why = "IQ3_M: first ffn_down layers get Q4_K";
     else if (p == "Q3_K_L") t = GGMLType::Q5_K, why = "Q3_K_L: ffn_down gets Q5_K";
     else if (p == "Q4_K_M" && use_more_bits(i, n)) t = GGMLType::Q6_K, why = "Q4_K_M: ffn_down of a sensitive layer gets Q6_K";
     else if ((p == "IQ4_NL" || p == "IQ4_XS") && i < n / 8 && !s.has_imatrix)
@@ -267,6 +271,12 @@ std::pair<GGMLType, std::string> preset_type(PresetState& s, const std::string& 
     if (p == "Q2_K") t = GGMLType::Q3_K, why = "Q2_K: attn_output gets Q3_K";
     else if (p == "Q3_K_M") t = GGMLType::Q4_K, why = "Q3_K_M: attn_output gets Q4_K";
     else if (p == "Q3_K_L") t = GGMLType::Q5_K, why = "Q3_K_L: attn_output gets Q5_K";
+    else if (p == "IQ3_M") t = GGMLType::Q4_K, why = "IQ3_M: attn_output gets Q4_K";
+  } else if (contains(name, "attn_q.weight") || contains(name, "attn_k.weight")) {
+    if (p == "IQ3_XS") t = GGMLType::IQ3_XXS, why = "IQ3_XS: attn_q and attn_k get IQ3_XXS";
+  } else if (contains(name, "ffn_gate") || contains(name, "ffn_up")) {
+    const int i = contains(name, "ffn_gate") ? s.i_ffn_gate++ : s.i_ffn_up++, n = s.n_layer;
+    if (p == "IQ3_XS" && i >= n / 8 && i < 7 * n / 8) t = GGMLType::IQ3_XXS, why = "IQ3_XS: middle ffn_gate/ffn_up layers get IQ3_XXS";
   }
   return {t, why};
 }
@@ -277,7 +287,9 @@ std::pair<GGMLType, std::string> preset_type(PresetState& s, const std::string& 
 GGMLType fallback_type(GGMLType t, int64_t n) {
   GGMLType f;
   switch (t) {
-    case GGMLType::Q2_K: case GGMLType::Q3_K: case GGMLType::IQ4_XS: f = GGMLType::IQ4_NL; break;
+    case GGMLType::Q2_K: case GGMLType::Q3_K: case GGMLType::IQ3_XXS: case GGMLType::IQ3_S: case GGMLType::IQ4_XS:
+      f = GGMLType::IQ4_NL;
+      break;
     case GGMLType::Q4_K: f = GGMLType::Q4_0; break;
     case GGMLType::Q5_K: case GGMLType::Q6_K: f = GGMLType::Q8_0; break;
     default: f = GGMLType::F16;
@@ -586,7 +598,8 @@ std::optional<gguf::LlamaFileType> file_type_of(const CompressPlan& plan) {
   static const std::map<GGMLType, std::string> ft = {{GGMLType::F32, "F32"},   {GGMLType::F16, "F16"},   {GGMLType::BF16, "BF16"},
                                                      {GGMLType::Q8_0, "Q8_0"}, {GGMLType::Q4_0, "Q4_0"}, {GGMLType::Q6_K, "Q6_K"},
                                                      {GGMLType::Q5_K, "Q5_K_M"}, {GGMLType::Q4_K, "Q4_K_M"}, {GGMLType::Q3_K, "Q3_K_M"},
-                                                     {GGMLType::Q2_K, "Q2_K"}, {GGMLType::IQ4_NL, "IQ4_NL"}, {GGMLType::IQ4_XS, "IQ4_XS"}};
+                                                     {GGMLType::Q2_K, "Q2_K"}, {GGMLType::IQ4_NL, "IQ4_NL"}, {GGMLType::IQ4_XS, "IQ4_XS"},
+                                                     {GGMLType::IQ3_S, "IQ3_S"},   {GGMLType::IQ3_XXS, "IQ3_XXS"}};
   return gguf::llama_file_type_from_name(ft.at(dom));
 }
 
