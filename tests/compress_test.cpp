@@ -134,9 +134,10 @@ TEST(Compress, IQ4PresetsMixAsLlamaQuantize) {
                squish::Error);
 }
 
-// llama.cpp's 3-bit i-quant mixtures on tiny-iq (n_gqa 2, tied embedding, 2 layers) with its
-// imatrix: IQ3_XS (attn_q/attn_k and the middle ffn_gate/ffn_up IQ3_XXS, the rest IQ3_S) and
-// IQ3_M (attn_v and attn_output Q4_K): every tensor's type and bytes as llama-quantize's.
+// llama.cpp's i-quant mixtures on tiny-iq (n_gqa 2, tied embedding, 2 layers) with its imatrix:
+// IQ3_XS (attn_q/attn_k and the middle ffn_gate/ffn_up IQ3_XXS, the rest IQ3_S), IQ3_M (attn_v
+// and attn_output Q4_K), IQ2_M (IQ2_S; attn_v, attn_output IQ3_S; the tied embedding Q5_K):
+// every tensor's type and bytes as llama-quantize's.
 class IqMixtureMatchesLlamaCpp : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(IqMixtureMatchesLlamaCpp, EveryTensorIdentical) {
@@ -162,7 +163,18 @@ TEST_P(IqMixtureMatchesLlamaCpp, EveryTensorIdentical) {
   EXPECT_EQ(mine.get("general.file_type")->to_string(), ref.get("general.file_type")->to_string());
 }
 
-INSTANTIATE_TEST_SUITE_P(TinyIq, IqMixtureMatchesLlamaCpp, ::testing::Values("IQ3_XS", "IQ3_M"));
+INSTANTIATE_TEST_SUITE_P(TinyIq, IqMixtureMatchesLlamaCpp, ::testing::Values("IQ3_XS", "IQ3_M", "IQ2_M"));
+
+// IQ2_XXS without an importance matrix is refused before any work, naming the tensor, as
+// llama-quantize refuses it; nothing is written.
+TEST(Compress, IQ2WithoutImatrixIsRefused) {
+  SQUISH_REQUIRE_SHARED();
+  test::TempDir tmp;
+  auto r = test::squish_run(compress_cmd(test::shared("reference/tiny-iq"), "preset=IQ2_XXS", tmp / "out.gguf"));
+  EXPECT_EQ(r.exit_code, static_cast<int>(ExitCode::Usage)) << r.err;
+  EXPECT_NE(r.err.find(": IQ2_XXS needs an importance matrix and none is given"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(tmp / "out.gguf"));
+}
 
 // stories260K (n_gqa 2: attn_v keeps the base type) at IQ4_XS: rows of 64 fit no 256-block and
 // fall back to IQ4_NL as in llama.cpp, the tied embedding's Q6_K to Q8_0, rows of 172 to F16.

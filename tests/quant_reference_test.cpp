@@ -213,5 +213,15 @@ TEST(QuantReference, TinyIqIQ3_S) {
   for (bool scalar : {false, true}) EXPECT_EQ(check_tiny_iq("tiny-iq-IQ3_S-pure.gguf", scalar).tensors[GGMLType::IQ3_S], 15);
 }
 
+TEST(QuantReference, TinyIqIQ2_XXS) {
+  SQUISH_REQUIRE_SHARED();
+  for (bool scalar : {false, true}) EXPECT_EQ(check_tiny_iq("tiny-iq-IQ2_XXS-pure.gguf", scalar).tensors[GGMLType::IQ2_XXS], 14);
+}
+
+TEST(QuantReference, TinyIqIQ2_XS) {
+  SQUISH_REQUIRE_SHARED();
+  for (bool scalar : {false, true}) EXPECT_EQ(check_tiny_iq("tiny-iq-IQ2_XS-pure.gguf", scalar).tensors[GGMLType::IQ2_XS], 14);
+}
+
 }  // namespace
 }  // namespace squish

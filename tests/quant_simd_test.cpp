@@ -1,6 +1,7 @@
 // The AVX2 quantizers and dequantizers agree with the scalar references (identical bytes and
 // bit-identical floats), and the dot kernels with the exact dot, on random data shaped like
 // weights (including outliers, zero groups and tiny values that exercise the searches' edges).
+#include "core/base/error.hpp"
 #include "core/quant/blocks.hpp"
 #include "core/quant/qgemm.hpp"
 #include "core/quant/row_panels.hpp"
@@ -19,7 +20,8 @@ namespace {
 
 const GGMLType kTypes[] = {GGMLType::F32,  GGMLType::F16,  GGMLType::BF16, GGMLType::Q8_0, GGMLType::Q4_0,
                            GGMLType::Q2_K, GGMLType::Q3_K, GGMLType::Q4_K, GGMLType::Q5_K, GGMLType::Q6_K,
-                           GGMLType::IQ4_NL, GGMLType::IQ4_XS, GGMLType::IQ3_XXS, GGMLType::IQ3_S};
+                           GGMLType::IQ4_NL, GGMLType::IQ4_XS, GGMLType::IQ3_XXS, GGMLType::IQ3_S,
+                           GGMLType::IQ2_XXS, GGMLType::IQ2_XS, GGMLType::IQ2_S};
 
 // n values: mostly gaussian, some heavy outliers, an all-zero 256-block, a constant block, a block
 // of tiny values and a block of positives only.
@@ -46,6 +48,14 @@ std::vector<float> importance(int64_t n, uint32_t seed) {
   return w;
 }
 
+// An importance row for the types that need one (IQ2_XXS, IQ2_XS); nullptr for the others.
+const float* importance_if_needed(GGMLType t, int64_t n) {
+  static std::vector<float> qw;
+  if (!needs_importance(t)) return nullptr;
+  qw = importance(n, 77);
+  return qw.data();
+}
+
 class QuantSimd : public ::testing::TestWithParam<GGMLType> {
  protected:
   void SetUp() override {
@@ -69,6 +79,11 @@ TEST_P(QuantSimd, QuantizeBytesIdentical) {
     const auto qw = importance(n, 99);
     const float* imat = weighted ? qw.data() : nullptr;
     const size_t rs = ggml_row_size(t, n);
+    if (!imat && needs_importance(t)) {  // refused, not garbage
+      std::vector<uint8_t> q(rs);
+      EXPECT_THROW(ref::quantize_row(t, x.data(), q.data(), n, nullptr), Error) << ggml_type_name(t);
+      continue;
+    }
     std::vector<uint8_t> a(rs * rows), b(rs * rows);
     for (int64_t r = 0; r < rows; ++r) ref::quantize_row(t, x.data() + r * n, a.data() + r * rs, n, imat);
     for (auto [level, simd] : simd_rows(t)) {
@@ -87,7 +102,7 @@ TEST_P(QuantSimd, DequantizeIdentical) {
   const int64_t n = 8192;
   const auto x = weights_like(n, 7);
   std::vector<uint8_t> q(ggml_row_size(t, n));
-  ref::quantize_row(t, x.data(), q.data(), n);
+  ref::quantize_row(t, x.data(), q.data(), n, importance_if_needed(t, n));
   std::vector<float> a(n), b(n);
   ref::dequantize_row(t, q.data(), a.data(), n);
   for (auto [level, simd] : simd_rows(t)) {
@@ -112,7 +127,7 @@ TEST_P(QuantSimd, VecDotAgreesWithDequantizedDot) {
     std::vector<float> x(n);
     for (auto& v : x) v = g(rng);
     std::vector<uint8_t> wq(ggml_row_size(t, n)), xa(activation_row_size(t, n)), xb(activation_row_size(t, n));
-    ref::quantize_row(t, w.data(), wq.data(), n);
+    ref::quantize_row(t, w.data(), wq.data(), n, importance_if_needed(t, n));
     ref::quantize_activations(t, x.data(), xa.data(), n);
     // The exact dot of what the kernels see.
     std::vector<float> wd(n), xd(n);

@@ -52,7 +52,8 @@ const std::map<GGMLType, double> kMaxRelRmse = {
     {GGMLType::F32, 0.0},    {GGMLType::F16, 4e-4},   {GGMLType::BF16, 3e-3},  {GGMLType::Q8_0, 0.01},
     {GGMLType::Q6_K, 0.03},  {GGMLType::Q5_K, 0.05},  {GGMLType::Q4_K, 0.1},   {GGMLType::Q4_0, 0.13},
     {GGMLType::Q3_K, 0.22},  {GGMLType::Q2_K, 0.45},  {GGMLType::IQ4_NL, 0.1},  {GGMLType::IQ4_XS, 0.1},
-    {GGMLType::IQ3_S, 0.22},  {GGMLType::IQ3_XXS, 0.28},
+    {GGMLType::IQ3_S, 0.22},  {GGMLType::IQ3_XXS, 0.28}, {GGMLType::IQ2_S, 0.35},  {GGMLType::IQ2_XS, 0.39},
+    {GGMLType::IQ2_XXS, 0.45},
 };
 
 TEST(Quant, RoundTripErrorWithinTypeBounds) {
@@ -60,7 +61,8 @@ TEST(Quant, RoundTripErrorWithinTypeBounds) {
   const auto x = gaussian(n * rows, 42);
   std::map<GGMLType, double> err;
   for (const auto& [t, bound] : kMaxRelRmse) {
-    const auto y = round_trip(t, x, n);
+    const std::vector<float> ones(n, 1.f);  // the types that need an importance matrix get a flat one
+    const auto y = round_trip(t, x, n, needs_importance(t) ? ones.data() : nullptr);
     err[t] = rel_rmse(x.data(), y.data(), x.size());
     EXPECT_LE(err[t], bound) << ggml_type_name(t);
     if (t != GGMLType::F32) {
@@ -131,7 +133,7 @@ TEST(Quant, ImatrixLowersWeightedError) {
     return e;
   };
   for (GGMLType t : {GGMLType::Q2_K, GGMLType::Q3_K, GGMLType::Q4_K, GGMLType::Q5_K, GGMLType::Q6_K, GGMLType::Q4_0,
-                     GGMLType::IQ4_NL, GGMLType::IQ4_XS, GGMLType::IQ3_XXS, GGMLType::IQ3_S}) {
+                     GGMLType::IQ4_NL, GGMLType::IQ4_XS, GGMLType::IQ3_XXS, GGMLType::IQ3_S, GGMLType::IQ2_S}) {
     const double plain = weighted_err(round_trip(t, x, n));
     const double weighted = weighted_err(round_trip(t, x, n, imatrix.data()));
     EXPECT_LT(weighted, plain) << ggml_type_name(t);
@@ -146,12 +148,13 @@ TEST(Quant, VecDotMatchesDequantizedDot) {
   const int64_t n = 4096;
   for (GGMLType t : {GGMLType::F32, GGMLType::F16, GGMLType::BF16, GGMLType::Q8_0, GGMLType::Q4_0, GGMLType::Q2_K,
                      GGMLType::Q3_K, GGMLType::Q4_K, GGMLType::Q5_K, GGMLType::Q6_K, GGMLType::IQ4_NL, GGMLType::IQ4_XS,
-                     GGMLType::IQ3_XXS, GGMLType::IQ3_S}) {
+                     GGMLType::IQ3_XXS, GGMLType::IQ3_S, GGMLType::IQ2_XXS, GGMLType::IQ2_XS, GGMLType::IQ2_S}) {
     for (uint32_t seed = 0; seed < 4; ++seed) {
       const auto w = gaussian(n, 100 + seed, 0.05f);
       const auto x = gaussian(n, 200 + seed, 2.f);
       std::vector<uint8_t> wq(ggml_row_size(t, n)), xq(activation_row_size(t, n));
-      quantize_rows(t, w.data(), wq.data(), 1, n);
+      const std::vector<float> ones(n, 1.f);
+      quantize_rows(t, w.data(), wq.data(), 1, n, needs_importance(t) ? ones.data() : nullptr);
       std::vector<float> wd(n);
       dequantize_row(t, wq.data(), wd.data(), n);
       double exact = 0, wn = 0, xn = 0;

@@ -26,7 +26,7 @@ using namespace squish::infer;
 
 namespace {
 
-const char* const kTypes[] = {"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "Q4_0", "IQ4_NL", "IQ4_XS", "IQ3_XXS", "IQ3_S", "F16"};
+const char* const kTypes[] = {"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "Q4_0", "IQ4_NL", "IQ4_XS", "IQ3_XXS", "IQ3_S", "IQ2_S", "F16"};
 
 // A copy of `src` with every tensor dequantized to F32 (same metadata, same names).
 void write_dequantized(const std::string& src, const std::string& dst) {

@@ -104,7 +104,9 @@ std::optional<LlamaFileType> llama_file_type_from_name(const std::string& name) 
       {"Q6_K", LlamaFileType::MOSTLY_Q6_K},    {"IQ4_NL", LlamaFileType::MOSTLY_IQ4_NL},
       {"IQ4_XS", LlamaFileType::MOSTLY_IQ4_XS}, {"IQ3_XXS", LlamaFileType::MOSTLY_IQ3_XXS},
       {"IQ3_XS", LlamaFileType::MOSTLY_IQ3_XS}, {"IQ3_S", LlamaFileType::MOSTLY_IQ3_S},
-      {"IQ3_M", LlamaFileType::MOSTLY_IQ3_M},
+      {"IQ3_M", LlamaFileType::MOSTLY_IQ3_M},   {"IQ2_XXS", LlamaFileType::MOSTLY_IQ2_XXS},
+      {"IQ2_XS", LlamaFileType::MOSTLY_IQ2_XS}, {"IQ2_S", LlamaFileType::MOSTLY_IQ2_S},
+      {"IQ2_M", LlamaFileType::MOSTLY_IQ2_M},
   };
   std::string up = name;
   for (auto& c : up) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));

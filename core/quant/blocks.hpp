@@ -124,8 +124,29 @@ struct BlockIQ3_S {  // 8 groups of 32: w = d * (2s + 1) * grid[q] * sign
   uint8_t scales[kQK_K / 64]; // group g's s in nibble g % 2 of byte g / 2
 };
 
+// llama.cpp's 2-bit i-quants: points of 8 weights on an E8-lattice grid, signs apart, 4-bit scales.
+struct BlockIQ2_XXS {  // 8 groups of 32: w = d * (2s + 1) / 8 * grid[q] * sign
+  static constexpr int kElems = kQK_K;
+  uint16_t d;
+  uint8_t qs[kQK_K / 4];  // per group two uint32: 4 indexes (bytes) into the 256-point grid; 4 x 7 sign bits, s in bits 28..31
+};
+struct BlockIQ2_XS {  // 16 groups of 16: w = d * (2s + 1) / 8 * grid[q] * sign
+  static constexpr int kElems = kQK_K;
+  uint16_t d;
+  uint16_t qs[kQK_K / 8];     // per 8 weights: 9-bit index into the 512-point grid | 7 sign bits << 9
+  uint8_t scales[kQK_K / 32]; // group g's s in nibble g % 2 of byte g / 2
+};
+struct BlockIQ2_S {  // 16 groups of 16: w = d * (2s + 1) / 8 * grid[q] * sign
+  static constexpr int kElems = kQK_K;
+  uint16_t d;
+  uint8_t qs[kQK_K / 4];      // 32 indexes' low 8 bits (1024-point grid), then 32 sign bytes
+  uint8_t qh[kQK_K / 32];     // the indexes' top 2 bits, 4 per byte
+  uint8_t scales[kQK_K / 32]; // group g's s in nibble g % 2 of byte g / 2
+};
+
 static_assert(sizeof(BlockIQ4_NL) == 18 && sizeof(BlockIQ4_XS) == 136);
 static_assert(sizeof(BlockIQ3_XXS) == 98 && sizeof(BlockIQ3_S) == 110);
+static_assert(sizeof(BlockIQ2_XXS) == 66 && sizeof(BlockIQ2_XS) == 74 && sizeof(BlockIQ2_S) == 82);
 static_assert(sizeof(BlockQ4_0) == 18 && sizeof(BlockQ8_0) == 34);
 static_assert(sizeof(BlockQ4_1) == 20 && sizeof(BlockQ5_0) == 22 && sizeof(BlockQ5_1) == 24 && sizeof(BlockQ8_1) == 36);
 static_assert(sizeof(BlockQ2_K) == 84 && sizeof(BlockQ3_K) == 110 && sizeof(BlockQ4_K) == 144);

@@ -93,6 +93,9 @@ void describe_all(Rows& r) {
   describe<BlockIQ4_XS>(r, T::IQ4_XS, "IQ4_XS", true, count_fields<BlockIQ4_XS, f16_non_finite, offsetof(BlockIQ4_XS, d)>, T::Q8_K);
   describe<BlockIQ3_XXS>(r, T::IQ3_XXS, "IQ3_XXS", true, count_fields<BlockIQ3_XXS, f16_non_finite, offsetof(BlockIQ3_XXS, d)>, T::Q8_K);
   describe<BlockIQ3_S>(r, T::IQ3_S, "IQ3_S", true, count_fields<BlockIQ3_S, f16_non_finite, offsetof(BlockIQ3_S, d)>, T::Q8_K);
+  describe<BlockIQ2_XXS>(r, T::IQ2_XXS, "IQ2_XXS", true, count_fields<BlockIQ2_XXS, f16_non_finite, offsetof(BlockIQ2_XXS, d)>, T::Q8_K);
+  describe<BlockIQ2_XS>(r, T::IQ2_XS, "IQ2_XS", true, count_fields<BlockIQ2_XS, f16_non_finite, offsetof(BlockIQ2_XS, d)>, T::Q8_K);
+  describe<BlockIQ2_S>(r, T::IQ2_S, "IQ2_S", true, count_fields<BlockIQ2_S, f16_non_finite, offsetof(BlockIQ2_S, d)>, T::Q8_K);
   describe<BlockQ8_K>(r, T::Q8_K, "Q8_K", true, count_fields<BlockQ8_K, f32_non_finite, offsetof(BlockQ8_K, d)>);
 }
 
@@ -117,6 +120,7 @@ class Table {
     table::install_reference_dots(rows_);
     table::install_reference_iquants(rows_);
     table::install_reference_iq3(rows_);
+    table::install_reference_iq2(rows_);
     table::install_qgemm_packing(rows_);
     table::install_reference_panels(rows_);
     if (level >= SimdLevel::Avx2) {

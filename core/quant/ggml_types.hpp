@@ -28,9 +28,12 @@ enum class GGMLType : uint32_t {
   Q5_K = 13,
   Q6_K = 14,
   Q8_K = 15,
+  IQ2_XXS = 16,
+  IQ2_XS = 17,
   IQ3_XXS = 18,
   IQ4_NL = 20,
   IQ3_S = 21,
+  IQ2_S = 22,
   IQ4_XS = 23,
   I8 = 24,
   I16 = 25,
@@ -104,6 +107,9 @@ inline const GGMLTypeTraits* ggml_type_traits(GGMLType t) { return ggml_type_tra
 // same at every level.
 const GGMLTypeTraits* ggml_type_traits(GGMLType t, SimdLevel level);
 const char* ggml_type_name(GGMLType t);
+// Types whose quantizer needs an importance matrix (llama.cpp's IQ2_XXS and IQ2_XS: their grids
+// lose the model without one, and llama-quantize refuses them too).
+inline bool needs_importance(GGMLType t) { return t == GGMLType::IQ2_XXS || t == GGMLType::IQ2_XS; }
 // Case-insensitive lookup by name ("q4_k", "F16", or a plugin type's); nullopt if unknown.
 std::optional<GGMLType> ggml_type_from_name(std::string_view name);
 // The same among ggml's built-in types only.

@@ -375,11 +375,78 @@ SQUISH_AVX2 inline __m256i sign_bytes(uint32_t bits) {
   return _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(bits)), spread), bit), bit);
 }
 
-// One group of 32: grid bytes (unsigned) times signed activations, pairs summed to 16 bits
-// (|2 x 62 x 127| fits), then times the group's odd scale into 32-bit lanes.
-SQUISH_AVX2 inline __m256i iq3_group(__m256i grid, uint32_t sign_bits, const int8_t* q8, int scale) {
+// 32 weights of a grid i-quant: grid bytes (unsigned) times signed activations, pairs summed to
+// 16 bits (|2 x 62 x 127| fits), then times the odd scales (16-bit lanes 0..7 hold weights 0..15,
+// lanes 8..15 weights 16..31) into 32-bit lanes.
+SQUISH_AVX2 inline __m256i iq_grid_group(__m256i grid, uint32_t sign_bits, const int8_t* q8, __m256i scales) {
   const __m256i q = _mm256_sign_epi8(loadu(q8), _mm256_or_si256(sign_bytes(sign_bits), _mm256_set1_epi8(1)));
-  return _mm256_madd_epi16(_mm256_maddubs_epi16(grid, q), _mm256_set1_epi16(static_cast<int16_t>(scale)));
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(grid, q), scales);
+}
+SQUISH_AVX2 inline __m256i iq3_group(__m256i grid, uint32_t sign_bits, const int8_t* q8, int scale) {
+  return iq_grid_group(grid, sign_bits, q8, _mm256_set1_epi16(static_cast<int16_t>(scale)));
+}
+// The odd scales 2s + 1 of two groups of 16 from one byte of nibbles.
+SQUISH_AVX2 inline __m256i group16_scales(uint8_t nibbles) {
+  return _mm256_set_m128i(_mm_set1_epi16(static_cast<int16_t>(2 * (nibbles >> 4) + 1)), _mm_set1_epi16(static_cast<int16_t>(2 * (nibbles & 0xF) + 1)));
+}
+// Four bytes of 7-bit sign codes as 32 sign bits.
+inline uint32_t even_signs4(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3) {
+  return kIQEvenSigns[c0 & 127] | (kIQEvenSigns[c1 & 127] << 8) | (kIQEvenSigns[c2 & 127] << 16) | (uint32_t{kIQEvenSigns[c3 & 127]} << 24);
+}
+SQUISH_AVX2 inline __m256i points4(uint64_t p0, uint64_t p1, uint64_t p2, uint64_t p3) {
+  return _mm256_set_epi64x(static_cast<int64_t>(p3), static_cast<int64_t>(p2), static_cast<int64_t>(p1), static_cast<int64_t>(p0));
+}
+
+SQUISH_AVX2 float dot_iq2_xxs(int64_t nb, const BlockIQ2_XXS* x, const BlockQ8_K* y) {
+  const uint64_t* P = kIQ2XXSPoints.data();
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i) {
+    __m256i isum = _mm256_setzero_si256();
+    for (int ib = 0; ib < 8; ++ib) {
+      uint32_t aux[2];
+      std::memcpy(aux, x[i].qs + 8 * ib, 8);
+      const __m256i grid = points4(P[aux[0] & 0xFF], P[(aux[0] >> 8) & 0xFF], P[(aux[0] >> 16) & 0xFF], P[aux[0] >> 24]);
+      const uint32_t signs = even_signs4(aux[1], aux[1] >> 7, aux[1] >> 14, aux[1] >> 21);
+      isum = _mm256_add_epi32(isum, iq3_group(grid, signs, y[i].qs + 32 * ib, static_cast<int>(2 * (aux[1] >> 28) + 1)));
+    }
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * y[i].d), _mm256_cvtepi32_ps(isum), acc);
+  }
+  return 0.125f * hsum_ps(acc);
+}
+
+SQUISH_AVX2 float dot_iq2_xs(int64_t nb, const BlockIQ2_XS* x, const BlockQ8_K* y) {
+  const uint64_t* P = kIQ2XSPoints.data();
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i) {
+    __m256i isum = _mm256_setzero_si256();
+    for (int ib = 0; ib < 8; ++ib) {
+      const uint16_t* q = x[i].qs + 4 * ib;
+      const __m256i grid = points4(P[q[0] & 511], P[q[1] & 511], P[q[2] & 511], P[q[3] & 511]);
+      const uint32_t signs = even_signs4(q[0] >> 9, q[1] >> 9, q[2] >> 9, q[3] >> 9);
+      isum = _mm256_add_epi32(isum, iq_grid_group(grid, signs, y[i].qs + 32 * ib, group16_scales(x[i].scales[ib])));
+    }
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * y[i].d), _mm256_cvtepi32_ps(isum), acc);
+  }
+  return 0.125f * hsum_ps(acc);
+}
+
+SQUISH_AVX2 float dot_iq2_s(int64_t nb, const BlockIQ2_S* x, const BlockQ8_K* y) {
+  const uint64_t* P = kIQ2SPoints.data();
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i) {
+    __m256i isum = _mm256_setzero_si256();
+    for (int ib = 0; ib < 8; ++ib) {
+      const uint8_t* q = x[i].qs + 4 * ib;
+      const unsigned h = x[i].qh[ib];
+      const __m256i grid = points4(P[q[0] | ((h << 8) & 0x300)], P[q[1] | ((h << 6) & 0x300)], P[q[2] | ((h << 4) & 0x300)],
+                                   P[q[3] | ((h << 2) & 0x300)]);
+      uint32_t signs;
+      std::memcpy(&signs, x[i].qs + kQK_K / 8 + 4 * ib, 4);
+      isum = _mm256_add_epi32(isum, iq_grid_group(grid, signs, y[i].qs + 32 * ib, group16_scales(x[i].scales[ib])));
+    }
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * y[i].d), _mm256_cvtepi32_ps(isum), acc);
+  }
+  return 0.125f * hsum_ps(acc);
 }
 
 SQUISH_AVX2 float dot_iq3_xxs(int64_t nb, const BlockIQ3_XXS* x, const BlockQ8_K* y) {
@@ -440,6 +507,9 @@ void quant::table::install_avx2_dots(Rows& rows) {
   row(rows, GGMLType::IQ4_XS).vec_dot = vec_dot<dot_iq4_xs>;
   row(rows, GGMLType::IQ3_XXS).vec_dot = vec_dot<dot_iq3_xxs>;
   row(rows, GGMLType::IQ3_S).vec_dot = vec_dot<dot_iq3_s>;
+  row(rows, GGMLType::IQ2_XXS).vec_dot = vec_dot<dot_iq2_xxs>;
+  row(rows, GGMLType::IQ2_XS).vec_dot = vec_dot<dot_iq2_xs>;
+  row(rows, GGMLType::IQ2_S).vec_dot = vec_dot<dot_iq2_s>;
   row(rows, GGMLType::Q8_K).from_float = from_float<quantize_q8_K>;
 }
 

@@ -51,7 +51,8 @@ int layer_key(const std::string& k, const std::string& origin, const std::string
 const std::vector<std::string>& preset_names() {
   static const std::vector<std::string> names = {"F32",    "F16",    "BF16",   "Q8_0",   "Q6_K",   "Q5_K_M", "Q5_K_S",
                                                  "Q4_K_M", "Q4_K_S", "Q4_0",   "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K",
-                                                 "IQ4_XS", "IQ4_NL", "IQ3_M",  "IQ3_S",  "IQ3_XS"};
+                                                 "IQ4_XS", "IQ4_NL", "IQ3_M",  "IQ3_S",  "IQ3_XS", "IQ3_XXS", "IQ2_M",
+                                                 "IQ2_S",  "IQ2_XS", "IQ2_XXS"};
   return names;
 }
 
@@ -227,6 +228,10 @@ GGMLType preset_base(const std::string& p) {
   if (p == "IQ4_XS") return GGMLType::IQ4_XS;
   if (p == "IQ4_NL") return GGMLType::IQ4_NL;
   if (p == "IQ3_XS" || p == "IQ3_S" || p == "IQ3_M") return GGMLType::IQ3_S;
+  if (p == "IQ3_XXS") return GGMLType::IQ3_XXS;
+  if (p == "IQ2_M") return GGMLType::IQ2_S;
+  if (p == "IQ2_S" || p == "IQ2_XS") return GGMLType::IQ2_XS;  // IQ2_S is a mixture over IQ2_XS, as in llama.cpp
+  if (p == "IQ2_XXS") return GGMLType::IQ2_XXS;
   if (p.starts_with("Q5_K")) return GGMLType::Q5_K;
   if (p.starts_with("Q4_K")) return GGMLType::Q4_K;
   if (p.starts_with("Q3_K")) return GGMLType::Q3_K;
@@ -244,8 +249,24 @@ std::pair<GGMLType, std::string> preset_type(PresetState& s, const std::string& 
   GGMLType t = s.base;
   std::string why = fmt::format("{} base type", p);
   if (t == GGMLType::F32 || t == GGMLType::F16 || t == GGMLType::BF16) return {t, why};
+  // The 2-bit mixtures (IQ2_S and IQ2_M lean on IQ3_S where the others take Q2_K).
+  const bool iq2 = p.starts_with("IQ2_"), iq2_s = p == "IQ2_S" || p == "IQ2_M";
+  const GGMLType iq2_more = iq2_s ? GGMLType::IQ3_S : GGMLType::Q2_K;
   if (name == "output.weight" || (!s.has_output && name == "token_embd.weight")) {
-    if (t != GGMLType::Q8_0) t = GGMLType::Q6_K, why = fmt::format("{}: output projection gets Q6_K (llama.cpp)", p);
+    if (iq2 || p == "IQ3_XXS") t = GGMLType::Q5_K, why = fmt::format("{}: output projection gets Q5_K (llama.cpp)", p);
+    else if (t != GGMLType::Q8_0) t = GGMLType::Q6_K, why = fmt::format("{}: output projection gets Q6_K (llama.cpp)", p);
+  } else if (name == "token_embd.weight") {
+    if (iq2) t = iq2_more, why = fmt::format("{}: token embedding gets {}", p, ggml_type_name(t));
+    else if (p == "IQ3_XXS") t = GGMLType::IQ3_S, why = "IQ3_XXS: token embedding gets IQ3_S";
+  } else if (iq2) {
+    if (contains(name, "attn_v.weight")) {
+      ++s.i_attention_wv;
+      t = s.n_gqa >= 4 ? GGMLType::Q4_K : iq2_more, why = fmt::format("{}: attn_v with n_gqa {} gets {}", p, s.n_gqa, ggml_type_name(t));
+    } else if (contains(name, "ffn_down")) {
+      if (s.i_ffn_down++ < s.n_layer / 8) t = iq2_more, why = fmt::format("{}: first ffn_down layers get {}", p, ggml_type_name(t));
+    } else if (contains(name, "attn_output.weight") && iq2_s) {
+      t = GGMLType::IQ3_S, why = fmt::format("{}: attn_output gets IQ3_S", p);
+    }
   } else if (contains(name, "attn_v.weight")) {
     const int i = s.i_attention_wv++, n = s.n_attention_wv;
     if (p == "Q2_K") t = s.n_gqa >= 4 ? GGMLType::Q4_K : GGMLType::Q3_K, why = fmt::format("Q2_K: attn_v with n_gqa {} gets more bits", s.n_gqa);
@@ -255,12 +276,17 @@ std::pair<GGMLType, std::string> preset_type(PresetState& s, const std::string& 
     else if ((p == "IQ4_NL" || p == "IQ4_XS") && s.n_gqa >= 4) t = GGMLType::Q5_K, why = fmt::format("{}: attn_v with n_gqa {} gets Q5_K", p, s.n_gqa);
     else if ((p == "IQ3_XS" || p == "IQ3_S") && s.n_gqa >= 4) t = GGMLType::Q4_K, why = fmt::format("{}: attn_v with n_gqa {} gets Q4_K", p, s.n_gqa);
     else if (p == "IQ3_M") t = GGMLType::Q4_K, why = "IQ3_M: attn_v gets Q4_K";
+    else if (p == "IQ3_XXS")
+      t = s.n_gqa >= 4 ? GGMLType::Q4_K : s.has_imatrix ? GGMLType::IQ3_XXS : GGMLType::IQ3_S,
+      why = fmt::format("IQ3_XXS: attn_v with n_gqa {}{} gets {}", s.n_gqa, s.has_imatrix ? "" : " and no imatrix", ggml_type_name(t));
     else if (p == "Q4_K_S" && i < 4) t = GGMLType::Q5_K, why = "Q4_K_S: first attn_v layers get Q5_K";
   } else if (contains(name, "ffn_down")) {
     const int i = s.i_ffn_down++, n = s.n_layer;
     if (p == "Q2_K") t = GGMLType::Q3_K, why = "Q2_K: ffn_down gets Q3_K";
     else if (p == "Q3_K_M") t = i < n / 16 ? GGMLType::Q5_K : GGMLType::Q4_K, why = "Q3_K_M: ffn_down gets more bits";
     else if (p == "IQ3_M" && i < n / 8) t = GGMLType::Q4_K, why = "IQ3_M: first ffn_down layers get Q4_K";
+    else if (p == "IQ3_XXS" && !s.has_imatrix)
+      t = i < n / 8 ? GGMLType::Q4_K : GGMLType::Q3_K, why = "IQ3_XXS without an importance matrix: ffn_down gets K-quants";
     else if (p == "Q3_K_L") t = GGMLType::Q5_K, why = "Q3_K_L: ffn_down gets Q5_K";
     else if (p == "Q4_K_M" && use_more_bits(i, n)) t = GGMLType::Q6_K, why = "Q4_K_M: ffn_down of a sensitive layer gets Q6_K";
     else if ((p == "IQ4_NL" || p == "IQ4_XS") && i < n / 8 && !s.has_imatrix)
@@ -272,8 +298,10 @@ std::pair<GGMLType, std::string> preset_type(PresetState& s, const std::string& 
     else if (p == "Q3_K_M") t = GGMLType::Q4_K, why = "Q3_K_M: attn_output gets Q4_K";
     else if (p == "Q3_K_L") t = GGMLType::Q5_K, why = "Q3_K_L: attn_output gets Q5_K";
     else if (p == "IQ3_M") t = GGMLType::Q4_K, why = "IQ3_M: attn_output gets Q4_K";
+    else if (p == "IQ3_XXS") t = GGMLType::IQ3_S, why = "IQ3_XXS: attn_output gets IQ3_S";
   } else if (contains(name, "attn_q.weight") || contains(name, "attn_k.weight")) {
     if (p == "IQ3_XS") t = GGMLType::IQ3_XXS, why = "IQ3_XS: attn_q and attn_k get IQ3_XXS";
+    else if (p == "IQ3_XXS") t = GGMLType::IQ2_S, why = "IQ3_XXS: attn_q and attn_k get IQ2_S";
   } else if (contains(name, "ffn_gate") || contains(name, "ffn_up")) {
     const int i = contains(name, "ffn_gate") ? s.i_ffn_gate++ : s.i_ffn_up++, n = s.n_layer;
     if (p == "IQ3_XS" && i >= n / 8 && i < 7 * n / 8) t = GGMLType::IQ3_XXS, why = "IQ3_XS: middle ffn_gate/ffn_up layers get IQ3_XXS";
@@ -287,7 +315,8 @@ std::pair<GGMLType, std::string> preset_type(PresetState& s, const std::string& 
 GGMLType fallback_type(GGMLType t, int64_t n) {
   GGMLType f;
   switch (t) {
-    case GGMLType::Q2_K: case GGMLType::Q3_K: case GGMLType::IQ3_XXS: case GGMLType::IQ3_S: case GGMLType::IQ4_XS:
+    case GGMLType::Q2_K: case GGMLType::Q3_K: case GGMLType::IQ2_XXS: case GGMLType::IQ2_XS: case GGMLType::IQ2_S:
+    case GGMLType::IQ3_XXS: case GGMLType::IQ3_S: case GGMLType::IQ4_XS:
       f = GGMLType::IQ4_NL;
       break;
     case GGMLType::Q4_K: f = GGMLType::Q4_0; break;
@@ -599,7 +628,9 @@ std::optional<gguf::LlamaFileType> file_type_of(const CompressPlan& plan) {
                                                      {GGMLType::Q8_0, "Q8_0"}, {GGMLType::Q4_0, "Q4_0"}, {GGMLType::Q6_K, "Q6_K"},
                                                      {GGMLType::Q5_K, "Q5_K_M"}, {GGMLType::Q4_K, "Q4_K_M"}, {GGMLType::Q3_K, "Q3_K_M"},
                                                      {GGMLType::Q2_K, "Q2_K"}, {GGMLType::IQ4_NL, "IQ4_NL"}, {GGMLType::IQ4_XS, "IQ4_XS"},
-                                                     {GGMLType::IQ3_S, "IQ3_S"},   {GGMLType::IQ3_XXS, "IQ3_XXS"}};
+                                                     {GGMLType::IQ3_S, "IQ3_S"},   {GGMLType::IQ3_XXS, "IQ3_XXS"},
+                                                     {GGMLType::IQ2_S, "IQ2_M"},   {GGMLType::IQ2_XS, "IQ2_XS"},
+                                                     {GGMLType::IQ2_XXS, "IQ2_XXS"}};
   return gguf::llama_file_type_from_name(ft.at(dom));
 }
 

@@ -250,6 +250,10 @@ class Quantize final : public Node {
     if (method_.empty()) method_ = plan.recipe.method;
     if (damp_ < 0) damp_ = plan.recipe.gptq_damp;
     if (!imatrix_path_.empty()) imatrix_ = read_imatrix(imatrix_path_);
+    for (const PlannedTensor& p : plan.tensors)  // before any work: a type that needs an imatrix has one
+      if (needs_importance(p.type) && importance_for(p).empty())
+        fail(ExitCode::Usage, "{}: {} needs an importance matrix and {}", p.gguf_name, ggml_type_name(p.type),
+             imatrix_path_.empty() ? "none is given (imatrix= or stats=)" : fmt::format("{} has no entry for it", imatrix_path_));
     if (method_ == "gptq") {
       if (stats_.empty()) fail(ExitCode::Usage, "method gptq needs 'stats': the score stage's output folder (scored with moments=true)");
       moments_ = ScoreFolder(stats_).require_moments("second moments for gptq");

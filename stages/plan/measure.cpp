@@ -46,8 +46,9 @@ std::vector<std::string> type_names(const std::vector<GGMLType>& types) {
 std::vector<std::string> candidate_type_names() { return type_names(candidate_types()); }
 
 std::vector<GGMLType> candidate_types() {
-  std::vector<GGMLType> t = {GGMLType::Q2_K,   GGMLType::Q3_K, GGMLType::IQ4_XS, GGMLType::Q4_K, GGMLType::IQ4_NL,
-                             GGMLType::Q5_K,   GGMLType::Q6_K, GGMLType::Q8_0,   GGMLType::F16};
+  std::vector<GGMLType> t = {GGMLType::IQ2_XXS, GGMLType::IQ2_XS, GGMLType::IQ2_S,  GGMLType::Q2_K, GGMLType::IQ3_XXS,
+                             GGMLType::IQ3_S,   GGMLType::Q3_K,   GGMLType::IQ4_XS, GGMLType::Q4_K, GGMLType::IQ4_NL,
+                             GGMLType::Q5_K,    GGMLType::Q6_K,   GGMLType::Q8_0,   GGMLType::F16};
   for (const PluginType* p : plugin_types()) t.push_back(p->traits.type);  // types of loaded plugins compete too
   return t;
 }
@@ -440,7 +441,8 @@ Measurements measure(const std::string& model_dir, const std::string& stats_dir,
     arena.execute([&] {
       auto fits = [&](GGMLType t) {
         const PluginType* p = plugin_type(t);
-        return n % ggml_type_traits(t)->block_size == 0 && (!p || p->supports_row(n));  // the block fits a row
+        return n % ggml_type_traits(t)->block_size == 0 && (!p || p->supports_row(n)) &&  // the block fits a row
+               (imp || !needs_importance(t));                                              // and it has what it needs
       };
       // Estimates need an anchor GPTQ runs at for this tensor; without one every type is run.
       const bool estimating = gptq && std::any_of(types.begin(), types.end(), [&](GGMLType t) {

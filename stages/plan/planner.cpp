@@ -219,7 +219,8 @@ const char* type_colour(const std::string& type) {
   static const std::map<std::string, const char*> c = {{"Q2_K", "#d73027"}, {"Q3_K", "#fc8d59"}, {"Q4_K", "#fee08b"},
                                                         {"Q5_K", "#d9ef8b"}, {"Q6_K", "#91cf60"}, {"Q8_0", "#1a9850"},
                                                         {"F16", "#4575b4"},  {"F32", "#313695"}, {"Q4_0", "#fdae61"},
-                                                        {"IQ4_XS", "#fee090"}, {"IQ4_NL", "#e6f598"}};
+                                                        {"IQ4_XS", "#fee090"}, {"IQ4_NL", "#e6f598"}, {"IQ3_XXS", "#f46d43"},
+                                                        {"IQ3_S", "#fdb863"}};
   auto it = c.find(type);
   return it == c.end() ? "#999999" : it->second;
 }
