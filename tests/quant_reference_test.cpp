@@ -223,5 +223,15 @@ TEST(QuantReference, TinyIqIQ2_XS) {
   for (bool scalar : {false, true}) EXPECT_EQ(check_tiny_iq("tiny-iq-IQ2_XS-pure.gguf", scalar).tensors[GGMLType::IQ2_XS], 14);
 }
 
+TEST(QuantReference, TinyIqIQ1_S) {
+  SQUISH_REQUIRE_SHARED();
+  for (bool scalar : {false, true}) EXPECT_EQ(check_tiny_iq("tiny-iq-IQ1_S-pure.gguf", scalar).tensors[GGMLType::IQ1_S], 14);
+}
+
+TEST(QuantReference, TinyIqIQ1_M) {
+  SQUISH_REQUIRE_SHARED();
+  for (bool scalar : {false, true}) EXPECT_EQ(check_tiny_iq("tiny-iq-IQ1_M-pure.gguf", scalar).tensors[GGMLType::IQ1_M], 15);
+}
+
 }  // namespace
 }  // namespace squish

@@ -21,7 +21,8 @@ namespace {
 const GGMLType kTypes[] = {GGMLType::F32,  GGMLType::F16,  GGMLType::BF16, GGMLType::Q8_0, GGMLType::Q4_0,
                            GGMLType::Q2_K, GGMLType::Q3_K, GGMLType::Q4_K, GGMLType::Q5_K, GGMLType::Q6_K,
                            GGMLType::IQ4_NL, GGMLType::IQ4_XS, GGMLType::IQ3_XXS, GGMLType::IQ3_S,
-                           GGMLType::IQ2_XXS, GGMLType::IQ2_XS, GGMLType::IQ2_S};
+                           GGMLType::IQ2_XXS, GGMLType::IQ2_XS, GGMLType::IQ2_S,
+                           GGMLType::IQ1_S,   GGMLType::IQ1_M};
 
 // n values: mostly gaussian, some heavy outliers, an all-zero 256-block, a constant block, a block
 // of tiny values and a block of positives only.
@@ -48,7 +49,7 @@ std::vector<float> importance(int64_t n, uint32_t seed) {
   return w;
 }
 
-// An importance row for the types that need one (IQ2_XXS, IQ2_XS); nullptr for the others.
+// An importance row for the types that need one (IQ2_XXS, IQ2_XS, IQ1_S); nullptr for the others.
 const float* importance_if_needed(GGMLType t, int64_t n) {
   static std::vector<float> qw;
   if (!needs_importance(t)) return nullptr;

@@ -53,7 +53,7 @@ const std::map<GGMLType, double> kMaxRelRmse = {
     {GGMLType::Q6_K, 0.03},  {GGMLType::Q5_K, 0.05},  {GGMLType::Q4_K, 0.1},   {GGMLType::Q4_0, 0.13},
     {GGMLType::Q3_K, 0.22},  {GGMLType::Q2_K, 0.45},  {GGMLType::IQ4_NL, 0.1},  {GGMLType::IQ4_XS, 0.1},
     {GGMLType::IQ3_S, 0.22},  {GGMLType::IQ3_XXS, 0.28}, {GGMLType::IQ2_S, 0.35},  {GGMLType::IQ2_XS, 0.39},
-    {GGMLType::IQ2_XXS, 0.45},
+    {GGMLType::IQ2_XXS, 0.45}, {GGMLType::IQ1_S, 0.63}, {GGMLType::IQ1_M, 0.76},
 };
 
 TEST(Quant, RoundTripErrorWithinTypeBounds) {
@@ -133,7 +133,7 @@ TEST(Quant, ImatrixLowersWeightedError) {
     return e;
   };
   for (GGMLType t : {GGMLType::Q2_K, GGMLType::Q3_K, GGMLType::Q4_K, GGMLType::Q5_K, GGMLType::Q6_K, GGMLType::Q4_0,
-                     GGMLType::IQ4_NL, GGMLType::IQ4_XS, GGMLType::IQ3_XXS, GGMLType::IQ3_S, GGMLType::IQ2_S}) {
+                     GGMLType::IQ4_NL, GGMLType::IQ4_XS, GGMLType::IQ3_XXS, GGMLType::IQ3_S, GGMLType::IQ2_S, GGMLType::IQ1_M}) {
     const double plain = weighted_err(round_trip(t, x, n));
     const double weighted = weighted_err(round_trip(t, x, n, imatrix.data()));
     EXPECT_LT(weighted, plain) << ggml_type_name(t);
@@ -148,7 +148,8 @@ TEST(Quant, VecDotMatchesDequantizedDot) {
   const int64_t n = 4096;
   for (GGMLType t : {GGMLType::F32, GGMLType::F16, GGMLType::BF16, GGMLType::Q8_0, GGMLType::Q4_0, GGMLType::Q2_K,
                      GGMLType::Q3_K, GGMLType::Q4_K, GGMLType::Q5_K, GGMLType::Q6_K, GGMLType::IQ4_NL, GGMLType::IQ4_XS,
-                     GGMLType::IQ3_XXS, GGMLType::IQ3_S, GGMLType::IQ2_XXS, GGMLType::IQ2_XS, GGMLType::IQ2_S}) {
+                     GGMLType::IQ3_XXS, GGMLType::IQ3_S, GGMLType::IQ2_XXS, GGMLType::IQ2_XS, GGMLType::IQ2_S,
+                     GGMLType::IQ1_S, GGMLType::IQ1_M}) {
     for (uint32_t seed = 0; seed < 4; ++seed) {
       const auto w = gaussian(n, 100 + seed, 0.05f);
       const auto x = gaussian(n, 200 + seed, 2.f);

@@ -26,6 +26,9 @@ using namespace squish::infer;
 
 namespace {
 
+// Not IQ1_S/IQ1_M: at 1.6-1.75 bits coder-28m is so far from its float model that the paths'
+// rounding differences pass the fixed KL margins below; their dots are checked against the scalar
+// references in quant_simd_test.
 const char* const kTypes[] = {"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "Q4_0", "IQ4_NL", "IQ4_XS", "IQ3_XXS", "IQ3_S", "IQ2_S", "F16"};
 
 // A copy of `src` with every tensor dequantized to F32 (same metadata, same names).

@@ -106,7 +106,8 @@ std::optional<LlamaFileType> llama_file_type_from_name(const std::string& name) 
       {"IQ3_XS", LlamaFileType::MOSTLY_IQ3_XS}, {"IQ3_S", LlamaFileType::MOSTLY_IQ3_S},
       {"IQ3_M", LlamaFileType::MOSTLY_IQ3_M},   {"IQ2_XXS", LlamaFileType::MOSTLY_IQ2_XXS},
       {"IQ2_XS", LlamaFileType::MOSTLY_IQ2_XS}, {"IQ2_S", LlamaFileType::MOSTLY_IQ2_S},
-      {"IQ2_M", LlamaFileType::MOSTLY_IQ2_M},
+      {"IQ2_M", LlamaFileType::MOSTLY_IQ2_M},   {"IQ1_S", LlamaFileType::MOSTLY_IQ1_S},
+      {"IQ1_M", LlamaFileType::MOSTLY_IQ1_M},
   };
   std::string up = name;
   for (auto& c : up) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));

@@ -144,8 +144,31 @@ struct BlockIQ2_S {  // 16 groups of 16: w = d * (2s + 1) / 8 * grid[q] * sign
   uint8_t scales[kQK_K / 32]; // group g's s in nibble g % 2 of byte g / 2
 };
 
+// llama.cpp's 1-bit i-quants: points of 8 weights in {-1, 0, 1} (a 2048-point grid), shifted by
+// +-1/8, under 3-bit odd scales.
+inline constexpr float kIQ1Delta = 0.125f;
+struct BlockIQ1_S {  // 8 groups of 32: w = d * (2s + 1) * (grid[q] + shift)
+  static constexpr int kElems = kQK_K;
+  uint16_t d;
+  uint8_t qs[kQK_K / 8];    // the 32 indexes' low 8 bits
+  uint16_t qh[kQK_K / 32];  // per group: 4 x 3 top index bits, s in bits 12..14, shift -1/8 if bit 15
+};
+struct BlockIQ1_M {  // 16 groups of 16: w = d * (2s + 1) * (grid[q] + shift), d an fp16 spread over scales
+  static constexpr int kElems = kQK_K;
+  uint8_t qs[kQK_K / 8];      // the 32 indexes' low 8 bits
+  uint8_t qh[kQK_K / 16];     // per 16 weights: 2 x (3 top index bits, shift -1/8 if the 4th)
+  uint8_t scales[kQK_K / 32]; // 4 uint16: 4 x 3-bit s each, and 4 bits of d's fp16 on top
+};
+// d of an IQ1_M block: the fp16 whose 4 nibbles are the top nibbles of the 4 scale words.
+inline uint16_t iq1_m_d(const BlockIQ1_M& b) {
+  uint16_t sc[4];
+  std::memcpy(sc, b.scales, sizeof(sc));
+  return static_cast<uint16_t>((sc[0] >> 12) | ((sc[1] >> 8) & 0x00f0) | ((sc[2] >> 4) & 0x0f00) | (sc[3] & 0xf000));
+}
+
 static_assert(sizeof(BlockIQ4_NL) == 18 && sizeof(BlockIQ4_XS) == 136);
 static_assert(sizeof(BlockIQ3_XXS) == 98 && sizeof(BlockIQ3_S) == 110);
+static_assert(sizeof(BlockIQ1_S) == 50 && sizeof(BlockIQ1_M) == 56);
 static_assert(sizeof(BlockIQ2_XXS) == 66 && sizeof(BlockIQ2_XS) == 74 && sizeof(BlockIQ2_S) == 82);
 static_assert(sizeof(BlockQ4_0) == 18 && sizeof(BlockQ8_0) == 34);
 static_assert(sizeof(BlockQ4_1) == 20 && sizeof(BlockQ5_0) == 22 && sizeof(BlockQ5_1) == 24 && sizeof(BlockQ8_1) == 36);

@@ -49,6 +49,16 @@ uint64_t count_fields(const std::byte* p, size_t blocks) {
   return bad;
 }
 uint64_t count_none(const std::byte*, size_t) { return 0; }  // integers
+uint64_t count_iq1_m(const std::byte* p, size_t blocks) {  // its fp16 is spread over the scales
+  uint64_t bad = 0;
+  for (size_t b = 0; b < blocks; ++b, p += sizeof(BlockIQ1_M)) {
+    BlockIQ1_M blk;
+    std::memcpy(&blk, p, sizeof(blk));
+    const uint16_t d = iq1_m_d(blk);
+    bad += f16_non_finite(reinterpret_cast<const std::byte*>(&d));
+  }
+  return bad;
+}
 
 // ---- what each type is --------------------------------------------------------------------------
 
@@ -96,6 +106,8 @@ void describe_all(Rows& r) {
   describe<BlockIQ2_XXS>(r, T::IQ2_XXS, "IQ2_XXS", true, count_fields<BlockIQ2_XXS, f16_non_finite, offsetof(BlockIQ2_XXS, d)>, T::Q8_K);
   describe<BlockIQ2_XS>(r, T::IQ2_XS, "IQ2_XS", true, count_fields<BlockIQ2_XS, f16_non_finite, offsetof(BlockIQ2_XS, d)>, T::Q8_K);
   describe<BlockIQ2_S>(r, T::IQ2_S, "IQ2_S", true, count_fields<BlockIQ2_S, f16_non_finite, offsetof(BlockIQ2_S, d)>, T::Q8_K);
+  describe<BlockIQ1_S>(r, T::IQ1_S, "IQ1_S", true, count_fields<BlockIQ1_S, f16_non_finite, offsetof(BlockIQ1_S, d)>, T::Q8_K);
+  describe<BlockIQ1_M>(r, T::IQ1_M, "IQ1_M", true, count_iq1_m, T::Q8_K);
   describe<BlockQ8_K>(r, T::Q8_K, "Q8_K", true, count_fields<BlockQ8_K, f32_non_finite, offsetof(BlockQ8_K, d)>);
 }
 
@@ -121,6 +133,7 @@ class Table {
     table::install_reference_iquants(rows_);
     table::install_reference_iq3(rows_);
     table::install_reference_iq2(rows_);
+    table::install_reference_iq1(rows_);
     table::install_qgemm_packing(rows_);
     table::install_reference_panels(rows_);
     if (level >= SimdLevel::Avx2) {

@@ -31,6 +31,7 @@ enum class GGMLType : uint32_t {
   IQ2_XXS = 16,
   IQ2_XS = 17,
   IQ3_XXS = 18,
+  IQ1_S = 19,
   IQ4_NL = 20,
   IQ3_S = 21,
   IQ2_S = 22,
@@ -40,6 +41,7 @@ enum class GGMLType : uint32_t {
   I32 = 26,
   I64 = 27,
   F64 = 28,
+  IQ1_M = 29,
   BF16 = 30,
 };
 
@@ -107,9 +109,9 @@ inline const GGMLTypeTraits* ggml_type_traits(GGMLType t) { return ggml_type_tra
 // same at every level.
 const GGMLTypeTraits* ggml_type_traits(GGMLType t, SimdLevel level);
 const char* ggml_type_name(GGMLType t);
-// Types whose quantizer needs an importance matrix (llama.cpp's IQ2_XXS and IQ2_XS: their grids
+// Types whose quantizer needs an importance matrix (llama.cpp's IQ2_XXS, IQ2_XS, IQ1_S: their grids
 // lose the model without one, and llama-quantize refuses them too).
-inline bool needs_importance(GGMLType t) { return t == GGMLType::IQ2_XXS || t == GGMLType::IQ2_XS; }
+inline bool needs_importance(GGMLType t) { return t == GGMLType::IQ2_XXS || t == GGMLType::IQ2_XS || t == GGMLType::IQ1_S; }
 // Case-insensitive lookup by name ("q4_k", "F16", or a plugin type's); nullopt if unknown.
 std::optional<GGMLType> ggml_type_from_name(std::string_view name);
 // The same among ggml's built-in types only.

@@ -73,6 +73,7 @@ void install_reference_dots(Rows& rows);        // vec_dot.cpp: vec_dot, Q8_K ac
 void install_reference_iquants(Rows& rows);     // iquants.cpp: IQ4 quantizers, dequantizers, dots
 void install_reference_iq3(Rows& rows);         // iq3.cpp: IQ3 quantizers, dequantizers, dots
 void install_reference_iq2(Rows& rows);         // iq2.cpp: IQ2 quantizers, dequantizers, dots
+void install_reference_iq1(Rows& rows);         // iq1.cpp: IQ1 quantizers, dequantizers, dots
 void install_qgemm_packing(Rows& rows);         // qgemm.cpp: activations into token tiles
 void install_reference_panels(Rows& rows);      // row_panels.cpp: panel layout, scalar panel matvec
 // simd_level() >= Avx2:

@@ -490,6 +490,64 @@ SQUISH_AVX2 float dot_iq3_s(int64_t nb, const BlockIQ3_S* x, const BlockQ8_K* y)
   return hsum_ps(acc);
 }
 
+// IQ1_S / IQ1_M: 32 weights in {-1, 0, 1}: the activations with the grid's signs (0 where the
+// grid is 0) summed in pairs, times the 16-bit lanes' scales; and the activations' own pair sums
+// times the lanes' signed shift scales (the +-1/8 applied once per block).
+SQUISH_AVX2 inline void iq1_group(__m256i grid, const int8_t* q8, __m256i scales, __m256i shift_scales, __m256i& isum, __m256i& ishift) {
+  const __m256i ones = _mm256_set1_epi8(1), q = loadu(q8);
+  isum = _mm256_add_epi32(isum, _mm256_madd_epi16(_mm256_maddubs_epi16(ones, _mm256_sign_epi8(q, grid)), scales));
+  ishift = _mm256_add_epi32(ishift, _mm256_madd_epi16(_mm256_maddubs_epi16(ones, q), shift_scales));
+}
+
+SQUISH_AVX2 float dot_iq1_s(int64_t nb, const BlockIQ1_S* x, const BlockQ8_K* y) {
+  const uint64_t* P = kIQ1Points.data();
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i) {
+    __m256i isum = _mm256_setzero_si256(), ishift = _mm256_setzero_si256();
+    for (int ib = 0; ib < 8; ++ib) {
+      const uint8_t* q = x[i].qs + 4 * ib;
+      const unsigned h = x[i].qh[ib];
+      const __m256i grid = points4(P[q[0] | ((h << 8) & 0x700)], P[q[1] | ((h << 5) & 0x700)], P[q[2] | ((h << 2) & 0x700)],
+                                   P[q[3] | ((h >> 1) & 0x700)]);
+      const int ls = static_cast<int>(2 * ((h >> 12) & 7) + 1);
+      const __m256i scales = _mm256_set1_epi16(static_cast<int16_t>(ls));
+      iq1_group(grid, y[i].qs + 32 * ib, scales, _mm256_set1_epi16(static_cast<int16_t>(h & 0x8000 ? -ls : ls)), isum, ishift);
+    }
+    const __m256 sums = _mm256_add_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(_mm256_set1_ps(kIQ1Delta), _mm256_cvtepi32_ps(ishift)));
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * y[i].d), sums, acc);
+  }
+  return hsum_ps(acc);
+}
+
+SQUISH_AVX2 float dot_iq1_m(int64_t nb, const BlockIQ1_M* x, const BlockQ8_K* y) {
+  const uint64_t* P = kIQ1Points.data();
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i) {
+    uint16_t sc[4];
+    std::memcpy(sc, x[i].scales, sizeof(sc));
+    __m256i isum = _mm256_setzero_si256(), ishift = _mm256_setzero_si256();
+    for (int ib = 0; ib < 8; ++ib) {  // two groups of 16: g = 2 ib, 2 ib + 1
+      const uint8_t* q = x[i].qs + 4 * ib;
+      const unsigned h0 = x[i].qh[2 * ib], h1 = x[i].qh[2 * ib + 1];
+      const __m256i grid = points4(P[q[0] | ((h0 << 8) & 0x700)], P[q[1] | ((h0 << 4) & 0x700)], P[q[2] | ((h1 << 8) & 0x700)],
+                                   P[q[3] | ((h1 << 4) & 0x700)]);
+      const int s = sc[ib / 2] >> (6 * (ib % 2));
+      const int ls0 = 2 * (s & 7) + 1, ls1 = 2 * ((s >> 3) & 7) + 1;
+      const auto sh = [](unsigned bits, unsigned mask, int ls) { return static_cast<int16_t>(bits & mask ? -ls : ls); };
+      // 16-bit lanes 0..3 hold weights 0..7, 4..7 weights 8..15 (group 2 ib), 8..15 the next group.
+      const __m256i scales = _mm256_set_m128i(_mm_set1_epi16(static_cast<int16_t>(ls1)), _mm_set1_epi16(static_cast<int16_t>(ls0)));
+      const __m256i shifts = _mm256_set_epi16(sh(h1, 0x80, ls1), sh(h1, 0x80, ls1), sh(h1, 0x80, ls1), sh(h1, 0x80, ls1),
+                                              sh(h1, 0x08, ls1), sh(h1, 0x08, ls1), sh(h1, 0x08, ls1), sh(h1, 0x08, ls1),
+                                              sh(h0, 0x80, ls0), sh(h0, 0x80, ls0), sh(h0, 0x80, ls0), sh(h0, 0x80, ls0),
+                                              sh(h0, 0x08, ls0), sh(h0, 0x08, ls0), sh(h0, 0x08, ls0), sh(h0, 0x08, ls0));
+      iq1_group(grid, y[i].qs + 32 * ib, scales, shifts, isum, ishift);
+    }
+    const __m256 sums = _mm256_add_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(_mm256_set1_ps(kIQ1Delta), _mm256_cvtepi32_ps(ishift)));
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(iq1_m_d(x[i])) * y[i].d), sums, acc);
+  }
+  return hsum_ps(acc);
+}
+
 }  // namespace
 
 void quant::table::install_avx2_dots(Rows& rows) {
@@ -510,6 +568,8 @@ void quant::table::install_avx2_dots(Rows& rows) {
   row(rows, GGMLType::IQ2_XXS).vec_dot = vec_dot<dot_iq2_xxs>;
   row(rows, GGMLType::IQ2_XS).vec_dot = vec_dot<dot_iq2_xs>;
   row(rows, GGMLType::IQ2_S).vec_dot = vec_dot<dot_iq2_s>;
+  row(rows, GGMLType::IQ1_S).vec_dot = vec_dot<dot_iq1_s>;
+  row(rows, GGMLType::IQ1_M).vec_dot = vec_dot<dot_iq1_m>;
   row(rows, GGMLType::Q8_K).from_float = from_float<quantize_q8_K>;
 }
 

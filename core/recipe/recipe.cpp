@@ -52,7 +52,7 @@ const std::vector<std::string>& preset_names() {
   static const std::vector<std::string> names = {"F32",    "F16",    "BF16",   "Q8_0",   "Q6_K",   "Q5_K_M", "Q5_K_S",
                                                  "Q4_K_M", "Q4_K_S", "Q4_0",   "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K",
                                                  "IQ4_XS", "IQ4_NL", "IQ3_M",  "IQ3_S",  "IQ3_XS", "IQ3_XXS", "IQ2_M",
-                                                 "IQ2_S",  "IQ2_XS", "IQ2_XXS"};
+                                                 "IQ2_S",  "IQ2_XS", "IQ2_XXS", "IQ1_M",  "IQ1_S"};
   return names;
 }
 
@@ -232,6 +232,8 @@ GGMLType preset_base(const std::string& p) {
   if (p == "IQ2_M") return GGMLType::IQ2_S;
   if (p == "IQ2_S" || p == "IQ2_XS") return GGMLType::IQ2_XS;  // IQ2_S is a mixture over IQ2_XS, as in llama.cpp
   if (p == "IQ2_XXS") return GGMLType::IQ2_XXS;
+  if (p == "IQ1_S") return GGMLType::IQ1_S;
+  if (p == "IQ1_M") return GGMLType::IQ1_M;
   if (p.starts_with("Q5_K")) return GGMLType::Q5_K;
   if (p.starts_with("Q4_K")) return GGMLType::Q4_K;
   if (p.starts_with("Q3_K")) return GGMLType::Q3_K;
@@ -249,8 +251,8 @@ std::pair<GGMLType, std::string> preset_type(PresetState& s, const std::string& 
   GGMLType t = s.base;
   std::string why = fmt::format("{} base type", p);
   if (t == GGMLType::F32 || t == GGMLType::F16 || t == GGMLType::BF16) return {t, why};
-  // The 2-bit mixtures (IQ2_S and IQ2_M lean on IQ3_S where the others take Q2_K).
-  const bool iq2 = p.starts_with("IQ2_"), iq2_s = p == "IQ2_S" || p == "IQ2_M";
+  // The 1- and 2-bit mixtures (IQ2_S and IQ2_M lean on IQ3_S where the others take Q2_K).
+  const bool iq2 = p.starts_with("IQ2_") || p.starts_with("IQ1_"), iq2_s = p == "IQ2_S" || p == "IQ2_M";
   const GGMLType iq2_more = iq2_s ? GGMLType::IQ3_S : GGMLType::Q2_K;
   if (name == "output.weight" || (!s.has_output && name == "token_embd.weight")) {
     if (iq2 || p == "IQ3_XXS") t = GGMLType::Q5_K, why = fmt::format("{}: output projection gets Q5_K (llama.cpp)", p);
@@ -264,8 +266,8 @@ std::pair<GGMLType, std::string> preset_type(PresetState& s, const std::string& 
       t = s.n_gqa >= 4 ? GGMLType::Q4_K : iq2_more, why = fmt::format("{}: attn_v with n_gqa {} gets {}", p, s.n_gqa, ggml_type_name(t));
     } else if (contains(name, "ffn_down")) {
       if (s.i_ffn_down++ < s.n_layer / 8) t = iq2_more, why = fmt::format("{}: first ffn_down layers get {}", p, ggml_type_name(t));
-    } else if (contains(name, "attn_output.weight") && iq2_s) {
-      t = GGMLType::IQ3_S, why = fmt::format("{}: attn_output gets IQ3_S", p);
+    } else if (contains(name, "attn_output.weight") && (iq2_s || p.starts_with("IQ1_"))) {
+      t = iq2_s ? GGMLType::IQ3_S : GGMLType::IQ2_XXS, why = fmt::format("{}: attn_output gets {}", p, ggml_type_name(t));
     }
   } else if (contains(name, "attn_v.weight")) {
     const int i = s.i_attention_wv++, n = s.n_attention_wv;
@@ -315,7 +317,8 @@ std::pair<GGMLType, std::string> preset_type(PresetState& s, const std::string& 
 GGMLType fallback_type(GGMLType t, int64_t n) {
   GGMLType f;
   switch (t) {
-    case GGMLType::Q2_K: case GGMLType::Q3_K: case GGMLType::IQ2_XXS: case GGMLType::IQ2_XS: case GGMLType::IQ2_S:
+    case GGMLType::Q2_K: case GGMLType::Q3_K: case GGMLType::IQ1_S: case GGMLType::IQ1_M: case GGMLType::IQ2_XXS:
+    case GGMLType::IQ2_XS: case GGMLType::IQ2_S:
     case GGMLType::IQ3_XXS: case GGMLType::IQ3_S: case GGMLType::IQ4_XS:
       f = GGMLType::IQ4_NL;
       break;
@@ -630,7 +633,8 @@ std::optional<gguf::LlamaFileType> file_type_of(const CompressPlan& plan) {
                                                      {GGMLType::Q2_K, "Q2_K"}, {GGMLType::IQ4_NL, "IQ4_NL"}, {GGMLType::IQ4_XS, "IQ4_XS"},
                                                      {GGMLType::IQ3_S, "IQ3_S"},   {GGMLType::IQ3_XXS, "IQ3_XXS"},
                                                      {GGMLType::IQ2_S, "IQ2_M"},   {GGMLType::IQ2_XS, "IQ2_XS"},
-                                                     {GGMLType::IQ2_XXS, "IQ2_XXS"}};
+                                                     {GGMLType::IQ2_XXS, "IQ2_XXS"}, {GGMLType::IQ1_S, "IQ1_S"},
+                                                     {GGMLType::IQ1_M, "IQ1_M"}};
   return gguf::llama_file_type_from_name(ft.at(dom));
 }
 
