@@ -59,40 +59,56 @@ Fit fit_at(const float* x, const float* w, int n, float inv_scale) {
   return f;
 }
 
-// The best scale of one group of 32 (0 for an all-zero group): the least-squares scale for the
-// levels of the extreme-mapping scale, then 15 trial scales, each refitted, the best kept.
-constexpr int kTries = 7;
-float iq4_group_scale(const float* x, const float* w) {
+// The group's weight of largest magnitude, with its sign (0 for an all-zero group).
+float signed_max(const float* x) {
   float amax = 0, max = 0;
   for (int j = 0; j < 32; ++j) {
     const float ax = std::fabs(x[j]);
     if (ax > amax) amax = ax, max = x[j];
   }
-  if (amax < kGroupMaxEps) return 0;
-  const float v0 = kIQ4NLValues[0];
-  Fit f = fit_at(x, w, 32, 1 / (-max / v0));
-  float d = f.sumqx / f.sumq2, best = d * f.sumqx;
+  return amax < kGroupMaxEps ? 0.f : max;
+}
+
+// The 16 fits' inverse scales: fit 0 maps the largest weight to the extreme level, fit 8 + t is
+// trial t in -7..7.
+constexpr int kTries = 7;
+void trial_scales(float max, float* inv) {
+  inv[0] = 1 / (-max / static_cast<float>(kIQ4NLValues[0]));
+  for (int t = -kTries; t <= kTries; ++t) inv[8 + t] = static_cast<float>(t + kIQ4NLValues[0]) / max;
+}
+
+// The least-squares scale of fit 0, replaced by a trial's when that has the lower weighted error.
+float best_of_fits(const Fit* f) {
+  float d = f[0].sumqx / f[0].sumq2, best = d * f[0].sumqx;
   for (int t = -kTries; t <= kTries; ++t) {
-    f = fit_at(x, w, 32, static_cast<float>(t + kIQ4NLValues[0]) / max);
-    if (f.sumq2 > 0 && f.sumqx * f.sumqx > best * f.sumq2) d = f.sumqx / f.sumq2, best = d * f.sumqx;
+    const Fit& g = f[8 + t];
+    if (g.sumq2 > 0 && g.sumqx * g.sumqx > best * g.sumq2) d = g.sumqx / g.sumq2, best = d * g.sumqx;
   }
   return d;
 }
 
-// The same with the 16 fits side by side in two vectors of 8 lanes (lane 0: the extreme-mapping
-// scale, lane 8 + t: trial t): each lane does the scalar fit's float operations in the scalar
-// order, so the bytes are the same; only the fits run in parallel instead of one after another.
+// The best scale of one group of 32 (0 for an all-zero group): the least-squares scale for the
+// levels of the extreme-mapping scale, then 15 trial scales, each refitted, the best kept.
+float iq4_group_scale(const float* x, const float* w) {
+  const float max = signed_max(x);
+  if (max == 0) return 0;
+  float inv[16];
+  trial_scales(max, inv);
+  Fit f[16];
+  f[0] = fit_at(x, w, 32, inv[0]);
+  for (int t = -kTries; t <= kTries; ++t) f[8 + t] = fit_at(x, w, 32, inv[8 + t]);
+  return best_of_fits(f);
+}
+
+// The same with the 16 fits side by side in two vectors of 8 lanes (lane k: fit k): each lane
+// does the scalar fit's float operations in the scalar order, so the bytes are the same; only the
+// fits run in parallel instead of one after another.
 SQUISH_AVX2 float iq4_group_scale_avx2(const float* x, const float* w) {
-  float amax = 0, max = 0;
-  for (int j = 0; j < 32; ++j) {
-    const float ax = std::fabs(x[j]);
-    if (ax > amax) amax = ax, max = x[j];
-  }
-  if (amax < kGroupMaxEps) return 0;
+  const float max = signed_max(x);
+  if (max == 0) return 0;
   alignas(32) float inv[16], levels[16];
   for (int k = 0; k < 16; ++k) levels[k] = kIQ4NLValues[k];
-  inv[0] = 1 / (-max / levels[0]);
-  for (int t = -kTries; t <= kTries; ++t) inv[8 + t] = static_cast<float>(t + kIQ4NLValues[0]) / max;
+  trial_scales(max, inv);
   const __m256 lv_lo = _mm256_load_ps(levels), lv_hi = _mm256_load_ps(levels + 8);
   const auto level_at = [&](__m256i i) SQUISH_AVX2 {  // levels[i], i in 0..15
     const __m256 lo = _mm256_permutevar8x32_ps(lv_lo, i), hi = _mm256_permutevar8x32_ps(lv_hi, i);
@@ -118,10 +134,9 @@ SQUISH_AVX2 float iq4_group_scale_avx2(const float* x, const float* w) {
   }
   alignas(32) float qx[16], q2[16];
   _mm256_store_ps(qx, sumqx[0]), _mm256_store_ps(qx + 8, sumqx[1]), _mm256_store_ps(q2, sumq2[0]), _mm256_store_ps(q2 + 8, sumq2[1]);
-  float d = qx[0] / q2[0], best = d * qx[0];
-  for (int t = -kTries; t <= kTries; ++t)
-    if (q2[8 + t] > 0 && qx[8 + t] * qx[8 + t] > best * q2[8 + t]) d = qx[8 + t] / q2[8 + t], best = d * qx[8 + t];
-  return d;
+  Fit f[16];
+  for (int k = 0; k < 16; ++k) f[k] = {qx[k], q2[k]};
+  return best_of_fits(f);
 }
 
 // The weights of the error in one super-block of `n` values: qw_j * sqrt(sigma² + x_j²) with

@@ -225,10 +225,12 @@ SQUISH_AVX2 float dot_q5_K(int64_t nb, const BlockQ5_K* x, const BlockQ8_K* y) {
   });
 }
 
-// Signed x signed bytes, 8 int32 lanes of partial sums: |x| * (y with x's sign) (maddubs).
-SQUISH_AVX2 inline __m256i dot_i8_lanes(__m256i x, __m256i y) {
-  return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x)), _mm256_set1_epi16(1));
+// Signed x signed bytes, 8 int32 lanes of partial sums: |x| * (y with x's sign) (maddubs), the
+// 16-bit pair sums times `scales` (ones: a plain dot).
+SQUISH_AVX2 inline __m256i dot_i8_lanes_scaled(__m256i x, __m256i y, __m256i scales) {
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x)), scales);
 }
+SQUISH_AVX2 inline __m256i dot_i8_lanes(__m256i x, __m256i y) { return dot_i8_lanes_scaled(x, y, _mm256_set1_epi16(1)); }
 
 SQUISH_AVX2 float dot_q8_0(int64_t nb, const BlockQ8_0* x, const BlockQ8_0* y) {
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
@@ -271,12 +273,16 @@ SQUISH_AVX2 inline __m256i iq4_levels(const uint8_t* qs) {
   return _mm256_set_m128i(_mm_shuffle_epi8(table, _mm_and_si128(_mm_srli_epi16(v, 4), m4)), _mm_shuffle_epi8(table, _mm_and_si128(v, m4)));
 }
 
+SQUISH_AVX2 inline __m256i iq4_table() {  // the 16 levels in both 128-bit lanes, for shuffles
+  return _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIQ4NLValues)));
+}
+
 // IQ4_NL, two blocks per step: block i's 16 bytes in the low lane, block i+1's in the high, so
 // the low nibbles are weights 0..15 of each and the high nibbles 16..31; the activations are
 // regrouped to match, and each lane's 4 partial sums take its own block's scale.
 SQUISH_AVX2 float dot_iq4_nl(int64_t nb, const BlockIQ4_NL* x, const BlockQ8_0* y) {
-  const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIQ4NLValues)));
-  const __m256i m4 = _mm256_set1_epi8(0xF), ones = _mm256_set1_epi16(1);
+  const __m256i table = iq4_table();
+  const __m256i m4 = _mm256_set1_epi8(0xF);
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
   int64_t i = 0;
   for (; i + 2 <= nb; i += 2) {
@@ -286,8 +292,7 @@ SQUISH_AVX2 float dot_iq4_nl(int64_t nb, const BlockIQ4_NL* x, const BlockQ8_0* 
     const __m256i hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
     const __m256i q0 = loadu(y[i].qs), q1 = loadu(y[i + 1].qs);
     const __m256i q_lo = _mm256_permute2x128_si256(q0, q1, 0x20), q_hi = _mm256_permute2x128_si256(q0, q1, 0x31);
-    const __m256i s = _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(lo, lo), _mm256_sign_epi8(q_lo, lo)), ones),
-                                       _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(hi, hi), _mm256_sign_epi8(q_hi, hi)), ones));
+    const __m256i s = _mm256_add_epi32(dot_i8_lanes(lo, q_lo), dot_i8_lanes(hi, q_hi));
     const __m256 d = _mm256_set_m128(_mm_set1_ps(h2f(x[i + 1].d) * h2f(y[i + 1].d)), _mm_set1_ps(h2f(x[i].d) * h2f(y[i].d)));
     if (i % 4 == 0) acc0 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), acc0);
     else acc1 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), acc1);
@@ -303,7 +308,7 @@ SQUISH_AVX2 float dot_iq4_nl(int64_t nb, const BlockIQ4_NL* x, const BlockQ8_0* 
 // pair sums in the `madd`; every block's integer is exact, and blocks are scaled and summed in
 // float lanes.
 SQUISH_AVX2 float dot_iq4_xs(int64_t nb, const BlockIQ4_XS* x, const BlockQ8_K* y) {
-  const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIQ4NLValues)));
+  const __m256i table = iq4_table();
   const __m256i m4 = _mm256_set1_epi8(0xF);
   __m256 acc = _mm256_setzero_ps();
   for (int64_t i = 0; i < nb; ++i) {
@@ -318,8 +323,7 @@ SQUISH_AVX2 float dot_iq4_xs(int64_t nb, const BlockIQ4_XS* x, const BlockQ8_K* 
       const __m256i q0 = loadu(y[i].qs + 64 * p), q1 = loadu(y[i].qs + 64 * p + 32);
       const __m256i sc = pair_scales(sc8, p);
       const __m256i q_lo = _mm256_permute2x128_si256(q0, q1, 0x20), q_hi = _mm256_permute2x128_si256(q0, q1, 0x31);
-      isum = _mm256_add_epi32(isum, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(lo, lo), _mm256_sign_epi8(q_lo, lo)), sc));
-      isum = _mm256_add_epi32(isum, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(hi, hi), _mm256_sign_epi8(q_hi, hi)), sc));
+      isum = _mm256_add_epi32(isum, _mm256_add_epi32(dot_i8_lanes_scaled(lo, q_lo, sc), dot_i8_lanes_scaled(hi, q_hi, sc)));
     }
     acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * y[i].d), _mm256_cvtepi32_ps(isum), acc);
   }
