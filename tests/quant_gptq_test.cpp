@@ -26,7 +26,7 @@ namespace squish {
 namespace {
 
 const GGMLType kTypes[] = {GGMLType::Q8_0, GGMLType::Q4_0, GGMLType::Q2_K, GGMLType::Q3_K,
-                           GGMLType::Q4_K, GGMLType::Q5_K, GGMLType::Q6_K};
+                           GGMLType::Q4_K, GGMLType::Q5_K, GGMLType::Q6_K, GGMLType::IQ4_NL, GGMLType::IQ4_XS};
 
 std::vector<float> gaussian(size_t n, uint32_t seed, float sigma) {
   std::mt19937 rng(seed);

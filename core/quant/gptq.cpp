@@ -182,7 +182,7 @@ std::vector<std::byte> gptq_quantize(GGMLType type, const float* W, int64_t rows
 
 std::vector<std::byte> gptq_quantize(GGMLType type, const float* W, int64_t rows, int64_t cols, const GptqFactor& f,
                                      const float* imatrix, const GptqOptions& opt, std::vector<double>* row_error) {
-  if (!gptq_supported(type)) fail(ExitCode::Usage, "GPTQ: {} is not supported (Q8_0, Q4_0, Q2_K..Q6_K are)", ggml_type_name(type));
+  if (!gptq_supported(type)) fail(ExitCode::Usage, "GPTQ: {} is not supported (Q8_0, Q4_0, Q2_K..Q6_K, IQ4_NL, IQ4_XS are)", ggml_type_name(type));
   const auto* tr = ggml_type_traits(type);
   const int bs = tr->block_size;
   if (cols % bs != 0) fail(ExitCode::Runtime, "GPTQ: {} columns are not a multiple of {}'s block of {}", cols, ggml_type_name(type), bs);
@@ -244,9 +244,16 @@ std::vector<std::byte> gptq_quantize(GGMLType type, const float* W, int64_t rows
           float* wr = w.data() + size_t(r) * n;
           const size_t at = size_t(r) * n + col(i);
           int l = g.zero;
-          if (step[at] != 0.0f) l = std::clamp(nearest_int((wr[i] + mn[at]) / step[at]) + g.zero, 0, g.level_max);
+          float q;
+          if (g.table) {  // non-uniform levels (IQ4): the nearest of them
+            for (int k = 1; k <= g.level_max; ++k)
+              if (std::fabs(wr[i] - step[at] * float(g.table[k])) < std::fabs(wr[i] - step[at] * float(g.table[l]))) l = k;
+            q = step[at] * static_cast<float>(g.table[l]);
+          } else {
+            if (step[at] != 0.0f) l = std::clamp(nearest_int((wr[i] + mn[at]) / step[at]) + g.zero, 0, g.level_max);
+            q = step[at] * static_cast<float>(l - g.zero) - mn[at];
+          }
           lv[at] = static_cast<uint8_t>(l);
-          const float q = step[at] * static_cast<float>(l - g.zero) - mn[at];
           const float ei = (wr[i] - q) / d;
           err[size_t(r) * B + (i - b0)] = ei;
           if (row_error) (*row_error)[size_t(r0 + r)] += double(ei) * ei;

@@ -56,7 +56,8 @@ struct GptqFactor {
 };
 GptqFactor gptq_factor(const float* H, int64_t cols, const GptqOptions& opt = {});
 
-// True for the types gptq_quantize handles (those with integer levels: Q8_0, Q4_0, Q2_K..Q6_K).
+// True for the types gptq_quantize handles (those with levels per weight: Q8_0, Q4_0, Q2_K..Q6_K,
+// IQ4_NL, IQ4_XS; not the grid i-quants, whose codes span 4 or 8 weights).
 bool gptq_supported(GGMLType type);
 
 // Quantizes W (rows x cols, row-major) to `type`, one ggml row per W row (ggml_row_size(type,

@@ -43,22 +43,7 @@ constexpr float kMinus[3] = {-1 - kIQ1Delta, -kIQ1Delta, 1 - kIQ1Delta};
 // The grid index for the 8 levels in L; off the grid, the listed neighbour of least
 // sum w (scale v[l] - x)² (the first on ties), whose levels L then gets.
 int snap_iq1(const Search1& g, const float* x, const float* w, float scale, const float* v, int8_t* L, bool& on_grid) {
-  const int u = g.tuple_of(L);
-  on_grid = g.index[u] >= 0;
-  if (on_grid) return g.index[u];
-  const uint16_t* list = g.lists.data() + (-1 - g.index[u]);
-  float best = FLT_MAX;
-  int best_k = list[1];
-  for (int j = 1; j <= list[0]; ++j) {
-    float d2 = 0;
-    for (int i = 0; i < 8; ++i) {
-      const float diff = scale * v[(g.points[list[j]][i] - 1) / 2] - x[i];
-      d2 += w[i] * diff * diff;
-    }
-    if (d2 < best) best = d2, best_k = list[j];
-  }
-  for (int i = 0; i < 8; ++i) L[i] = static_cast<int8_t>((g.points[best_k][i] - 1) / 2);
-  return best_k;
+  return snap_to_grid(g, x, w, scale, L, on_grid, [v](int8_t c) { return v[(c - 1) / 2]; });
 }
 
 // The group's weights in ascending order (stable, as glibc's qsort merge sort keeps ties).
@@ -352,13 +337,8 @@ float dot_iq1_m(int64_t nb, const BlockIQ1_M* x, const BlockQ8_K* y) {
 }  // namespace
 
 void quant::table::install_reference_iq1(Rows& rows) {
-  auto set = [&](GGMLType t, auto quantize, auto dequantize, auto dot) {
-    row(rows, t).quantize_rows = quantize;
-    row(rows, t).dequantize_row = dequantize;
-    row(rows, t).vec_dot = dot;
-  };
-  set(GGMLType::IQ1_S, quantize_rows<quantize_iq1_s>, dequantize_row<dequantize_iq1_s>, vec_dot<dot_iq1_s>);
-  set(GGMLType::IQ1_M, quantize_rows<quantize_iq1_m>, dequantize_row<dequantize_iq1_m>, vec_dot<dot_iq1_m>);
+  set_reference_kernels<quantize_iq1_s, dequantize_iq1_s, dot_iq1_s>(rows, GGMLType::IQ1_S);
+  set_reference_kernels<quantize_iq1_m, dequantize_iq1_m, dot_iq1_m>(rows, GGMLType::IQ1_M);
 }
 
 }  // namespace squish

@@ -266,16 +266,11 @@ float dot_group16(int64_t nb, const B* x, const BlockQ8_K* y) {
 }  // namespace
 
 void quant::table::install_reference_iq2(Rows& rows) {
-  auto set = [&](GGMLType t, auto quantize, auto dequantize, auto dot) {
-    row(rows, t).quantize_rows = quantize;
-    row(rows, t).dequantize_row = dequantize;
-    row(rows, t).vec_dot = dot;
-  };
-  set(GGMLType::IQ2_XXS, quantize_rows<quantize_iq2_xxs>, dequantize_row<dequantize_iq2_xxs>, vec_dot<dot_iq2_xxs>);
-  set(GGMLType::IQ2_XS, quantize_rows<quantize_iq2_xs>, dequantize_row<dequantize_group16<BlockIQ2_XS, iq2_xs_point, iq2_xs_signs>>,
-      vec_dot<dot_group16<BlockIQ2_XS, iq2_xs_point, iq2_xs_signs>>);
-  set(GGMLType::IQ2_S, quantize_rows<quantize_iq2_s>, dequantize_row<dequantize_group16<BlockIQ2_S, iq2_s_point, iq2_s_signs>>,
-      vec_dot<dot_group16<BlockIQ2_S, iq2_s_point, iq2_s_signs>>);
+  set_reference_kernels<quantize_iq2_xxs, dequantize_iq2_xxs, dot_iq2_xxs>(rows, GGMLType::IQ2_XXS);
+  set_reference_kernels<quantize_iq2_xs, dequantize_group16<BlockIQ2_XS, iq2_xs_point, iq2_xs_signs>,
+                        dot_group16<BlockIQ2_XS, iq2_xs_point, iq2_xs_signs>>(rows, GGMLType::IQ2_XS);
+  set_reference_kernels<quantize_iq2_s, dequantize_group16<BlockIQ2_S, iq2_s_point, iq2_s_signs>,
+                        dot_group16<BlockIQ2_S, iq2_s_point, iq2_s_signs>>(rows, GGMLType::IQ2_S);
 }
 
 }  // namespace squish

@@ -215,13 +215,8 @@ float dot_iq3_s(int64_t nb, const BlockIQ3_S* x, const BlockQ8_K* y) {
 }  // namespace
 
 void quant::table::install_reference_iq3(Rows& rows) {
-  auto set = [&](GGMLType t, auto quantize, auto dequantize, auto dot) {
-    row(rows, t).quantize_rows = quantize;
-    row(rows, t).dequantize_row = dequantize;
-    row(rows, t).vec_dot = dot;
-  };
-  set(GGMLType::IQ3_XXS, quantize_rows<quantize_iq3_xxs>, dequantize_row<dequantize_iq3_xxs>, vec_dot<dot_iq3_xxs>);
-  set(GGMLType::IQ3_S, quantize_rows<quantize_iq3_s>, dequantize_row<dequantize_iq3_s>, vec_dot<dot_iq3_s>);
+  set_reference_kernels<quantize_iq3_xxs, dequantize_iq3_xxs, dot_iq3_xxs>(rows, GGMLType::IQ3_XXS);
+  set_reference_kernels<quantize_iq3_s, dequantize_iq3_s, dot_iq3_s>(rows, GGMLType::IQ3_S);
 }
 
 }  // namespace squish

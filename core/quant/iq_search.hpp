@@ -76,10 +76,16 @@ GridSearch<Dim, Bits> build_search(const uint16_t* packed, int n, int shells, in
   return g;
 }
 
+// The value a grid coordinate c = 2l + 1 stands for: c itself (IQ2, IQ3; IQ1 maps it).
+struct Coordinate {
+  float operator()(int8_t c) const { return static_cast<float>(c); }
+};
+
 // The grid index for the levels in L (Dim of them), taking the best neighbour when they are off
-// the grid (lowest sum w (scale q - x)², the first on ties); L gets the chosen point's levels.
-template <int Dim, int Bits>
-int snap_to_grid(const GridSearch<Dim, Bits>& g, const float* x, const float* w, float scale, int8_t* L, bool& on_grid) {
+// the grid (lowest sum w (scale value(c) - x)², the first on ties); L gets the chosen point's levels.
+template <int Dim, int Bits, class Value = Coordinate>
+int snap_to_grid(const GridSearch<Dim, Bits>& g, const float* x, const float* w, float scale, int8_t* L, bool& on_grid,
+                 Value value = {}) {
   const int u = g.tuple_of(L);
   on_grid = g.index[u] >= 0;
   if (on_grid) return g.index[u];
@@ -89,7 +95,7 @@ int snap_to_grid(const GridSearch<Dim, Bits>& g, const float* x, const float* w,
   for (int j = 1; j <= list[0]; ++j) {
     float d2 = 0;
     for (int i = 0; i < Dim; ++i) {
-      const float diff = scale * static_cast<float>(g.points[list[j]][i]) - x[i];
+      const float diff = scale * value(g.points[list[j]][i]) - x[i];
       d2 += w[i] * diff * diff;
     }
     if (d2 < best) best = d2, best_k = list[j];

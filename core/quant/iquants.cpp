@@ -257,13 +257,8 @@ float dot_iq4_xs(int64_t nb, const BlockIQ4_XS* x, const BlockQ8_K* y) {
 }  // namespace
 
 void quant::table::install_reference_iquants(Rows& rows) {
-  auto set = [&](GGMLType t, auto quantize, auto dequantize, auto dot) {
-    row(rows, t).quantize_rows = quantize;
-    row(rows, t).dequantize_row = dequantize;
-    row(rows, t).vec_dot = dot;
-  };
-  set(GGMLType::IQ4_NL, quantize_rows<quantize_iq4_nl<iq4_group_scale>>, dequantize_row<dequantize_iq4_nl>, vec_dot<dot_iq4_nl>);
-  set(GGMLType::IQ4_XS, quantize_rows<quantize_iq4_xs<iq4_group_scale>>, dequantize_row<dequantize_iq4_xs>, vec_dot<dot_iq4_xs>);
+  set_reference_kernels<quantize_iq4_nl<iq4_group_scale>, dequantize_iq4_nl, dot_iq4_nl>(rows, GGMLType::IQ4_NL);
+  set_reference_kernels<quantize_iq4_xs<iq4_group_scale>, dequantize_iq4_xs, dot_iq4_xs>(rows, GGMLType::IQ4_XS);
 }
 
 void quant::table::install_avx2_iquants(Rows& rows) {

@@ -12,6 +12,12 @@
 namespace squish::quant {
 
 int Grid::nearest(int e, float w) const {
+  if (table) {  // the level of least |w - value| (the first on ties); all equal when step is 0
+    int best = 0;
+    for (int l = 1; l <= level_max; ++l)
+      if (std::fabs(w - value(e, l)) < std::fabs(w - value(e, best))) best = l;
+    return best;
+  }
   if (step[e] == 0.0f) return zero;  // every level is the same value
   const int l = nearest_int((w + min[e]) / step[e]) + zero;
   return std::clamp(l, 0, level_max);
@@ -178,6 +184,36 @@ void write_q6_K(void* block, const uint8_t* levels) {
   });
 }
 
+// IQ4_NL / IQ4_XS: a group of 32 is 16 bytes, weight j in the low nibble of byte j, 16 + j in the high.
+void read_nibbles32(const uint8_t* qs, uint8_t* levels) {
+  for (int j = 0; j < 16; ++j) levels[j] = qs[j] & 0xF, levels[j + 16] = qs[j] >> 4;
+}
+void write_nibbles32(uint8_t* qs, const uint8_t* levels) {
+  for (int j = 0; j < 16; ++j) qs[j] = static_cast<uint8_t>((levels[j] & 0xF) | ((levels[j + 16] & 0xF) << 4));
+}
+
+void read_iq4_nl(const void* block, Grid& g, uint8_t* levels) {
+  const auto* b = static_cast<const BlockIQ4_NL*>(block);
+  g.zero = 0, g.level_max = 15, g.table = kIQ4NLValues;
+  set_group(g, 0, kQK, f16_to_f32(b->d), 0.0f);
+  read_nibbles32(b->qs, levels);
+}
+void write_iq4_nl(void* block, const uint8_t* levels) { write_nibbles32(static_cast<BlockIQ4_NL*>(block)->qs, levels); }
+
+void read_iq4_xs(const void* block, Grid& g, uint8_t* levels) {
+  const auto* b = static_cast<const BlockIQ4_XS*>(block);
+  g.zero = 0, g.level_max = 15, g.table = kIQ4NLValues;
+  const float d = f16_to_f32(b->d);
+  for (int k = 0; k < kQK_K / 32; ++k) {
+    set_group(g, 32 * k, 32, d * static_cast<float>(iq4_xs_scale(*b, k) - 32), 0.0f);
+    read_nibbles32(b->qs + 16 * k, levels + 32 * k);
+  }
+}
+void write_iq4_xs(void* block, const uint8_t* levels) {
+  auto* b = static_cast<BlockIQ4_XS*>(block);
+  for (int k = 0; k < kQK_K / 32; ++k) write_nibbles32(b->qs + 16 * k, levels + 32 * k);
+}
+
 const GGMLTypeTraits& levels_row(GGMLType type, const char* what) {
   const GGMLTypeTraits* t = ggml_type_traits(type);
   if (!t || !t->read_levels) fail(ExitCode::Runtime, "{}: {} has no integer levels", what, ggml_type_name(type));
@@ -198,6 +234,8 @@ void table::install_levels(table::Rows& rows) {
   set(GGMLType::Q4_K, read_k4<BlockQ4_K>, write_k4<BlockQ4_K>);
   set(GGMLType::Q5_K, read_k4<BlockQ5_K>, write_k4<BlockQ5_K>);
   set(GGMLType::Q6_K, read_q6_K, write_q6_K);
+  set(GGMLType::IQ4_NL, read_iq4_nl, write_iq4_nl);
+  set(GGMLType::IQ4_XS, read_iq4_xs, write_iq4_xs);
 }
 
 bool has_levels(GGMLType type) {

@@ -12,6 +12,11 @@
 //   Q4_K  step d*sc,     min dmin*m, levels 0..15
 //   Q5_K  step d*sc,     min dmin*m, levels 0..31 (4 bits in qs + 1 in qh)
 //   Q6_K  step d*sc,     zero 32,  levels 0..63 (4 bits in ql + 2 in qh)
+//
+// The non-uniform 4-bit i-quants are the same with a level table instead of the affine map:
+//
+//   IQ4_NL  step d,          level l stands for step * kIQ4NLValues[l], levels 0..15
+//   IQ4_XS  step d*(ls-32),  the same table
 #include "core/quant/ggml_types.hpp"
 
 #include <cstdint>
@@ -23,13 +28,16 @@ struct Grid {
   float min[256];
   int zero = 0;
   int level_max = 0;
+  const int8_t* table = nullptr;  // non-uniform levels: level l stands for step * table[l]
   // The value a level stands for, with the dequantizer's arithmetic.
-  float value(int e, int level) const { return step[e] * static_cast<float>(level - zero) - min[e]; }
+  float value(int e, int level) const {
+    return table ? step[e] * static_cast<float>(table[level]) : step[e] * static_cast<float>(level - zero) - min[e];
+  }
   // The level nearest to w (clamped to the range).
   int nearest(int e, float w) const;
 };
 
-// True for the types below (Q8_0, Q4_0, Q2_K..Q6_K).
+// True for the types above (Q8_0, Q4_0, Q2_K..Q6_K, IQ4_NL, IQ4_XS).
 bool has_levels(GGMLType type);
 // The grid and the levels of one block of `type` (block_size weights).
 void read_levels(GGMLType type, const void* block, Grid& grid, uint8_t* levels);

@@ -65,6 +65,14 @@ float vec_dot(void*, int64_t n, const void* w, const void* xa) {
   return F(n / elems<typename D::Block>(), static_cast<const typename D::Block*>(w), static_cast<const typename D::Act*>(xa));
 }
 
+// A type's scalar references at once: quantizer, dequantizer, dot (block kernels as above).
+template <auto Quantize, auto Dequantize, auto Dot>
+void set_reference_kernels(Rows& rows, GGMLType t) {
+  row(rows, t).quantize_rows = quantize_rows<Quantize>;
+  row(rows, t).dequantize_row = dequantize_row<Dequantize>;
+  row(rows, t).vec_dot = vec_dot<Dot>;
+}
+
 // ---- installers, each in the file with its kernels ----------------------------------------------
 // Level-independent, and the scalar references (every level starts from these):
 void install_levels(Rows& rows);                // levels.cpp: read/write_levels
