@@ -80,7 +80,7 @@ double sample_scale(const float* W, int64_t rows, int64_t n, const std::vector<f
 
 // The types GPTQ runs at when not every type is measured, and those estimated from them.
 inline constexpr GGMLType kGptqAnchors[] = {GGMLType::Q2_K, GGMLType::Q3_K, GGMLType::Q6_K};
-inline constexpr GGMLType kGptqEstimated[] = {GGMLType::Q4_K, GGMLType::Q5_K, GGMLType::Q8_0};
+inline constexpr GGMLType kGptqEstimated[] = {GGMLType::IQ4_XS, GGMLType::Q4_K, GGMLType::IQ4_NL, GGMLType::Q5_K, GGMLType::Q8_0};
 
 // Rows a weight GPTQ runs on is measured on by default (0 = every row). Its rows are quantized
 // independently given its input's factor (ggml's blocks run along a row), so its loss is a sum

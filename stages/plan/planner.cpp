@@ -164,12 +164,30 @@ PlanResult plan(const Measurements& m, const std::string& model_dir, const Targe
   }
   if (budget <= fixed) fail(ExitCode::InputData, "plan: budget {} bytes ({}) is below the {} bytes of norms and metadata", budget, why, fixed);
   uint64_t weights_budget = budget - fixed;
+  // The plan of allocation a; its summary only when its file (header included) is within the budget.
+  auto plan_of = [&](const Allocation& a) {
+    PlanResult p;
+    p.recipe = make_recipe(m, chosen, shape, a, t, budget, why);
+    p.file_bytes = recipe::resolve(p.recipe, model_dir, /*enforce_budget=*/false).file_bytes;
+    p.budget = budget;
+    p.predicted_loss = a.loss;
+    if (p.file_bytes > budget) return p;
+    nlohmann::json ts = nlohmann::json::array();
+    for (size_t i = 0; i < chosen.size(); ++i) {
+      const auto& c = chosen[i].candidates[a.choice[i]];
+      ts.push_back({{"name", chosen[i].name}, {"type", ggml_type_name(c.type)}, {"bytes", c.bytes}, {"predicted", c.predicted},
+                    {"ne", chosen[i].ne}});
+    }
+    p.summary = {{"file_bytes", p.file_bytes}, {"budget", budget}, {"budget_from", why}, {"predicted_loss", a.loss}, {"tensors", ts}};
+    return p;
+  };
   for (int iter = 0; iter < 16; ++iter) {
     Allocation a;
     try {
       a = allocate(items, weights_budget);
     } catch (const Error&) {
       // The smallest file: every tensor at its smallest type, with the header that recipe makes.
+      // The shrinking below assumes the header of a larger plan, so that file may still fit.
       Allocation least;
       for (const auto& it : items) {
         const auto k = std::min_element(it.begin(), it.end(), [](const Option& x, const Option& y) { return x.bytes < y.bytes; }) - it.begin();
@@ -177,30 +195,19 @@ PlanResult plan(const Measurements& m, const std::string& model_dir, const Targe
         least.bytes += it[k].bytes;
         least.loss += it[k].loss;
       }
-      const uint64_t smallest = recipe::resolve(make_recipe(m, chosen, shape, least, t, budget, why), model_dir, false).file_bytes;
-      fail(ExitCode::InputData, "plan: budget {} bytes ({}) cannot be met: the smallest reachable file is {} bytes", budget, why, smallest);
+      const PlanResult smallest = plan_of(least);
+      if (smallest.file_bytes <= budget) return smallest;
+      fail(ExitCode::InputData, "plan: budget {} bytes ({}) cannot be met: the smallest reachable file is {} bytes", budget, why,
+           smallest.file_bytes);
     }
-    PlanResult p;
-    p.recipe = make_recipe(m, chosen, shape, a, t, budget, why);
-    const auto resolved = recipe::resolve(p.recipe, model_dir, /*enforce_budget=*/false);
-    p.file_bytes = resolved.file_bytes;
-    p.budget = budget;
-    p.predicted_loss = a.loss;
-    if (p.file_bytes <= budget) {
-      nlohmann::json ts = nlohmann::json::array();
-      for (size_t i = 0; i < chosen.size(); ++i) {
-        const auto& c = chosen[i].candidates[a.choice[i]];
-        ts.push_back({{"name", chosen[i].name}, {"type", ggml_type_name(c.type)}, {"bytes", c.bytes}, {"predicted", c.predicted},
-                      {"ne", chosen[i].ne}});
-      }
-      p.summary = {{"file_bytes", p.file_bytes}, {"budget", budget}, {"budget_from", why}, {"predicted_loss", a.loss}, {"tensors", ts}};
-      return p;
-    }
+    const PlanResult p = plan_of(a);
+    if (p.file_bytes <= budget) return p;
     // Over by the header (tensor index, metadata, the recipe itself): give the weights what the
     // file leaves them at this header size, and always strictly less than before.
-    const uint64_t overhead = p.file_bytes - a.bytes;
+    const uint64_t file_bytes = p.file_bytes;
+    const uint64_t overhead = file_bytes - a.bytes;
     const uint64_t left = budget > overhead ? budget - overhead : 0;
-    weights_budget = std::min(left, weights_budget - std::min(weights_budget, p.file_bytes - budget));
+    weights_budget = std::min(left, weights_budget - std::min(weights_budget, file_bytes - budget));
   }
   fail(ExitCode::Runtime, "plan: could not fit the header into {} bytes", budget);
 }
