@@ -110,7 +110,8 @@ inline const GGMLTypeTraits* ggml_type_traits(GGMLType t) { return ggml_type_tra
 const GGMLTypeTraits* ggml_type_traits(GGMLType t, SimdLevel level);
 const char* ggml_type_name(GGMLType t);
 // Types whose quantizer needs an importance matrix (llama.cpp's IQ2_XXS, IQ2_XS, IQ1_S: their grids
-// lose the model without one, and llama-quantize refuses them too).
+// lose the model without one). llama-quantize also refuses IQ2_S and IQ1_M without one; their
+// quantizers have a rule for that case, so Squish makes them (docs/recipe.md).
 inline bool needs_importance(GGMLType t) { return t == GGMLType::IQ2_XXS || t == GGMLType::IQ2_XS || t == GGMLType::IQ1_S; }
 // Case-insensitive lookup by name ("q4_k", "F16", or a plugin type's); nullopt if unknown.
 std::optional<GGMLType> ggml_type_from_name(std::string_view name);
