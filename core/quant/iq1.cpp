@@ -105,7 +105,7 @@ void quantize_iq1_s(const float* x, BlockIQ1_S* y, int64_t nb, const float* impo
     for (int ib = 0; ib < 8; ++ib) {
       const float* xb = x + 32 * ib;
       error_weights(xb, importance + i * kQK_K + 32 * ib, sigma2, 32, weight);
-      if (abs_max(xb, 32) < kIQ1SGroupMaxEps) {
+      if (abs_max(xb, 32) < kIQ1SGroupMaxEps || weightless(weight, 32)) {
         scales[ib] = 0;
         continue;
       }
@@ -224,7 +224,7 @@ void quantize_iq1_m(const float* x, BlockIQ1_M* y, int64_t nb, const float* impo
     for (int ib = 0; ib < 16; ++ib) {
       const float* xb = x + 16 * ib;
       error_weights(xb, importance ? importance + i * kQK_K + 16 * ib : nullptr, sigma2, 16, weight);
-      if (abs_max(xb, 16) < kIQ1MGroupMaxEps) {
+      if (abs_max(xb, 16) < kIQ1MGroupMaxEps || weightless(weight, 16)) {
         scales[ib] = 0;
         continue;
       }

@@ -68,7 +68,7 @@ void quantize_iq2_xxs(const float* x, BlockIQ2_XXS* y, int64_t nb, const float* 
       uint32_t signs7[4];
       for (int k = 0; k < 4; ++k) signs7[k] = signs_of_8(xb + 8 * k, s.weight + 8 * k, s.xval + 8 * k, true);
       const float max = max_of(s.xval, 32);
-      if (max < detail::kGroupMaxEps) {
+      if (max < detail::kGroupMaxEps || weightless(s.weight, 32)) {
         scales[ib] = 0;
         std::fill_n(s.L, 32, int8_t{0});
         continue;

@@ -206,6 +206,15 @@ inline uint8_t signs_of_8(const float* x, const float* weight, float* xval, bool
   return static_cast<uint8_t>(bits & 127);
 }
 
+// True when no weight of the group's error is positive (an imatrix with dead channels): no fit can
+// tell its levels apart, and ggml's IQ1_S, IQ1_M and IQ2_XXS abort there. Those store it as a group
+// of zeros, kept out of the super-block's scale.
+inline bool weightless(const float* w, int n) {
+  for (int i = 0; i < n; ++i)
+    if (w[i] > 0) return false;
+  return true;
+}
+
 inline float max_of(const float* v, int n) {
   float max = v[0];
   for (int j = 1; j < n; ++j) max = max > v[j] ? max : v[j];

@@ -227,7 +227,8 @@ const char* type_colour(const std::string& type) {
                                                         {"Q5_K", "#d9ef8b"}, {"Q6_K", "#91cf60"}, {"Q8_0", "#1a9850"},
                                                         {"F16", "#4575b4"},  {"F32", "#313695"}, {"Q4_0", "#fdae61"},
                                                         {"IQ4_XS", "#fee090"}, {"IQ4_NL", "#e6f598"}, {"IQ3_XXS", "#f46d43"},
-                                                        {"IQ3_S", "#fdb863"}};
+                                                        {"IQ3_S", "#fdb863"},  {"IQ2_XXS", "#a50026"}, {"IQ2_XS", "#b2182b"},
+                                                        {"IQ2_S", "#c51b7d"},  {"IQ1_S", "#67001f"},   {"IQ1_M", "#7f0000"}};
   auto it = c.find(type);
   return it == c.end() ? "#999999" : it->second;
 }
